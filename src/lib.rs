@@ -1,0 +1,49 @@
+//! followermaze: an event fan-out server for the follower-maze protocol.
+//!
+//! One event source streams numbered events, out of order; many user clients
+//! each announce a user id; every event is forwarded, byte for byte, to the
+//! clients it concerns, in sequence order, with memory bounded however long
+//! the stream runs.
+//!
+//! ```text
+//! source sockets --> source --> sequencer --> registry --> outbox --> client sockets
+//!                  (parse)   (reorder, gaps)  (graph, fan-out)     (one writer each)
+//! ```
+//!
+//! # Layout
+//!
+//! Pure logic (no I/O, unit-tested and benchmarked directly):
+//! - [`protocol`]: event lines and user ids, bytes to values.
+//! - [`lines`]: line framing over a read buffer, with a line-length bound.
+//! - [`reorder`]: the sliding window that puts sequence numbers in order.
+//! - [`gap`]: how long to wait for a missing event before skipping it.
+//! - [`router`]: the follower graph; apply an event, get its audience.
+//! - [`outbox`]: the byte hand-off between the registry and one writer.
+//! - [`stats`]: shared counters and a log-line rate limiter.
+//!
+//! Tasks and sockets:
+//! - [`source`]: event source connections: read, frame, parse.
+//! - [`sequencer`]: owns the reorder window and the gap deadline.
+//! - [`registry`]: the actor that owns the graph and the connected clients.
+//! - [`client`]: client handshakes and per-connection writers.
+//! - [`accept`]: accept loops that survive running out of descriptors.
+//! - [`server`]: wiring, [`run`], and orderly shutdown.
+//! - [`config`]: settings from environment variables.
+
+pub mod accept;
+pub mod client;
+pub mod config;
+pub mod gap;
+pub mod lines;
+pub mod outbox;
+pub mod protocol;
+pub mod registry;
+pub mod reorder;
+pub mod router;
+pub mod sequencer;
+pub mod server;
+pub mod source;
+pub mod stats;
+
+pub use config::Config;
+pub use server::{run, run_with_stats, Listeners};

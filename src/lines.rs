@@ -1,0 +1,201 @@
+//! Line framing over a growable read buffer: bytes in, whole lines out.
+//!
+//! A line ends at `\n` (so `\r\n` lines end there too) and may arrive split
+//! across any number of reads; an incomplete line is a normal state meaning
+//! "read more", never an error. Complete lines come out as [`Bytes`] slices of
+//! the read buffer: one reference-count increment each, no copy.
+//!
+//! A line longer than the configured limit is never buffered whole: once the
+//! unterminated tail passes the limit it is dropped, and every byte up to the
+//! next `\n` is dropped with it.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// The longest line a source may send, terminator included. A valid event is
+/// under 100 bytes (three 20-digit numbers and four separators); 4 KiB leaves
+/// room for anything reasonable while bounding what one connection can make
+/// us hold.
+pub const MAX_LINE_BYTES: usize = 4 * 1024;
+
+/// How much spare room to make before each read. Large reads amortise the
+/// syscall over thousands of events.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// One framing result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A complete line, terminator included.
+    Line(Bytes),
+    /// A line over the limit was dropped; `bytes` counts what was dropped,
+    /// terminator included.
+    TooLong { bytes: usize },
+}
+
+/// Accumulates reads and splits them into lines; see the module doc.
+#[derive(Debug)]
+pub struct LineReader {
+    /// Bytes read but not yet returned: at most one incomplete line (bounded
+    /// by `max_line_bytes`) after [`LineReader::drain`], plus the next read.
+    buf: BytesMut,
+    /// Lines longer than this (terminator included) are dropped.
+    max_line_bytes: usize,
+    /// `Some(n)` while dropping an over-long line: `n` bytes dropped so far,
+    /// waiting for its `\n`.
+    discarding: Option<usize>,
+}
+
+impl LineReader {
+    /// A reader that drops lines longer than `max_line_bytes`.
+    pub fn new(max_line_bytes: usize) -> Self {
+        assert!(max_line_bytes > 0, "a line needs room for its terminator");
+        LineReader {
+            buf: BytesMut::new(),
+            max_line_bytes,
+            discarding: None,
+        }
+    }
+
+    /// The buffer to read into, with at least [`READ_CHUNK_BYTES`] spare.
+    pub fn read_buf(&mut self) -> &mut BytesMut {
+        self.buf.reserve(READ_CHUNK_BYTES);
+        &mut self.buf
+    }
+
+    /// Bytes of an incomplete line held back (what is lost if the peer goes
+    /// away now).
+    pub fn partial_len(&self) -> usize {
+        self.buf.len() + self.discarding.unwrap_or(0)
+    }
+
+    /// Hands every complete line in the buffer to `on_frame`, in order, and
+    /// keeps the incomplete tail for the next read.
+    pub fn drain(&mut self, mut on_frame: impl FnMut(Frame)) {
+        if let Some(dropped) = self.discarding {
+            match memchr::memchr(b'\n', &self.buf) {
+                Some(newline) => {
+                    self.buf.advance(newline + 1);
+                    self.discarding = None;
+                    on_frame(Frame::TooLong {
+                        bytes: dropped + newline + 1,
+                    });
+                }
+                None => {
+                    self.discarding = Some(dropped + self.buf.len());
+                    self.buf.clear();
+                    return;
+                }
+            }
+        }
+        if let Some(last_newline) = memchr::memrchr(b'\n', &self.buf) {
+            // One freeze for all complete lines; each line is then a cheap
+            // slice of it.
+            let chunk = self.buf.split_to(last_newline + 1).freeze();
+            let mut start = 0;
+            for newline in memchr::memchr_iter(b'\n', &chunk) {
+                let end = newline + 1;
+                if end - start > self.max_line_bytes {
+                    on_frame(Frame::TooLong { bytes: end - start });
+                } else {
+                    on_frame(Frame::Line(chunk.slice(start..end)));
+                }
+                start = end;
+            }
+        }
+        if self.buf.len() > self.max_line_bytes {
+            self.discarding = Some(self.buf.len());
+            self.buf.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Feeds `input` in pieces cut at `cuts` and returns every frame.
+    fn frames(input: &[u8], cuts: &[usize], max: usize) -> Vec<Frame> {
+        let mut reader = LineReader::new(max);
+        let mut out = Vec::new();
+        let mut start = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
+            let cut = cut.clamp(start, input.len());
+            reader.read_buf().extend_from_slice(&input[start..cut]);
+            reader.drain(|frame| out.push(frame));
+            start = cut;
+        }
+        out
+    }
+
+    fn line(text: &str) -> Frame {
+        Frame::Line(Bytes::copy_from_slice(text.as_bytes()))
+    }
+
+    #[test]
+    fn splits_crlf_and_lf_lines_keeping_terminators() {
+        assert_eq!(
+            frames(b"1|B\r\n2|S|3\n3|B", &[], 64),
+            vec![line("1|B\r\n"), line("2|S|3\n")]
+        );
+    }
+
+    #[test]
+    fn a_line_split_at_every_offset_comes_out_whole() {
+        let input = b"10|P|3|4\r\n11|B\n12|S|9\r\n";
+        for cut in 0..=input.len() {
+            assert_eq!(
+                frames(input, &[cut], 64),
+                vec![line("10|P|3|4\r\n"), line("11|B\n"), line("12|S|9\r\n")],
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn drops_an_over_long_line_without_buffering_it() {
+        let mut input = b"1|B\n".to_vec();
+        input.extend(std::iter::repeat_n(b'7', 100));
+        input.extend_from_slice(b"\r\n2|B\n");
+        let got = frames(&input, &[10, 30, 50, 70, 90], 16);
+        assert_eq!(
+            got,
+            vec![line("1|B\n"), Frame::TooLong { bytes: 102 }, line("2|B\n")]
+        );
+    }
+
+    #[test]
+    fn drops_an_over_long_line_that_arrives_whole() {
+        let mut input = vec![b'9'; 40];
+        input.extend_from_slice(b"\n3|B\n");
+        assert_eq!(
+            frames(&input, &[], 16),
+            vec![Frame::TooLong { bytes: 41 }, line("3|B\n")]
+        );
+    }
+
+    #[test]
+    fn never_holds_more_than_the_limit_of_an_unterminated_line() {
+        let mut reader = LineReader::new(32);
+        for _ in 0..1000 {
+            reader.read_buf().extend_from_slice(&[b'x'; 100]);
+            reader.drain(|_| panic!("no line is complete"));
+            assert!(reader.buf.len() <= 32);
+        }
+        assert_eq!(reader.partial_len(), 100_000);
+    }
+
+    proptest! {
+        #[test]
+        fn prop_lines_survive_any_chunking(
+            lines in prop::collection::vec("[0-9|A-Z]{0,12}(\r\n|\n)", 0..40),
+            cuts in prop::collection::vec(0usize..600, 0..20),
+        ) {
+            let input: Vec<u8> = lines.concat().into_bytes();
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let got = frames(&input, &cuts, 64);
+            let want: Vec<Frame> = lines.iter().map(|l| line(l)).collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+}

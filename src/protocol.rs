@@ -1,0 +1,256 @@
+//! The wire protocol, as values: event lines from the source and the user id a
+//! client sends first. Pure functions over byte slices; no I/O, no allocation.
+//!
+//! An event line is `seq|T[|from[|to]]` followed by `\r\n` or `\n`:
+//!
+//! | line            | meaning                               |
+//! |-----------------|---------------------------------------|
+//! | `666\|F\|60\|50` | follow: 60 starts following 50        |
+//! | `1\|U\|12\|9`    | unfollow: 12 stops following 9        |
+//! | `542532\|B`      | broadcast to every connected client   |
+//! | `43\|P\|32\|56`  | private message from 32 to 56         |
+//! | `634\|S\|32`     | status update of 32, to its followers |
+//!
+//! Numbers are unsigned decimal ASCII that fit in a `u64`; nothing else (no
+//! sign, no spaces) is accepted.
+
+use bytes::Bytes;
+
+/// A user's id, as a client announces it and events name it.
+pub type UserId = u64;
+
+/// An event's sequence number. The stream starts at 1 and never wraps in
+/// practice (2^64 events at 10M/s is 58,000 years).
+pub type Seq = u64;
+
+/// The largest number of decimal digits a `u64` can need; longer fields are
+/// rejected before any arithmetic.
+const MAX_DIGITS: usize = 20;
+
+/// What an event does, without its sequence number or its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// `from` starts following `to`; `to` is notified.
+    Follow { from: UserId, to: UserId },
+    /// `from` stops following `to`; nobody is notified.
+    Unfollow { from: UserId, to: UserId },
+    /// Every connected client is notified.
+    Broadcast,
+    /// `to` is notified.
+    Private { from: UserId, to: UserId },
+    /// Every current follower of `from` is notified.
+    Status { from: UserId },
+}
+
+/// One event as read from the source: its parsed header and the exact bytes
+/// that must be forwarded, terminator included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Position in the stream; decides delivery order.
+    pub seq: Seq,
+    /// What the event does to the follower graph and who hears of it.
+    pub kind: EventKind,
+    /// The line exactly as read (`\r\n` or `\n` included), shared with the
+    /// read buffer it came from, so forwarding it copies nothing.
+    pub raw: Bytes,
+}
+
+/// Why a line is not an event. Each variant names one rule of the grammar so a
+/// log line says what was wrong, not just that something was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ParseError {
+    /// Nothing between the terminators.
+    Empty,
+    /// A field the event type needs is absent.
+    MissingField,
+    /// More fields than the event type takes.
+    ExtraField,
+    /// A numeric field is empty, not all ASCII digits, or larger than `u64`.
+    BadNumber,
+    /// The type field is not one of `F`, `U`, `B`, `P`, `S`.
+    UnknownType,
+}
+
+impl ParseError {
+    /// A short, stable name for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParseError::Empty => "empty line",
+            ParseError::MissingField => "missing field",
+            ParseError::ExtraField => "extra field",
+            ParseError::BadNumber => "bad number",
+            ParseError::UnknownType => "unknown event type",
+        }
+    }
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Returns `line` without its `\n` or `\r\n` terminator (either may be absent).
+#[inline]
+pub fn strip_terminator(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Parses an unsigned decimal `u64`: one or more ASCII digits, nothing else.
+#[inline]
+pub fn parse_decimal(field: &[u8]) -> Result<u64, ParseError> {
+    if field.is_empty() || field.len() > MAX_DIGITS {
+        return Err(ParseError::BadNumber);
+    }
+    let mut value: u64 = 0;
+    for &byte in field {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            return Err(ParseError::BadNumber);
+        }
+        value = value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(digit)))
+            .ok_or(ParseError::BadNumber)?;
+    }
+    Ok(value)
+}
+
+/// Splits off the next `|`-separated field, or `None` when the line is used up.
+#[inline]
+fn next_field<'a>(rest: &mut Option<&'a [u8]>) -> Option<&'a [u8]> {
+    let line = rest.take()?;
+    match memchr::memchr(b'|', line) {
+        Some(bar) => {
+            *rest = Some(&line[bar + 1..]);
+            Some(&line[..bar])
+        }
+        None => Some(line),
+    }
+}
+
+/// Parses one event line (terminator optional) into its sequence number and
+/// kind. Returns an error, and never panics, for anything that is not exactly
+/// one of the five event shapes.
+pub fn parse_event(line: &[u8]) -> Result<(Seq, EventKind), ParseError> {
+    let line = strip_terminator(line);
+    if line.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    let mut rest = Some(line);
+    let seq = parse_decimal(next_field(&mut rest).ok_or(ParseError::MissingField)?)?;
+    let kind = next_field(&mut rest).ok_or(ParseError::MissingField)?;
+    let mut user = || -> Result<UserId, ParseError> {
+        parse_decimal(next_field(&mut rest).ok_or(ParseError::MissingField)?)
+    };
+    let kind = match kind {
+        b"F" => EventKind::Follow {
+            from: user()?,
+            to: user()?,
+        },
+        b"U" => EventKind::Unfollow {
+            from: user()?,
+            to: user()?,
+        },
+        b"P" => EventKind::Private {
+            from: user()?,
+            to: user()?,
+        },
+        b"S" => EventKind::Status { from: user()? },
+        b"B" => EventKind::Broadcast,
+        _ => return Err(ParseError::UnknownType),
+    };
+    if rest.is_some() {
+        return Err(ParseError::ExtraField);
+    }
+    Ok((seq, kind))
+}
+
+/// Parses a client's handshake line (terminator optional) into its user id.
+pub fn parse_user_id(line: &[u8]) -> Result<UserId, ParseError> {
+    let line = strip_terminator(line);
+    if line.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    parse_decimal(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_five_event_shapes() {
+        assert_eq!(
+            parse_event(b"666|F|60|50\r\n"),
+            Ok((666, EventKind::Follow { from: 60, to: 50 }))
+        );
+        assert_eq!(
+            parse_event(b"1|U|12|9\n"),
+            Ok((1, EventKind::Unfollow { from: 12, to: 9 }))
+        );
+        assert_eq!(parse_event(b"542532|B"), Ok((542532, EventKind::Broadcast)));
+        assert_eq!(
+            parse_event(b"43|P|32|56\r\n"),
+            Ok((43, EventKind::Private { from: 32, to: 56 }))
+        );
+        assert_eq!(
+            parse_event(b"634|S|32\r\n"),
+            Ok((634, EventKind::Status { from: 32 }))
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_lines_with_the_rule_they_break() {
+        let cases: &[(&[u8], ParseError)] = &[
+            (b"\r\n", ParseError::Empty),
+            (b"", ParseError::Empty),
+            (b"5|X|1|2", ParseError::UnknownType),
+            (b"5|FF|1|2", ParseError::UnknownType),
+            (b"5||1|2", ParseError::UnknownType),
+            (b"5", ParseError::MissingField),
+            (b"5|F|1", ParseError::MissingField),
+            (b"5|S", ParseError::MissingField),
+            (b"5|F|1|2|3", ParseError::ExtraField),
+            (b"5|B|1", ParseError::ExtraField),
+            (b"5|S|1|2", ParseError::ExtraField),
+            (b"x|B", ParseError::BadNumber),
+            (b"-5|B", ParseError::BadNumber),
+            (b"+5|B", ParseError::BadNumber),
+            (b" 5|B", ParseError::BadNumber),
+            (b"5|S|", ParseError::BadNumber),
+            (b"18446744073709551616|B", ParseError::BadNumber),
+            (b"123456789012345678901|B", ParseError::BadNumber),
+            (b"5|S|3\r\r\n", ParseError::BadNumber),
+            (b"5|S|\xff\xfe", ParseError::BadNumber),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(
+                parse_event(line),
+                Err(*expected),
+                "line {:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn accepts_the_extremes_of_u64() {
+        assert_eq!(
+            parse_event(b"18446744073709551615|S|0"),
+            Ok((u64::MAX, EventKind::Status { from: 0 }))
+        );
+    }
+
+    #[test]
+    fn user_id_handshake() {
+        assert_eq!(parse_user_id(b"2932\r\n"), Ok(2932));
+        assert_eq!(parse_user_id(b"2932\n"), Ok(2932));
+        assert_eq!(parse_user_id(b"\r\n"), Err(ParseError::Empty));
+        assert_eq!(parse_user_id(b"abc\r\n"), Err(ParseError::BadNumber));
+        assert_eq!(parse_user_id(b"12 34\r\n"), Err(ParseError::BadNumber));
+    }
+}

@@ -1,0 +1,182 @@
+//! The routing core: apply one event to the follower graph and say who must
+//! hear of it. A plain state machine with no I/O, no channels and no notion of
+//! connections, so the registry actor, unit tests and benchmarks all drive the
+//! same code (and anything else that replays the ordered stream can too).
+//!
+//! Events must be applied in sequence order: the answer for a status update
+//! depends on every follow and unfollow before it.
+
+use hashbrown::{HashMap, HashSet};
+
+use crate::protocol::{EventKind, UserId};
+
+/// Who must be notified of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience<'a> {
+    /// Nobody (an unfollow, or a status update of a user with no followers).
+    Nobody,
+    /// Exactly this user (follow, private message).
+    User(UserId),
+    /// Every connected client (broadcast).
+    Everyone,
+    /// Every user in this set: the followers of a status update's author, as
+    /// they are after every earlier event.
+    Followers(&'a HashSet<UserId>),
+}
+
+/// The follower graph; see the module doc.
+#[derive(Debug)]
+pub struct Router {
+    /// `followers[u]` is everyone following `u`. A user with no followers has
+    /// no entry, so the map's size tracks live edges, not users ever seen.
+    followers: HashMap<UserId, HashSet<UserId>>,
+    /// Total edges, the sum of the sets' lengths.
+    edges: usize,
+    /// Follows beyond this many edges are not recorded (the notification is
+    /// still routed); see [`Router::apply`].
+    max_edges: usize,
+    /// Follows refused because the graph was full.
+    refused_follows: u64,
+}
+
+impl Router {
+    /// An empty graph that holds at most `max_edges` follow edges.
+    pub fn new(max_edges: usize) -> Self {
+        Router {
+            followers: HashMap::new(),
+            edges: 0,
+            max_edges,
+            refused_follows: 0,
+        }
+    }
+
+    /// Applies `kind` to the graph and returns who must be notified.
+    ///
+    /// The graph changes whether or not the users involved are connected. A
+    /// follow that would take the graph past its bound is routed (the followed
+    /// user still hears of it) but not recorded, and counted in
+    /// [`Router::refused_follows`]; this is the one place the graph departs
+    /// from the stream, and it only happens when something floods it with
+    /// distinct pairs.
+    #[inline]
+    pub fn apply(&mut self, kind: EventKind) -> Audience<'_> {
+        match kind {
+            EventKind::Follow { from, to } => {
+                if self.edges < self.max_edges {
+                    if self.followers.entry(to).or_default().insert(from) {
+                        self.edges += 1;
+                    }
+                } else if !self.follows(from, to) {
+                    self.refused_follows += 1;
+                }
+                Audience::User(to)
+            }
+            EventKind::Unfollow { from, to } => {
+                if let Some(set) = self.followers.get_mut(&to) {
+                    if set.remove(&from) {
+                        self.edges -= 1;
+                        if set.is_empty() {
+                            self.followers.remove(&to);
+                        }
+                    }
+                }
+                Audience::Nobody
+            }
+            EventKind::Broadcast => Audience::Everyone,
+            EventKind::Private { to, .. } => Audience::User(to),
+            EventKind::Status { from } => match self.followers.get(&from) {
+                Some(set) => Audience::Followers(set),
+                None => Audience::Nobody,
+            },
+        }
+    }
+
+    /// Whether `from` currently follows `to`.
+    pub fn follows(&self, from: UserId, to: UserId) -> bool {
+        self.followers
+            .get(&to)
+            .is_some_and(|set| set.contains(&from))
+    }
+
+    /// The number of follow edges.
+    pub fn edges(&self) -> usize {
+        self.edges
+    }
+
+    /// Follows not recorded because the graph was at its bound.
+    pub fn refused_follows(&self) -> u64 {
+        self.refused_follows
+    }
+
+    /// Forgets every edge (a new stream starts).
+    pub fn clear(&mut self) {
+        self.followers = HashMap::new();
+        self.edges = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn followers(router: &mut Router, of: UserId) -> Vec<UserId> {
+        match router.apply(EventKind::Status { from: of }) {
+            Audience::Followers(set) => {
+                let mut users: Vec<_> = set.iter().copied().collect();
+                users.sort_unstable();
+                users
+            }
+            Audience::Nobody => Vec::new(),
+            other => panic!("a status update went to {other:?}"),
+        }
+    }
+
+    #[test]
+    fn routes_each_event_type() {
+        let mut router = Router::new(100);
+        assert_eq!(
+            router.apply(EventKind::Follow { from: 1, to: 2 }),
+            Audience::User(2)
+        );
+        assert_eq!(
+            router.apply(EventKind::Private { from: 7, to: 9 }),
+            Audience::User(9)
+        );
+        assert_eq!(router.apply(EventKind::Broadcast), Audience::Everyone);
+        assert_eq!(followers(&mut router, 2), vec![1]);
+        assert_eq!(
+            router.apply(EventKind::Unfollow { from: 1, to: 2 }),
+            Audience::Nobody
+        );
+        assert_eq!(followers(&mut router, 2), Vec::<UserId>::new());
+    }
+
+    #[test]
+    fn the_graph_counts_edges_and_forgets_empty_sets() {
+        let mut router = Router::new(100);
+        router.apply(EventKind::Follow { from: 1, to: 5 });
+        router.apply(EventKind::Follow { from: 1, to: 5 });
+        router.apply(EventKind::Follow { from: 2, to: 5 });
+        router.apply(EventKind::Unfollow { from: 3, to: 5 });
+        assert_eq!(router.edges(), 2);
+        assert_eq!(followers(&mut router, 5), vec![1, 2]);
+        router.apply(EventKind::Unfollow { from: 1, to: 5 });
+        router.apply(EventKind::Unfollow { from: 2, to: 5 });
+        assert_eq!(router.edges(), 0);
+        assert!(router.followers.is_empty());
+    }
+
+    #[test]
+    fn a_full_graph_refuses_new_edges_but_still_routes() {
+        let mut router = Router::new(1);
+        router.apply(EventKind::Follow { from: 1, to: 5 });
+        assert_eq!(
+            router.apply(EventKind::Follow { from: 2, to: 5 }),
+            Audience::User(5)
+        );
+        // Repeating an edge that exists is not a refusal.
+        router.apply(EventKind::Follow { from: 1, to: 5 });
+        assert_eq!(router.refused_follows(), 1);
+        assert_eq!(followers(&mut router, 5), vec![1]);
+    }
+}

@@ -1,0 +1,291 @@
+//! The sequencer task: merges what every source connection parsed, puts it
+//! in order with the reorder buffer, decides when a gap is lost, and hands
+//! ordered batches to the registry.
+//!
+//! It owns the [`ReorderBuffer`] and the gap deadline, so sequence state
+//! outlives any one source connection: a source may disconnect and another
+//! carry on where it left off. Two sources open at once are merged by
+//! sequence number; a sequence sent by both is delivered once.
+//!
+//! A *new stream* is recognised when a source connection's first event is
+//! behind the window and among the first [`NEW_STREAM_MAX_FIRST_SEQ`], while
+//! no other source is open (a verifier run again against a long-lived
+//! server): whatever is parked is flushed in order, the
+//! sequence restarts at that stream's numbering from 1, and the registry
+//! forgets the follower graph. Connected clients stay.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hashbrown::HashMap;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::gap::GapPolicy;
+use crate::protocol::{Event, Seq};
+use crate::registry::{Command, RegistryHandle};
+use crate::reorder::ReorderBuffer;
+use crate::stats::{LogThrottle, Stats};
+
+/// Identifies one source connection.
+pub type SourceId = u64;
+
+/// What source connections tell the sequencer.
+#[derive(Debug)]
+pub enum SourceMsg {
+    /// A source connected.
+    Opened(SourceId),
+    /// Events parsed from one read, in arrival order.
+    Events(SourceId, Vec<Event>),
+    /// A source disconnected.
+    Closed(SourceId),
+}
+
+/// How many parsed reads may wait for the sequencer. Each is at most one
+/// 64 KiB read's worth of events; the bound makes a slow pipeline push back
+/// on the source's TCP window instead of buffering.
+pub const SOURCE_QUEUE: usize = 64;
+
+/// A new connection's first event opens a new stream only if its sequence
+/// is at most this: a fresh stream starts at 1 (shuffled within a first
+/// batch), while a source that reconnects and resends recent events starts
+/// near where the old one stopped.
+pub const NEW_STREAM_MAX_FIRST_SEQ: Seq = 1024;
+
+/// Settings the sequencer needs.
+#[derive(Debug, Clone)]
+pub struct SequencerSettings {
+    /// Most sequences the reorder window may span.
+    pub max_window: usize,
+    /// Shortest wait for a missing event.
+    pub gap_floor: Duration,
+    /// Longest wait for a missing event.
+    pub gap_ceiling: Duration,
+}
+
+/// A gap being waited on.
+#[derive(Debug, Clone, Copy)]
+struct OpenGap {
+    /// The missing sequence at the front of the window.
+    front: Seq,
+    /// When it became the front.
+    since: Instant,
+}
+
+/// See the module doc.
+pub struct Sequencer {
+    /// Parsed events in.
+    inbox: mpsc::Receiver<SourceMsg>,
+    /// Ordered events out.
+    registry: RegistryHandle,
+    /// The window.
+    buffer: ReorderBuffer<Event>,
+    /// The skip deadline.
+    policy: GapPolicy,
+    /// The gap being waited on, if any.
+    gap: Option<OpenGap>,
+    /// Open sources, and whether each is yet to send its first event.
+    sources: HashMap<SourceId, bool>,
+    /// Counters shared with the rest of the server.
+    stats: Arc<Stats>,
+    /// Rate limit for late/duplicate warnings.
+    drop_log: LogThrottle,
+}
+
+impl Sequencer {
+    /// Creates the task and the sender sources use; run it with
+    /// [`Sequencer::run`].
+    pub fn new(
+        settings: &SequencerSettings,
+        registry: RegistryHandle,
+        stats: Arc<Stats>,
+    ) -> (Sequencer, mpsc::Sender<SourceMsg>) {
+        let (tx, rx) = mpsc::channel(SOURCE_QUEUE);
+        let sequencer = Sequencer {
+            inbox: rx,
+            registry,
+            buffer: ReorderBuffer::new(settings.max_window),
+            policy: GapPolicy::new(settings.gap_floor, settings.gap_ceiling),
+            gap: None,
+            sources: HashMap::new(),
+            stats,
+            drop_log: LogThrottle::new(Duration::from_secs(5)),
+        };
+        (sequencer, tx)
+    }
+
+    /// Runs until every sender is dropped (shutdown), then releases whatever
+    /// is parked, in order, and tells the registry to stop.
+    pub async fn run(mut self) {
+        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        let timer = tokio::time::sleep_until(far_future);
+        tokio::pin!(timer);
+        loop {
+            let deadline = self.deadline();
+            if let Some(deadline) = deadline {
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+            }
+            tokio::select! {
+                message = self.inbox.recv() => match message {
+                    Some(message) => {
+                        if self.handle(message).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => break,
+                },
+                () = &mut timer, if deadline.is_some() => {
+                    if self.skip_gap().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let mut released = Vec::new();
+        let skipped = self.buffer.flush(&mut released);
+        if !released.is_empty() {
+            tracing::info!(
+                events = released.len(),
+                skipped,
+                "shutdown: released parked events past their gaps"
+            );
+        }
+        self.publish_stats();
+        let _ = self.send(released).await;
+        // If the registry is already gone there is nobody left to stop.
+        let _ = self.registry.send(Command::Shutdown).await;
+    }
+
+    /// When the open gap, if any, will be skipped.
+    fn deadline(&self) -> Option<Instant> {
+        let gap = self.gap?;
+        Some(gap.since + self.policy.patience(self.buffer.missing()))
+    }
+
+    async fn handle(&mut self, message: SourceMsg) -> Result<(), ()> {
+        match message {
+            SourceMsg::Opened(source) => {
+                self.sources.insert(source, true);
+                Ok(())
+            }
+            SourceMsg::Closed(source) => {
+                self.sources.remove(&source);
+                Ok(())
+            }
+            SourceMsg::Events(source, events) => self.place(source, events).await,
+        }
+    }
+
+    async fn place(&mut self, source: SourceId, events: Vec<Event>) -> Result<(), ()> {
+        let now = Instant::now();
+        self.policy.observe(events.len(), now.into_std());
+        let mut released = Vec::with_capacity(events.len());
+        let events = events.into_iter();
+        if self.sources.get(&source) == Some(&true) {
+            self.sources.insert(source, false);
+            if let Some(first) = events.as_slice().first() {
+                let starts_over = (1..=NEW_STREAM_MAX_FIRST_SEQ).contains(&first.seq)
+                    && first.seq < self.buffer.next_expected();
+                if starts_over && self.sources.len() == 1 {
+                    self.restart(first.seq).await?;
+                }
+            }
+        }
+        let before = self.buffer.stats();
+        for event in events {
+            let seq = event.seq;
+            self.buffer.insert(seq, event, &mut released);
+        }
+        let after = self.buffer.stats();
+        let (late, duplicate, too_far, skipped) = (
+            after.late - before.late,
+            after.duplicate - before.duplicate,
+            after.too_far_ahead - before.too_far_ahead,
+            after.skipped - before.skipped,
+        );
+        if late + duplicate + too_far + skipped > 0 {
+            if let Some(suppressed) = self.drop_log.allow() {
+                tracing::warn!(
+                    late,
+                    duplicate,
+                    too_far_ahead = too_far,
+                    skipped_for_room = skipped,
+                    next_expected = self.buffer.next_expected(),
+                    window = self.buffer.max_window(),
+                    suppressed,
+                    "events dropped or skipped by the reorder window"
+                );
+            }
+        }
+        self.track_gap(now);
+        self.publish_stats();
+        self.send(released).await
+    }
+
+    /// Opens, keeps or closes the gap record after the window changed.
+    fn track_gap(&mut self, now: Instant) {
+        if self.buffer.parked() == 0 {
+            self.gap = None;
+            return;
+        }
+        let front = self.buffer.next_expected();
+        match self.gap {
+            Some(gap) if gap.front == front => {}
+            _ => self.gap = Some(OpenGap { front, since: now }),
+        }
+    }
+
+    async fn skip_gap(&mut self) -> Result<(), ()> {
+        let waited = self.gap.map(|gap| gap.since.elapsed()).unwrap_or_default();
+        let mut released = Vec::new();
+        let skipped = self.buffer.skip_gap(&mut released);
+        tracing::warn!(
+            first = skipped.start,
+            last = skipped.end.saturating_sub(1),
+            count = skipped.end - skipped.start,
+            waited_ms = waited.as_millis() as u64,
+            rate = self.policy.events_per_sec() as u64,
+            "gave up on missing events: skipped"
+        );
+        self.track_gap(Instant::now());
+        self.publish_stats();
+        self.send(released).await
+    }
+
+    /// A new stream starts (see the module doc).
+    async fn restart(&mut self, first_seq: Seq) -> Result<(), ()> {
+        let mut released = Vec::new();
+        self.buffer.flush(&mut released);
+        tracing::info!(
+            previous_next = self.buffer.next_expected(),
+            first_seq,
+            "new source started a new stream: sequence restarts at 1, follower graph cleared"
+        );
+        self.send(released).await?;
+        self.buffer.restart();
+        self.gap = None;
+        self.registry.send(Command::Restart).await.map_err(|_| ())
+    }
+
+    fn publish_stats(&self) {
+        let stats = self.buffer.stats();
+        Stats::set(&self.stats.late_events, stats.late);
+        Stats::set(&self.stats.duplicate_events, stats.duplicate);
+        Stats::set(&self.stats.too_far_events, stats.too_far_ahead);
+        Stats::set(&self.stats.skipped_sequences, stats.skipped);
+        Stats::set(&self.stats.window_len, self.buffer.parked() as u64);
+        Stats::set(&self.stats.next_sequence, self.buffer.next_expected());
+    }
+
+    async fn send(&self, released: Vec<Event>) -> Result<(), ()> {
+        if released.is_empty() {
+            return Ok(());
+        }
+        self.registry
+            .send(Command::Deliver(released))
+            .await
+            .map_err(|_| ())
+    }
+}

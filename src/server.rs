@@ -1,0 +1,178 @@
+//! Wiring: binds nothing itself, takes two listeners and a shutdown future,
+//! starts the pipeline, and tears it down in order.
+//!
+//! Shutdown order, and why: (1) stop accepting and stop reading sources, so
+//! no new input arrives; (2) the sequencer, its inputs closed, releases what
+//! is parked and stops the registry; (3) the registry tells every writer to
+//! drain; (4) writers flush and close, within the drain timeout.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::accept_clients;
+use crate::config::Config;
+use crate::lines::MAX_LINE_BYTES;
+use crate::registry::Registry;
+use crate::sequencer::Sequencer;
+use crate::source::accept_sources;
+use crate::stats::Stats;
+
+/// The two listening sockets the server serves.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Where the event source connects.
+    pub events: TcpListener,
+    /// Where user clients connect.
+    pub clients: TcpListener,
+}
+
+/// A listener could not be bound.
+#[derive(Debug)]
+pub struct BindError {
+    /// The configuration variable naming the port.
+    pub variable: &'static str,
+    /// The address we tried.
+    pub address: SocketAddr,
+    /// What the OS said.
+    pub error: std::io::Error,
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot listen on {} ({}): {}",
+            self.address, self.variable, self.error
+        )
+    }
+}
+
+impl std::error::Error for BindError {}
+
+impl Listeners {
+    /// Binds both listeners as `config` says.
+    pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
+        async fn one(
+            variable: &'static str,
+            address: SocketAddr,
+        ) -> Result<TcpListener, BindError> {
+            TcpListener::bind(address).await.map_err(|error| BindError {
+                variable,
+                address,
+                error,
+            })
+        }
+        let ip = config.bind_address;
+        Ok(Listeners {
+            events: one(
+                "eventListenerPort",
+                SocketAddr::new(ip, config.event_listener_port),
+            )
+            .await?,
+            clients: one(
+                "clientListenerPort",
+                SocketAddr::new(ip, config.client_listener_port),
+            )
+            .await?,
+        })
+    }
+}
+
+/// A core task ended abnormally (a bug: it panicked).
+#[derive(Debug)]
+pub struct ServerError(pub String);
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// Serves until `shutdown` completes, then drains and returns. See
+/// [`run_with_stats`] to watch the counters.
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    run_with_stats(listeners, config, Arc::new(Stats::default()), shutdown).await
+}
+
+/// [`run`], counting into `stats`.
+pub async fn run_with_stats(
+    listeners: Listeners,
+    config: Config,
+    stats: Arc<Stats>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let addresses = (
+        listeners.events.local_addr().ok(),
+        listeners.clients.local_addr().ok(),
+    );
+    let stop_accepting = CancellationToken::new();
+    let (registry, registry_handle) = Registry::new(config.registry(), stats.clone());
+    let (sequencer, to_sequencer) =
+        Sequencer::new(&config.sequencer(), registry_handle.clone(), stats.clone());
+
+    let mut registry_task = tokio::spawn(registry.run());
+    let mut sequencer_task = tokio::spawn(sequencer.run());
+    let sources_task = tokio::spawn(accept_sources(
+        listeners.events,
+        to_sequencer,
+        stats.clone(),
+        MAX_LINE_BYTES,
+        stop_accepting.clone(),
+    ));
+    let clients_task = tokio::spawn(accept_clients(
+        listeners.clients,
+        registry_handle,
+        stats.clone(),
+        config.clients(),
+        stop_accepting.clone(),
+    ));
+    tracing::info!(
+        events = ?addresses.0,
+        clients = ?addresses.1,
+        "followermaze listening"
+    );
+
+    let mut failure = None;
+    tokio::select! {
+        () = shutdown => tracing::info!("shutdown requested: draining"),
+        ended = &mut registry_task => failure = Some(format!("registry task ended early: {ended:?}")),
+        ended = &mut sequencer_task => failure = Some(format!("sequencer task ended early: {ended:?}")),
+    }
+    stop_accepting.cancel();
+    let outcomes = [
+        ("sources", sources_task.await),
+        ("clients", clients_task.await),
+    ];
+    if failure.is_none() {
+        for (name, handle) in [("sequencer", sequencer_task), ("registry", registry_task)] {
+            if let Err(error) = handle.await {
+                failure = Some(format!("{name} task failed: {error}"));
+            }
+        }
+    }
+    for (name, outcome) in outcomes {
+        if let Err(error) = outcome {
+            failure.get_or_insert(format!("{name} task failed: {error}"));
+        }
+    }
+    match failure {
+        Some(message) => {
+            tracing::error!(%message, "server stopped abnormally");
+            Err(ServerError(message))
+        }
+        None => {
+            tracing::info!("server stopped");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Event source connections: read, frame, parse, and pass events to the
+//! sequencer, one read's worth at a time.
+//!
+//! Bad lines are skipped (logged at most every few seconds, always counted)
+//! and the connection carries on; a source that disconnects mid-line loses
+//! only that incomplete line. Reading stops at shutdown; what was read whole
+//! is still passed on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::accept::accept;
+use crate::lines::{Frame, LineReader};
+use crate::protocol::{parse_event, Event};
+use crate::sequencer::{SourceId, SourceMsg};
+use crate::stats::{LogThrottle, Stats};
+
+/// How often a repeating bad-input warning may be logged, per connection.
+const WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// How many bytes of a bad line a warning quotes.
+const QUOTE_BYTES: usize = 64;
+
+/// Accepts event sources until shutdown, then waits for their last events to
+/// reach the sequencer.
+pub async fn accept_sources(
+    listener: TcpListener,
+    sequencer: mpsc::Sender<SourceMsg>,
+    stats: Arc<Stats>,
+    max_line_bytes: usize,
+    shutdown: CancellationToken,
+) {
+    let mut connections = JoinSet::new();
+    let mut errors = LogThrottle::new(WARN_EVERY);
+    let mut next_id: SourceId = 0;
+    while let Some((stream, peer)) = accept(&listener, &shutdown, "event source", &mut errors).await
+    {
+        next_id += 1;
+        Stats::add(&stats.source_connections, 1);
+        connections.spawn(serve_source(
+            stream,
+            peer,
+            next_id,
+            sequencer.clone(),
+            stats.clone(),
+            max_line_bytes,
+            shutdown.clone(),
+        ));
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_source(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    id: SourceId,
+    sequencer: mpsc::Sender<SourceMsg>,
+    stats: Arc<Stats>,
+    max_line_bytes: usize,
+    shutdown: CancellationToken,
+) {
+    let open = stats
+        .sources_connected
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        + 1;
+    tracing::info!(%peer, source = id, open, "event source connected");
+    if sequencer.send(SourceMsg::Opened(id)).await.is_err() {
+        return;
+    }
+    let mut reader = LineReader::new(max_line_bytes);
+    let mut bad_lines = LogThrottle::new(WARN_EVERY);
+    let mut events_read: u64 = 0;
+    let ending = loop {
+        let read = tokio::select! {
+            () = shutdown.cancelled() => break "server shutting down",
+            read = stream.read_buf(reader.read_buf()) => read,
+        };
+        match read {
+            Ok(0) => break "source closed the connection",
+            Ok(bytes) => {
+                let mut events = Vec::with_capacity(bytes / 16);
+                reader.drain(|frame| match frame {
+                    Frame::Line(raw) => match parse_event(&raw) {
+                        Ok((seq, kind)) => events.push(Event { seq, kind, raw }),
+                        Err(error) => {
+                            Stats::add(&stats.malformed_lines, 1);
+                            if let Some(suppressed) = bad_lines.allow() {
+                                tracing::warn!(
+                                    source = id,
+                                    %error,
+                                    line = %quote(&raw),
+                                    suppressed,
+                                    "skipped a malformed event line"
+                                );
+                            }
+                        }
+                    },
+                    Frame::TooLong { bytes } => {
+                        Stats::add(&stats.oversized_lines, 1);
+                        if let Some(suppressed) = bad_lines.allow() {
+                            tracing::warn!(
+                                source = id,
+                                bytes,
+                                limit = max_line_bytes,
+                                suppressed,
+                                "skipped an over-long event line"
+                            );
+                        }
+                    }
+                });
+                if events.is_empty() {
+                    continue;
+                }
+                events_read += events.len() as u64;
+                Stats::add(&stats.events_received, events.len() as u64);
+                if sequencer.send(SourceMsg::Events(id, events)).await.is_err() {
+                    break "server shutting down";
+                }
+            }
+            Err(error) => {
+                tracing::warn!(source = id, %error, "event source read failed");
+                break "read error";
+            }
+        }
+    };
+    let partial = reader.partial_len();
+    if partial > 0 {
+        tracing::warn!(
+            source = id,
+            bytes = partial,
+            "event source ended mid-line; the incomplete line is dropped"
+        );
+    }
+    stats
+        .sources_connected
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(%peer, source = id, events = events_read, reason = ending, "event source disconnected");
+    // If the sequencer is gone the server is stopping; nothing to tell.
+    let _ = sequencer.send(SourceMsg::Closed(id)).await;
+}
+
+/// A printable, bounded rendering of a bad line for a log message.
+fn quote(raw: &[u8]) -> String {
+    let shown = &raw[..raw.len().min(QUOTE_BYTES)];
+    let mut text = String::from_utf8_lossy(shown).escape_debug().to_string();
+    if raw.len() > QUOTE_BYTES {
+        text.push('…');
+    }
+    text
+}

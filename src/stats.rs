@@ -1,0 +1,187 @@
+//! Process-wide counters and gauges, shared by every task.
+//!
+//! Plain relaxed atomics: the hot paths add once per read or per batch, never
+//! per event, and nothing orders other memory through them. The metrics
+//! endpoint and the periodic log summary read them; tests read them to wait
+//! for real conditions.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Why a client connection ended; one counter each, indexed by discriminant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client closed its side (or the server shut down cleanly).
+    Normal,
+    /// Its outbound buffer passed the bound: it was not reading.
+    SlowConsumer,
+    /// Its first line was not a user id, or did not come in time.
+    BadHandshake,
+    /// A socket error (reset, broken pipe, ...).
+    Error,
+    /// Refused at accept: the connection limit was reached.
+    Rejected,
+}
+
+impl DisconnectReason {
+    /// Every reason, in discriminant order, for exporters that list them.
+    pub const ALL: [DisconnectReason; 5] = [
+        DisconnectReason::Normal,
+        DisconnectReason::SlowConsumer,
+        DisconnectReason::BadHandshake,
+        DisconnectReason::Error,
+        DisconnectReason::Rejected,
+    ];
+
+    /// The label value used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::Normal => "normal",
+            DisconnectReason::SlowConsumer => "slow_consumer",
+            DisconnectReason::BadHandshake => "bad_handshake",
+            DisconnectReason::Error => "error",
+            DisconnectReason::Rejected => "rejected",
+        }
+    }
+}
+
+/// See the module doc. Field names are the metric names without prefix.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Lines from sources that parsed as events.
+    pub events_received: AtomicU64,
+    /// Events applied to the registry, in order.
+    pub events_delivered: AtomicU64,
+    /// Source lines that were not events (any [`crate::protocol::ParseError`]).
+    pub malformed_lines: AtomicU64,
+    /// Source lines dropped for exceeding the line limit.
+    pub oversized_lines: AtomicU64,
+    /// Events whose sequence had already been released or skipped.
+    pub late_events: AtomicU64,
+    /// Events whose sequence was already waiting in the window.
+    pub duplicate_events: AtomicU64,
+    /// Events too far ahead of the window to be placed.
+    pub too_far_events: AtomicU64,
+    /// Sequences given up on by the gap-skip rules.
+    pub skipped_sequences: AtomicU64,
+    /// Follows not recorded because the follower graph was full.
+    pub refused_follows: AtomicU64,
+    /// Gauge: events parked in the reorder window.
+    pub window_len: AtomicU64,
+    /// Gauge: the next sequence the window will release.
+    pub next_sequence: AtomicU64,
+    /// Event source connections accepted.
+    pub source_connections: AtomicU64,
+    /// Gauge: source connections open now.
+    pub sources_connected: AtomicU64,
+    /// Client connections that completed the handshake.
+    pub client_connects: AtomicU64,
+    /// Gauge: registered clients now.
+    pub clients_connected: AtomicU64,
+    /// Disconnects, indexed like [`DisconnectReason::ALL`].
+    pub client_disconnects: [AtomicU64; 5],
+    /// Notifications queued for clients (one per event per recipient).
+    pub notifications: AtomicU64,
+    /// Bytes written to client sockets.
+    pub bytes_written: AtomicU64,
+    /// Write syscalls that wrote to client sockets.
+    pub client_writes: AtomicU64,
+    /// Bytes clients sent after their handshake (read and dropped).
+    pub client_bytes_ignored: AtomicU64,
+}
+
+impl Stats {
+    /// Adds `n` to `counter`.
+    #[inline]
+    pub fn add(counter: &AtomicU64, n: u64) {
+        if n != 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets a gauge.
+    #[inline]
+    pub fn set(gauge: &AtomicU64, value: u64) {
+        gauge.store(value, Ordering::Relaxed);
+    }
+
+    /// Reads a counter or gauge.
+    #[inline]
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// Counts one disconnect.
+    pub fn disconnected(&self, reason: DisconnectReason) {
+        Stats::add(&self.client_disconnects[reason as usize], 1);
+    }
+
+    /// Disconnects so far for `reason`.
+    pub fn disconnects(&self, reason: DisconnectReason) -> u64 {
+        Stats::get(&self.client_disconnects[reason as usize])
+    }
+}
+
+/// Rate-limits a log line that can repeat: the first occurrence is logged,
+/// then at most one per interval, carrying how many were held back.
+#[derive(Debug)]
+pub struct LogThrottle {
+    /// Minimum time between two lines.
+    interval: Duration,
+    /// When the last line was allowed.
+    last: Option<Instant>,
+    /// Occurrences since then that were not logged.
+    suppressed: u64,
+}
+
+impl LogThrottle {
+    /// A throttle allowing one line per `interval`.
+    pub const fn new(interval: Duration) -> Self {
+        LogThrottle {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Returns `Some(suppressed)` if a line may be logged now (with the count
+    /// of occurrences held back since the last one), `None` to stay quiet.
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < self.interval => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_logs_the_first_then_holds_back() {
+        let mut throttle = LogThrottle::new(Duration::from_secs(3600));
+        assert_eq!(throttle.allow(), Some(0));
+        assert_eq!(throttle.allow(), None);
+        assert_eq!(throttle.allow(), None);
+        assert_eq!(throttle.suppressed, 2);
+    }
+
+    #[test]
+    fn disconnect_counters_are_per_reason() {
+        let stats = Stats::default();
+        stats.disconnected(DisconnectReason::SlowConsumer);
+        stats.disconnected(DisconnectReason::SlowConsumer);
+        stats.disconnected(DisconnectReason::Normal);
+        assert_eq!(stats.disconnects(DisconnectReason::SlowConsumer), 2);
+        assert_eq!(stats.disconnects(DisconnectReason::Normal), 1);
+        assert_eq!(stats.disconnects(DisconnectReason::Error), 0);
+    }
+}
