@@ -1,0 +1,167 @@
+//! Test harness: the real server on 127.0.0.1:0, real TCP, and helpers that
+//! wait on real conditions under a timeout.
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use followermaze::stats::Stats;
+use followermaze::{Config, Listeners};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Every wait in these tests gives up after this long.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Awaits `future`, failing the test with `what` if it takes longer than
+/// [`PATIENCE`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(PATIENCE, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// Polls `condition` until it holds, failing the test after [`PATIENCE`].
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    within(what, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+}
+
+/// Reads a counter.
+pub fn get(counter: &AtomicU64) -> u64 {
+    Stats::get(counter)
+}
+
+/// A server running in this process.
+pub struct TestServer {
+    pub events: SocketAddr,
+    pub clients: SocketAddr,
+    pub stats: Arc<Stats>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), followermaze::server::ServerError>>,
+}
+
+impl TestServer {
+    /// Starts the server with test-friendly defaults.
+    pub async fn start() -> TestServer {
+        TestServer::start_with(Config::default()).await
+    }
+
+    /// Starts the server with `config` (ports and address are overridden).
+    pub async fn start_with(config: Config) -> TestServer {
+        let listeners = Listeners {
+            events: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            clients: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let events = listeners.events.local_addr().unwrap();
+        let clients = listeners.clients.local_addr().unwrap();
+        let stats = Arc::new(Stats::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(followermaze::run_with_stats(
+            listeners,
+            config,
+            stats.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        TestServer {
+            events,
+            clients,
+            stats,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Opens an event source connection.
+    pub async fn source(&self) -> TcpStream {
+        within("source connect", TcpStream::connect(self.events))
+            .await
+            .unwrap()
+    }
+
+    /// Connects a client for `user` and waits until the registry has it.
+    pub async fn client(&self, user: u64) -> Client {
+        let before = get(&self.stats.client_connects);
+        let client = self.client_unregistered(user).await;
+        wait_until("client registration", || {
+            get(&self.stats.client_connects) > before
+        })
+        .await;
+        client
+    }
+
+    /// Connects a client for `user` without waiting for its registration.
+    pub async fn client_unregistered(&self, user: u64) -> Client {
+        let mut stream = within("client connect", TcpStream::connect(self.clients))
+            .await
+            .unwrap();
+        stream
+            .write_all(format!("{user}\r\n").as_bytes())
+            .await
+            .unwrap();
+        Client { stream }
+    }
+
+    /// Waits until `n` events have been applied in order.
+    pub async fn delivered(&self, n: u64) {
+        wait_until("events delivered", || {
+            get(&self.stats.events_delivered) >= n
+        })
+        .await;
+    }
+
+    /// Asks the server to stop and waits for `run` to return.
+    pub async fn stop(mut self) -> Result<(), followermaze::server::ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        within("server shutdown", &mut self.task).await.unwrap()
+    }
+}
+
+/// A connected user client.
+pub struct Client {
+    pub stream: TcpStream,
+}
+
+impl Client {
+    /// Reads exactly `expected.len()` bytes and asserts they are `expected`.
+    pub async fn expect(&mut self, expected: &str) {
+        let mut got = vec![0u8; expected.len()];
+        within(
+            &format!("notifications {expected:?}"),
+            self.stream.read_exact(&mut got),
+        )
+        .await
+        .unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), expected);
+    }
+
+    /// Reads until the server closes the connection; returns what came.
+    pub async fn read_to_end(&mut self) -> String {
+        let mut got = Vec::new();
+        within("end of stream", self.stream.read_to_end(&mut got))
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&got).into_owned()
+    }
+}
+
+/// Writes `bytes` to a source connection.
+pub async fn send(source: &mut TcpStream, bytes: &str) {
+    within("source write", source.write_all(bytes.as_bytes()))
+        .await
+        .unwrap();
+}
