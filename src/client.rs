@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::accept;
-use crate::outbox::{Closed, Outbox};
+use crate::outbox::{Closed, Outbox, Taken};
 use crate::protocol::{parse_user_id, ParseError, UserId};
 use crate::registry::{Command, ConnId, RegistryHandle};
 use crate::stats::{DisconnectReason, LogThrottle, Stats};
@@ -243,7 +243,10 @@ async fn pump(stream: &mut TcpStream, outbox: &Outbox, stats: &Stats) -> Disconn
     let mut writing: Vec<u8> = Vec::new();
     let mut discard = [0u8; DISCARD_BYTES];
     loop {
-        let closed = outbox.take(&mut writing);
+        let Taken {
+            closed,
+            oldest_read_at,
+        } = outbox.take(&mut writing);
         if closed == Some(Closed::SlowConsumer) {
             return DisconnectReason::SlowConsumer;
         }
@@ -267,6 +270,9 @@ async fn pump(stream: &mut TcpStream, outbox: &Outbox, stats: &Stats) -> Disconn
                         }
                     }
                 }
+            }
+            if let Some(read_at) = oldest_read_at {
+                stats.latency.record(read_at.elapsed());
             }
             writing.clear();
             if writing.capacity() > WRITER_KEEP_BYTES {

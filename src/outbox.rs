@@ -11,6 +11,7 @@
 //! The lock is held for a swap or a `memcpy`, never across an `.await`.
 
 use std::sync::Mutex;
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -47,6 +48,19 @@ struct State {
     pending: Vec<u8>,
     /// Set once; after that nothing more is accepted.
     closed: Option<Closed>,
+    /// When the source read the oldest event in `pending`; `None` when
+    /// `pending` is empty.
+    oldest_read_at: Option<Instant>,
+}
+
+/// What the writer gets from [`Outbox::take`] besides the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// Whether the outbox is closed, and why. After `Drain`, the bytes taken
+    /// are the last there will be.
+    pub closed: Option<Closed>,
+    /// When the oldest of the bytes taken was read from the source.
+    pub oldest_read_at: Option<Instant>,
 }
 
 /// See the module doc.
@@ -74,11 +88,16 @@ impl Outbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Moves all of `staged` into the pending bytes; `staged` is left empty
-    /// (with some capacity to reuse). If pending would then exceed
-    /// `max_pending` bytes, the outbox closes as a slow consumer and drops
-    /// what was pending.
-    pub fn push(&self, staged: &mut Vec<u8>, max_pending: usize) -> Result<(), PushError> {
+    /// Moves all of `staged` (events read from the source at `read_at`) into
+    /// the pending bytes; `staged` is left empty (with some capacity to
+    /// reuse). If pending would then exceed `max_pending` bytes, the outbox
+    /// closes as a slow consumer and drops what was pending.
+    pub fn push(
+        &self,
+        staged: &mut Vec<u8>,
+        read_at: Instant,
+        max_pending: usize,
+    ) -> Result<(), PushError> {
         let mut state = self.lock();
         if let Some(reason) = state.closed {
             staged.clear();
@@ -87,6 +106,7 @@ impl Outbox {
         let was_empty = state.pending.is_empty();
         if was_empty {
             std::mem::swap(&mut state.pending, staged);
+            state.oldest_read_at = Some(read_at);
         } else {
             state.pending.extend_from_slice(staged);
             staged.clear();
@@ -95,6 +115,7 @@ impl Outbox {
         if pending_bytes > max_pending {
             state.closed = Some(Closed::SlowConsumer);
             state.pending = Vec::new();
+            state.oldest_read_at = None;
             drop(state);
             self.wake.notify_one();
             return Err(PushError::Overflow { pending_bytes });
@@ -121,13 +142,15 @@ impl Outbox {
     }
 
     /// Writer side: swaps everything pending into `into`, which must be
-    /// empty, and returns whether the outbox is closed. After `Drain`, the
-    /// bytes taken are the last there will be.
-    pub fn take(&self, into: &mut Vec<u8>) -> Option<Closed> {
+    /// empty; see [`Taken`] for the rest.
+    pub fn take(&self, into: &mut Vec<u8>) -> Taken {
         debug_assert!(into.is_empty(), "the writer must finish a buffer first");
         let mut state = self.lock();
         std::mem::swap(&mut state.pending, into);
-        state.closed
+        Taken {
+            closed: state.closed,
+            oldest_read_at: state.oldest_read_at.take(),
+        }
     }
 
     /// Whether the outbox is closed, and why.
@@ -149,47 +172,55 @@ mod tests {
     #[test]
     fn pushes_accumulate_until_taken() {
         let outbox = Outbox::new();
-        outbox.push(&mut b"1|B\n".to_vec(), 100).unwrap();
+        outbox
+            .push(&mut b"1|B\n".to_vec(), Instant::now(), 100)
+            .unwrap();
         let mut staged = b"2|B\n".to_vec();
-        outbox.push(&mut staged, 100).unwrap();
+        outbox.push(&mut staged, Instant::now(), 100).unwrap();
         assert!(staged.is_empty());
         let mut taken = Vec::new();
-        assert_eq!(outbox.take(&mut taken), None);
+        let info = outbox.take(&mut taken);
+        assert_eq!(info.closed, None);
+        assert!(info.oldest_read_at.is_some());
         assert_eq!(taken, b"1|B\n2|B\n");
     }
 
     #[test]
     fn overflow_closes_as_slow_consumer_and_drops_pending() {
         let outbox = Outbox::new();
-        outbox.push(&mut vec![b'x'; 8], 10).unwrap();
+        outbox.push(&mut vec![b'x'; 8], Instant::now(), 10).unwrap();
         assert_eq!(
-            outbox.push(&mut vec![b'y'; 8], 10),
+            outbox.push(&mut vec![b'y'; 8], Instant::now(), 10),
             Err(PushError::Overflow { pending_bytes: 16 })
         );
         assert_eq!(
-            outbox.push(&mut vec![b'z'; 1], 10),
+            outbox.push(&mut vec![b'z'; 1], Instant::now(), 10),
             Err(PushError::Closed(Closed::SlowConsumer))
         );
         let mut taken = Vec::new();
-        assert_eq!(outbox.take(&mut taken), Some(Closed::SlowConsumer));
+        assert_eq!(outbox.take(&mut taken).closed, Some(Closed::SlowConsumer));
         assert!(taken.is_empty());
     }
 
     #[test]
     fn drain_keeps_what_is_pending() {
         let outbox = Outbox::new();
-        outbox.push(&mut b"9|B\n".to_vec(), 100).unwrap();
+        outbox
+            .push(&mut b"9|B\n".to_vec(), Instant::now(), 100)
+            .unwrap();
         outbox.close(Closed::Drain);
         outbox.close(Closed::Gone);
         let mut taken = Vec::new();
-        assert_eq!(outbox.take(&mut taken), Some(Closed::Drain));
+        assert_eq!(outbox.take(&mut taken).closed, Some(Closed::Drain));
         assert_eq!(taken, b"9|B\n");
     }
 
     #[tokio::test]
     async fn a_wake_sent_before_waiting_is_kept() {
         let outbox = Outbox::new();
-        outbox.push(&mut b"1|B\n".to_vec(), 100).unwrap();
+        outbox
+            .push(&mut b"1|B\n".to_vec(), Instant::now(), 100)
+            .unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), outbox.woken())
             .await
             .expect("the permit from push wakes the writer");

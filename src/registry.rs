@@ -15,6 +15,7 @@
 //! notification for that user (a user with two devices sees both).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use hashbrown::HashMap;
 use slab::Slab;
@@ -32,7 +33,11 @@ pub type ConnId = u64;
 #[derive(Debug)]
 pub enum Command {
     /// Apply these events, already in sequence order, and notify.
-    Deliver(Vec<Event>),
+    Deliver {
+        events: Vec<Event>,
+        /// When the source read that made them deliverable (for latency).
+        read_at: Instant,
+    },
     /// A client finished its handshake.
     Register {
         user: UserId,
@@ -144,7 +149,7 @@ impl Registry {
     pub async fn run(mut self) {
         while let Some(command) = self.commands.recv().await {
             match command {
-                Command::Deliver(events) => self.deliver(&events),
+                Command::Deliver { events, read_at } => self.deliver(&events, read_at),
                 Command::Register { user, conn, outbox } => self.register(user, conn, outbox),
                 Command::Unregister { user, conn } => self.unregister(user, conn),
                 Command::Restart => self.router.clear(),
@@ -192,7 +197,7 @@ impl Registry {
 
     /// Applies `events` in order, stages each notification, then moves each
     /// touched client's staged bytes to its outbox.
-    fn deliver(&mut self, events: &[Event]) {
+    fn deliver(&mut self, events: &[Event], read_at: Instant) {
         let Registry {
             router,
             conns,
@@ -250,15 +255,15 @@ impl Registry {
         Stats::add(&self.stats.events_delivered, events.len() as u64);
         Stats::add(&self.stats.notifications, notifications);
         Stats::set(&self.stats.refused_follows, self.router.refused_follows());
-        self.flush_touched();
+        self.flush_touched(read_at);
     }
 
-    fn flush_touched(&mut self) {
+    fn flush_touched(&mut self, read_at: Instant) {
         let max = self.settings.max_client_pending_bytes;
         let mut touched = std::mem::take(&mut self.touched);
         for &key in &touched {
             let conn = &mut self.conns[key];
-            let result = conn.outbox.push(&mut conn.staged, max);
+            let result = conn.outbox.push(&mut conn.staged, read_at, max);
             if conn.staged.capacity() > STAGING_KEEP_BYTES {
                 conn.staged = Vec::new();
             }

@@ -35,8 +35,8 @@ pub type SourceId = u64;
 pub enum SourceMsg {
     /// A source connected.
     Opened(SourceId),
-    /// Events parsed from one read, in arrival order.
-    Events(SourceId, Vec<Event>),
+    /// Events parsed from one read, in arrival order, and when it was read.
+    Events(SourceId, Vec<Event>, std::time::Instant),
     /// A source disconnected.
     Closed(SourceId),
 }
@@ -153,7 +153,7 @@ impl Sequencer {
             );
         }
         self.publish_stats();
-        let _ = self.send(released).await;
+        let _ = self.send(released, std::time::Instant::now()).await;
         // If the registry is already gone there is nobody left to stop.
         let _ = self.registry.send(Command::Shutdown).await;
     }
@@ -174,11 +174,16 @@ impl Sequencer {
                 self.sources.remove(&source);
                 Ok(())
             }
-            SourceMsg::Events(source, events) => self.place(source, events).await,
+            SourceMsg::Events(source, events, read_at) => self.place(source, events, read_at).await,
         }
     }
 
-    async fn place(&mut self, source: SourceId, events: Vec<Event>) -> Result<(), ()> {
+    async fn place(
+        &mut self,
+        source: SourceId,
+        events: Vec<Event>,
+        read_at: std::time::Instant,
+    ) -> Result<(), ()> {
         let now = Instant::now();
         self.policy.observe(events.len(), now.into_std());
         let mut released = Vec::with_capacity(events.len());
@@ -189,7 +194,7 @@ impl Sequencer {
                 let starts_over = (1..=NEW_STREAM_MAX_FIRST_SEQ).contains(&first.seq)
                     && first.seq < self.buffer.next_expected();
                 if starts_over && self.sources.len() == 1 {
-                    self.restart(first.seq).await?;
+                    self.restart(first.seq, read_at).await?;
                 }
             }
         }
@@ -221,7 +226,7 @@ impl Sequencer {
         }
         self.track_gap(now);
         self.publish_stats();
-        self.send(released).await
+        self.send(released, read_at).await
     }
 
     /// Opens, keeps or closes the gap record after the window changed.
@@ -251,11 +256,11 @@ impl Sequencer {
         );
         self.track_gap(Instant::now());
         self.publish_stats();
-        self.send(released).await
+        self.send(released, std::time::Instant::now()).await
     }
 
     /// A new stream starts (see the module doc).
-    async fn restart(&mut self, first_seq: Seq) -> Result<(), ()> {
+    async fn restart(&mut self, first_seq: Seq, read_at: std::time::Instant) -> Result<(), ()> {
         let mut released = Vec::new();
         self.buffer.flush(&mut released);
         tracing::info!(
@@ -263,7 +268,7 @@ impl Sequencer {
             first_seq,
             "new source started a new stream: sequence restarts at 1, follower graph cleared"
         );
-        self.send(released).await?;
+        self.send(released, read_at).await?;
         self.buffer.restart();
         self.gap = None;
         self.registry.send(Command::Restart).await.map_err(|_| ())
@@ -279,12 +284,15 @@ impl Sequencer {
         Stats::set(&self.stats.next_sequence, self.buffer.next_expected());
     }
 
-    async fn send(&self, released: Vec<Event>) -> Result<(), ()> {
+    async fn send(&self, released: Vec<Event>, read_at: std::time::Instant) -> Result<(), ()> {
         if released.is_empty() {
             return Ok(());
         }
         self.registry
-            .send(Command::Deliver(released))
+            .send(Command::Deliver {
+                events: released,
+                read_at,
+            })
             .await
             .map_err(|_| ())
     }

@@ -87,6 +87,7 @@ async fn serve_source(
         match read {
             Ok(0) => break "source closed the connection",
             Ok(bytes) => {
+                let read_at = std::time::Instant::now();
                 let mut events = Vec::with_capacity(bytes / 16);
                 reader.drain(|frame| match frame {
                     Frame::Line(raw) => match parse_event(&raw) {
@@ -122,7 +123,11 @@ async fn serve_source(
                 }
                 events_read += events.len() as u64;
                 Stats::add(&stats.events_received, events.len() as u64);
-                if sequencer.send(SourceMsg::Events(id, events)).await.is_err() {
+                if sequencer
+                    .send(SourceMsg::Events(id, events, read_at))
+                    .await
+                    .is_err()
+                {
                     break "server shutting down";
                 }
             }

@@ -88,6 +88,8 @@ pub struct Stats {
     pub client_writes: AtomicU64,
     /// Bytes clients sent after their handshake (read and dropped).
     pub client_bytes_ignored: AtomicU64,
+    /// Time from a source read to the write that delivered its events.
+    pub latency: LatencyHistogram,
 }
 
 impl Stats {
@@ -119,6 +121,67 @@ impl Stats {
     /// Disconnects so far for `reason`.
     pub fn disconnects(&self, reason: DisconnectReason) -> u64 {
         Stats::get(&self.client_disconnects[reason as usize])
+    }
+}
+
+/// Number of latency buckets: bucket `i` counts samples under `2^i` µs
+/// (the last also counts everything longer, about 67 s and up).
+pub const LATENCY_BUCKETS: usize = 27;
+
+/// A lock-free histogram of durations in power-of-two microsecond buckets:
+/// one relaxed add per sample (per write syscall, not per event), coarse but
+/// plenty for "is p99 under a millisecond".
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Sample counts per bucket; see [`LATENCY_BUCKETS`].
+    buckets: [AtomicU64; LATENCY_BUCKETS],
+    /// Sum of all samples, in nanoseconds.
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one sample.
+    #[inline]
+    pub fn record(&self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let index = ((u64::BITS - micros.leading_zeros()) as usize).min(LATENCY_BUCKETS - 1);
+        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// The upper bound of bucket `index`, in seconds (the last is open).
+    pub fn bucket_bound_secs(index: usize) -> f64 {
+        (1u64 << index) as f64 / 1e6
+    }
+
+    /// Sample counts per bucket, not cumulative.
+    pub fn counts(&self) -> [u64; LATENCY_BUCKETS] {
+        std::array::from_fn(|index| self.buckets[index].load(Ordering::Relaxed))
+    }
+
+    /// Sum of all samples, in seconds.
+    pub fn sum_secs(&self) -> f64 {
+        self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    /// An upper bound for quantile `q` (0..=1): the bound of the bucket
+    /// holding it. `None` before any sample.
+    pub fn quantile_upper_bound(&self, q: f64) -> Option<Duration> {
+        let counts = self.counts();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (index, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return Some(Duration::from_micros(1u64 << index));
+            }
+        }
+        None
     }
 }
 
@@ -172,6 +235,26 @@ mod tests {
         assert_eq!(throttle.allow(), None);
         assert_eq!(throttle.allow(), None);
         assert_eq!(throttle.suppressed, 2);
+    }
+
+    #[test]
+    fn latency_buckets_are_powers_of_two_microseconds() {
+        let histogram = LatencyHistogram::default();
+        assert_eq!(histogram.quantile_upper_bound(0.5), None);
+        for _ in 0..98 {
+            histogram.record(Duration::from_micros(300)); // under 512 µs
+        }
+        histogram.record(Duration::from_millis(3)); // under 4096 µs
+        histogram.record(Duration::from_secs(3600)); // overflow bucket
+        assert_eq!(
+            histogram.quantile_upper_bound(0.5),
+            Some(Duration::from_micros(512))
+        );
+        assert_eq!(
+            histogram.quantile_upper_bound(0.99),
+            Some(Duration::from_micros(4096))
+        );
+        assert_eq!(histogram.counts()[LATENCY_BUCKETS - 1], 1);
     }
 
     #[test]
