@@ -45,6 +45,8 @@ pub struct ClientSettings {
     pub handshake_timeout: Duration,
     /// Connections (handshaking or registered) beyond this are refused.
     pub max_clients: usize,
+    /// `SO_SNDBUF` for client sockets; 0 leaves the OS default.
+    pub send_buffer_bytes: usize,
     /// At shutdown, how long writers may take to flush before they are cut.
     pub drain_timeout: Duration,
 }
@@ -115,6 +117,7 @@ pub async fn accept_clients(
             registry: registry.clone(),
             stats: stats.clone(),
             handshake_timeout: settings.handshake_timeout,
+            send_buffer_bytes: settings.send_buffer_bytes,
             shutdown: shutdown.clone(),
             bad_handshakes: Arc::clone(&bad_handshakes),
         };
@@ -150,6 +153,8 @@ struct Connection {
     stats: Arc<Stats>,
     /// Deadline for the id line.
     handshake_timeout: Duration,
+    /// `SO_SNDBUF`, or 0 for the OS default.
+    send_buffer_bytes: usize,
     /// Cancelled at shutdown (ends a pending handshake).
     shutdown: CancellationToken,
     /// Shared rate limit for bad-handshake warnings: a port scan must not
@@ -162,6 +167,12 @@ impl Connection {
         // We batch writes ourselves; Nagle would only add latency.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(peer = %self.peer, %error, "could not set TCP_NODELAY");
+        }
+        if self.send_buffer_bytes > 0 {
+            let socket = socket2::SockRef::from(&stream);
+            if let Err(error) = socket.set_send_buffer_size(self.send_buffer_bytes) {
+                tracing::debug!(peer = %self.peer, %error, "could not set SO_SNDBUF");
+            }
         }
         let handshake = tokio::select! {
             () = self.shutdown.cancelled() => Err(HandshakeError::Shutdown),

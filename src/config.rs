@@ -48,6 +48,13 @@ pub struct Config {
     /// Bytes a client may fall behind before it is disconnected.
     #[serde(rename = "maxclientbufferbytes", alias = "max_client_buffer_bytes")]
     pub max_client_buffer_bytes: usize,
+    /// Kernel send buffer for each client socket, in bytes; 0 leaves it to
+    /// the OS (autotuned, up to `net.ipv4.tcp_wmem`'s maximum). A client's
+    /// unread bytes live here before they count against
+    /// `maxClientBufferBytes`, so a small value makes slow consumers show
+    /// sooner.
+    #[serde(rename = "clientsendbufferbytes", alias = "client_send_buffer_bytes")]
+    pub client_send_buffer_bytes: usize,
     /// Most client connections at once (handshaking included).
     #[serde(rename = "maxclients", alias = "max_clients")]
     pub max_clients: usize,
@@ -72,6 +79,7 @@ impl Default for Config {
             gap_timeout_max_ms: 10_000,
             handshake_timeout_ms: 5_000,
             max_client_buffer_bytes: 4 << 20,
+            client_send_buffer_bytes: 0,
             max_clients: 100_000,
             max_follow_edges: 4_000_000,
             drain_timeout_ms: 5_000,
@@ -157,6 +165,7 @@ impl Config {
         ClientSettings {
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             max_clients: self.max_clients,
+            send_buffer_bytes: self.client_send_buffer_bytes,
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
         }
     }

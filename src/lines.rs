@@ -197,5 +197,35 @@ mod tests {
             let want: Vec<Frame> = lines.iter().map(|l| line(l)).collect();
             prop_assert_eq!(got, want);
         }
+
+        /// Fuzzing by property: arbitrary bytes in arbitrary chunks never
+        /// panic, no line exceeds the limit, and every byte is accounted
+        /// for (returned, dropped as too long, or still held back).
+        #[test]
+        fn prop_arbitrary_bytes_are_all_accounted_for(
+            input in prop::collection::vec(prop_oneof![any::<u8>(), Just(b'\n')], 0..2000),
+            cuts in prop::collection::vec(0usize..2000, 0..30),
+            max in 1usize..100,
+        ) {
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let mut reader = LineReader::new(max);
+            let mut returned = 0;
+            let mut dropped = 0;
+            let mut start = 0;
+            for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
+                let cut = cut.clamp(start, input.len());
+                reader.read_buf().extend_from_slice(&input[start..cut]);
+                reader.drain(|frame| match frame {
+                    Frame::Line(line) => {
+                        assert!(line.len() <= max && line.ends_with(b"\n"));
+                        returned += line.len();
+                    }
+                    Frame::TooLong { bytes } => dropped += bytes,
+                });
+                start = cut;
+            }
+            prop_assert_eq!(returned + dropped + reader.partial_len(), input.len());
+        }
     }
 }

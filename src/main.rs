@@ -1,6 +1,7 @@
 //! The followermaze server binary: configuration, logging, signals; the
 //! rest is the library's [`followermaze::run`].
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use followermaze::{Config, Listeners};
@@ -31,7 +32,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

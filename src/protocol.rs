@@ -181,6 +181,7 @@ pub fn parse_user_id(line: &[u8]) -> Result<UserId, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn parses_the_five_event_shapes() {
@@ -243,6 +244,56 @@ mod tests {
             parse_event(b"18446744073709551615|S|0"),
             Ok((u64::MAX, EventKind::Status { from: 0 }))
         );
+    }
+
+    /// The canonical line for a parsed event, for round-trip checks.
+    fn canonical(seq: Seq, kind: EventKind) -> String {
+        match kind {
+            EventKind::Follow { from, to } => format!("{seq}|F|{from}|{to}"),
+            EventKind::Unfollow { from, to } => format!("{seq}|U|{from}|{to}"),
+            EventKind::Broadcast => format!("{seq}|B"),
+            EventKind::Private { from, to } => format!("{seq}|P|{from}|{to}"),
+            EventKind::Status { from } => format!("{seq}|S|{from}"),
+        }
+    }
+
+    fn any_kind() -> impl Strategy<Value = EventKind> {
+        prop_oneof![
+            (any::<u64>(), any::<u64>()).prop_map(|(from, to)| EventKind::Follow { from, to }),
+            (any::<u64>(), any::<u64>()).prop_map(|(from, to)| EventKind::Unfollow { from, to }),
+            Just(EventKind::Broadcast),
+            (any::<u64>(), any::<u64>()).prop_map(|(from, to)| EventKind::Private { from, to }),
+            any::<u64>().prop_map(|from| EventKind::Status { from }),
+        ]
+    }
+
+    proptest! {
+        /// Fuzzing by property: arbitrary bytes never panic, and whatever
+        /// parses means the same after a canonical round trip.
+        #[test]
+        fn prop_arbitrary_bytes_never_panic(line in prop::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok((seq, kind)) = parse_event(&line) {
+                prop_assert_eq!(parse_event(canonical(seq, kind).as_bytes()), Ok((seq, kind)));
+            }
+            if let Ok(user) = parse_user_id(&line) {
+                prop_assert_eq!(parse_user_id(user.to_string().as_bytes()), Ok(user));
+            }
+        }
+
+        /// Near-miss lines (valid alphabet, random shape) exercise every
+        /// error path.
+        #[test]
+        fn prop_near_misses_never_panic(line in "[0-9|FUBPSX\\r\\n]{0,40}") {
+            let _ = parse_event(line.as_bytes());
+            let _ = parse_user_id(line.as_bytes());
+        }
+
+        #[test]
+        fn prop_every_valid_event_parses(seq in any::<u64>(), kind in any_kind(), crlf in any::<bool>()) {
+            let mut line = canonical(seq, kind);
+            line.push_str(if crlf { "\r\n" } else { "\n" });
+            prop_assert_eq!(parse_event(line.as_bytes()), Ok((seq, kind)));
+        }
     }
 
     #[test]

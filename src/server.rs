@@ -112,8 +112,8 @@ pub async fn run_with_stats(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let addresses = (
-        listeners.events.local_addr().ok(),
-        listeners.clients.local_addr().ok(),
+        display_addr(&listeners.events),
+        display_addr(&listeners.clients),
     );
     let stop_accepting = CancellationToken::new();
     let (registry, registry_handle) = Registry::new(config.registry(), stats.clone());
@@ -137,8 +137,8 @@ pub async fn run_with_stats(
         stop_accepting.clone(),
     ));
     tracing::info!(
-        events = ?addresses.0,
-        clients = ?addresses.1,
+        events = %addresses.0,
+        clients = %addresses.1,
         "followermaze listening"
     );
 
@@ -175,4 +175,12 @@ pub async fn run_with_stats(
             Ok(())
         }
     }
+}
+
+/// A listener's bound address for the startup line.
+fn display_addr(listener: &TcpListener) -> String {
+    listener.local_addr().map_or_else(
+        |error| format!("<unknown: {error}>"),
+        |addr| addr.to_string(),
+    )
 }

@@ -1,0 +1,150 @@
+//! The server binary as users run it: configuration errors, a port in use,
+//! and SIGTERM.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::within;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_followermaze");
+
+/// A command for the server binary on loopback ephemeral ports, with no
+/// metrics listener and nothing inherited that could change its settings.
+fn server_command() -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .env("bindAddress", "127.0.0.1")
+        .env("eventListenerPort", "0")
+        .env("clientListenerPort", "0")
+        .env("metricsPort", "0")
+        .env("logLevel", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `command` to completion; returns its exit code and stderr.
+async fn run_to_exit(mut command: Command) -> (Option<i32>, String) {
+    let output = within("the server to exit", command.output())
+        .await
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Starts the server and reads its startup line for the two addresses.
+async fn start() -> (Child, String, String) {
+    let mut child = server_command().spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let line = within("the startup line", async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("server exited");
+            if line.contains("followermaze listening") {
+                return line;
+            }
+        }
+    })
+    .await;
+    // Keep draining stderr so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let field = |name: &str| {
+        let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        line[start..].split_whitespace().next().unwrap().to_owned()
+    };
+    (child, field("events"), field("clients"))
+}
+
+#[tokio::test]
+async fn a_bad_variable_exits_2_naming_it() {
+    let mut command = server_command();
+    command.env("eventListenerPort", "abc");
+    let (code, stderr) = run_to_exit(command).await;
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("eventListenerPort"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[tokio::test]
+async fn a_port_in_use_exits_2_naming_it() {
+    let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let mut command = server_command();
+    command.env("clientListenerPort", &port);
+    let (code, stderr) = run_to_exit(command).await;
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("clientListenerPort"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero() {
+    let (mut child, events, clients) = start().await;
+    let mut client = TcpStream::connect(&clients).await.unwrap();
+    client.write_all(b"1\r\n").await.unwrap();
+    let mut source = TcpStream::connect(&events).await.unwrap();
+    // Registration has no acknowledgement: broadcasts sent one at a time
+    // until one arrives prove the client is registered.
+    let mut sent = 0;
+    let mut first = [0u8; 1];
+    loop {
+        sent += 1;
+        source
+            .write_all(format!("{sent}|B\r\n").as_bytes())
+            .await
+            .unwrap();
+        let wait = std::time::Duration::from_millis(50);
+        if tokio::time::timeout(wait, client.read_exact(&mut first))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(sent < 200, "client never registered");
+    }
+    // Finish the line that arrived; every broadcast after it is owed.
+    let mut line = vec![first[0]];
+    while line.last() != Some(&b'\n') {
+        let mut byte = [0u8; 1];
+        within("the first line", client.read_exact(&mut byte))
+            .await
+            .unwrap();
+        line.push(byte[0]);
+    }
+    let received: u64 = String::from_utf8_lossy(&line)
+        .trim_end()
+        .trim_end_matches("|B")
+        .parse()
+        .unwrap();
+    let mut expected: String = (received + 1..=sent)
+        .map(|seq| format!("{seq}|B\r\n"))
+        .collect();
+    let seq = sent;
+    // 2 ahead of a gap, parked when SIGTERM comes: shutdown releases it.
+    let parked = format!("{}|B\r\n", seq + 2);
+    source.write_all(parked.as_bytes()).await.unwrap();
+    expected.push_str(&parked);
+    let pid = child.id().unwrap().to_string();
+    let status = within("kill", Command::new("kill").args(["-TERM", &pid]).status())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let status = within("the server to exit after SIGTERM", child.wait())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut rest = Vec::new();
+    within("the drained stream", client.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&rest), expected);
+}
