@@ -223,9 +223,9 @@ async fn clients_that_reset_or_half_close_are_cleaned_up() {
     let mut source = server.source().await;
     let burst: String = (1..=20_000).map(|seq| format!("{seq}|B\r\n")).collect();
     send(&mut source, &burst).await;
-    // Reset mid-stream: linger 0 makes close send RST.
-    resetter
-        .stream
+    // Reset mid-stream.
+    // Linger 0 makes close send RST (and does not block, at 0).
+    socket2::SockRef::from(&resetter.stream)
         .set_linger(Some(std::time::Duration::ZERO))
         .unwrap();
     drop(resetter);
