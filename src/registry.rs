@@ -162,7 +162,10 @@ impl Registry {
         tracing::debug!(clients = self.conns.len(), "registry stopped");
     }
 
-    fn register(&mut self, user: UserId, id: ConnId, outbox: Arc<Outbox>) {
+    /// Adds a connection for `user`. Normally reached through
+    /// [`Command::Register`]; public so benchmarks can drive the actor's
+    /// state without its channel.
+    pub fn register(&mut self, user: UserId, id: ConnId, outbox: Arc<Outbox>) {
         let key = self.conns.insert(Conn {
             user,
             id,
@@ -196,8 +199,9 @@ impl Registry {
     }
 
     /// Applies `events` in order, stages each notification, then moves each
-    /// touched client's staged bytes to its outbox.
-    fn deliver(&mut self, events: &[Event], read_at: Instant) {
+    /// touched client's staged bytes to its outbox. Normally reached through
+    /// [`Command::Deliver`]; public so benchmarks can measure dispatch alone.
+    pub fn deliver(&mut self, events: &[Event], read_at: Instant) {
         let Registry {
             router,
             conns,
