@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::stats::LogThrottle;
+use crate::stats::{LogThrottle, Stats};
 
 /// How long to pause accepting after a resource error (`EMFILE`, `ENFILE`,
 /// `ENOBUFS`...). The pending connection stays in the kernel's backlog; the
@@ -26,6 +26,7 @@ pub async fn accept(
     shutdown: &CancellationToken,
     what: &'static str,
     errors: &mut LogThrottle,
+    stats: &Stats,
 ) -> Option<(TcpStream, SocketAddr)> {
     loop {
         let accepted = tokio::select! {
@@ -36,6 +37,7 @@ pub async fn accept(
             Ok(connection) => return Some(connection),
             Err(error) if concerns_one_connection(&error) => continue,
             Err(error) => {
+                Stats::add(&stats.accept_errors, 1);
                 if let Some(suppressed) = errors.allow() {
                     tracing::warn!(
                         listener = what,

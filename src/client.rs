@@ -96,7 +96,9 @@ pub async fn accept_clients(
     let mut refusals = LogThrottle::new(WARN_EVERY);
     let bad_handshakes = Arc::new(std::sync::Mutex::new(LogThrottle::new(WARN_EVERY)));
     let mut next_id: ConnId = 0;
-    while let Some((stream, peer)) = accept(&listener, &shutdown, "client", &mut errors).await {
+    while let Some((stream, peer)) =
+        accept(&listener, &shutdown, "client", &mut errors, &stats).await
+    {
         while connections.try_join_next().is_some() {}
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             stats.disconnected(DisconnectReason::Rejected);

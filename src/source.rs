@@ -40,7 +40,8 @@ pub async fn accept_sources(
     let mut connections = JoinSet::new();
     let mut errors = LogThrottle::new(WARN_EVERY);
     let mut next_id: SourceId = 0;
-    while let Some((stream, peer)) = accept(&listener, &shutdown, "event source", &mut errors).await
+    while let Some((stream, peer)) =
+        accept(&listener, &shutdown, "event source", &mut errors, &stats).await
     {
         next_id += 1;
         Stats::add(&stats.source_connections, 1);

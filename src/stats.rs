@@ -70,6 +70,8 @@ pub struct Stats {
     pub window_len: AtomicU64,
     /// Gauge: the next sequence the window will release.
     pub next_sequence: AtomicU64,
+    /// `accept` calls that failed for lack of resources (`EMFILE`...).
+    pub accept_errors: AtomicU64,
     /// Event source connections accepted.
     pub source_connections: AtomicU64,
     /// Gauge: source connections open now.
