@@ -2,7 +2,7 @@
 //! verifier, and of 10,000), against the hash-map window the design card
 //! describes, to show which is faster.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use followermaze::reorder::ReorderBuffer;
@@ -24,7 +24,8 @@ fn shuffled(count: u64, batch: usize) -> Vec<u64> {
     seqs
 }
 
-/// The sliding window as a hash map: park everything, release from `next`.
+/// The sliding window as a hash map (hashbrown, foldhash: the fastest map we
+/// depend on): park everything, release from `next`.
 fn hash_map_window(seqs: &[u64], released: &mut Vec<u64>) {
     let mut parked: HashMap<u64, u64> = HashMap::new();
     let mut next = 1;
