@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::gap::GapPolicy;
 use crate::protocol::{Event, Seq};
-use crate::registry::{Command, RegistryHandle};
+use crate::registry::{Command, RegistryGone, RegistryHandle};
 use crate::reorder::ReorderBuffer;
 use crate::stats::{LogThrottle, Stats};
 
@@ -164,7 +164,7 @@ impl Sequencer {
         Some(gap.since + self.policy.patience(self.buffer.missing()))
     }
 
-    async fn handle(&mut self, message: SourceMsg) -> Result<(), ()> {
+    async fn handle(&mut self, message: SourceMsg) -> Result<(), RegistryGone> {
         match message {
             SourceMsg::Opened(source) => {
                 self.sources.insert(source, true);
@@ -183,7 +183,7 @@ impl Sequencer {
         source: SourceId,
         events: Vec<Event>,
         read_at: std::time::Instant,
-    ) -> Result<(), ()> {
+    ) -> Result<(), RegistryGone> {
         let now = Instant::now();
         self.policy.observe(events.len(), now.into_std());
         let mut released = Vec::with_capacity(events.len());
@@ -242,7 +242,7 @@ impl Sequencer {
         }
     }
 
-    async fn skip_gap(&mut self) -> Result<(), ()> {
+    async fn skip_gap(&mut self) -> Result<(), RegistryGone> {
         let waited = self.gap.map(|gap| gap.since.elapsed()).unwrap_or_default();
         let mut released = Vec::new();
         let skipped = self.buffer.skip_gap(&mut released);
@@ -260,7 +260,7 @@ impl Sequencer {
     }
 
     /// A new stream starts (see the module doc).
-    async fn restart(&mut self, first_seq: Seq, read_at: std::time::Instant) -> Result<(), ()> {
+    async fn restart(&mut self, first_seq: Seq, read_at: std::time::Instant) -> Result<(), RegistryGone> {
         let mut released = Vec::new();
         self.buffer.flush(&mut released);
         tracing::info!(
@@ -271,7 +271,7 @@ impl Sequencer {
         self.send(released, read_at).await?;
         self.buffer.restart();
         self.gap = None;
-        self.registry.send(Command::Restart).await.map_err(|_| ())
+        self.registry.send(Command::Restart).await
     }
 
     fn publish_stats(&self) {
@@ -284,7 +284,7 @@ impl Sequencer {
         Stats::set(&self.stats.next_sequence, self.buffer.next_expected());
     }
 
-    async fn send(&self, released: Vec<Event>, read_at: std::time::Instant) -> Result<(), ()> {
+    async fn send(&self, released: Vec<Event>, read_at: std::time::Instant) -> Result<(), RegistryGone> {
         if released.is_empty() {
             return Ok(());
         }
@@ -294,6 +294,5 @@ impl Sequencer {
                 read_at,
             })
             .await
-            .map_err(|_| ())
     }
 }
