@@ -52,10 +52,12 @@ pub enum Command {
     Shutdown,
 }
 
-/// How many commands may wait for the registry. Each `Deliver` holds one
-/// read's worth of events (≤ 64 KiB of lines), so this bounds the queued
-/// events to a few MiB and makes a slow registry push back on the sources.
-pub const COMMAND_QUEUE: usize = 64;
+/// How many commands may wait for the registry. Each `Deliver` holds about
+/// one read's worth of events (≤ 64 KiB of lines, ~4,000 events of 64 bytes
+/// each: ~320 KiB in all), so 8 bound the queue to ~2.5 MiB while leaving
+/// enough in flight to keep both sides busy; a slow registry pushes back on
+/// the sources.
+pub const COMMAND_QUEUE: usize = 8;
 
 /// Staging buffers larger than this after a flush are freed rather than kept
 /// for reuse, so a burst does not leave every client holding its peak.

@@ -42,9 +42,10 @@ pub enum SourceMsg {
 }
 
 /// How many parsed reads may wait for the sequencer. Each is at most one
-/// 64 KiB read's worth of events; the bound makes a slow pipeline push back
-/// on the source's TCP window instead of buffering.
-pub const SOURCE_QUEUE: usize = 64;
+/// 64 KiB read's worth of events (~320 KiB with their `Event` headers); the
+/// bound makes a slow pipeline push back on the source's TCP window instead
+/// of buffering.
+pub const SOURCE_QUEUE: usize = 8;
 
 /// A new connection's first event opens a new stream only if its sequence
 /// is at most this: a fresh stream starts at 1 (shuffled within a first
