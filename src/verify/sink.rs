@@ -6,6 +6,8 @@
 //! Bounded: it returns when the first event source disconnects, or at
 //! `limit`, whichever comes first.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
@@ -33,24 +35,24 @@ pub async fn sink(
     clients: TcpListener,
     limit: Duration,
 ) -> std::io::Result<SinkReport> {
+    let accepted = Arc::new(AtomicU64::new(0));
+    let mut tasks = JoinSet::new();
+    // Clients may connect before or after the source: accept them all the
+    // while, and hold them open without writing.
+    let counter = accepted.clone();
+    tasks.spawn(async move {
+        let mut readers = JoinSet::new();
+        while let Ok((mut stream, _)) = clients.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            readers.spawn(async move {
+                let mut scratch = [0u8; 256];
+                while matches!(stream.read(&mut scratch).await, Ok(n) if n > 0) {}
+            });
+            while readers.try_join_next().is_some() {}
+        }
+    });
     let work = async {
-        let mut client_tasks = JoinSet::new();
-        let mut accepted = 0u64;
-        let source = loop {
-            tokio::select! {
-                accepted_source = events.accept() => break accepted_source?.0,
-                client = clients.accept() => {
-                    if let Ok((mut stream, _)) = client {
-                        accepted += 1;
-                        client_tasks.spawn(async move {
-                            let mut scratch = [0u8; 256];
-                            while matches!(stream.read(&mut scratch).await, Ok(n) if n > 0) {}
-                        });
-                    }
-                }
-            }
-        };
-        let mut source = source;
+        let (mut source, _) = events.accept().await?;
         let mut buf = vec![0u8; SINK_READ_BYTES];
         let mut bytes = 0u64;
         let mut first = None;
@@ -62,15 +64,18 @@ pub async fn sink(
             first.get_or_insert_with(Instant::now);
             bytes += n as u64;
         }
-        client_tasks.shutdown().await;
-        Ok(SinkReport {
-            bytes,
-            elapsed: first.map(|t| t.elapsed()).unwrap_or_default(),
-            clients: accepted,
-        })
+        Ok::<_, std::io::Error>((bytes, first.map(|t| t.elapsed()).unwrap_or_default()))
     };
-    match tokio::time::timeout(limit, work).await {
-        Ok(result) => result,
+    let result = tokio::time::timeout(limit, work).await;
+    // Dropping the accept task's JoinSet closes every client connection.
+    tasks.shutdown().await;
+    match result {
+        Ok(Ok((bytes, elapsed))) => Ok(SinkReport {
+            bytes,
+            elapsed,
+            clients: accepted.load(Ordering::Relaxed),
+        }),
+        Ok(Err(error)) => Err(error),
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("no event source finished within {} s", limit.as_secs()),
