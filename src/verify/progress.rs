@@ -31,7 +31,7 @@ pub async fn show(
         let bar = ProgressBar::new(total);
         bar.set_style(
             ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} events ({per_sec}) {msg}",
+                "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} events {msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
@@ -53,15 +53,18 @@ pub async fn show(
         }
         let sent = shared.events_sent.load(Ordering::Relaxed);
         let notifications = shared.notifications.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let rate = (sent - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-9);
+        last = (now, sent);
         match &bar {
             Some(bar) => {
                 bar.set_position(sent);
-                bar.set_message(format!("{notifications} notifications"));
+                bar.set_message(format!(
+                    "({:.2}M/s), {notifications} notifications",
+                    rate / 1e6
+                ));
             }
             None => {
-                let now = Instant::now();
-                let rate = (sent - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
-                last = (now, sent);
                 println!(
                     "[{:>7.1}s] events sent: {sent} of {total} ({rate:.0}/s), notifications received: {notifications}",
                     started.elapsed().as_secs_f64(),
