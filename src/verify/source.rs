@@ -30,7 +30,7 @@ use rtrb::Producer;
 use super::expect::{line_hash, Expected, Tally};
 use super::failure::{ClientRef, Failure};
 use super::generator::{Batch, Generator, GeneratorSettings, MixCounts};
-use super::line::{push_line, Event, Kind, MAX_LINE_BYTES};
+use super::line::{format_line, Event, Kind, MAX_LINE_BYTES};
 use super::shared::{Plan, Shared};
 use crate::protocol::Seq;
 
@@ -99,8 +99,12 @@ pub struct Source {
     queues: Vec<Producer<Expected>>,
     /// One tally per client, of what it is owed.
     tallies: Vec<Tally>,
-    /// Bytes not yet written; whole batches only.
+    /// The output buffer, kept at its full length so lines are formatted
+    /// straight into it; `out[..used]` is not yet written, whole batches
+    /// only. Room for a chunk plus one batch plus one line.
     out: Vec<u8>,
+    /// Bytes of `out` in use.
+    used: usize,
     /// Where each event of the current batch sits in `out`: (offset, len).
     spans: Vec<(usize, usize)>,
     /// Per client: entries the current batch needs (scratch, all zero
@@ -135,7 +139,8 @@ impl Source {
             shared,
             queues,
             tallies: vec![Tally::default(); clients],
-            out: Vec::with_capacity(CHUNK_BYTES + max_batch * MAX_LINE_BYTES),
+            out: vec![0; CHUNK_BYTES + (max_batch + 1) * MAX_LINE_BYTES],
+            used: 0,
             spans: Vec::with_capacity(max_batch),
             need: vec![0; clients],
             touched: Vec::with_capacity(clients),
@@ -174,7 +179,7 @@ impl Source {
             self.reserve(&batch)?;
             self.append(&batch);
             generated += batch.events.len() as u64;
-            if self.out.len() >= CHUNK_BYTES {
+            if self.used >= CHUNK_BYTES {
                 self.flush()?;
             }
             if self.settings.rate > 0 {
@@ -228,7 +233,7 @@ impl Source {
                 from: 0,
                 to: 0,
             };
-            push_line(&broadcast, &mut self.out);
+            self.put(&broadcast);
             self.events_buffered += 1;
             self.flush()?;
             let shared = &self.shared;
@@ -279,9 +284,7 @@ impl Source {
         self.spans.clear();
         self.spans.resize(batch.events.len(), (0, 0));
         for &index in &batch.order {
-            let start = self.out.len();
-            let len = push_line(&batch.events[index as usize], &mut self.out);
-            self.spans[index as usize] = (start, len);
+            self.spans[index as usize] = self.put(&batch.events[index as usize]);
         }
         // Notes are grouped by event: hash each line once, however many
         // clients it goes to.
@@ -304,20 +307,32 @@ impl Source {
         self.events_buffered += batch.events.len() as u64;
     }
 
+    /// Formats `event` at the end of the buffer; returns (offset, length).
+    #[inline]
+    fn put(&mut self, event: &Event) -> (usize, usize) {
+        let start = self.used;
+        let slot: &mut [u8; MAX_LINE_BYTES] = (&mut self.out[start..start + MAX_LINE_BYTES])
+            .try_into()
+            .expect("the buffer has room for a chunk and a batch more");
+        let len = format_line(event, slot);
+        self.used += len;
+        (start, len)
+    }
+
     /// Writes everything buffered as one chunk.
     fn flush(&mut self) -> Result<(), Stopped> {
-        if self.out.is_empty() {
+        if self.used == 0 {
             return Ok(());
         }
         self.shared.clock.stamp(self.chunk);
-        if let Err(error) = self.stream.write_all(&self.out) {
+        if let Err(error) = self.stream.write_all(&self.out[..self.used]) {
             return Err(self.fail_io(error));
         }
         self.chunk += 1;
-        self.bytes_written += self.out.len() as u64;
+        self.bytes_written += self.used as u64;
         self.events_written += self.events_buffered;
         self.events_buffered = 0;
-        self.out.clear();
+        self.used = 0;
         self.shared
             .events_sent
             .store(self.events_written, std::sync::atomic::Ordering::Relaxed);
