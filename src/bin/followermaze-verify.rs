@@ -51,21 +51,6 @@ fn main() -> ExitCode {
 
 async fn verify(config: VerifyConfig) -> ExitCode {
     let level = config.log_level;
-    if level >= LogLevel::Info {
-        println!(
-            "verifying {}: {} events, {} clients of {} users, {} profile, seed {}{}",
-            config.host,
-            config.total_events,
-            config.concurrency_level,
-            config.number_of_users,
-            config.profile.name(),
-            config.random_seed,
-            match config.rate {
-                0 => String::new(),
-                rate => format!(", {rate} events/s"),
-            }
-        );
-    }
     match run(config).await {
         Ok(report) => {
             if level >= LogLevel::Info {
@@ -75,7 +60,7 @@ async fn verify(config: VerifyConfig) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(failure @ Failure::NotListening { .. }) => {
-            println!("followermaze-verify: {failure}");
+            eprintln!("followermaze-verify: {failure}");
             ExitCode::from(EXIT_SETUP)
         }
         Err(failure) => {

@@ -83,6 +83,11 @@ pub struct Checker {
     last_seq: Seq,
     /// A divergence being classified.
     suspect: Option<Suspect>,
+    /// Set once the opening is over for this client: every line from here
+    /// on is the queue's next entry (the fast path).
+    in_main: bool,
+    /// The plan's final sequence number, once `in_main`.
+    final_seq: Seq,
 }
 
 /// The opening broadcasts are written one per chunk, starting with chunk 0.
@@ -105,6 +110,8 @@ impl Checker {
             first_broadcast: None,
             last_seq: 0,
             suspect: None,
+            in_main: false,
+            final_seq: Seq::MAX,
         }
     }
 
@@ -148,13 +155,13 @@ impl Checker {
             // Still in the opening: the next broadcast.
             _ => {
                 let seq = self.last_seq + 1;
-                Owed::Line(Expected {
+                let broadcast = Event {
                     seq,
+                    kind: Kind::Broadcast,
                     from: 0,
                     to: 0,
-                    chunk: opening_chunk(seq),
-                    kind: Kind::Broadcast,
-                })
+                };
+                Owed::Line(Expected::new(&broadcast, opening_chunk(seq)))
             }
         }
     }
@@ -175,6 +182,32 @@ impl Checker {
     /// Checks one complete line (terminator included) received at `now_us`
     /// on the send clock.
     pub fn check(&mut self, line: &[u8], now_us: u64) -> Result<Verdict, Failure> {
+        // The fast path, nearly every line: the main stream's next entry,
+        // byte for byte. No parsing, no formatting.
+        if self.in_main && self.suspect.is_none() {
+            if let Ok(front) = self.queue.peek() {
+                let (want, len) = front.render();
+                if &want[..len] == line {
+                    let (seq, chunk) = (front.seq, front.chunk);
+                    // Only this reader pops: the front is still `front`.
+                    let _ = self.queue.pop();
+                    self.tally.add(line);
+                    self.last_seq = seq;
+                    self.record_latency(chunk, now_us);
+                    return Ok(if seq == self.final_seq {
+                        Verdict::Done
+                    } else {
+                        Verdict::More
+                    });
+                }
+            }
+        }
+        self.check_slowly(line, now_us)
+    }
+
+    /// Everything but the fast path: the opening, and classifying a line
+    /// that differs.
+    fn check_slowly(&mut self, line: &[u8], now_us: u64) -> Result<Verdict, Failure> {
         if let Some(suspect) = self.suspect.take() {
             return Err(self.resolve(suspect, leading_seq(line)));
         }
@@ -210,8 +243,7 @@ impl Checker {
                 Ok(Verdict::More)
             }
             Owed::Line(owed) if owed.seq == seq => {
-                let mut want = [0u8; MAX_LINE_BYTES];
-                let len = format_line(&owed.event(), &mut want);
+                let (want, len) = owed.render();
                 if line != &want[..len] {
                     return Err(self.wrong_bytes(seq, &want[..len], line));
                 }
@@ -248,14 +280,25 @@ impl Checker {
         }
     }
 
-    /// Counts a correct line.
-    #[inline]
+    /// Counts a correct line (slow path).
     fn accept(&mut self, line: &[u8], seq: Seq, chunk: u32, now_us: u64) {
         match self.plan {
             Some(plan) if seq > plan.opening_end => self.tally.add(line),
             _ => self.opening.add(line),
         }
         self.last_seq = seq;
+        self.record_latency(chunk, now_us);
+        if let Some(plan) = self.plan {
+            if seq >= plan.opening_end {
+                // From here on every line comes from the queue.
+                self.in_main = true;
+                self.final_seq = plan.final_seq;
+            }
+        }
+    }
+
+    #[inline]
+    fn record_latency(&mut self, chunk: u32, now_us: u64) {
         if let Some(sent) = self.shared.clock.sent_at(chunk) {
             self.latencies.record(now_us.saturating_sub(sent));
         }
@@ -318,8 +361,7 @@ impl Checker {
             };
         }
         let expected = owed.map(|owed| {
-            let mut want = [0u8; MAX_LINE_BYTES];
-            let len = format_line(&owed.event(), &mut want);
+            let (want, len) = owed.render();
             format!("event {} {}", owed.seq, quote(&want[..len]))
         });
         Failure::Unexpected {
@@ -344,8 +386,7 @@ impl Checker {
                 progress,
             };
         }
-        let mut want = [0u8; MAX_LINE_BYTES];
-        let len = format_line(&suspect.missing.event(), &mut want);
+        let (want, len) = suspect.missing.render();
         Failure::Missing {
             client: self.client,
             seq: suspect.missing.seq,
@@ -381,8 +422,7 @@ impl Checker {
         if let Some(suspect) = self.suspect.take() {
             return Err(self.resolve(suspect, None));
         }
-        let mut want = [0u8; MAX_LINE_BYTES];
-        let len = format_line(&owed.event(), &mut want);
+        let (want, len) = owed.render();
         Err(Failure::Timeout {
             client: self.client,
             seq: owed.seq,

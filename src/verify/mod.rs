@@ -119,15 +119,26 @@ pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
             })?;
         streams.push(stream);
     }
-    if config.log_level >= LogLevel::Debug {
+    if config.log_level >= LogLevel::Info {
+        // Only once connected: a server that is not running gets exactly
+        // one line, the failure.
         println!(
-            "connected {} clients to {client_addr} and the event source to {event_addr}",
-            users.len()
+            "verifying {event_addr} (events) and {client_addr} (clients): {} events, {} clients \
+             of {} users, {} profile, seed {}{}",
+            config.total_events,
+            config.concurrency_level,
+            config.number_of_users,
+            config.profile.name(),
+            config.random_seed,
+            match config.rate {
+                0 => String::new(),
+                rate => format!(", {rate} events/s"),
+            }
         );
     }
 
     let shared = Arc::new(Shared::new(users.len()));
-    let capacity = queue_capacity(config.max_event_source_batch_size);
+    let capacity = queue_capacity(config.max_event_source_batch_size, users.len());
     let mut producers = Vec::with_capacity(users.len());
     let mut readers = JoinSet::new();
     for (index, (stream, &user)) in streams.into_iter().zip(&users).enumerate() {

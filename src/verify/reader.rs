@@ -91,9 +91,9 @@ pub async fn read_client(
         let end = filled + n;
         let mut start = 0;
         let mut lines = 0;
-        while let Some(newline) = memchr::memchr(b'\n', &buf[start..end]) {
-            let line = &buf[start..start + newline + 1];
-            start += newline + 1;
+        for newline in memchr::memchr_iter(b'\n', &buf[..end]) {
+            let line = &buf[start..newline + 1];
+            start = newline + 1;
             lines += 1;
             match checker.check(line, now_us) {
                 Ok(Verdict::More) => {}
