@@ -18,6 +18,10 @@ pub const MAX_CONCURRENCY: usize = 10_000;
 /// client's expectation queue must hold one whole batch.
 pub const MAX_BATCH: u32 = 65_536;
 
+/// Most expectation entries all client queues together may be sized for
+/// (24 bytes each: 1.5 GiB).
+pub const MAX_QUEUED_ENTRIES: u64 = 1 << 26;
+
 /// How chatty the verifier is on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -240,6 +244,14 @@ impl VerifyConfig {
                 "maxEventSourceBatchSize must be between 1 and {MAX_BATCH}"
             ));
         }
+        let entries = (self.concurrency_level as u64)
+            * u64::from(self.max_event_source_batch_size.next_power_of_two());
+        if entries > MAX_QUEUED_ENTRIES {
+            return fail(format!(
+                "concurrencyLevel x maxEventSourceBatchSize must be at most {MAX_QUEUED_ENTRIES}: \
+                 every client's expectation queue holds a whole batch"
+            ));
+        }
         Ok(())
     }
 }
@@ -295,9 +307,16 @@ mod tests {
             ("profile", "heavy"),
             ("logLevel", "loud"),
             ("eventListenerPort", "70000"),
+            ("concurrencyLevel", "10001"),
         ] {
             let error = VerifyConfig::from_vars(vars(&[(name, value)])).unwrap_err();
             assert!(error.to_string().contains(name), "{name}={value}: {error}");
         }
+        let error = VerifyConfig::from_vars(vars(&[
+            ("concurrencyLevel", "10000"),
+            ("maxEventSourceBatchSize", "65536"),
+        ]))
+        .unwrap_err();
+        assert!(error.to_string().contains("whole batch"), "{error}");
     }
 }

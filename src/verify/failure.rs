@@ -200,6 +200,8 @@ pub enum Failure {
         /// From the bytes the client read.
         received: Tally,
     },
+    /// The settings passed to [`super::run`] are invalid.
+    Config(String),
     /// A bug in the verifier itself (a task panicked).
     Internal(String),
 }
@@ -222,6 +224,7 @@ impl Failure {
             Failure::SourceStalled { .. } => "server stopped reading events",
             Failure::SourceIo { .. } => "event source connection failed",
             Failure::TallyMismatch { .. } => "totals differ",
+            Failure::Config(_) => "invalid configuration",
             Failure::Internal(_) => "verifier bug",
         }
     }
@@ -395,7 +398,9 @@ impl std::fmt::Display for Failure {
                 received.bytes,
                 received.digest
             ),
-            Failure::Internal(message) => write!(f, "{reason}: {message}"),
+            Failure::Config(message) | Failure::Internal(message) => {
+                write!(f, "{reason}: {message}")
+            }
         }
     }
 }

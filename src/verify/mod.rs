@@ -85,7 +85,7 @@ use source::{Source, SourceSettings};
 pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
     config
         .validate()
-        .map_err(|error| Failure::Internal(error.to_string()))?;
+        .map_err(|error| Failure::Config(error.0))?;
     let started = Instant::now();
     let users = client_users(
         config.random_seed,
