@@ -24,6 +24,11 @@ pub struct Report {
     pub edges: usize,
     /// Bytes written to the event port.
     pub bytes_sent: u64,
+    /// Time to connect every client and send its user id.
+    pub connect_time: Duration,
+    /// Time from the first opening broadcast until every client had
+    /// received one.
+    pub opening_time: Duration,
     /// Time to generate and write the main stream.
     pub send_time: Duration,
     /// Time from the first main-stream write to the last client's final
@@ -115,7 +120,11 @@ impl std::fmt::Display for Report {
         }
         write!(
             f,
-            "stream:        first event to last notification in {:.2} s",
+            "timing:        {} clients connected in {:.2} s, registered in {:.2} s; \
+             first event to last notification in {:.2} s",
+            self.clients,
+            self.connect_time.as_secs_f64(),
+            self.opening_time.as_secs_f64(),
             self.stream_time.as_secs_f64()
         )
     }
@@ -143,6 +152,8 @@ mod tests {
             mix: [0; 5],
             edges: 0,
             bytes_sent: 0,
+            connect_time: Duration::from_millis(1),
+            opening_time: Duration::from_millis(1),
             send_time: Duration::from_millis(1),
             stream_time: Duration::from_millis(1),
             elapsed: Duration::from_millis(2500),

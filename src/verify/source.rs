@@ -71,6 +71,8 @@ pub struct SourceOutcome {
     pub send_time: Duration,
     /// When the main stream started (the opening was over).
     pub main_started: Instant,
+    /// How long the opening took (until every client was registered).
+    pub opening_time: Duration,
 }
 
 /// What the source needs besides its socket.
@@ -161,7 +163,9 @@ impl Source {
             .set_write_timeout(Some(self.settings.timeout))
             .map_err(|error| self.fail_io(error))?;
         let clients = self.queues.len();
+        let opening_started = Instant::now();
         let opening_end = if clients > 0 { self.opening()? } else { 0 };
+        let opening_time = opening_started.elapsed();
         let final_seq = self.settings.total_events.max(opening_end + 1);
         self.shared.set_plan(Plan {
             opening_end,
@@ -196,6 +200,7 @@ impl Source {
             edges: generator.edges(),
             send_time: started.elapsed(),
             main_started: started,
+            opening_time,
         })
     }
 
