@@ -53,6 +53,18 @@ async fn verify(config: VerifyConfig) -> ExitCode {
     let level = config.log_level;
     match run(config).await {
         Ok(report) => {
+            if level >= LogLevel::Debug {
+                for (index, client) in report.per_client.iter().enumerate() {
+                    println!(
+                        "client {index} (user {}): registered at opening broadcast {}, \
+                         {} notifications, {} bytes",
+                        client.user,
+                        client.first_broadcast.unwrap_or(0),
+                        client.notifications,
+                        client.bytes
+                    );
+                }
+            }
             if level >= LogLevel::Info {
                 println!("{report}");
             }

@@ -66,7 +66,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{ConfigError, LogLevel, VerifyConfig};
 pub use failure::{ByteDiff, ClientRef, Failure};
 pub use generator::Profile;
-pub use report::Report;
+pub use report::{ClientSummary, Report};
 
 use check::Checker;
 use expect::queue_capacity;
@@ -223,6 +223,7 @@ pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
 
     let mut latencies = Latencies::default();
     let (mut notifications, mut notification_bytes) = (0, 0);
+    let mut per_client = Vec::with_capacity(users.len());
     for (index, outcome) in outcomes.iter().enumerate() {
         let client = ClientRef {
             index,
@@ -241,8 +242,15 @@ pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
                 received: outcome.tally,
             });
         }
-        notifications += outcome.tally.count + outcome.opening.count;
-        notification_bytes += outcome.tally.bytes + outcome.opening.bytes;
+        let summary = ClientSummary {
+            user: client.user,
+            first_broadcast: outcome.first_broadcast,
+            notifications: outcome.tally.count + outcome.opening.count,
+            bytes: outcome.tally.bytes + outcome.opening.bytes,
+        };
+        notifications += summary.notifications;
+        notification_bytes += summary.bytes;
+        per_client.push(summary);
         latencies.merge(&outcome.latencies);
     }
     let stream_time = stream_done.saturating_duration_since(source.main_started);
@@ -262,6 +270,7 @@ pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
         notifications,
         notification_bytes,
         latency: latencies.summary(),
+        per_client,
     })
 }
 

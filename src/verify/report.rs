@@ -42,6 +42,21 @@ pub struct Report {
     pub notification_bytes: u64,
     /// Source-to-client latency, if any notification was timed.
     pub latency: Option<LatencySummary>,
+    /// Each client's figures, in client order.
+    pub per_client: Vec<ClientSummary>,
+}
+
+/// One client's figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSummary {
+    /// The user id it announced.
+    pub user: u32,
+    /// The first opening broadcast it received (when it was registered).
+    pub first_broadcast: Option<u64>,
+    /// Notifications it received, opening included.
+    pub notifications: u64,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 impl Report {
@@ -160,6 +175,7 @@ mod tests {
             notifications: 0,
             notification_bytes: 0,
             latency: None,
+            per_client: Vec::new(),
         };
         assert_eq!(
             report.banner(),
