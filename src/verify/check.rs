@@ -90,10 +90,13 @@ pub struct Checker {
     final_seq: Seq,
 }
 
-/// The opening broadcasts are written one per chunk, starting with chunk 0.
+/// The opening broadcasts are written one per chunk, starting with chunk 0
+/// (sequence 0 is never sent and maps to no chunk).
 #[inline]
 fn opening_chunk(seq: Seq) -> u32 {
-    u32::try_from(seq - 1).unwrap_or(super::expect::UNTIMED)
+    seq.checked_sub(1)
+        .and_then(|chunk| u32::try_from(chunk).ok())
+        .unwrap_or(super::expect::UNTIMED)
 }
 
 impl Checker {
@@ -183,7 +186,7 @@ impl Checker {
     /// on the send clock.
     pub fn check(&mut self, line: &[u8], now_us: u64) -> Result<Verdict, Failure> {
         // The fast path, nearly every line: the main stream's next entry,
-        // byte for byte. No parsing, no formatting.
+        // rendered and compared byte for byte. No parsing.
         if self.in_main && self.suspect.is_none() {
             if let Ok(front) = self.queue.peek() {
                 let (want, len) = front.render();
@@ -228,14 +231,20 @@ impl Checker {
                 };
                 let mut want = [0u8; MAX_LINE_BYTES];
                 let len = format_line(&opening, &mut want);
+                // Only a broadcast the source has sent: opening broadcast
+                // `seq` is chunk `seq - 1`, stamped before it is written.
+                let sent = seq >= 1
+                    && match self.plan() {
+                        Some(plan) => seq <= plan.opening_end,
+                        None => self.shared.clock.sent_at(opening_chunk(seq)).is_some(),
+                    };
+                let is_broadcast =
+                    parse_event(line).map(|(_, kind)| kind) == Ok(EventKind::Broadcast);
+                if !sent || !is_broadcast {
+                    return Err(self.mismatch(seq, line, None));
+                }
                 if line != &want[..len] {
-                    let is_broadcast =
-                        parse_event(line).map(|(_, kind)| kind) == Ok(EventKind::Broadcast);
-                    return Err(if is_broadcast {
-                        self.wrong_bytes(seq, &want[..len], line)
-                    } else {
-                        self.mismatch(seq, line, None)
-                    });
+                    return Err(self.wrong_bytes(seq, &want[..len], line));
                 }
                 self.first_broadcast = Some(seq);
                 self.accept(line, seq, opening_chunk(seq), now_us);
@@ -319,8 +328,14 @@ impl Checker {
                 // queued.
                 a.iter().chain(b).any(|entry| entry.seq == seq)
             }
-            // An opening broadcast still to come.
-            _ => parse_event(line).map(|(_, kind)| kind) == Ok(EventKind::Broadcast),
+            // An opening broadcast still to come, if it was sent at all.
+            plan => {
+                let sent = match plan {
+                    Some(plan) => seq <= plan.opening_end,
+                    None => self.shared.clock.sent_at(opening_chunk(seq)).is_some(),
+                };
+                sent && parse_event(line).map(|(_, kind)| kind) == Ok(EventKind::Broadcast)
+            }
         }
     }
 
@@ -367,7 +382,9 @@ impl Checker {
         Failure::Unexpected {
             client: self.client,
             seq,
-            repeated: seq <= self.last_seq,
+            // Received before: between the first line and the last one.
+            repeated: self.first_broadcast.is_some_and(|first| seq >= first)
+                && seq <= self.last_seq,
             received: quote(line),
             expected,
             progress: self.progress(),
@@ -626,6 +643,32 @@ mod tests {
     }
 
     #[test]
+    fn an_opening_broadcast_never_sent_is_not_owed() {
+        for line in [&b"0|B\r\n"[..], b"99|B\r\n", b"18446744073709551615|B\r\n"] {
+            let (mut checker, _) = setup(4, &[6, 12], 12);
+            let failure = checker.check(line, 0).unwrap_err();
+            assert!(
+                matches!(
+                    failure,
+                    Failure::Unexpected {
+                        repeated: false,
+                        ..
+                    }
+                ),
+                "{failure}"
+            );
+        }
+        // Before the plan is known, "sent" means "its chunk was stamped".
+        let shared = Arc::new(Shared::default());
+        let (_producer, consumer) = rtrb::RingBuffer::new(4);
+        let mut checker = Checker::new(CLIENT, consumer, shared.clone());
+        assert!(checker.check(b"1|B\r\n", 0).is_err());
+        let mut checker = Checker::new(CLIENT, rtrb::RingBuffer::new(4).1, shared.clone());
+        shared.clock.stamp(0);
+        assert_eq!(checker.check(b"1|B\r\n", 0), Ok(Verdict::More));
+    }
+
+    #[test]
     fn a_missing_opening_broadcast_is_caught() {
         let (mut checker, lines) = setup(4, &[6, 12], 12);
         checker.check(&opening(2), 0).unwrap();
@@ -635,6 +678,25 @@ mod tests {
             matches!(failure, Failure::Missing { seq: 3, .. }),
             "{failure}"
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            lines in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..60), 1..8),
+            opened in 0u64..4,
+        ) {
+            let (mut checker, good) = setup(3, &[6, 9, 12], 12);
+            for seq in 1..=opened {
+                let _ = checker.check(&opening(seq), 0);
+            }
+            let _ = checker.check(&good[0], 0);
+            for line in &lines {
+                let _ = checker.check(line, 0);
+            }
+            let _ = checker.overdue(u64::MAX, Duration::from_millis(1));
+            let _ = checker.closed();
+        }
     }
 
     #[test]
