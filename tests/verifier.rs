@@ -2,8 +2,8 @@
 //!
 //! A verifier that never fails proves nothing, so most of these tests run it
 //! against a minimal in-process server with one deliberate fault (a dropped
-//! notification, two swapped, a `\n`-only terminator, a stall) and assert
-//! the failure names that fault and the event it hit. The same minimal
+//! notification, two swapped, a `\n`-only terminator, a duplicate, a stall)
+//! and assert the failure names that fault and the event it hit. The same minimal
 //! server without a fault must pass, and so must our real server. Runs are
 //! small (a few thousand events) and every await is under a timeout.
 
@@ -64,6 +64,8 @@ enum Fault {
     BareNewline,
     /// Stops delivering anything from one notification on.
     Stall,
+    /// Sends one notification twice.
+    Duplicate,
 }
 
 /// The fault strikes the notification of this private message (counting
@@ -207,6 +209,9 @@ async fn serve_source(
                             stalled = true;
                             continue;
                         }
+                        Fault::Duplicate => {
+                            let _ = tx.send(bytes.clone());
+                        }
                     }
                 }
                 let _ = tx.send(bytes);
@@ -288,6 +293,20 @@ async fn a_bare_newline_terminator_is_caught() {
         "changed event {changed}, got: {failure}"
     );
     assert!(failure.to_string().contains("terminator"), "{failure}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicated_notification_is_caught() {
+    let server = test_server(Fault::Duplicate).await;
+    let failure = verify(small(server.events, server.clients))
+        .await
+        .expect_err("a duplicate must fail the run");
+    eprintln!("caught: {failure}");
+    let doubled = faulted_seq(&server);
+    assert!(
+        matches!(failure, Failure::Unexpected { seq, repeated: true, .. } if seq == doubled),
+        "doubled event {doubled}, got: {failure}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
