@@ -22,7 +22,7 @@
 //! Pure logic (no I/O):
 //! - [`config`]: settings from the classic environment variables.
 //! - [`rng`]: the deterministic random numbers.
-//! - [`line`]: generated events and their exact wire bytes.
+//! - [`line`](mod@line): generated events and their exact wire bytes.
 //! - [`graph`]: the model of who follows whom and who is connected.
 //! - [`generator`]: the stream: batches, their shuffle, who is owed what.
 //! - [`expect`]: per-client tallies and the expectation entries.
