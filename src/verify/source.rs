@@ -257,6 +257,7 @@ impl Source {
             }
             *need += 1;
         }
+        // After a failure the loop goes on only to leave `need` all zero.
         let mut result = Ok(());
         for i in 0..self.touched.len() {
             let client = self.touched[i] as usize;
