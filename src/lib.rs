@@ -29,6 +29,7 @@
 //! - [`accept`]: accept loops that survive running out of descriptors.
 //! - [`server`]: wiring, [`run`], and orderly shutdown.
 //! - [`config`]: settings from environment variables.
+//! - [`verify`]: the verifier: load generator and correctness checker.
 
 pub mod accept;
 pub mod client;
@@ -44,6 +45,7 @@ pub mod sequencer;
 pub mod server;
 pub mod source;
 pub mod stats;
+pub mod verify;
 
 pub use config::Config;
 pub use server::{run, run_with_stats, Listeners};

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# followermaze.sh: check a running follower-maze server, like the classic
+# script did with its jar.
+#
+# Builds the Rust verifier (release) when its sources changed, then runs it
+# against the server that is already running. Settings are the classic
+# environment variables, with the classic defaults (see VERIFIER.md):
+#
+#   eventListenerPort=9090 clientListenerPort=9099 serverHost=127.0.0.1
+#   totalEvents=10000000 concurrencyLevel=100 numberOfUsers=1000
+#   randomSeed=666 timeout=20000 maxEventSourceBatchSize=100
+#   logInterval=1000 logLevel=info profile=classic rate=0
+#
+# Exit status: 0 all notifications received; 1 something went wrong;
+# 2 nothing listens on the ports, or a setting is invalid.
+#
+# `./followermaze.sh sink` serves both ports and discards everything instead
+# (to measure the verifier's own ceiling; see VERIFIER.md).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+bin="${CARGO_TARGET_DIR:-$here/target}/release/followermaze-verify"
+
+if command -v cargo >/dev/null 2>&1; then
+    cargo build --release --quiet --bin followermaze-verify --manifest-path "$here/Cargo.toml"
+elif [ ! -x "$bin" ]; then
+    echo "followermaze.sh: cargo is not installed and $bin is not built" >&2
+    exit 2
+fi
+
+exec "$bin" "$@"

@@ -1,0 +1,200 @@
+//! The verifier's own model of the follower graph, and of which users have
+//! connections: enough to say, for every event, which client connections a
+//! correct server must notify.
+//!
+//! Shaped for the generator's hot loop rather than for generality: users
+//! are dense ids `1..=users`, so per-user data lives in vectors, and the
+//! only per-user list kept is of *connected* followers (a status update
+//! walks only those). All edges are also kept in a vector so that an
+//! unfollow can pick an existing edge uniformly in O(1), and in a set to
+//! tell a new follow from a repeated one (a repeat changes nothing, exactly
+//! as in the server's set semantics).
+//!
+//! Memory is O(users + clients + edges); edges are bounded by the event mix
+//! (unfollows remove as often as follows add), never by the number of events.
+
+use hashbrown::HashSet;
+
+use super::rng::Rng;
+
+/// No client: ends a user's list of connections.
+const NO_CLIENT: u32 = u32::MAX;
+
+/// See the module doc.
+#[derive(Debug)]
+pub struct Graph {
+    /// Every follow edge as `(from, to)`, in no particular order.
+    edges: Vec<(u32, u32)>,
+    /// The same edges, keyed `from << 32 | to`, for membership.
+    edge_set: HashSet<u64>,
+    /// `connected_followers[u]`: the followers of `u` that have at least one
+    /// connection, each once.
+    connected_followers: Vec<Vec<u32>>,
+    /// `first_client[u]`: one client connection of user `u`, or
+    /// [`NO_CLIENT`]; the rest follow through `next_client`.
+    first_client: Vec<u32>,
+    /// `next_client[c]`: the next connection of the same user as client `c`.
+    next_client: Vec<u32>,
+}
+
+#[inline]
+fn edge_key(from: u32, to: u32) -> u64 {
+    (u64::from(from) << 32) | u64::from(to)
+}
+
+impl Graph {
+    /// An empty graph over users `1..=users`, where client connection `c`
+    /// belongs to user `client_users[c]` (a user may have several).
+    pub fn new(users: u32, client_users: &[u32]) -> Graph {
+        let slots = users as usize + 1;
+        let mut first_client = vec![NO_CLIENT; slots];
+        let mut next_client = vec![NO_CLIENT; client_users.len()];
+        // Walk backwards so each user's list ends up in client order.
+        for (client, &user) in client_users.iter().enumerate().rev() {
+            assert!(
+                user >= 1 && user <= users,
+                "client user {user} outside 1..={users}"
+            );
+            next_client[client] = first_client[user as usize];
+            first_client[user as usize] = client as u32;
+        }
+        Graph {
+            edges: Vec::new(),
+            edge_set: HashSet::new(),
+            connected_followers: vec![Vec::new(); slots],
+            first_client,
+            next_client,
+        }
+    }
+
+    /// Whether `user` has a connection.
+    #[inline]
+    pub fn is_connected(&self, user: u32) -> bool {
+        self.first_client[user as usize] != NO_CLIENT
+    }
+
+    /// Calls `notify` with every client connection of `user`.
+    #[inline]
+    pub fn for_each_client(&self, user: u32, mut notify: impl FnMut(u32)) {
+        let mut client = self.first_client[user as usize];
+        while client != NO_CLIENT {
+            notify(client);
+            client = self.next_client[client as usize];
+        }
+    }
+
+    /// Calls `notify` with every client connection of every follower of
+    /// `user`: the audience of `user`'s status update.
+    #[inline]
+    pub fn for_each_follower_client(&self, user: u32, mut notify: impl FnMut(u32)) {
+        for &follower in &self.connected_followers[user as usize] {
+            self.for_each_client(follower, &mut notify);
+        }
+    }
+
+    /// Records that `from` follows `to`; false if it already did.
+    pub fn follow(&mut self, from: u32, to: u32) -> bool {
+        if !self.edge_set.insert(edge_key(from, to)) {
+            return false;
+        }
+        self.edges.push((from, to));
+        if self.is_connected(from) {
+            self.connected_followers[to as usize].push(from);
+        }
+        true
+    }
+
+    /// Removes an existing edge chosen uniformly with `rng` and returns it,
+    /// or `None` (drawing nothing) when there are no edges.
+    pub fn unfollow_any(&mut self, rng: &mut Rng) -> Option<(u32, u32)> {
+        if self.edges.is_empty() {
+            return None;
+        }
+        let index = rng.below(self.edges.len() as u64) as usize;
+        let (from, to) = self.edges.swap_remove(index);
+        let removed = self.edge_set.remove(&edge_key(from, to));
+        debug_assert!(removed, "edges and edge_set hold the same edges");
+        if self.is_connected(from) {
+            let followers = &mut self.connected_followers[to as usize];
+            if let Some(at) = followers.iter().position(|&f| f == from) {
+                followers.swap_remove(at);
+            }
+        }
+        Some((from, to))
+    }
+
+    /// Whether `from` follows `to`.
+    pub fn follows(&self, from: u32, to: u32) -> bool {
+        self.edge_set.contains(&edge_key(from, to))
+    }
+
+    /// The number of follow edges.
+    pub fn edges(&self) -> usize {
+        self.edges.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn clients_of_followers(graph: &Graph, user: u32) -> Vec<u32> {
+        let mut clients = Vec::new();
+        graph.for_each_follower_client(user, |c| clients.push(c));
+        clients.sort_unstable();
+        clients
+    }
+
+    #[test]
+    fn status_audience_is_the_connections_of_connected_followers() {
+        // Users 1..=5; clients 0 and 2 are user 2, client 1 is user 4.
+        let mut graph = Graph::new(5, &[2, 4, 2]);
+        assert!(graph.follow(2, 1));
+        assert!(graph.follow(3, 1));
+        assert!(graph.follow(4, 1));
+        assert!(!graph.follow(4, 1), "a repeated follow adds nothing");
+        assert_eq!(clients_of_followers(&graph, 1), vec![0, 1, 2]);
+        assert_eq!(graph.edges(), 3);
+        let mut clients = Vec::new();
+        graph.for_each_client(2, |c| clients.push(c));
+        assert_eq!(clients, vec![0, 2]);
+    }
+
+    #[test]
+    fn matches_a_naive_model_under_random_operations() {
+        let client_users = [1, 3, 3, 7, 9];
+        let mut graph = Graph::new(10, &client_users);
+        let mut naive: BTreeSet<(u32, u32)> = BTreeSet::new();
+        let mut rng = Rng::new(42);
+        for _ in 0..5_000 {
+            if rng.below(2) == 0 {
+                let (from, to) = (1 + rng.below(10) as u32, 1 + rng.below(10) as u32);
+                assert_eq!(graph.follow(from, to), naive.insert((from, to)));
+            } else if let Some(edge) = graph.unfollow_any(&mut rng) {
+                assert!(naive.remove(&edge));
+            } else {
+                assert!(naive.is_empty());
+            }
+            assert_eq!(graph.edges(), naive.len());
+        }
+        for user in 1..=10 {
+            let mut expected: Vec<u32> = naive
+                .iter()
+                .filter(|&&(_, to)| to == user)
+                .flat_map(|&(from, _)| {
+                    client_users
+                        .iter()
+                        .enumerate()
+                        .filter(move |&(_, &u)| u == from)
+                        .map(|(c, _)| c as u32)
+                })
+                .collect();
+            expected.sort_unstable();
+            assert_eq!(clients_of_followers(&graph, user), expected, "user {user}");
+            for from in 1..=10 {
+                assert_eq!(graph.follows(from, user), naive.contains(&(from, user)));
+            }
+        }
+    }
+}

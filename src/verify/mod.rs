@@ -1,0 +1,354 @@
+//! The verifier: a load generator that proves a follower-maze server
+//! correct, for ours or anyone's.
+//!
+//! It connects `concurrencyLevel` clients, opens the stream with broadcasts
+//! until every client has received one (the only sign of registration the
+//! protocol offers), then streams the rest of `totalEvents` events in
+//! shuffled batches, deterministic from `randomSeed`. It models the follower
+//! graph itself and checks every client's notifications byte for byte, in
+//! order, as they arrive, with memory proportional to clients, never to
+//! events. The last event is a broadcast, so every client knows when it has
+//! everything.
+//!
+//! ```text
+//!            generator --> source thread ----- events ----> server
+//!         (graph model)       |  queue expected entries        |
+//!                             v  (bounded, per client)         v
+//!                          checkers <-- client readers <-- notifications
+//! ```
+//!
+//! # Layout
+//!
+//! Pure logic (no I/O):
+//! - [`config`]: settings from the classic environment variables.
+//! - [`rng`]: the deterministic random numbers.
+//! - [`line`](mod@line): generated events and their exact wire bytes.
+//! - [`graph`]: the model of who follows whom and who is connected.
+//! - [`generator`]: the stream: batches, their shuffle, who is owed what.
+//! - [`expect`]: per-client tallies and the expectation entries.
+//! - [`check`]: one client's received lines against what it is owed.
+//! - [`latency`]: send times per chunk, latency histograms.
+//! - [`failure`], [`report`]: how a run ends.
+//!
+//! Threads, tasks and sockets:
+//! - [`source`]: the event source thread: opening, generate, write.
+//! - [`reader`]: one task per client connection.
+//! - [`shared`]: the state they share (first failure, plan, counters).
+//! - [`progress`]: progress lines or a progress bar.
+//! - [`sink`]: a discard server, to measure the verifier's own ceiling.
+//! - [`run`]: connects everything and returns the verdict.
+
+pub mod check;
+pub mod config;
+pub mod expect;
+pub mod failure;
+pub mod generator;
+pub mod graph;
+pub mod latency;
+pub mod line;
+pub mod progress;
+pub mod reader;
+pub mod report;
+pub mod rng;
+pub mod shared;
+pub mod sink;
+pub mod source;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ConfigError, LogLevel, VerifyConfig};
+pub use failure::{ByteDiff, ClientRef, Failure};
+pub use generator::Profile;
+pub use report::{ClientSummary, Report};
+
+use check::Checker;
+use expect::queue_capacity;
+use generator::{client_users, GeneratorSettings};
+use latency::Latencies;
+use reader::{read_client, ReaderOutcome};
+use shared::Shared;
+use source::{Source, SourceSettings};
+
+/// Runs one verification against the server `config` names. Needs a tokio
+/// runtime with the `net` and `time` drivers; client readers run as tasks on
+/// it, the event source on a thread of its own.
+///
+/// Returns the measurements on success, or the first thing that went
+/// wrong. Bounded in time: every wait is under `config.timeout`.
+pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
+    config
+        .validate()
+        .map_err(|error| Failure::Config(error.0))?;
+    let started = Instant::now();
+    let users = client_users(
+        config.random_seed,
+        config.number_of_users,
+        config.concurrency_level,
+    );
+    let event_addr = resolve(&config, config.event_listener_port, "eventListenerPort").await?;
+    let client_addr = resolve(&config, config.client_listener_port, "clientListenerPort").await?;
+
+    let source_stream = connect(event_addr, "eventListenerPort", config.timeout).await?;
+    let source_stream = source_stream
+        .into_std()
+        .and_then(|stream| stream.set_nonblocking(false).map(|()| stream))
+        .map_err(|error| Failure::SourceIo {
+            error: error.to_string(),
+        })?;
+    // Kept to unblock the source's write if the run fails meanwhile.
+    let source_handle = source_stream.try_clone().ok();
+
+    let connecting = Instant::now();
+    let streams = connect_clients(client_addr, &users, config.timeout).await?;
+    let connect_time = connecting.elapsed();
+    if config.log_level >= LogLevel::Info {
+        // Only once connected: a server that is not running gets exactly
+        // one line, the failure.
+        println!(
+            "verifying {event_addr} (events) and {client_addr} (clients): {} events, {} clients \
+             of {} users, {} profile, seed {}{}",
+            config.total_events,
+            config.concurrency_level,
+            config.number_of_users,
+            config.profile.name(),
+            config.random_seed,
+            match config.rate {
+                0 => String::new(),
+                rate => format!(", {rate} events/s"),
+            }
+        );
+    }
+
+    let shared = Arc::new(Shared::new(users.len()));
+    let capacity = queue_capacity(config.max_event_source_batch_size, users.len());
+    let mut producers = Vec::with_capacity(users.len());
+    let mut readers = JoinSet::new();
+    for (index, (stream, &user)) in streams.into_iter().zip(&users).enumerate() {
+        let (producer, consumer) = rtrb::RingBuffer::new(capacity);
+        producers.push(producer);
+        let client = ClientRef { index, user };
+        let checker = Checker::new(client, consumer, shared.clone());
+        readers.spawn(read_client(
+            client,
+            stream,
+            checker,
+            shared.clone(),
+            config.timeout,
+        ));
+    }
+
+    let source = Source::new(
+        source_stream,
+        SourceSettings {
+            generator: GeneratorSettings {
+                seed: config.random_seed,
+                users: config.number_of_users,
+                client_users: users.clone(),
+                max_batch: config.max_event_source_batch_size,
+                profile: config.profile,
+            },
+            total_events: config.total_events,
+            rate: config.rate,
+            timeout: config.timeout,
+        },
+        shared.clone(),
+        producers,
+    );
+    let (source_done, source_result) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("followermaze-source".into())
+        .spawn(move || {
+            // The receiver only goes away if the run was dropped.
+            let _ = source_done.send(source.run());
+        });
+    if let Err(error) = spawned {
+        shared.fail(Failure::Internal(format!(
+            "cannot start the source thread: {error}"
+        )));
+    }
+
+    let finished = CancellationToken::new();
+    let progress = tokio::spawn(progress::show(
+        shared.clone(),
+        config.total_events,
+        config.log_interval,
+        config.log_level,
+        finished.clone(),
+    ));
+
+    let mut outcomes: Vec<Option<ReaderOutcome>> = (0..users.len()).map(|_| None).collect();
+    while let Some(joined) = readers.join_next().await {
+        match joined {
+            Ok(Some(outcome)) => {
+                let index = outcome.client.index;
+                outcomes[index] = Some(outcome);
+            }
+            // The reader recorded why in `shared`.
+            Ok(None) => {}
+            Err(error) => shared.fail(Failure::Internal(format!("a client reader died: {error}"))),
+        }
+    }
+    let stream_done = Instant::now();
+    if shared.aborted() {
+        // The source may be blocked in a write the server will never
+        // drain; closing the socket ends the write at once.
+        if let Some(handle) = &source_handle {
+            let _ = handle.shutdown(std::net::Shutdown::Both);
+        }
+    }
+    let source_outcome = match source_result.await {
+        Ok(Ok(outcome)) => Some(outcome),
+        Ok(Err(source::Stopped)) => None,
+        Err(_) => {
+            shared.fail(Failure::Internal("the source thread died".into()));
+            None
+        }
+    };
+    finished.cancel();
+    // The progress task only prints; its end is not an error either way.
+    let _ = progress.await;
+    shared.cancel.cancel();
+    if let Some(failure) = shared.failure() {
+        return Err(failure);
+    }
+    let source = source_outcome
+        .ok_or_else(|| Failure::Internal("the source stopped without a reason".into()))?;
+
+    let mut latencies = Latencies::default();
+    let (mut notifications, mut notification_bytes) = (0, 0);
+    let mut per_client = Vec::with_capacity(users.len());
+    for (index, outcome) in outcomes.iter().enumerate() {
+        let client = ClientRef {
+            index,
+            user: users[index],
+        };
+        let Some(outcome) = outcome else {
+            return Err(Failure::Internal(format!(
+                "{client} ended without a verdict"
+            )));
+        };
+        let expected = source.tallies[index];
+        if outcome.tally != expected {
+            return Err(Failure::TallyMismatch {
+                client,
+                expected,
+                received: outcome.tally,
+            });
+        }
+        let summary = ClientSummary {
+            user: client.user,
+            first_broadcast: outcome.first_broadcast,
+            notifications: outcome.tally.count + outcome.opening.count,
+            bytes: outcome.tally.bytes + outcome.opening.bytes,
+        };
+        notifications += summary.notifications;
+        notification_bytes += summary.bytes;
+        per_client.push(summary);
+        latencies.merge(&outcome.latencies);
+    }
+    let stream_time = stream_done.saturating_duration_since(source.main_started);
+    Ok(Report {
+        profile: config.profile,
+        clients: users.len(),
+        events: source.events,
+        opening_broadcasts: source.opening,
+        mix: source.mix,
+        edges: source.edges,
+        bytes_sent: source.bytes,
+        connect_time,
+        opening_time: source.opening_time,
+        send_time: source.send_time,
+        stream_time,
+        elapsed: started.elapsed(),
+        notifications,
+        notification_bytes,
+        latency: latencies.summary(),
+        per_client,
+    })
+}
+
+/// Connects one client per entry of `users`, in order, and sends each its
+/// user id.
+///
+/// One at a time on purpose: each connection waits in the server's accept
+/// queue until the server accepts it, and a burst larger than that queue
+/// (often 128) makes the kernel drop connections, which then cost a
+/// one-second SYN retry each. Opening them concurrently was measured to
+/// make that worse, not better.
+async fn connect_clients(
+    address: SocketAddr,
+    users: &[u32],
+    timeout: Duration,
+) -> Result<Vec<TcpStream>, Failure> {
+    let mut streams = Vec::with_capacity(users.len());
+    for (index, &user) in users.iter().enumerate() {
+        let mut stream = connect(address, "clientListenerPort", timeout).await?;
+        let hello = format!("{user}\r\n");
+        stream
+            .write_all(hello.as_bytes())
+            .await
+            .map_err(|error| Failure::ClientIo {
+                client: ClientRef { index, user },
+                error: error.to_string(),
+            })?;
+        streams.push(stream);
+    }
+    Ok(streams)
+}
+
+/// The first address `config.host` resolves to, with `port`.
+async fn resolve(
+    config: &VerifyConfig,
+    port: u16,
+    variable: &'static str,
+) -> Result<SocketAddr, Failure> {
+    let failure = |error: String| Failure::Connect {
+        variable,
+        address: format!("{}:{port}", config.host),
+        error,
+    };
+    let mut addresses = tokio::net::lookup_host((config.host.as_str(), port))
+        .await
+        .map_err(|error| failure(error.to_string()))?;
+    addresses
+        .next()
+        .ok_or_else(|| failure("the host name resolves to no address".into()))
+}
+
+/// Connects to `address`, telling "nothing listens there" apart.
+async fn connect(
+    address: SocketAddr,
+    variable: &'static str,
+    timeout: Duration,
+) -> Result<TcpStream, Failure> {
+    let connected = tokio::time::timeout(timeout, TcpStream::connect(address)).await;
+    let error = match connected {
+        Ok(Ok(stream)) => {
+            // Our writes are whole lines or large chunks already.
+            let _ = stream.set_nodelay(true);
+            return Ok(stream);
+        }
+        Ok(Err(error)) => error,
+        Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"),
+    };
+    if error.kind() == std::io::ErrorKind::ConnectionRefused {
+        Err(Failure::NotListening {
+            variable,
+            address: address.to_string(),
+            error: error.to_string(),
+        })
+    } else {
+        Err(Failure::Connect {
+            variable,
+            address: address.to_string(),
+            error: error.to_string(),
+        })
+    }
+}

@@ -1,0 +1,186 @@
+//! What a successful run measured, and how it is printed.
+
+use std::time::Duration;
+
+use super::generator::{MixCounts, Profile};
+use super::latency::LatencySummary;
+use super::line::Kind;
+
+/// See the module doc. Every field is a measurement of this run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The event mix used.
+    pub profile: Profile,
+    /// Client connections checked.
+    pub clients: usize,
+    /// Events written, opening broadcasts included.
+    pub events: u64,
+    /// Opening broadcasts (sent one at a time until every client was
+    /// registered).
+    pub opening_broadcasts: u64,
+    /// Main-stream events by kind, in [`Kind::ALL`] order.
+    pub mix: MixCounts,
+    /// Follow edges in the model at the end.
+    pub edges: usize,
+    /// Bytes written to the event port.
+    pub bytes_sent: u64,
+    /// Time to connect every client and send its user id.
+    pub connect_time: Duration,
+    /// Time from the first opening broadcast until every client had
+    /// received one.
+    pub opening_time: Duration,
+    /// Time to generate and write the main stream.
+    pub send_time: Duration,
+    /// Time from the first main-stream write to the last client's final
+    /// notification.
+    pub stream_time: Duration,
+    /// The whole run: connecting, the opening, the stream, the check.
+    pub elapsed: Duration,
+    /// Notifications received, all clients (each checked byte for byte).
+    pub notifications: u64,
+    /// Their bytes.
+    pub notification_bytes: u64,
+    /// Source-to-client latency, if any notification was timed.
+    pub latency: Option<LatencySummary>,
+    /// Each client's figures, in client order.
+    pub per_client: Vec<ClientSummary>,
+}
+
+/// One client's figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSummary {
+    /// The user id it announced.
+    pub user: u32,
+    /// The first opening broadcast it received (when it was registered).
+    pub first_broadcast: Option<u64>,
+    /// Notifications it received, opening included.
+    pub notifications: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+impl Report {
+    /// Main-stream events per second of sending.
+    pub fn events_per_sec(&self) -> f64 {
+        let main = self.events - self.opening_broadcasts;
+        main as f64 / self.send_time.as_secs_f64().max(1e-9)
+    }
+
+    /// The classic success line.
+    pub fn banner(&self) -> String {
+        format!(
+            "\\o/ ALL NOTIFICATIONS RECEIVED \\o/ (in {:.2} seconds)",
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// `1234567` -> `1,234,567`.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "events sent:   {} ({} opening broadcasts), {:.1} MB, in {:.2} s: {} events/s",
+            grouped(self.events),
+            self.opening_broadcasts,
+            self.bytes_sent as f64 / 1e6,
+            self.send_time.as_secs_f64(),
+            grouped(self.events_per_sec() as u64),
+        )?;
+        let mix: Vec<String> = Kind::ALL
+            .iter()
+            .map(|&kind| format!("{} {}", grouped(self.mix[kind as usize]), kind.plural()))
+            .collect();
+        writeln!(
+            f,
+            "event mix:     {} ({}; {} follow edges at the end)",
+            mix.join(", "),
+            self.profile.name(),
+            grouped(self.edges as u64)
+        )?;
+        writeln!(
+            f,
+            "notifications: {} ({:.1} MB) to {} clients, all checked byte for byte, in order",
+            grouped(self.notifications),
+            self.notification_bytes as f64 / 1e6,
+            self.clients
+        )?;
+        match &self.latency {
+            Some(latency) => writeln!(
+                f,
+                "latency:       source to client p50 {}, p99 {}, p99.9 {}, max {} ({} samples)",
+                millis(latency.p50),
+                millis(latency.p99),
+                millis(latency.p999),
+                millis(latency.max),
+                grouped(latency.samples)
+            )?,
+            None => writeln!(f, "latency:       no notifications to time")?,
+        }
+        write!(
+            f,
+            "timing:        {} clients connected in {:.2} s, registered in {:.2} s; \
+             first event to last notification in {:.2} s",
+            self.clients,
+            self.connect_time.as_secs_f64(),
+            self.opening_time.as_secs_f64(),
+            self.stream_time.as_secs_f64()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_grouped() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1000), "1,000");
+        assert_eq!(grouped(10_000_000), "10,000,000");
+    }
+
+    #[test]
+    fn the_banner_is_the_classic_one() {
+        let report = Report {
+            profile: Profile::Classic,
+            clients: 1,
+            events: 10,
+            opening_broadcasts: 1,
+            mix: [0; 5],
+            edges: 0,
+            bytes_sent: 0,
+            connect_time: Duration::from_millis(1),
+            opening_time: Duration::from_millis(1),
+            send_time: Duration::from_millis(1),
+            stream_time: Duration::from_millis(1),
+            elapsed: Duration::from_millis(2500),
+            notifications: 0,
+            notification_bytes: 0,
+            latency: None,
+            per_client: Vec::new(),
+        };
+        assert_eq!(
+            report.banner(),
+            "\\o/ ALL NOTIFICATIONS RECEIVED \\o/ (in 2.50 seconds)"
+        );
+        assert!(report.to_string().contains("events sent:   10"));
+    }
+}

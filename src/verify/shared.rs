@@ -1,0 +1,200 @@
+//! State shared by the source thread, the client readers and the
+//! coordinator: the first failure, the stream's plan once the opening is
+//! over, counters for progress, and the source's wake-up.
+//!
+//! Counters are relaxed atomics updated once per write or per read, never
+//! per event.
+
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::thread::Thread;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::failure::Failure;
+use super::latency::SendClock;
+use crate::protocol::Seq;
+
+/// The stream's numbering, fixed when the opening broadcasts end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// The last opening broadcast (0 when there was no opening: no clients).
+    pub opening_end: Seq,
+    /// The last sequence number; a broadcast every client must receive.
+    pub final_seq: Seq,
+}
+
+/// See the module doc.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Chunk send times, for latency and for timeouts.
+    pub clock: SendClock,
+    /// The first failure; later ones are consequences and are dropped.
+    failure: Mutex<Option<Failure>>,
+    /// Cancelled on the first failure (and when the run ends), so every
+    /// task stops waiting at once.
+    pub cancel: CancellationToken,
+    /// Set exactly when `failure` is, readable without the lock.
+    aborted: AtomicBool,
+    /// Set once, before any entry of the main stream is queued.
+    plan: OnceLock<Plan>,
+    /// Clients that have received an opening broadcast.
+    registered: AtomicUsize,
+    /// Which ones, by client index.
+    registered_clients: Box<[AtomicBool]>,
+    /// Events written to the server so far.
+    pub events_sent: AtomicU64,
+    /// Notifications received so far, all clients.
+    pub notifications: AtomicU64,
+    /// Notification bytes received so far, all clients.
+    pub bytes_received: AtomicU64,
+    /// The source thread, to wake it.
+    source: OnceLock<Thread>,
+    /// True while the source is parked waiting for a reader.
+    source_parked: AtomicBool,
+}
+
+impl Shared {
+    /// State for a run with `clients` client connections.
+    pub fn new(clients: usize) -> Shared {
+        Shared {
+            registered_clients: (0..clients).map(|_| AtomicBool::new(false)).collect(),
+            ..Shared::default()
+        }
+    }
+
+    /// Records that client `index` received its first opening broadcast,
+    /// and wakes the source, which waits for everyone.
+    pub fn mark_registered(&self, index: usize) {
+        if let Some(flag) = self.registered_clients.get(index) {
+            if !flag.swap(true, Ordering::SeqCst) {
+                self.registered.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        self.wake_source();
+    }
+
+    /// How many clients have received an opening broadcast.
+    pub fn registered(&self) -> usize {
+        self.registered.load(Ordering::SeqCst)
+    }
+
+    /// The first client that has not received an opening broadcast.
+    pub fn first_unregistered(&self) -> Option<usize> {
+        self.registered_clients
+            .iter()
+            .position(|flag| !flag.load(Ordering::SeqCst))
+    }
+
+    /// Records `failure` if it is the first, and stops everything.
+    pub fn fail(&self, failure: Failure) {
+        {
+            let mut slot = self
+                .failure
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if slot.is_none() {
+                *slot = Some(failure);
+            }
+        }
+        self.aborted.store(true, Ordering::SeqCst);
+        self.cancel.cancel();
+        if let Some(source) = self.source.get() {
+            source.unpark();
+        }
+    }
+
+    /// Whether a failure has been recorded.
+    #[inline]
+    pub fn aborted(&self) -> bool {
+        self.aborted.load(Ordering::Relaxed)
+    }
+
+    /// The first failure, if any.
+    pub fn failure(&self) -> Option<Failure> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Fixes the plan; the source calls this once, before queueing any
+    /// entry of the main stream.
+    pub fn set_plan(&self, plan: Plan) {
+        let fresh = self.plan.set(plan).is_ok();
+        debug_assert!(fresh, "the plan is set once");
+    }
+
+    /// The plan, once the opening is over.
+    #[inline]
+    pub fn plan(&self) -> Option<Plan> {
+        self.plan.get().copied()
+    }
+
+    /// Registers the calling thread as the source (to be woken).
+    pub fn register_source_thread(&self) {
+        let _ = self.source.set(std::thread::current());
+    }
+
+    /// Source side: parks until `ready()` holds, a failure, or `max` passes;
+    /// returns `ready()`. Spurious and timed-out wake-ups are harmless: the
+    /// caller loops.
+    pub fn park_source(&self, ready: impl Fn() -> bool, max: Duration) -> bool {
+        self.source_parked.store(true, Ordering::SeqCst);
+        // Pairs with the fence in `wake_source`: either the reader sees
+        // `source_parked` and unparks, or we see what it freed.
+        fence(Ordering::SeqCst);
+        if !ready() && !self.aborted() {
+            std::thread::park_timeout(max);
+        }
+        self.source_parked.store(false, Ordering::Relaxed);
+        ready()
+    }
+
+    /// Reader side: wakes the source if it is parked (after freeing queue
+    /// room or registering).
+    #[inline]
+    pub fn wake_source(&self) {
+        fence(Ordering::SeqCst);
+        if self.source_parked.load(Ordering::Relaxed) {
+            if let Some(source) = self.source.get() {
+                source.unpark();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_failure_wins_and_cancels() {
+        let shared = Shared::default();
+        assert!(!shared.aborted());
+        shared.fail(Failure::Internal("first".into()));
+        shared.fail(Failure::Internal("second".into()));
+        assert!(shared.aborted());
+        assert!(shared.cancel.is_cancelled());
+        assert_eq!(shared.failure(), Some(Failure::Internal("first".into())));
+    }
+
+    #[test]
+    fn park_returns_when_ready_or_woken() {
+        let shared = std::sync::Arc::new(Shared::default());
+        shared.register_source_thread();
+        assert!(shared.park_source(|| true, Duration::from_secs(60)));
+        let flag = std::sync::Arc::new(AtomicBool::new(false));
+        let waker = {
+            let (shared, flag) = (shared.clone(), flag.clone());
+            std::thread::spawn(move || {
+                flag.store(true, Ordering::SeqCst);
+                shared.wake_source();
+            })
+        };
+        // Loops until the flag is seen; each park is bounded.
+        while !shared.park_source(|| flag.load(Ordering::SeqCst), Duration::from_millis(50)) {}
+        waker.join().unwrap();
+    }
+}
