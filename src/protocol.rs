@@ -120,10 +120,13 @@ pub fn parse_decimal(field: &[u8]) -> Result<u64, ParseError> {
 }
 
 /// Splits off the next `|`-separated field, or `None` when the line is used up.
+///
+/// A plain scan, not `memchr`: fields are at most 20 bytes, too short for a
+/// vectorised search to pay for its setup (see `benches/parse.rs`).
 #[inline]
 fn next_field<'a>(rest: &mut Option<&'a [u8]>) -> Option<&'a [u8]> {
     let line = rest.take()?;
-    match memchr::memchr(b'|', line) {
+    match line.iter().position(|&byte| byte == b'|') {
         Some(bar) => {
             *rest = Some(&line[bar + 1..]);
             Some(&line[..bar])
