@@ -28,6 +28,7 @@
 //! - [`client`]: client handshakes and per-connection writers.
 //! - [`accept`]: accept loops that survive running out of descriptors.
 //! - [`server`]: wiring, [`run`], and orderly shutdown.
+//! - [`metrics`]: the HTTP endpoint: `/metrics` (Prometheus) and `/healthz`.
 //! - [`config`]: settings from environment variables.
 //! - [`verify`]: the verifier: load generator and correctness checker.
 
@@ -36,6 +37,7 @@ pub mod client;
 pub mod config;
 pub mod gap;
 pub mod lines;
+pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod registry;
