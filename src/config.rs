@@ -69,6 +69,9 @@ pub struct Config {
     /// `bindAddress`; 0 turns it off.
     #[serde(rename = "metricsport", alias = "metrics_port")]
     pub metrics_port: u16,
+    /// Seconds between two summary lines in the log; 0 turns them off.
+    #[serde(rename = "summaryintervalsecs", alias = "summary_interval_secs")]
+    pub summary_interval_secs: u64,
 }
 
 impl Default for Config {
@@ -88,6 +91,7 @@ impl Default for Config {
             max_follow_edges: 4_000_000,
             drain_timeout_ms: 5_000,
             metrics_port: 9191,
+            summary_interval_secs: 10,
         }
     }
 }
@@ -227,7 +231,12 @@ mod tests {
     fn observability_settings_have_defaults_and_can_be_turned_off() {
         let config = Config::default();
         assert_eq!(config.metrics_port, 9191);
-        let config = Config::from_vars(vars(&[("METRICS_PORT", "0")])).unwrap();
-        assert_eq!(config.metrics_port, 0);
+        assert_eq!(config.summary_interval_secs, 10);
+        let config = Config::from_vars(vars(&[
+            ("metricsPort", "0"),
+            ("SUMMARY_INTERVAL_SECS", "0"),
+        ]))
+        .unwrap();
+        assert_eq!((config.metrics_port, config.summary_interval_secs), (0, 0));
     }
 }

@@ -29,6 +29,7 @@
 //! - [`accept`]: accept loops that survive running out of descriptors.
 //! - [`server`]: wiring, [`run`], and orderly shutdown.
 //! - [`metrics`]: the HTTP endpoint: `/metrics` (Prometheus) and `/healthz`.
+//! - [`summary`]: a periodic one-line summary of the counters in the log.
 //! - [`config`]: settings from environment variables.
 //! - [`verify`]: the verifier: load generator and correctness checker.
 
@@ -47,6 +48,7 @@ pub mod sequencer;
 pub mod server;
 pub mod source;
 pub mod stats;
+pub mod summary;
 pub mod verify;
 
 pub use config::Config;

@@ -166,6 +166,14 @@ pub async fn run_with_stats(
             stop_observers.clone(),
         ));
     }
+    if config.summary_interval_secs > 0 {
+        let every = std::time::Duration::from_secs(config.summary_interval_secs);
+        observers.spawn(crate::summary::run(
+            stats.clone(),
+            every,
+            stop_observers.clone(),
+        ));
+    }
 
     let mut failure = None;
     tokio::select! {
