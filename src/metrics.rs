@@ -49,6 +49,11 @@ pub const MAX_CONNECTIONS: usize = 16;
 /// A client must send a request's headers within this long.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Bound on each connection's read and write buffers, in bytes: requests
+/// are a few header lines, and larger headers get `431`. A scrape's body
+/// (about 6 KiB) is written in more than one piece if it grows past this.
+const MAX_BUFFER_BYTES: usize = 16 * 1024;
+
 /// A connection is asked to close (after its current response) once it has
 /// been open this long, so an idle keep-alive connection cannot hold one of
 /// the [`MAX_CONNECTIONS`] slots for ever; scrapers simply reconnect.
@@ -483,6 +488,7 @@ async fn serve_connection(
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_BUFFER_BYTES)
         .serve_connection(TokioIo::new(stream), service);
     let mut connection = std::pin::pin!(connection);
     let outcome = tokio::select! {
@@ -605,7 +611,8 @@ mod tests {
         assert!(health.is_healthy());
 
         clients.abort();
-        let _ = clients.await;
+        let ended = tokio::time::timeout(Duration::from_secs(10), clients).await;
+        assert!(ended.is_ok(), "an aborted task ends");
         assert!(!health.is_healthy(), "a listener stopped");
 
         let clients = listening();

@@ -194,7 +194,7 @@ async fn healthz_is_200_and_other_paths_are_404() {
     assert!(both.contains("# TYPE followermaze_events_received_total counter"));
 
     server.stop().await.unwrap();
-    let refused = TcpStream::connect(metrics).await;
+    let refused = within("refused connect", TcpStream::connect(metrics)).await;
     assert!(refused.is_err(), "the endpoint closes with the server");
 }
 
@@ -210,15 +210,21 @@ fn local_config(metrics_port: u16) -> Config {
 
 #[tokio::test]
 async fn a_busy_metrics_port_is_a_bind_error_naming_it() {
-    let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let taken = within("bind", TcpListener::bind("127.0.0.1:0"))
+        .await
+        .unwrap();
     let port = taken.local_addr().unwrap().port();
-    let error = Listeners::bind(&local_config(port)).await.unwrap_err();
+    let error = within("bind", Listeners::bind(&local_config(port)))
+        .await
+        .unwrap_err();
     assert_eq!(error.variable, "metricsPort");
     assert!(error.to_string().contains("(metricsPort)"), "{error}");
 }
 
 #[tokio::test]
 async fn metrics_port_zero_turns_the_endpoint_off() {
-    let listeners = Listeners::bind(&local_config(0)).await.unwrap();
+    let listeners = within("bind", Listeners::bind(&local_config(0)))
+        .await
+        .unwrap();
     assert!(listeners.metrics.is_none());
 }
