@@ -152,6 +152,11 @@ const COUNTERS: &[CounterSpec] = &[
         field: |stats| &stats.source_connections,
     },
     CounterSpec {
+        name: "accept_errors_total",
+        help: "Accept calls that failed for lack of resources (out of file descriptors), on any listener.",
+        field: |stats| &stats.accept_errors,
+    },
+    CounterSpec {
         name: "client_connects_total",
         help: "Client connections that completed the handshake.",
         field: |stats| &stats.client_connects,
@@ -449,7 +454,12 @@ pub async fn serve(
     health: Health,
     shutdown: CancellationToken,
 ) {
-    tracing::info!(address = ?listener.local_addr().ok(), "metrics endpoint listening");
+    match listener.local_addr() {
+        Ok(address) => tracing::info!(%address, "metrics endpoint listening"),
+        Err(error) => {
+            tracing::info!(address = %format!("<unknown: {error}>"), "metrics endpoint listening")
+        }
+    }
     let endpoint = Arc::new(Endpoint::new(Arc::clone(&stats), health));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();

@@ -119,6 +119,7 @@ async fn scraped_counters_match_what_was_sent() {
         ("too_far_events_total", 0),
         ("skipped_sequences_total", 1),
         ("source_connections_total", 1),
+        ("accept_errors_total", 0),
         ("client_connects_total", 2),
         ("connected_clients", 2),
         ("connected_sources", 1),
