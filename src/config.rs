@@ -65,6 +65,13 @@ pub struct Config {
     /// ms.
     #[serde(rename = "draintimeoutms", alias = "drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Port for the HTTP endpoint serving `/metrics` and `/healthz`, on
+    /// `bindAddress`; 0 turns it off.
+    #[serde(rename = "metricsport", alias = "metrics_port")]
+    pub metrics_port: u16,
+    /// Seconds between two summary lines in the log; 0 turns them off.
+    #[serde(rename = "summaryintervalsecs", alias = "summary_interval_secs")]
+    pub summary_interval_secs: u64,
 }
 
 impl Default for Config {
@@ -83,6 +90,8 @@ impl Default for Config {
             max_clients: 100_000,
             max_follow_edges: 4_000_000,
             drain_timeout_ms: 5_000,
+            metrics_port: 9191,
+            summary_interval_secs: 10,
         }
     }
 }
@@ -214,5 +223,20 @@ mod tests {
         let error = Config::from_vars(vars(&[("gapTimeoutMinMs", "10"), ("gapTimeoutMaxMs", "5")]))
             .unwrap_err();
         assert!(error.to_string().contains("gapTimeoutMinMs"), "{error}");
+        let error = Config::from_vars(vars(&[("metricsPort", "-1")])).unwrap_err();
+        assert!(error.to_string().contains("metricsPort"), "{error}");
+    }
+
+    #[test]
+    fn observability_settings_have_defaults_and_can_be_turned_off() {
+        let config = Config::default();
+        assert_eq!(config.metrics_port, 9191);
+        assert_eq!(config.summary_interval_secs, 10);
+        let config = Config::from_vars(vars(&[
+            ("metricsPort", "0"),
+            ("SUMMARY_INTERVAL_SECS", "0"),
+        ]))
+        .unwrap();
+        assert_eq!((config.metrics_port, config.summary_interval_secs), (0, 0));
     }
 }

@@ -28,6 +28,8 @@
 //! - [`client`]: client handshakes and per-connection writers.
 //! - [`accept`]: accept loops that survive running out of descriptors.
 //! - [`server`]: wiring, [`run`], and orderly shutdown.
+//! - [`metrics`]: the HTTP endpoint: `/metrics` (Prometheus) and `/healthz`.
+//! - [`summary`]: a periodic one-line summary of the counters in the log.
 //! - [`config`]: settings from environment variables.
 //! - [`verify`]: the verifier: load generator and correctness checker.
 
@@ -36,6 +38,7 @@ pub mod client;
 pub mod config;
 pub mod gap;
 pub mod lines;
+pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod registry;
@@ -45,6 +48,7 @@ pub mod sequencer;
 pub mod server;
 pub mod source;
 pub mod stats;
+pub mod summary;
 pub mod verify;
 
 pub use config::Config;

@@ -261,7 +261,11 @@ impl Sequencer {
     }
 
     /// A new stream starts (see the module doc).
-    async fn restart(&mut self, first_seq: Seq, read_at: std::time::Instant) -> Result<(), RegistryGone> {
+    async fn restart(
+        &mut self,
+        first_seq: Seq,
+        read_at: std::time::Instant,
+    ) -> Result<(), RegistryGone> {
         let mut released = Vec::new();
         self.buffer.flush(&mut released);
         tracing::info!(
@@ -285,7 +289,11 @@ impl Sequencer {
         Stats::set(&self.stats.next_sequence, self.buffer.next_expected());
     }
 
-    async fn send(&self, released: Vec<Event>, read_at: std::time::Instant) -> Result<(), RegistryGone> {
+    async fn send(
+        &self,
+        released: Vec<Event>,
+        read_at: std::time::Instant,
+    ) -> Result<(), RegistryGone> {
         if released.is_empty() {
             return Ok(());
         }

@@ -1,10 +1,12 @@
-//! Wiring: binds nothing itself, takes two listeners and a shutdown future,
+//! Wiring: binds nothing itself, takes the listeners and a shutdown future,
 //! starts the pipeline, and tears it down in order.
 //!
 //! Shutdown order, and why: (1) stop accepting and stop reading sources, so
 //! no new input arrives; (2) the sequencer, its inputs closed, releases what
 //! is parked and stops the registry; (3) the registry tells every writer to
-//! drain; (4) writers flush and close, within the drain timeout.
+//! drain; (4) writers flush and close, within the drain timeout; (5) the
+//! observers (metrics endpoint, log summary) stop last, so the final
+//! numbers can still be read during the drain.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,18 +18,21 @@ use tokio_util::sync::CancellationToken;
 use crate::client::accept_clients;
 use crate::config::Config;
 use crate::lines::MAX_LINE_BYTES;
+use crate::metrics::Health;
 use crate::registry::Registry;
 use crate::sequencer::Sequencer;
 use crate::source::accept_sources;
 use crate::stats::Stats;
 
-/// The two listening sockets the server serves.
+/// The listening sockets the server serves.
 #[derive(Debug)]
 pub struct Listeners {
     /// Where the event source connects.
     pub events: TcpListener,
     /// Where user clients connect.
     pub clients: TcpListener,
+    /// Where `/metrics` and `/healthz` are served; `None` turns them off.
+    pub metrics: Option<TcpListener>,
 }
 
 /// A listener could not be bound.
@@ -54,7 +59,8 @@ impl std::fmt::Display for BindError {
 impl std::error::Error for BindError {}
 
 impl Listeners {
-    /// Binds both listeners as `config` says.
+    /// Binds the listeners as `config` says (the metrics one unless its port
+    /// is 0).
     pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
         async fn one(
             variable: &'static str,
@@ -78,6 +84,10 @@ impl Listeners {
                 SocketAddr::new(ip, config.client_listener_port),
             )
             .await?,
+            metrics: match config.metrics_port {
+                0 => None,
+                port => Some(one("metricsPort", SocketAddr::new(ip, port)).await?),
+            },
         })
     }
 }
@@ -129,6 +139,7 @@ pub async fn run_with_stats(
         MAX_LINE_BYTES,
         stop_accepting.clone(),
     ));
+    let health_registry = registry_handle.clone();
     let clients_task = tokio::spawn(accept_clients(
         listeners.clients,
         registry_handle,
@@ -141,6 +152,28 @@ pub async fn run_with_stats(
         clients = %addresses.1,
         "followermaze listening"
     );
+    // Observers only read `stats`; they outlive the drain so the last
+    // numbers can still be scraped and logged, and stop once it is done.
+    let stop_observers = CancellationToken::new();
+    let mut observers = tokio::task::JoinSet::new();
+    if let Some(listener) = listeners.metrics {
+        let listening = [sources_task.abort_handle(), clients_task.abort_handle()];
+        let health = Health::new(health_registry, listening);
+        observers.spawn(crate::metrics::serve(
+            listener,
+            stats.clone(),
+            health,
+            stop_observers.clone(),
+        ));
+    }
+    if config.summary_interval_secs > 0 {
+        let every = std::time::Duration::from_secs(config.summary_interval_secs);
+        observers.spawn(crate::summary::run(
+            stats.clone(),
+            every,
+            stop_observers.clone(),
+        ));
+    }
 
     let mut failure = None;
     tokio::select! {
@@ -163,6 +196,12 @@ pub async fn run_with_stats(
     for (name, outcome) in outcomes {
         if let Err(error) = outcome {
             failure.get_or_insert(format!("{name} task failed: {error}"));
+        }
+    }
+    stop_observers.cancel();
+    while let Some(outcome) = observers.join_next().await {
+        if let Err(error) = outcome {
+            failure.get_or_insert(format!("observer task failed: {error}"));
         }
     }
     match failure {

@@ -451,7 +451,11 @@ async fn real_server() -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
     let addresses = (events.local_addr().unwrap(), clients.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(followermaze::run(
-        Listeners { events, clients },
+        Listeners {
+            events,
+            clients,
+            metrics: None,
+        },
         Config::default(),
         async move {
             let _ = stopped.await;

@@ -62,7 +62,44 @@ impl TestServer {
         let listeners = Listeners {
             events: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             clients: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            metrics: None,
         };
+        let events = listeners.events.local_addr().unwrap();
+        let clients = listeners.clients.local_addr().unwrap();
+        let stats = Arc::new(Stats::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(followermaze::run_with_stats(
+            listeners,
+            config,
+            stats.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        TestServer {
+            events,
+            clients,
+            stats,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Starts the server with `config` and a metrics listener on
+    /// 127.0.0.1:0; returns it with the metrics address.
+    pub async fn start_with_metrics(config: Config) -> (TestServer, SocketAddr) {
+        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = metrics.local_addr().unwrap();
+        let listeners = Listeners {
+            events: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            clients: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            metrics: Some(metrics),
+        };
+        (TestServer::start_on(listeners, config), address)
+    }
+
+    /// Starts the server on `listeners` with `config`.
+    pub fn start_on(listeners: Listeners, config: Config) -> TestServer {
         let events = listeners.events.local_addr().unwrap();
         let clients = listeners.clients.local_addr().unwrap();
         let stats = Arc::new(Stats::default());

@@ -1,0 +1,231 @@
+//! The metrics endpoint end to end: the real server on 127.0.0.1:0, a known
+//! stream in, then `/metrics` and `/healthz` scraped over real HTTP.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use common::{get, send, wait_until, within, TestServer};
+use followermaze::stats::DisconnectReason;
+use followermaze::{Config, Listeners};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Sends `requests` (raw HTTP/1.1, the last one closing) on one connection
+/// and returns everything the server answered.
+async fn exchange(address: SocketAddr, requests: &str) -> String {
+    let mut stream = within("metrics connect", TcpStream::connect(address))
+        .await
+        .unwrap();
+    within("request write", stream.write_all(requests.as_bytes()))
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    within("response", stream.read_to_end(&mut response))
+        .await
+        .unwrap();
+    String::from_utf8(response).expect("a text response")
+}
+
+/// `GET path` on a fresh connection; returns the status and the body.
+async fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
+    let response = exchange(
+        address,
+        &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    let (head, body) = response.split_once("\r\n\r\n").expect("a header block");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"));
+    (status, body.to_owned())
+}
+
+/// The samples of a text exposition, keyed by name and labels as written.
+fn samples(body: &str) -> HashMap<String, f64> {
+    body.lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (key, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("not a sample: {line:?}"));
+            let value = value
+                .parse()
+                .unwrap_or_else(|_| panic!("not a number: {line:?}"));
+            (key.to_owned(), value)
+        })
+        .collect()
+}
+
+/// The value of `key` in `samples` (as an integer: every one we check is).
+fn value(samples: &HashMap<String, f64>, key: &str) -> u64 {
+    let value = *samples
+        .get(&format!("followermaze_{key}"))
+        .unwrap_or_else(|| panic!("no sample followermaze_{key}"));
+    assert_eq!(value.fract(), 0.0, "{key} = {value}");
+    value as u64
+}
+
+#[tokio::test]
+async fn scraped_counters_match_what_was_sent() {
+    let config = Config {
+        gap_timeout_min_ms: 10,
+        gap_timeout_max_ms: 50,
+        ..Config::default()
+    };
+    let (server, metrics) = TestServer::start_with_metrics(config).await;
+    let mut alice = server.client(1).await;
+    let mut bob = server.client(2).await;
+    let mut source = server.source().await;
+
+    // 5 parks until 3 and 4 come, and its copy is a duplicate; the second 1
+    // is late; one line is garbage; 6 never comes, so 7 waits for the gap
+    // to be skipped.
+    send(
+        &mut source,
+        "1|F|1|2\n2|B\n5|B\n5|B\n3|P|2|1\n4|S|2\n1|B\nnot an event\n7|B\n",
+    )
+    .await;
+    let to_alice = "2|B\n3|P|2|1\n4|S|2\n5|B\n7|B\n";
+    let to_bob = "1|F|1|2\n2|B\n5|B\n7|B\n";
+    alice.expect(to_alice).await;
+    bob.expect(to_bob).await;
+    let bytes = (to_alice.len() + to_bob.len()) as u64;
+    // A writer counts its bytes, then records the batch's latency.
+    wait_until("all bytes counted", || {
+        get(&server.stats.bytes_written) == bytes
+    })
+    .await;
+    wait_until("latency recorded for both clients", || {
+        server.stats.latency.counts().iter().sum::<u64>() >= 2
+    })
+    .await;
+
+    let (status, body) = http_get(metrics, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    let samples = samples(&body);
+    let expected = [
+        ("events_received_total", 8),
+        ("events_delivered_total", 6),
+        ("notifications_sent_total", 9),
+        ("client_written_bytes_total", bytes),
+        ("malformed_lines_total", 1),
+        ("oversized_lines_total", 0),
+        ("duplicate_events_total", 1),
+        ("late_events_total", 1),
+        ("too_far_events_total", 0),
+        ("skipped_sequences_total", 1),
+        ("source_connections_total", 1),
+        ("accept_errors_total", 0),
+        ("client_connects_total", 2),
+        ("connected_clients", 2),
+        ("connected_sources", 1),
+        ("reorder_window_events", 0),
+        ("next_expected_sequence", 8),
+    ];
+    for (key, expected) in expected {
+        assert_eq!(value(&samples, key), expected, "{key}");
+    }
+    for reason in DisconnectReason::ALL {
+        let key = format!("client_disconnects_total{{reason=\"{}\"}}", reason.as_str());
+        assert_eq!(value(&samples, &key), 0, "{key}");
+    }
+    assert!(value(&samples, "client_writes_total") >= 2);
+    let samples_count = value(&samples, "delivery_latency_seconds_count");
+    let recorded = server.stats.latency.counts().iter().sum::<u64>();
+    assert!((2..=recorded).contains(&samples_count), "{samples_count}");
+    assert_eq!(
+        value(&samples, "delivery_latency_seconds_bucket{le=\"+Inf\"}"),
+        samples_count
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn disconnects_are_counted_by_reason() {
+    let (server, metrics) = TestServer::start_with_metrics(Config::default()).await;
+    let alice = server.client(1).await;
+    drop(alice);
+    let mut stranger = within("client connect", TcpStream::connect(server.clients))
+        .await
+        .unwrap();
+    within("bad handshake", stranger.write_all(b"hello\n"))
+        .await
+        .unwrap();
+    wait_until("both disconnects counted", || {
+        server.stats.disconnects(DisconnectReason::Normal) == 1
+            && server.stats.disconnects(DisconnectReason::BadHandshake) == 1
+    })
+    .await;
+    let (_, body) = http_get(metrics, "/metrics").await;
+    let samples = samples(&body);
+    let reason = |reason: &str| {
+        value(
+            &samples,
+            &format!("client_disconnects_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(reason("normal"), 1);
+    assert_eq!(reason("bad_handshake"), 1);
+    assert_eq!(reason("slow_consumer"), 0);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn healthz_is_200_and_other_paths_are_404() {
+    let (server, metrics) = TestServer::start_with_metrics(Config::default()).await;
+    assert_eq!(
+        http_get(metrics, "/healthz").await,
+        (200, "ok\n".to_owned())
+    );
+    assert_eq!(http_get(metrics, "/nope").await.0, 404);
+    assert_eq!(http_get(metrics, "/metrics?x=1").await.0, 200);
+
+    // Scrapers keep connections alive: two requests on one connection.
+    let both = exchange(
+        metrics,
+        "GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n\
+         GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(both.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{both}");
+    assert!(both.contains("# TYPE followermaze_events_received_total counter"));
+
+    server.stop().await.unwrap();
+    let refused = within("refused connect", TcpStream::connect(metrics)).await;
+    assert!(refused.is_err(), "the endpoint closes with the server");
+}
+
+fn local_config(metrics_port: u16) -> Config {
+    Config {
+        bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        event_listener_port: 0,
+        client_listener_port: 0,
+        metrics_port,
+        ..Config::default()
+    }
+}
+
+#[tokio::test]
+async fn a_busy_metrics_port_is_a_bind_error_naming_it() {
+    let taken = within("bind", TcpListener::bind("127.0.0.1:0"))
+        .await
+        .unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let error = within("bind", Listeners::bind(&local_config(port)))
+        .await
+        .unwrap_err();
+    assert_eq!(error.variable, "metricsPort");
+    assert!(error.to_string().contains("(metricsPort)"), "{error}");
+}
+
+#[tokio::test]
+async fn metrics_port_zero_turns_the_endpoint_off() {
+    let listeners = within("bind", Listeners::bind(&local_config(0)))
+        .await
+        .unwrap();
+    assert!(listeners.metrics.is_none());
+}
