@@ -18,6 +18,7 @@
 //! - [`reorder`]: the sliding window that puts sequence numbers in order.
 //! - [`gap`]: how long to wait for a missing event before skipping it.
 //! - [`router`]: the follower graph; apply an event, get its audience.
+//! - [`online`]: who is connected, with a filter for fast "no".
 //! - [`outbox`]: the byte hand-off between the registry and one writer.
 //! - [`stats`]: shared counters and a log-line rate limiter.
 //!
@@ -39,6 +40,7 @@ pub mod config;
 pub mod gap;
 pub mod lines;
 pub mod metrics;
+pub mod online;
 pub mod outbox;
 pub mod protocol;
 pub mod registry;
