@@ -66,7 +66,7 @@ impl Listeners {
             variable: &'static str,
             address: SocketAddr,
         ) -> Result<TcpListener, BindError> {
-            TcpListener::bind(address).await.map_err(|error| BindError {
+            listen(address).map_err(|error| BindError {
                 variable,
                 address,
                 error,
@@ -90,6 +90,25 @@ impl Listeners {
             },
         })
     }
+}
+
+/// How many connections the kernel may queue before we accept them. The
+/// standard library's 128 overflows when a few hundred clients connect at
+/// once (each overflow costs the client a one-second SYN retry); the kernel
+/// caps this at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `address` with `SO_REUSEADDR` (a restarted server need not wait
+/// out `TIME_WAIT`) and [`LISTEN_BACKLOG`].
+pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// A core task ended abnormally (a bug: it panicked).
