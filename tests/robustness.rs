@@ -73,10 +73,7 @@ async fn a_source_leaving_mid_line_loses_only_that_line() {
     send(&mut first, "1|B\r\n2|B").await;
     client.expect("1|B\r\n").await;
     drop(first);
-    wait_until("first source gone", || {
-        get(&server.stats.sources_connected) == 0
-    })
-    .await;
+    server.sources_gone().await;
     // The half line is not glued to the next connection's bytes.
     let mut second = server.source().await;
     send(&mut second, "\r\n2|B\r\n3|B\r\n").await;
@@ -285,10 +282,7 @@ async fn random_bytes_on_both_ports_do_not_hurt_the_server() {
         // The server may close before reading it all; that is fine.
         let _ = stream.write_all(chunk).await;
     }
-    wait_until("noise source gone", || {
-        get(&server.stats.sources_connected) == 0
-    })
-    .await;
+    server.sources_gone().await;
     // Random bytes may contain valid-looking events; a fresh stream from
     // sequence 1 still works because the new source starts over.
     let mut source = server.source().await;

@@ -198,10 +198,7 @@ async fn a_new_source_carries_on_the_sequence() {
     send(&mut first, "1|B\r\n3|B\r\n").await;
     client.expect("1|B\r\n").await;
     drop(first);
-    wait_until("first source gone", || {
-        get(&server.stats.sources_connected) == 0
-    })
-    .await;
+    server.sources_gone().await;
     let mut second = server.source().await;
     send(&mut second, "2|B\r\n4|B\r\n").await;
     client.expect("2|B\r\n3|B\r\n4|B\r\n").await;
@@ -235,10 +232,7 @@ async fn a_source_starting_over_begins_a_new_stream() {
     send(&mut first, "1|F|1|2\r\n2|B\r\n3|S|2\r\n").await;
     client.expect("2|B\r\n3|S|2\r\n").await;
     drop(first);
-    wait_until("first source gone", || {
-        get(&server.stats.sources_connected) == 0
-    })
-    .await;
+    server.sources_gone().await;
     // A second run from sequence 1: the old follow is forgotten, so the
     // status update reaches nobody.
     let mut second = server.source().await;

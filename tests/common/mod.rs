@@ -57,32 +57,15 @@ impl TestServer {
         TestServer::start_with(Config::default()).await
     }
 
-    /// Starts the server with `config` (ports and address are overridden).
+    /// Starts the server with `config` on loopback ephemeral ports (the
+    /// ports and address in `config` are not used), without metrics.
     pub async fn start_with(config: Config) -> TestServer {
         let listeners = Listeners {
             events: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             clients: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             metrics: None,
         };
-        let events = listeners.events.local_addr().unwrap();
-        let clients = listeners.clients.local_addr().unwrap();
-        let stats = Arc::new(Stats::default());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(followermaze::run_with_stats(
-            listeners,
-            config,
-            stats.clone(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        TestServer {
-            events,
-            clients,
-            stats,
-            stop: Some(stop),
-            task,
-        }
+        TestServer::start_on(listeners, config)
     }
 
     /// Starts the server with `config` and a metrics listener on
@@ -149,6 +132,11 @@ impl TestServer {
             .await
             .unwrap();
         Client { stream }
+    }
+
+    /// Waits until every source connection has been closed and noticed.
+    pub async fn sources_gone(&self) {
+        wait_until("sources gone", || get(&self.stats.sources_connected) == 0).await;
     }
 
     /// Waits until `n` events have been applied in order.
