@@ -108,10 +108,17 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The process environment, skipping variables whose name or value is not
+/// UTF-8 (none of ours can be; `std::env::vars` would panic on them).
+pub fn utf8_vars() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+}
+
 impl Config {
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Config, ConfigError> {
-        Config::from_vars(std::env::vars())
+        Config::from_vars(utf8_vars())
     }
 
     /// Reads the configuration from `vars` (name, value) pairs; unknown names

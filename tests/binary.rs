@@ -43,7 +43,12 @@ async fn run_to_exit(mut command: Command) -> (Option<i32>, String) {
 
 /// Starts the server and reads its startup line for the two addresses.
 async fn start() -> (Child, String, String) {
-    let mut child = server_command().spawn().unwrap();
+    start_with(server_command()).await
+}
+
+/// Starts `command` and reads its startup line for the two addresses.
+async fn start_with(mut command: Command) -> (Child, String, String) {
+    let mut child = command.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let line = within("the startup line", async {
@@ -72,6 +77,15 @@ async fn a_bad_variable_exits_2_naming_it() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("eventListenerPort"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[tokio::test]
+async fn a_non_utf8_variable_elsewhere_in_the_environment_is_ignored() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut command = server_command();
+    command.env("UNRELATED", std::ffi::OsStr::from_bytes(b"\xff\xfe"));
+    let (mut child, _, _) = start_with(command).await;
+    child.kill().await.unwrap();
 }
 
 #[tokio::test]

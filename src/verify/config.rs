@@ -156,7 +156,7 @@ fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigErro
 impl VerifyConfig {
     /// Reads the settings from the process environment.
     pub fn from_env() -> Result<VerifyConfig, ConfigError> {
-        VerifyConfig::from_vars(std::env::vars())
+        VerifyConfig::from_vars(crate::config::utf8_vars())
     }
 
     /// Reads the settings from `(name, value)` pairs; other names are
