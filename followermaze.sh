@@ -4,7 +4,7 @@
 #
 # Builds the Rust verifier (release) when its sources changed, then runs it
 # against the server that is already running. Settings are the classic
-# environment variables, with the classic defaults (see VERIFIER.md):
+# environment variables, with the classic defaults (see README.md, "Checking a server"):
 #
 #   eventListenerPort=9090 clientListenerPort=9099 serverHost=127.0.0.1
 #   totalEvents=10000000 concurrencyLevel=100 numberOfUsers=1000
@@ -15,7 +15,7 @@
 # 2 nothing listens on the ports, or a setting is invalid.
 #
 # `./followermaze.sh sink` serves both ports and discards everything instead
-# (to measure the verifier's own ceiling; see VERIFIER.md).
+# (to measure the verifier's own ceiling; see README.md).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
