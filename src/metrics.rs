@@ -12,7 +12,7 @@
 //! snapshot (events delivered may be read a batch ahead of notifications).
 //! Every counter is monotonic for the life of the process.
 //!
-//! Every metric, and its meaning, is listed in `METRICS.md`.
+//! Every metric, and its meaning, is listed in the README's Observability section.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -79,7 +79,7 @@ struct CounterSpec {
     field: fn(&Stats) -> &AtomicU64,
 }
 
-/// Counters, in the order `METRICS.md` lists them.
+/// Counters, in the order the README lists them.
 const COUNTERS: &[CounterSpec] = &[
     CounterSpec {
         name: "events_received_total",
@@ -173,7 +173,7 @@ struct GaugeSpec {
     field: fn(&Stats) -> &AtomicU64,
 }
 
-/// Gauges, in the order `METRICS.md` lists them.
+/// Gauges, in the order the README lists them.
 const GAUGES: &[GaugeSpec] = &[
     GaugeSpec {
         name: "connected_clients",

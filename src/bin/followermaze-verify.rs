@@ -2,7 +2,7 @@
 //! classic verdict and exit status. `followermaze.sh` builds and runs it.
 //!
 //! `followermaze-verify sink` instead serves both ports and discards
-//! everything, to measure the verifier's own ceiling (see VERIFIER.md).
+//! everything, to measure the verifier's own ceiling (see the README's verifier section).
 //!
 //! Exit status: 0 all notifications received; 1 something went wrong; 2 the
 //! configuration is invalid or nothing listens on the ports.
