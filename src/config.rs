@@ -33,7 +33,8 @@ pub struct Config {
     #[serde(rename = "loglevel", alias = "log_level")]
     pub log_level: String,
     /// Most sequence numbers the reorder window may span (rounded up to a
-    /// power of two). Each costs 64 bytes when in use, plus its line.
+    /// power of two). Each costs 64 bytes when in use, plus its line (held
+    /// in a shared read chunk at most 4× the line's size).
     #[serde(rename = "reorderwindow", alias = "reorder_window")]
     pub reorder_window: usize,
     /// Shortest wait for a missing event before it is skipped, in ms.

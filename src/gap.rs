@@ -13,7 +13,9 @@
 //! of events per second. At a fast rate a shuffled batch fills its holes in
 //! microseconds, so the floor applies; at a slow, paced rate the same holes
 //! take longer to fill and the deadline stretches with them, up to the
-//! ceiling. No rate at all (the source went quiet) means the ceiling.
+//! ceiling. No rate measured yet means the ceiling; so does no source
+//! connected (the sequencer's rule: a dropped source may come back and
+//! resend).
 //!
 //! Pure arithmetic over [`Instant`]s the caller passes in: no clock reads, no
 //! timers, so tests drive it with made-up times.
@@ -73,6 +75,11 @@ impl GapPolicy {
             self.bucket_start = Some(now);
             self.bucket_events = 0;
         }
+    }
+
+    /// The longest a gap may stay open.
+    pub fn ceiling(&self) -> Duration {
+        self.ceiling
     }
 
     /// The smoothed arrival rate in events per second (0 before one bucket).

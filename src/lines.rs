@@ -21,6 +21,11 @@ pub const MAX_LINE_BYTES: usize = 4 * 1024;
 /// syscall over thousands of events.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Complete lines totalling fewer bytes than this are copied out of the
+/// read buffer instead of sharing it (see [`LineReader::drain`]); at or
+/// above it they share it, at most 4× their size in buffer.
+pub const COPY_CHUNKS_BELOW: usize = READ_CHUNK_BYTES / 4;
+
 /// One framing result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -87,9 +92,18 @@ impl LineReader {
             }
         }
         if let Some(last_newline) = memchr::memrchr(b'\n', &self.buf) {
-            // One freeze for all complete lines; each line is then a cheap
-            // slice of it.
-            let chunk = self.buf.split_to(last_newline + 1).freeze();
+            let complete = last_newline + 1;
+            // One chunk for all complete lines; each line is then a cheap
+            // slice of it. A slice keeps its whole read buffer alive, so a
+            // small chunk (a slow or paced source) is copied out first: a
+            // parked line must not pin 64 KiB.
+            let chunk = if complete >= COPY_CHUNKS_BELOW {
+                self.buf.split_to(complete).freeze()
+            } else {
+                let chunk = Bytes::copy_from_slice(&self.buf[..complete]);
+                self.buf.advance(complete);
+                chunk
+            };
             let mut start = 0;
             for newline in memchr::memchr_iter(b'\n', &chunk) {
                 let end = newline + 1;
@@ -160,6 +174,38 @@ mod tests {
         assert_eq!(
             got,
             vec![line("1|B\n"), Frame::TooLong { bytes: 102 }, line("2|B\n")]
+        );
+    }
+
+    /// Whether `line` is a slice of the same allocation as the reader's
+    /// buffer (it ends exactly where the buffer's unread part begins).
+    fn shares_buffer(reader: &LineReader, line: &Bytes, total: usize) -> bool {
+        line.as_ptr().wrapping_add(total) == reader.buf.as_ptr()
+    }
+
+    #[test]
+    fn small_reads_are_copied_large_ones_shared() {
+        let mut reader = LineReader::new(MAX_LINE_BYTES);
+        reader.read_buf().extend_from_slice(b"1|B\n2|B");
+        let mut lines = Vec::new();
+        reader.drain(|frame| lines.push(frame));
+        let Frame::Line(small) = &lines[0] else {
+            panic!("a line")
+        };
+        assert!(!shares_buffer(&reader, small, 4), "a small read is copied");
+
+        let mut reader = LineReader::new(MAX_LINE_BYTES);
+        let big: Vec<u8> = b"123456|S|42\n".repeat(2000);
+        reader.read_buf().extend_from_slice(&big);
+        reader.read_buf().extend_from_slice(b"9|B");
+        let mut lines = Vec::new();
+        reader.drain(|frame| lines.push(frame));
+        let Frame::Line(first) = &lines[0] else {
+            panic!("a line")
+        };
+        assert!(
+            shares_buffer(&reader, first, big.len()),
+            "a large read is shared"
         );
     }
 

@@ -90,8 +90,10 @@ impl Outbox {
 
     /// Moves all of `staged` (events read from the source at `read_at`) into
     /// the pending bytes; `staged` is left empty (with some capacity to
-    /// reuse). If pending would then exceed `max_pending` bytes, the outbox
-    /// closes as a slow consumer and drops what was pending.
+    /// reuse). If bytes were already waiting and pending would then exceed
+    /// `max_pending`, the outbox closes as a slow consumer and drops what was
+    /// pending. One batch into an empty outbox is always accepted: the
+    /// writer has taken everything before it, so it is keeping up.
     pub fn push(
         &self,
         staged: &mut Vec<u8>,
@@ -112,7 +114,9 @@ impl Outbox {
             staged.clear();
         }
         let pending_bytes = state.pending.len();
-        if pending_bytes > max_pending {
+        // A writer that has taken everything is keeping up, however large
+        // this one batch; a client is slow when bytes were still waiting.
+        if !was_empty && pending_bytes > max_pending {
             state.closed = Some(Closed::SlowConsumer);
             state.pending = Vec::new();
             state.oldest_read_at = None;
@@ -135,6 +139,7 @@ impl Outbox {
             state.closed = Some(reason);
             if reason == Closed::SlowConsumer {
                 state.pending = Vec::new();
+                state.oldest_read_at = None;
             }
         }
         drop(state);
@@ -200,6 +205,18 @@ mod tests {
         let mut taken = Vec::new();
         assert_eq!(outbox.take(&mut taken).closed, Some(Closed::SlowConsumer));
         assert!(taken.is_empty());
+    }
+
+    #[test]
+    fn one_large_batch_into_an_empty_outbox_is_not_slowness() {
+        let outbox = Outbox::new();
+        outbox
+            .push(&mut vec![b'x'; 50], Instant::now(), 10)
+            .expect("the writer took everything before: it is keeping up");
+        assert_eq!(
+            outbox.push(&mut vec![b'y'; 1], Instant::now(), 10),
+            Err(PushError::Overflow { pending_bytes: 51 })
+        );
     }
 
     #[test]

@@ -52,9 +52,10 @@ pub enum Command {
     Shutdown,
 }
 
-/// How many commands may wait for the registry. Each `Deliver` holds about
-/// one read's worth of events (≤ 64 KiB of lines, ~4,000 events of 64 bytes
-/// each: ~320 KiB in all), so 8 bound the queue to ~2.5 MiB while leaving
+/// How many commands may wait for the registry. Each `Deliver` holds at most
+/// [`crate::sequencer::MAX_DELIVER_EVENTS`] events (about one 64 KiB read's
+/// worth: ~320 KiB with their headers), so 8 bound the queue to ~2.5 MiB
+/// while leaving
 /// enough in flight to keep both sides busy; a slow registry pushes back on
 /// the sources.
 pub const COMMAND_QUEUE: usize = 8;
@@ -161,6 +162,14 @@ impl Registry {
                 Command::Unregister { user, conn } => self.unregister(user, conn),
                 Command::Restart => self.router.clear(),
                 Command::Shutdown => break,
+            }
+        }
+        // Clients whose registration was still queued must hear of the
+        // shutdown too, or their writers would wait out the drain timeout.
+        self.commands.close();
+        while let Ok(command) = self.commands.try_recv() {
+            if let Command::Register { outbox, .. } = command {
+                outbox.close(Closed::Drain);
             }
         }
         for (_, conn) in self.conns.iter() {
@@ -312,4 +321,51 @@ fn stage(conns: &mut Slab<Conn>, touched: &mut Vec<usize>, key: usize, raw: &[u8
         touched.push(key);
     }
     conn.staged.extend_from_slice(raw);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> (Registry, RegistryHandle) {
+        let settings = RegistrySettings {
+            max_client_pending_bytes: 1 << 20,
+            max_follow_edges: 1000,
+        };
+        Registry::new(settings, Arc::new(Stats::default()))
+    }
+
+    #[tokio::test]
+    async fn a_registration_queued_behind_shutdown_is_told_to_drain() {
+        let (registry, handle) = registry();
+        let outbox = Arc::new(Outbox::new());
+        handle.send(Command::Shutdown).await.unwrap();
+        handle
+            .send(Command::Register {
+                user: 1,
+                conn: 1,
+                outbox: outbox.clone(),
+            })
+            .await
+            .unwrap();
+        registry.run().await;
+        assert_eq!(outbox.closed(), Some(Closed::Drain));
+    }
+
+    #[test]
+    fn a_large_release_does_not_cut_off_an_idle_client() {
+        let (mut registry, _handle) = registry();
+        let outbox = Arc::new(Outbox::new());
+        registry.register(1, 1, outbox.clone());
+        // 2 MiB for one client in one batch, over its 1 MiB bound.
+        let events: Vec<Event> = (1..=200_000u64)
+            .map(|seq| Event {
+                seq,
+                kind: crate::protocol::EventKind::Broadcast,
+                raw: bytes::Bytes::from(format!("{seq:07}|B\r\n")),
+            })
+            .collect();
+        registry.deliver(&events, Instant::now());
+        assert_eq!(outbox.closed(), None);
+    }
 }

@@ -123,10 +123,11 @@ impl<T> ReorderBuffer<T> {
     /// order, is pushed onto `released`.
     ///
     /// When `seq` is beyond the window, the oldest gaps are skipped (as by
-    /// [`ReorderBuffer::skip_gap`]) until it fits; if the window empties
-    /// before it does, the item is dropped as [`Placement::TooFarAhead`],
-    /// since a jump that large with nothing in between is a broken source,
-    /// not a lost event.
+    /// [`ReorderBuffer::skip_gap`]) until it fits. If it could not fit even
+    /// with every gap skipped (it is `max_window` or more past the highest
+    /// sequence seen), nothing is skipped and the item is dropped as
+    /// [`Placement::TooFarAhead`]: a jump that large is a broken source, not
+    /// a lost event, and must not cost the events still being waited for.
     pub fn insert(&mut self, seq: Seq, item: T, released: &mut Vec<T>) -> Placement {
         if seq < self.next {
             self.stats.late += 1;
@@ -138,6 +139,15 @@ impl<T> ReorderBuffer<T> {
             self.next += 1;
             self.release_ready(released);
             return Placement::Released;
+        }
+        // Skipping gaps can move the window's start at most to just past the
+        // highest parked sequence. If `seq` would not fit even then, it is a
+        // corrupt or wildly jumping sequence number: drop it without giving
+        // up on anything that is still being waited for.
+        let furthest_start = self.next.max(self.highest + 1);
+        if seq.saturating_sub(furthest_start) >= self.max_window as u64 {
+            self.stats.too_far_ahead += 1;
+            return Placement::TooFarAhead;
         }
         while seq - self.next >= self.max_window as u64 && self.parked > 0 {
             self.skip_gap(released);
@@ -326,6 +336,19 @@ mod tests {
         assert_eq!(buffer.insert(1_000, 0, &mut out), Placement::TooFarAhead);
         assert_eq!(buffer.next_expected(), 1);
         assert_eq!(buffer.stats().too_far_ahead, 1);
+    }
+
+    #[test]
+    fn a_wild_jump_does_not_skip_the_gaps_being_waited_for() {
+        let mut buffer = ReorderBuffer::new(8);
+        let mut out = insert_all(&mut buffer, &[2, 3]);
+        assert_eq!(
+            buffer.insert(1_000_000, 0, &mut out),
+            Placement::TooFarAhead
+        );
+        assert!(out.is_empty(), "nothing released: {out:?}");
+        assert_eq!(insert_all(&mut buffer, &[1]), vec![1, 2, 3]);
+        assert_eq!(buffer.stats().skipped, 0);
     }
 
     #[test]

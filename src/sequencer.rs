@@ -9,8 +9,8 @@
 //!
 //! A *new stream* is recognised when a source connection's first event is
 //! behind the window and among the first [`NEW_STREAM_MAX_FIRST_SEQ`], while
-//! no other source is open (a verifier run again against a long-lived
-//! server): whatever is parked is flushed in order, the
+//! no other source is open and nothing is parked (a verifier run again
+//! against a long-lived server): whatever is parked is flushed in order, the
 //! sequence restarts at that stream's numbering from 1, and the registry
 //! forgets the follower graph. Connected clients stay.
 
@@ -46,6 +46,10 @@ pub enum SourceMsg {
 /// bound makes a slow pipeline push back on the source's TCP window instead
 /// of buffering.
 pub const SOURCE_QUEUE: usize = 8;
+
+/// Most events in one `Deliver` to the registry: about one 64 KiB read's
+/// worth, which keeps each queued batch near 320 KiB.
+pub const MAX_DELIVER_EVENTS: usize = 4096;
 
 /// A new connection's first event opens a new stream only if its sequence
 /// is at most this: a fresh stream starts at 1 (shuffled within a first
@@ -138,7 +142,16 @@ impl Sequencer {
                     None => break,
                 },
                 () = &mut timer, if deadline.is_some() => {
-                    if self.skip_gap().await.is_err() {
+                    // The missing event may be queued already (select! picks
+                    // at random among ready branches): place what is queued
+                    // first, and skip only if the gap is still overdue.
+                    while let Ok(message) = self.inbox.try_recv() {
+                        if self.handle(message).await.is_err() {
+                            return;
+                        }
+                    }
+                    let overdue = self.deadline().is_some_and(|due| due <= Instant::now());
+                    if overdue && self.skip_gap().await.is_err() {
                         return;
                     }
                 }
@@ -159,10 +172,17 @@ impl Sequencer {
         let _ = self.registry.send(Command::Shutdown).await;
     }
 
-    /// When the open gap, if any, will be skipped.
+    /// When the open gap, if any, will be skipped. With no source
+    /// connected the wait is the longest allowed: a source that dropped
+    /// mid-batch may reconnect and resend what is missing.
     fn deadline(&self) -> Option<Instant> {
         let gap = self.gap?;
-        Some(gap.since + self.policy.patience(self.buffer.missing()))
+        let patience = if self.sources.is_empty() {
+            self.policy.ceiling()
+        } else {
+            self.policy.patience(self.buffer.missing())
+        };
+        Some(gap.since + patience)
     }
 
     async fn handle(&mut self, message: SourceMsg) -> Result<(), RegistryGone> {
@@ -192,8 +212,11 @@ impl Sequencer {
         if self.sources.get(&source) == Some(&true) {
             self.sources.insert(source, false);
             if let Some(first) = events.as_slice().first() {
+                // A source resending after a drop mid-batch leaves a gap
+                // behind it: nothing parked means the old stream was whole.
                 let starts_over = (1..=NEW_STREAM_MAX_FIRST_SEQ).contains(&first.seq)
-                    && first.seq < self.buffer.next_expected();
+                    && first.seq < self.buffer.next_expected()
+                    && self.buffer.parked() == 0;
                 if starts_over && self.sources.len() == 1 {
                     self.restart(first.seq, read_at).await?;
                 }
@@ -289,19 +312,38 @@ impl Sequencer {
         Stats::set(&self.stats.next_sequence, self.buffer.next_expected());
     }
 
+    /// Hands `released` to the registry, in batches of at most
+    /// [`MAX_DELIVER_EVENTS`]: a filled or skipped gap can release the whole
+    /// window at once, and one huge batch would hold up the registry and
+    /// land in every client's outbox in one piece.
     async fn send(
         &self,
         released: Vec<Event>,
         read_at: std::time::Instant,
     ) -> Result<(), RegistryGone> {
-        if released.is_empty() {
+        if released.len() <= MAX_DELIVER_EVENTS {
+            if !released.is_empty() {
+                self.registry
+                    .send(Command::Deliver {
+                        events: released,
+                        read_at,
+                    })
+                    .await?;
+            }
             return Ok(());
         }
-        self.registry
-            .send(Command::Deliver {
-                events: released,
-                read_at,
-            })
-            .await
+        let mut events = released.into_iter();
+        loop {
+            let batch: Vec<Event> = events.by_ref().take(MAX_DELIVER_EVENTS).collect();
+            if batch.is_empty() {
+                return Ok(());
+            }
+            self.registry
+                .send(Command::Deliver {
+                    events: batch,
+                    read_at,
+                })
+                .await?;
+        }
     }
 }

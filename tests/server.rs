@@ -283,3 +283,26 @@ async fn light_load_is_not_held_back_for_a_batch() {
     }
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_source_that_drops_mid_batch_can_come_back_and_fill_the_gap() {
+    // Floor 100 ms, ceiling 10 s: while no source is connected the ceiling
+    // applies, so the gap survives well past the floor.
+    let server = TestServer::start_with(config_with_gaps(100, 10_000)).await;
+    let mut client = server.client(1).await;
+    let mut first = server.source().await;
+    send(&mut first, "1|B\r\n3|B\r\n").await;
+    client.expect("1|B\r\n").await;
+    drop(first);
+    server.sources_gone().await;
+    // Time passing is the condition under test: three floors, no skip.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(get(&server.stats.skipped_sequences), 0);
+    // The source resends from the start of its batch: not a new stream,
+    // since 3 is still waiting behind the gap.
+    let mut second = server.source().await;
+    send(&mut second, "1|B\r\n2|B\r\n4|B\r\n").await;
+    client.expect("2|B\r\n3|B\r\n4|B\r\n").await;
+    assert_eq!(get(&server.stats.late_events), 1);
+    server.stop().await.unwrap();
+}
