@@ -1,10 +1,10 @@
 //! Who is connected: each user's connection keys, plus a counting filter
 //! that answers "certainly not connected" without a hash-map lookup.
 //!
-//! A status update walks its author's followers, and most followers are
-//! usually offline (100 of 1,000 users online in the classic run). Each
-//! offline follower would cost a full hash-map miss; the filter turns most
-//! of those into one multiply, one shift and one load. It counts, so users
+//! Private messages and follows name one user, who is usually offline (100
+//! of 1,000 users online in the classic run). Each offline user would cost
+//! a full hash-map miss; the filter turns most of those into one multiply,
+//! one shift and one load. It counts, so users
 //! can leave; it never says "offline" for an online user, and with many
 //! users online it degrades to always asking the map, never to a wrong
 //! answer.
@@ -77,13 +77,6 @@ impl Online {
     /// How many distinct users are connected.
     pub fn users(&self) -> usize {
         self.keys.len()
-    }
-
-    /// Every connected user and its connection keys.
-    pub fn iter(&self) -> impl Iterator<Item = (UserId, &[usize])> {
-        self.keys
-            .iter()
-            .map(|(user, keys)| (*user, keys.as_slice()))
     }
 }
 

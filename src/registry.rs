@@ -17,13 +17,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use hashbrown::HashMap;
 use slab::Slab;
 use tokio::sync::mpsc;
 
 use crate::online::Online;
 use crate::outbox::{Closed, Outbox, PushError};
-use crate::protocol::{Event, UserId};
-use crate::router::{Audience, Router};
+use crate::protocol::{Event, EventKind, UserId};
+use crate::router::{Audience, EdgeChange, Router};
 use crate::stats::{LogThrottle, Stats};
 
 /// Identifies one client connection for the life of the process.
@@ -59,11 +60,6 @@ pub enum Command {
 /// enough in flight to keep both sides busy; a slow registry pushes back on
 /// the sources.
 pub const COMMAND_QUEUE: usize = 8;
-
-/// A status update walks its author's followers unless they outnumber the
-/// online users by more than this factor; then it walks the online users.
-/// Probing the online filter is about this much cheaper than a set lookup.
-const ONLINE_WALK_FACTOR: usize = 4;
 
 /// Staging buffers larger than this after a flush are freed rather than kept
 /// for reuse, so a burst does not leave every client holding its peak.
@@ -125,6 +121,11 @@ pub struct Registry {
     conns: Slab<Conn>,
     /// Slab keys of each connected user's connections (usually one).
     online: Online,
+    /// `reach[u]`: the connections of `u`'s online followers, exactly the
+    /// audience of `u`'s status updates. Kept up to date as edges change and
+    /// clients come and go, so a status update costs one lookup however
+    /// many of its author's followers are offline.
+    reach: HashMap<UserId, Vec<usize>>,
     /// Keys of connections with staged bytes in the current batch.
     touched: Vec<usize>,
     /// Limits.
@@ -144,6 +145,7 @@ impl Registry {
             router: Router::new(settings.max_follow_edges),
             conns: Slab::new(),
             online: Online::default(),
+            reach: HashMap::new(),
             touched: Vec::new(),
             settings,
             stats,
@@ -160,7 +162,10 @@ impl Registry {
                 Command::Deliver { events, read_at } => self.deliver(&events, read_at),
                 Command::Register { user, conn, outbox } => self.register(user, conn, outbox),
                 Command::Unregister { user, conn } => self.unregister(user, conn),
-                Command::Restart => self.router.clear(),
+                Command::Restart => {
+                    self.router.clear();
+                    self.reach.clear();
+                }
                 Command::Shutdown => break,
             }
         }
@@ -189,6 +194,9 @@ impl Registry {
             staged: Vec::new(),
         });
         self.online.add(user, key);
+        for followed in self.router.following(user) {
+            self.reach.entry(followed).or_default().push(key);
+        }
         Stats::set(&self.stats.clients_connected, self.conns.len() as u64);
     }
 
@@ -206,6 +214,9 @@ impl Registry {
     fn remove(&mut self, key: usize) {
         let conn = self.conns.remove(key);
         self.online.remove(conn.user, key);
+        for followed in self.router.following(conn.user) {
+            drop_keys(&mut self.reach, followed, &[key]);
+        }
         Stats::set(&self.stats.clients_connected, self.conns.len() as u64);
     }
 
@@ -217,6 +228,7 @@ impl Registry {
             router,
             conns,
             online,
+            reach,
             touched,
             ..
         } = self;
@@ -242,28 +254,28 @@ impl Registry {
                     }
                     notifications += conns.len() as u64;
                 }
-                Audience::Followers(followers) => {
-                    // Walk whichever side is cheaper. An offline follower
-                    // costs a filter probe; an online user not following
-                    // costs a set lookup, several times dearer.
-                    if followers.len() <= ONLINE_WALK_FACTOR * online.users() {
-                        for &follower in followers {
-                            if let Some(keys) = online.get(follower) {
-                                for &key in keys {
-                                    stage(conns, touched, key, raw);
-                                    notifications += 1;
-                                }
-                            }
+                Audience::Followers(_) => {
+                    let EventKind::Status { from } = event.kind else {
+                        unreachable!("only status updates go to followers");
+                    };
+                    if let Some(keys) = reach.get(&from) {
+                        for &key in keys {
+                            stage(conns, touched, key, raw);
                         }
-                    } else {
-                        for (user, keys) in online.iter() {
-                            if followers.contains(&user) {
-                                for &key in keys {
-                                    stage(conns, touched, key, raw);
-                                    notifications += 1;
-                                }
-                            }
-                        }
+                        notifications += keys.len() as u64;
+                    }
+                }
+            }
+            match router.last_change() {
+                None => {}
+                Some(EdgeChange::Added { from, to }) => {
+                    if let Some(keys) = online.get(from) {
+                        reach.entry(to).or_default().extend_from_slice(keys);
+                    }
+                }
+                Some(EdgeChange::Removed { from, to }) => {
+                    if let Some(keys) = online.get(from) {
+                        drop_keys(reach, to, keys);
                     }
                 }
             }
@@ -314,6 +326,16 @@ impl Registry {
     }
 }
 
+/// Removes `keys` from `reach[user]`, dropping the entry when it empties.
+fn drop_keys(reach: &mut HashMap<UserId, Vec<usize>>, user: UserId, keys: &[usize]) {
+    if let Some(list) = reach.get_mut(&user) {
+        list.retain(|key| !keys.contains(key));
+        if list.is_empty() {
+            reach.remove(&user);
+        }
+    }
+}
+
 #[inline]
 fn stage(conns: &mut Slab<Conn>, touched: &mut Vec<usize>, key: usize, raw: &[u8]) {
     let conn = &mut conns[key];
@@ -326,6 +348,104 @@ fn stage(conns: &mut Slab<Conn>, touched: &mut Vec<usize>, key: usize, raw: &[u8
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Event(EventKind),
+        Connect(UserId),
+        Disconnect(usize),
+    }
+
+    fn any_op() -> impl Strategy<Value = Op> {
+        let user = 1u64..6;
+        prop_oneof![
+            (user.clone(), user.clone())
+                .prop_map(|(from, to)| Op::Event(EventKind::Follow { from, to })),
+            (user.clone(), user.clone())
+                .prop_map(|(from, to)| Op::Event(EventKind::Unfollow { from, to })),
+            user.clone()
+                .prop_map(|from| Op::Event(EventKind::Status { from })),
+            user.clone()
+                .prop_map(|from| Op::Event(EventKind::Status { from })),
+            (user.clone(), user.clone())
+                .prop_map(|(from, to)| Op::Event(EventKind::Private { from, to })),
+            Just(Op::Event(EventKind::Broadcast)),
+            user.prop_map(Op::Connect),
+            (0usize..8).prop_map(Op::Disconnect),
+        ]
+    }
+
+    /// A model connection: its user, its outbox, the bytes it is owed, and
+    /// whether it is still connected.
+    type ModelConn = (UserId, Arc<Outbox>, Vec<u8>, bool);
+
+    proptest! {
+        /// The registry's incremental bookkeeping (online filter, the
+        /// online-followers index) against a model that recomputes every
+        /// audience from scratch.
+        #[test]
+        fn prop_delivery_matches_a_naive_model(ops in prop::collection::vec(any_op(), 0..200)) {
+            let (mut registry, _handle) = registry();
+            let mut edges: std::collections::HashSet<(UserId, UserId)> = Default::default();
+            let mut conns: Vec<ModelConn> = Vec::new();
+            let mut seq = 0u64;
+            for op in ops {
+                match op {
+                    Op::Connect(user) => {
+                        let outbox = Arc::new(Outbox::new());
+                        registry.register(user, conns.len() as ConnId, outbox.clone());
+                        conns.push((user, outbox, Vec::new(), true));
+                    }
+                    Op::Disconnect(index) => {
+                        if let Some(conn) = conns.get_mut(index) {
+                            if conn.3 {
+                                registry.unregister(conn.0, index as ConnId);
+                                conn.3 = false;
+                            }
+                        }
+                    }
+                    Op::Event(kind) => {
+                        seq += 1;
+                        let raw = format!("{seq}|{kind:?}\n");
+                        let to_user = |user: UserId| move |c: &ModelConn| c.0 == user;
+                        let wants: Box<dyn Fn(&ModelConn) -> bool> = match kind {
+                            EventKind::Follow { from, to } => {
+                                edges.insert((from, to));
+                                Box::new(to_user(to))
+                            }
+                            EventKind::Unfollow { from, to } => {
+                                edges.remove(&(from, to));
+                                Box::new(|_| false)
+                            }
+                            EventKind::Broadcast => Box::new(|_| true),
+                            EventKind::Private { to, .. } => Box::new(to_user(to)),
+                            EventKind::Status { from } => {
+                                let edges = edges.clone();
+                                Box::new(move |c| edges.contains(&(c.0, from)))
+                            }
+                        };
+                        for conn in conns.iter_mut() {
+                            if conn.3 && wants(conn) {
+                                conn.2.extend_from_slice(raw.as_bytes());
+                            }
+                        }
+                        let event = Event { seq, kind, raw: bytes::Bytes::from(raw) };
+                        registry.deliver(std::slice::from_ref(&event), Instant::now());
+                    }
+                }
+            }
+            for (index, (_, outbox, expected, _)) in conns.iter().enumerate() {
+                let mut got = Vec::new();
+                outbox.take(&mut got);
+                prop_assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    String::from_utf8_lossy(expected),
+                    "connection {}", index
+                );
+            }
+        }
+    }
 
     fn registry() -> (Registry, RegistryHandle) {
         let settings = RegistrySettings {

@@ -24,12 +24,26 @@ pub enum Audience<'a> {
     Followers(&'a HashSet<UserId>),
 }
 
+/// A follow edge that an event added or removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeChange {
+    /// `from` now follows `to`.
+    Added { from: UserId, to: UserId },
+    /// `from` no longer follows `to`.
+    Removed { from: UserId, to: UserId },
+}
+
 /// The follower graph; see the module doc.
 #[derive(Debug)]
 pub struct Router {
     /// `followers[u]` is everyone following `u`. A user with no followers has
     /// no entry, so the map's size tracks live edges, not users ever seen.
     followers: HashMap<UserId, HashSet<UserId>>,
+    /// `following[u]` is everyone `u` follows: the same edges the other way,
+    /// so a user coming online can find whose status updates it should get.
+    following: HashMap<UserId, HashSet<UserId>>,
+    /// The edge the last [`Router::apply`] added or removed, if any.
+    last_change: Option<EdgeChange>,
     /// Total edges, the sum of the sets' lengths.
     edges: usize,
     /// Follows beyond this many edges are not recorded (the notification is
@@ -44,6 +58,8 @@ impl Router {
     pub fn new(max_edges: usize) -> Self {
         Router {
             followers: HashMap::new(),
+            following: HashMap::new(),
+            last_change: None,
             edges: 0,
             max_edges,
             refused_follows: 0,
@@ -58,13 +74,19 @@ impl Router {
     /// [`Router::refused_follows`]; this is the one place the graph departs
     /// from the stream, and it only happens when something floods it with
     /// distinct pairs.
+    ///
+    /// [`Router::last_change`] then says which edge, if any, the event added
+    /// or removed.
     #[inline]
     pub fn apply(&mut self, kind: EventKind) -> Audience<'_> {
+        self.last_change = None;
         match kind {
             EventKind::Follow { from, to } => {
                 if self.edges < self.max_edges {
                     if self.followers.entry(to).or_default().insert(from) {
+                        self.following.entry(from).or_default().insert(to);
                         self.edges += 1;
+                        self.last_change = Some(EdgeChange::Added { from, to });
                     }
                 } else if !self.follows(from, to) {
                     self.refused_follows += 1;
@@ -72,13 +94,10 @@ impl Router {
                 Audience::User(to)
             }
             EventKind::Unfollow { from, to } => {
-                if let Some(set) = self.followers.get_mut(&to) {
-                    if set.remove(&from) {
-                        self.edges -= 1;
-                        if set.is_empty() {
-                            self.followers.remove(&to);
-                        }
-                    }
+                if remove_edge(&mut self.followers, to, from) {
+                    remove_edge(&mut self.following, from, to);
+                    self.edges -= 1;
+                    self.last_change = Some(EdgeChange::Removed { from, to });
                 }
                 Audience::Nobody
             }
@@ -89,6 +108,16 @@ impl Router {
                 None => Audience::Nobody,
             },
         }
+    }
+
+    /// The edge the last [`Router::apply`] added or removed, if any.
+    pub fn last_change(&self) -> Option<EdgeChange> {
+        self.last_change
+    }
+
+    /// Everyone `user` follows now.
+    pub fn following(&self, user: UserId) -> impl Iterator<Item = UserId> + '_ {
+        self.following.get(&user).into_iter().flatten().copied()
     }
 
     /// Whether `from` currently follows `to`.
@@ -111,8 +140,23 @@ impl Router {
     /// Forgets every edge (a new stream starts).
     pub fn clear(&mut self) {
         self.followers = HashMap::new();
+        self.following = HashMap::new();
         self.edges = 0;
+        self.last_change = None;
     }
+}
+
+/// Removes `member` from `map[key]`, dropping the set when it empties;
+/// returns whether it was there.
+fn remove_edge(map: &mut HashMap<UserId, HashSet<UserId>>, key: UserId, member: UserId) -> bool {
+    let Some(set) = map.get_mut(&key) else {
+        return false;
+    };
+    let removed = set.remove(&member);
+    if set.is_empty() {
+        map.remove(&key);
+    }
+    removed
 }
 
 #[cfg(test)]
@@ -164,6 +208,31 @@ mod tests {
         router.apply(EventKind::Unfollow { from: 2, to: 5 });
         assert_eq!(router.edges(), 0);
         assert!(router.followers.is_empty());
+        assert!(router.following.is_empty());
+    }
+
+    #[test]
+    fn reports_edge_changes_and_keeps_both_directions() {
+        let mut router = Router::new(100);
+        router.apply(EventKind::Follow { from: 1, to: 5 });
+        assert_eq!(
+            router.last_change(),
+            Some(EdgeChange::Added { from: 1, to: 5 })
+        );
+        router.apply(EventKind::Follow { from: 1, to: 5 });
+        assert_eq!(router.last_change(), None, "already there");
+        router.apply(EventKind::Follow { from: 1, to: 6 });
+        let mut following: Vec<_> = router.following(1).collect();
+        following.sort_unstable();
+        assert_eq!(following, vec![5, 6]);
+        router.apply(EventKind::Unfollow { from: 1, to: 5 });
+        assert_eq!(
+            router.last_change(),
+            Some(EdgeChange::Removed { from: 1, to: 5 })
+        );
+        router.apply(EventKind::Broadcast);
+        assert_eq!(router.last_change(), None);
+        assert_eq!(router.following(1).collect::<Vec<_>>(), vec![6]);
     }
 
     #[test]
