@@ -354,23 +354,22 @@ fn histogram(latency: &LatencyHistogram) -> proto::Histogram {
 pub struct Health {
     /// Alive while the registry actor holds its receiver.
     registry: RegistryHandle,
-    /// The accept tasks of the event and client listeners: each ends only at
-    /// shutdown (or if it panicked), and drops its listener when it does.
-    listening: [AbortHandle; 2],
+    /// The accept tasks of the event and client listeners (each ends only at
+    /// shutdown, or if it panicked, and drops its listener when it does),
+    /// and the sequencer task (ends only once every source is done).
+    running: [AbortHandle; 3],
 }
 
 impl Health {
-    /// Health as seen through the registry handle and the accept tasks.
-    pub fn new(registry: RegistryHandle, listening: [AbortHandle; 2]) -> Health {
-        Health {
-            registry,
-            listening,
-        }
+    /// Health as seen through the registry handle and the tasks that must
+    /// keep running: both accept loops, then the sequencer.
+    pub fn new(registry: RegistryHandle, running: [AbortHandle; 3]) -> Health {
+        Health { registry, running }
     }
 
     /// Whether the server can take events and clients now.
     pub fn is_healthy(&self) -> bool {
-        self.registry.is_alive() && self.listening.iter().all(|task| !task.is_finished())
+        self.registry.is_alive() && self.running.iter().all(|task| !task.is_finished())
     }
 }
 
@@ -610,13 +609,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn healthy_only_while_listeners_and_registry_run() {
+    async fn healthy_only_while_listeners_sequencer_and_registry_run() {
         let (registry, handle) = RegistryActor::new(settings(), stats());
-        let listening = || tokio::spawn(std::future::pending::<()>());
-        let (events, clients) = (listening(), listening());
+        let running = || tokio::spawn(std::future::pending::<()>());
+        let (events, clients, sequencer) = (running(), running(), running());
         let health = Health::new(
             handle.clone(),
-            [events.abort_handle(), clients.abort_handle()],
+            [
+                events.abort_handle(),
+                clients.abort_handle(),
+                sequencer.abort_handle(),
+            ],
         );
         assert!(health.is_healthy());
 
@@ -625,8 +628,30 @@ mod tests {
         assert!(ended.is_ok(), "an aborted task ends");
         assert!(!health.is_healthy(), "a listener stopped");
 
-        let clients = listening();
-        let health = Health::new(handle, [events.abort_handle(), clients.abort_handle()]);
+        let clients = running();
+        let health = Health::new(
+            handle.clone(),
+            [
+                events.abort_handle(),
+                clients.abort_handle(),
+                sequencer.abort_handle(),
+            ],
+        );
+        assert!(health.is_healthy());
+        sequencer.abort();
+        let ended = tokio::time::timeout(Duration::from_secs(10), sequencer).await;
+        assert!(ended.is_ok(), "an aborted task ends");
+        assert!(!health.is_healthy(), "the sequencer stopped");
+
+        let sequencer = running();
+        let health = Health::new(
+            handle,
+            [
+                events.abort_handle(),
+                clients.abort_handle(),
+                sequencer.abort_handle(),
+            ],
+        );
         assert!(health.is_healthy());
         drop(registry);
         assert!(!health.is_healthy(), "the registry stopped");
@@ -636,7 +661,7 @@ mod tests {
     async fn routes_answer_by_path_and_method() {
         let (_registry, handle) = RegistryActor::new(settings(), stats());
         let up = || tokio::spawn(std::future::pending::<()>()).abort_handle();
-        let endpoint = Endpoint::new(stats(), Health::new(handle, [up(), up()]));
+        let endpoint = Endpoint::new(stats(), Health::new(handle, [up(), up(), up()]));
         let status = |method: Method, path: &str| endpoint.respond(&method, path).status();
         assert_eq!(status(Method::GET, "/metrics"), StatusCode::OK);
         assert_eq!(status(Method::HEAD, "/metrics"), StatusCode::OK);

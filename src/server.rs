@@ -176,8 +176,12 @@ pub async fn run_with_stats(
     let stop_observers = CancellationToken::new();
     let mut observers = tokio::task::JoinSet::new();
     if let Some(listener) = listeners.metrics {
-        let listening = [sources_task.abort_handle(), clients_task.abort_handle()];
-        let health = Health::new(health_registry, listening);
+        let running = [
+            sources_task.abort_handle(),
+            clients_task.abort_handle(),
+            sequencer_task.abort_handle(),
+        ];
+        let health = Health::new(health_registry, running);
         observers.spawn(crate::metrics::serve(
             listener,
             stats.clone(),
