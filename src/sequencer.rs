@@ -10,9 +10,10 @@
 //! A *new stream* is recognised when a source connection's first event is
 //! behind the window and among the first [`NEW_STREAM_MAX_FIRST_SEQ`], while
 //! no other source is open and nothing is parked (a verifier run again
-//! against a long-lived server): whatever is parked is flushed in order, the
-//! sequence restarts at that stream's numbering from 1, and the registry
-//! forgets the follower graph. Connected clients stay.
+//! against a long-lived server): the sequence restarts at 1 and the registry
+//! forgets the follower graph. Connected clients stay. A source that
+//! dropped mid-batch and resends leaves a gap parked, so it carries on the
+//! old stream instead.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,7 +219,7 @@ impl Sequencer {
                     && first.seq < self.buffer.next_expected()
                     && self.buffer.parked() == 0;
                 if starts_over && self.sources.len() == 1 {
-                    self.restart(first.seq, read_at).await?;
+                    self.restart(first.seq).await?;
                 }
             }
         }
@@ -283,20 +284,15 @@ impl Sequencer {
         self.send(released, std::time::Instant::now()).await
     }
 
-    /// A new stream starts (see the module doc).
-    async fn restart(
-        &mut self,
-        first_seq: Seq,
-        read_at: std::time::Instant,
-    ) -> Result<(), RegistryGone> {
-        let mut released = Vec::new();
-        self.buffer.flush(&mut released);
+    /// A new stream starts (see the module doc). Only called with nothing
+    /// parked, so nothing of the old stream is lost.
+    async fn restart(&mut self, first_seq: Seq) -> Result<(), RegistryGone> {
+        debug_assert_eq!(self.buffer.parked(), 0);
         tracing::info!(
             previous_next = self.buffer.next_expected(),
             first_seq,
             "new source started a new stream: sequence restarts at 1, follower graph cleared"
         );
-        self.send(released, read_at).await?;
         self.buffer.restart();
         self.gap = None;
         self.registry.send(Command::Restart).await
