@@ -69,128 +69,118 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// exported bucket (Prometheus buckets are cumulative).
 const FIRST_EXPORTED_BUCKET: usize = 4;
 
-/// A counter read straight from one [`Stats`] field.
-struct CounterSpec {
+/// A counter or gauge read straight from one [`Stats`] field.
+struct FieldSpec {
     /// Name without [`PREFIX`].
     name: &'static str,
-    /// The `# HELP` text: what one unit of the counter is.
+    /// The `# HELP` text: what one unit of it is.
     help: &'static str,
     /// Which field holds it.
     field: fn(&Stats) -> &AtomicU64,
 }
 
 /// Counters, in the order the README lists them.
-const COUNTERS: &[CounterSpec] = &[
-    CounterSpec {
+const COUNTERS: &[FieldSpec] = &[
+    FieldSpec {
         name: "events_received_total",
         help: "Source lines that parsed as events (duplicates and late ones included).",
         field: |stats| &stats.events_received,
     },
-    CounterSpec {
+    FieldSpec {
         name: "events_delivered_total",
         help: "Events applied in sequence order and routed to their recipients.",
         field: |stats| &stats.events_delivered,
     },
-    CounterSpec {
+    FieldSpec {
         name: "notifications_sent_total",
         help: "Notifications handed to connected clients' writers (one per event per recipient connection).",
         field: |stats| &stats.notifications,
     },
-    CounterSpec {
+    FieldSpec {
         name: "client_written_bytes_total",
         help: "Bytes written to client sockets.",
         field: |stats| &stats.bytes_written,
     },
-    CounterSpec {
+    FieldSpec {
         name: "client_writes_total",
         help: "Write system calls on client sockets (bytes per write shows batching).",
         field: |stats| &stats.client_writes,
     },
-    CounterSpec {
+    FieldSpec {
         name: "client_ignored_bytes_total",
         help: "Bytes clients sent after their handshake, read and dropped.",
         field: |stats| &stats.client_bytes_ignored,
     },
-    CounterSpec {
+    FieldSpec {
         name: "malformed_lines_total",
         help: "Source lines that were not valid events, dropped.",
         field: |stats| &stats.malformed_lines,
     },
-    CounterSpec {
+    FieldSpec {
         name: "oversized_lines_total",
         help: "Source lines longer than the line limit, dropped.",
         field: |stats| &stats.oversized_lines,
     },
-    CounterSpec {
+    FieldSpec {
         name: "duplicate_events_total",
         help: "Events dropped because their sequence number was already waiting in the reorder window.",
         field: |stats| &stats.duplicate_events,
     },
-    CounterSpec {
+    FieldSpec {
         name: "late_events_total",
         help: "Events dropped because their sequence number was already delivered or skipped.",
         field: |stats| &stats.late_events,
     },
-    CounterSpec {
+    FieldSpec {
         name: "too_far_events_total",
         help: "Events dropped because they were too far ahead of the reorder window.",
         field: |stats| &stats.too_far_events,
     },
-    CounterSpec {
+    FieldSpec {
         name: "skipped_sequences_total",
         help: "Missing sequence numbers given up on (gaps skipped), counted one per number.",
         field: |stats| &stats.skipped_sequences,
     },
-    CounterSpec {
+    FieldSpec {
         name: "refused_follows_total",
         help: "Follow events not recorded because the follower graph was full.",
         field: |stats| &stats.refused_follows,
     },
-    CounterSpec {
+    FieldSpec {
         name: "source_connections_total",
         help: "Event source connections accepted.",
         field: |stats| &stats.source_connections,
     },
-    CounterSpec {
+    FieldSpec {
         name: "accept_errors_total",
         help: "Accept calls that failed for lack of resources (out of file descriptors), on any listener.",
         field: |stats| &stats.accept_errors,
     },
-    CounterSpec {
+    FieldSpec {
         name: "client_connects_total",
         help: "Client connections that completed the handshake.",
         field: |stats| &stats.client_connects,
     },
 ];
 
-/// A gauge read straight from one [`Stats`] field.
-struct GaugeSpec {
-    /// Name without [`PREFIX`].
-    name: &'static str,
-    /// The `# HELP` text.
-    help: &'static str,
-    /// Which field holds it.
-    field: fn(&Stats) -> &AtomicU64,
-}
-
 /// Gauges, in the order the README lists them.
-const GAUGES: &[GaugeSpec] = &[
-    GaugeSpec {
+const GAUGES: &[FieldSpec] = &[
+    FieldSpec {
         name: "connected_clients",
         help: "Clients registered now.",
         field: |stats| &stats.clients_connected,
     },
-    GaugeSpec {
+    FieldSpec {
         name: "connected_sources",
         help: "Event source connections open now.",
         field: |stats| &stats.sources_connected,
     },
-    GaugeSpec {
+    FieldSpec {
         name: "reorder_window_events",
         help: "Events parked in the reorder window, waiting for an earlier sequence number.",
         field: |stats| &stats.window_len,
     },
-    GaugeSpec {
+    FieldSpec {
         name: "next_expected_sequence",
         help: "The sequence number the reorder window will release next.",
         field: |stats| &stats.next_sequence,
