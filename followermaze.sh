@@ -22,7 +22,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin="${CARGO_TARGET_DIR:-$here/target}/release/followermaze-verify"
 
 if command -v cargo >/dev/null 2>&1; then
-    cargo build --release --quiet --bin followermaze-verify --manifest-path "$here/Cargo.toml"
+    cargo build --release --quiet -p followermaze-verify --manifest-path "$here/Cargo.toml"
 elif [ ! -x "$bin" ]; then
     echo "followermaze.sh: cargo is not installed and $bin is not built" >&2
     exit 2

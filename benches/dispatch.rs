@@ -8,9 +8,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use followermaze::outbox::Outbox;
-use followermaze::protocol::{Event, EventKind};
 use followermaze::registry::{Registry, RegistryHandle, RegistrySettings};
 use followermaze::stats::Stats;
+use followermaze_protocol::{Event, EventKind};
 
 const BATCH: u64 = 1_000;
 

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use followermaze::stats::Stats;
-use followermaze::verify::{self, Profile, Report, VerifyConfig};
 use followermaze::{Config, Listeners};
+use followermaze_verify::{Profile, Report, VerifyConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -64,10 +64,10 @@ async fn one_run(profile: Profile, events: u64) -> Report {
         total_events: events,
         profile,
         log_interval: Duration::ZERO,
-        log_level: verify::LogLevel::Error,
+        log_level: followermaze_verify::LogLevel::Error,
         ..VerifyConfig::default()
     };
-    let report = match verify::run(config).await {
+    let report = match followermaze_verify::run(config).await {
         Ok(report) => report,
         Err(failure) => panic!("end-to-end run failed: {failure}"),
     };

@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use followermaze::lines::{Frame, LineReader, MAX_LINE_BYTES, READ_CHUNK_BYTES};
-use followermaze::protocol::parse_event;
+use followermaze_protocol::parse_event;
 
 /// 200,000 lines in the classic mix: 55% status, 15% each follow, unfollow,
 /// private, the odd broadcast; ids under 1000, like the verifier's default.

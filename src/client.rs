@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accept::accept;
 use crate::outbox::{Closed, Outbox, Taken};
-use crate::protocol::{parse_user_id, ParseError, UserId};
 use crate::registry::{Command, ConnId, RegistryHandle};
 use crate::stats::{DisconnectReason, LogThrottle, Stats};
+use followermaze_protocol::{parse_user_id, ParseError, UserId};
 
 /// The longest handshake line accepted, terminator included: a `u64` has at
 /// most 20 digits, plus `\r\n`, plus slack.

@@ -1,125 +1,173 @@
-//! Configuration from environment variables.
+//! The server's settings, from environment variables.
 //!
-//! The classic follower-maze names (`eventListenerPort`, `clientListenerPort`,
-//! `logLevel`) work unchanged, because `followermaze.sh` shares them with the
-//! verifier; every variable is also accepted in the conventional upper-case
-//! form (`EVENT_LISTENER_PORT`). Names match case-insensitively. A value that
-//! does not parse is an error naming the variable, never a silent default.
+//! [`SETTINGS`] is the one list of variables: `--help` prints it, the README
+//! shows it (a test compares the two), and its defaults are the
+//! [`Config`]'s. Reading, name matching and errors follow the conventions of
+//! [`followermaze_protocol::settings`], shared with the verifier: classic
+//! camelCase or UPPER_SNAKE names, and `name=value: why` for anything that
+//! cannot be used.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::Duration;
 
+use followermaze_protocol::settings::{self, ConfigError, Setting};
 use serde::Deserialize;
 
 use crate::client::ClientSettings;
 use crate::registry::RegistrySettings;
 use crate::sequencer::SequencerSettings;
 
-/// Every setting, with its default; see the README's configuration table.
+/// Every variable the server reads, in the README's order.
+pub const SETTINGS: &[Setting] = &[
+    Setting::new("eventListenerPort", "9090", "port the event source connects to"),
+    Setting::new("clientListenerPort", "9099", "port user clients connect to"),
+    Setting::new("bindAddress", "0.0.0.0", "address both listeners bind to"),
+    Setting::new(
+        "logLevel",
+        "info",
+        "log filter (`debug`, `followermaze=trace`, ...); `RUST_LOG` wins when set",
+    ),
+    Setting::new(
+        "logFormat",
+        "text",
+        "`text`: human-readable lines; `json`: one JSON object per line, for log shippers",
+    ),
+    Setting::new(
+        "reorderWindow",
+        "524288",
+        "most sequence numbers the reorder window spans (power of two); see limits",
+    ),
+    Setting::new(
+        "gapTimeoutMinMs",
+        "500",
+        "shortest wait for a missing event before skipping it",
+    ),
+    Setting::new(
+        "gapTimeoutMaxMs",
+        "10000",
+        "longest wait for a missing event before skipping it",
+    ),
+    Setting::new(
+        "handshakeTimeoutMs",
+        "5000",
+        "time a client has to send its user id",
+    ),
+    Setting::new(
+        "maxClientBufferBytes",
+        "4194304",
+        "bytes a client may fall behind before it is disconnected",
+    ),
+    Setting::new(
+        "clientSendBufferBytes",
+        "0",
+        "`SO_SNDBUF` for client sockets; 0 = the OS's autotuning",
+    ),
+    Setting::new(
+        "maxClients",
+        "100000",
+        "most client connections at once (handshaking included)",
+    ),
+    Setting::new(
+        "maxFollowEdges",
+        "4000000",
+        "most follow edges the follower graph holds",
+    ),
+    Setting::new(
+        "drainTimeoutMs",
+        "5000",
+        "at shutdown, time clients get to receive what is pending",
+    ),
+    Setting::new(
+        "metricsPort",
+        "9191",
+        "port of the HTTP endpoint serving `/metrics` and `/healthz`, on `bindAddress`; 0 turns it off",
+    ),
+    Setting::new(
+        "summaryIntervalSecs",
+        "10",
+        "seconds between two summary lines in the log; 0 turns them off",
+    ),
+];
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = &'static str;
+
+    fn from_str(text: &str) -> Result<LogFormat, &'static str> {
+        match text.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("expected text or json"),
+        }
+    }
+}
+
+/// Every setting; see [`SETTINGS`] for the meanings and defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default)]
 pub struct Config {
     /// Port for the event source.
-    #[serde(rename = "eventlistenerport", alias = "event_listener_port")]
     pub event_listener_port: u16,
     /// Port for user clients.
-    #[serde(rename = "clientlistenerport", alias = "client_listener_port")]
     pub client_listener_port: u16,
     /// Address both listeners bind to.
-    #[serde(rename = "bindaddress", alias = "bind_address")]
     pub bind_address: IpAddr,
     /// A `tracing` filter (`info`, `debug`, `followermaze=trace`...);
     /// `RUST_LOG`, when set, wins.
-    #[serde(rename = "loglevel", alias = "log_level")]
     pub log_level: String,
+    /// Text for people, JSON for log shippers.
+    #[serde(deserialize_with = "settings::parsed")]
+    pub log_format: LogFormat,
     /// Most sequence numbers the reorder window may span (rounded up to a
     /// power of two). Each costs 64 bytes when in use, plus its line (held
     /// in a shared read chunk at most 4× the line's size).
-    #[serde(rename = "reorderwindow", alias = "reorder_window")]
     pub reorder_window: usize,
     /// Shortest wait for a missing event before it is skipped, in ms.
-    #[serde(rename = "gaptimeoutminms", alias = "gap_timeout_min_ms")]
     pub gap_timeout_min_ms: u64,
     /// Longest wait for a missing event before it is skipped, in ms.
-    #[serde(rename = "gaptimeoutmaxms", alias = "gap_timeout_max_ms")]
     pub gap_timeout_max_ms: u64,
     /// Time a client has to send its user id, in ms.
-    #[serde(rename = "handshaketimeoutms", alias = "handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
     /// Bytes a client may fall behind before it is disconnected.
-    #[serde(rename = "maxclientbufferbytes", alias = "max_client_buffer_bytes")]
     pub max_client_buffer_bytes: usize,
     /// Kernel send buffer for each client socket, in bytes; 0 leaves it to
     /// the OS (autotuned, up to `net.ipv4.tcp_wmem`'s maximum). A client's
     /// unread bytes live here before they count against
     /// `maxClientBufferBytes`, so a small value makes slow consumers show
     /// sooner.
-    #[serde(rename = "clientsendbufferbytes", alias = "client_send_buffer_bytes")]
     pub client_send_buffer_bytes: usize,
     /// Most client connections at once (handshaking included).
-    #[serde(rename = "maxclients", alias = "max_clients")]
     pub max_clients: usize,
     /// Most follow edges the follower graph holds.
-    #[serde(rename = "maxfollowedges", alias = "max_follow_edges")]
     pub max_follow_edges: usize,
     /// At shutdown, how long clients may take to receive what is pending, in
     /// ms.
-    #[serde(rename = "draintimeoutms", alias = "drain_timeout_ms")]
     pub drain_timeout_ms: u64,
     /// Port for the HTTP endpoint serving `/metrics` and `/healthz`, on
     /// `bindAddress`; 0 turns it off.
-    #[serde(rename = "metricsport", alias = "metrics_port")]
     pub metrics_port: u16,
     /// Seconds between two summary lines in the log; 0 turns them off.
-    #[serde(rename = "summaryintervalsecs", alias = "summary_interval_secs")]
     pub summary_interval_secs: u64,
 }
 
 impl Default for Config {
+    /// The defaults of [`SETTINGS`].
     fn default() -> Self {
-        Config {
-            event_listener_port: 9090,
-            client_listener_port: 9099,
-            bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            log_level: "info".to_owned(),
-            reorder_window: 1 << 19,
-            gap_timeout_min_ms: 500,
-            gap_timeout_max_ms: 10_000,
-            handshake_timeout_ms: 5_000,
-            max_client_buffer_bytes: 4 << 20,
-            client_send_buffer_bytes: 0,
-            max_clients: 100_000,
-            max_follow_edges: 4_000_000,
-            drain_timeout_ms: 5_000,
-            metrics_port: 9191,
-            summary_interval_secs: 10,
-        }
+        Config::from_vars(std::iter::empty()).expect("the settings table's defaults are valid")
     }
-}
-
-/// A configuration that cannot be used; the message names the variable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid configuration: {}", self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// The process environment, skipping variables whose name or value is not
-/// UTF-8 (none of ours can be; `std::env::vars` would panic on them).
-pub fn utf8_vars() -> impl Iterator<Item = (String, String)> {
-    std::env::vars_os()
-        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
 }
 
 impl Config {
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Config, ConfigError> {
-        Config::from_vars(utf8_vars())
+        Config::from_vars(settings::utf8_vars())
     }
 
     /// Reads the configuration from `vars` (name, value) pairs; unknown names
@@ -127,12 +175,12 @@ impl Config {
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let config: Config =
-            envy::from_iter(vars).map_err(|error| ConfigError(error.to_string()))?;
+        let config: Config = settings::from_vars(SETTINGS, vars)?;
         config.validate()?;
         Ok(config)
     }
 
+    /// Checks what the types alone cannot.
     fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("reorderWindow", self.reorder_window as u64),
@@ -143,22 +191,32 @@ impl Config {
         ];
         for (name, value) in positive {
             if value == 0 {
-                return Err(ConfigError(format!("{name} must be greater than 0")));
+                return Err(ConfigError::new(name, value, "must be greater than 0"));
             }
         }
         if self.reorder_window > 1 << 30 {
-            return Err(ConfigError(
-                "reorderWindow must be at most 1073741824 (64 GiB of slots)".into(),
+            return Err(ConfigError::new(
+                "reorderWindow",
+                self.reorder_window,
+                "must be at most 1073741824 (64 GiB of slots)",
             ));
         }
         if self.gap_timeout_min_ms > self.gap_timeout_max_ms {
-            return Err(ConfigError(format!(
-                "gapTimeoutMinMs ({}) must not exceed gapTimeoutMaxMs ({})",
-                self.gap_timeout_min_ms, self.gap_timeout_max_ms
-            )));
+            return Err(ConfigError::new(
+                "gapTimeoutMinMs",
+                self.gap_timeout_min_ms,
+                format!(
+                    "must not exceed gapTimeoutMaxMs ({})",
+                    self.gap_timeout_max_ms
+                ),
+            ));
         }
         if self.max_clients > tokio::sync::Semaphore::MAX_PERMITS {
-            return Err(ConfigError("maxClients is too large".into()));
+            return Err(ConfigError::new(
+                "maxClients",
+                self.max_clients,
+                format!("must be at most {}", tokio::sync::Semaphore::MAX_PERMITS),
+            ));
         }
         Ok(())
     }
@@ -189,17 +247,10 @@ impl Config {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    /// `(name, value)` pairs as the environment would give them; shared
-    /// with the verifier's configuration tests.
-    pub(crate) fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use followermaze_protocol::settings::pairs as vars;
 
     #[test]
     fn defaults_are_the_classic_ports() {
@@ -227,12 +278,20 @@ pub(crate) mod tests {
     #[test]
     fn a_bad_value_names_its_variable() {
         let error = Config::from_vars(vars(&[("eventListenerPort", "abc")])).unwrap_err();
-        assert!(error.to_string().contains("eventListenerPort"), "{error}");
+        assert!(
+            error.to_string().starts_with("eventListenerPort=abc: "),
+            "{error}"
+        );
+        let error = Config::from_vars(vars(&[("LOG_FORMAT", "xml")])).unwrap_err();
+        assert_eq!(error.to_string(), "logFormat=xml: expected text or json");
         let error = Config::from_vars(vars(&[("clientListenerPort", "70000")])).unwrap_err();
         assert!(error.to_string().contains("clientListenerPort"), "{error}");
         let error = Config::from_vars(vars(&[("gapTimeoutMinMs", "10"), ("gapTimeoutMaxMs", "5")]))
             .unwrap_err();
-        assert!(error.to_string().contains("gapTimeoutMinMs"), "{error}");
+        assert_eq!(
+            error.to_string(),
+            "gapTimeoutMinMs=10: must not exceed gapTimeoutMaxMs (5)"
+        );
         let error = Config::from_vars(vars(&[("metricsPort", "-1")])).unwrap_err();
         assert!(error.to_string().contains("metricsPort"), "{error}");
     }
@@ -248,5 +307,13 @@ pub(crate) mod tests {
         ]))
         .unwrap();
         assert_eq!((config.metrics_port, config.summary_interval_secs), (0, 0));
+    }
+
+    #[test]
+    fn the_readme_shows_the_settings_table() {
+        let readme = include_str!("../README.md");
+        if let Err(drift) = settings::check_documented(readme, SETTINGS) {
+            panic!("README.md's configuration table differs from config::SETTINGS: {drift}");
+        }
     }
 }

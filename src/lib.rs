@@ -13,7 +13,6 @@
 //! # Layout
 //!
 //! Pure logic (no I/O, unit-tested and benchmarked directly):
-//! - [`protocol`]: event lines and user ids, bytes to values.
 //! - [`lines`]: line framing over a read buffer, with a line-length bound.
 //! - [`reorder`]: the sliding window that puts sequence numbers in order.
 //! - [`gap`]: how long to wait for a missing event before skipping it.
@@ -32,7 +31,6 @@
 //! - [`metrics`]: the HTTP endpoint: `/metrics` (Prometheus) and `/healthz`.
 //! - [`summary`]: a periodic one-line summary of the counters in the log.
 //! - [`config`]: settings from environment variables.
-//! - [`verify`]: the verifier: load generator and correctness checker.
 
 pub mod accept;
 pub mod client;
@@ -42,7 +40,6 @@ pub mod lines;
 pub mod metrics;
 pub mod online;
 pub mod outbox;
-pub mod protocol;
 pub mod registry;
 pub mod reorder;
 pub mod router;
@@ -51,7 +48,6 @@ pub mod server;
 pub mod source;
 pub mod stats;
 pub mod summary;
-pub mod verify;
 
 pub use config::Config;
 pub use server::{run, run_with_stats, Listeners};

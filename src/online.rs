@@ -11,7 +11,7 @@
 
 use hashbrown::HashMap;
 
-use crate::protocol::UserId;
+use followermaze_protocol::UserId;
 
 /// Filter slots: 2^16 counters of 4 bytes, 256 KiB. With 100 users online
 /// about 0.15% of offline lookups pass the filter and ask the map.

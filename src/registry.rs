@@ -23,9 +23,9 @@ use tokio::sync::mpsc;
 
 use crate::online::Online;
 use crate::outbox::{Closed, Outbox, PushError};
-use crate::protocol::{Event, EventKind, UserId};
 use crate::router::{Audience, EdgeChange, Router};
 use crate::stats::{LogThrottle, Stats};
+use followermaze_protocol::{Event, EventKind, UserId};
 
 /// Identifies one client connection for the life of the process.
 pub type ConnId = u64;
@@ -481,7 +481,7 @@ mod tests {
         let events: Vec<Event> = (1..=200_000u64)
             .map(|seq| Event {
                 seq,
-                kind: crate::protocol::EventKind::Broadcast,
+                kind: followermaze_protocol::EventKind::Broadcast,
                 raw: bytes::Bytes::from(format!("{seq:07}|B\r\n")),
             })
             .collect();

@@ -16,7 +16,7 @@
 //! No I/O and no clock: what to do about a gap that lasts too long is the
 //! caller's decision ([`ReorderBuffer::skip_gap`]); see `gap.rs`.
 
-use crate::protocol::Seq;
+use followermaze_protocol::Seq;
 
 /// The ring's length when the buffer is created or shrinks back.
 const INITIAL_RING_SLOTS: usize = 1024;

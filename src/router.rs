@@ -8,7 +8,7 @@
 
 use hashbrown::{HashMap, HashSet};
 
-use crate::protocol::{EventKind, UserId};
+use followermaze_protocol::{EventKind, UserId};
 
 /// Who must be notified of one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,10 +23,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::gap::GapPolicy;
-use crate::protocol::{Event, Seq};
 use crate::registry::{Command, RegistryGone, RegistryHandle};
 use crate::reorder::ReorderBuffer;
 use crate::stats::{LogThrottle, Stats};
+use followermaze_protocol::{Event, Seq};
 
 /// Identifies one source connection.
 pub type SourceId = u64;

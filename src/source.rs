@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accept::accept;
 use crate::lines::{Frame, LineReader};
-use crate::protocol::{parse_event, Event};
 use crate::sequencer::{SourceId, SourceMsg};
 use crate::stats::{LogThrottle, Stats};
+use followermaze_protocol::{parse_event, Event};
 
 /// How often a repeating bad-input warning may be logged, per connection.
 const WARN_EVERY: Duration = Duration::from_secs(5);

@@ -52,7 +52,7 @@ pub struct Stats {
     pub events_received: AtomicU64,
     /// Events applied to the registry, in order.
     pub events_delivered: AtomicU64,
-    /// Source lines that were not events (any [`crate::protocol::ParseError`]).
+    /// Source lines that were not events (any [`followermaze_protocol::ParseError`]).
     pub malformed_lines: AtomicU64,
     /// Source lines dropped for exceeding the line limit.
     pub oversized_lines: AtomicU64,

@@ -12,10 +12,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use followermaze::protocol::{parse_event, parse_user_id, EventKind, Seq, UserId};
 use followermaze::router::{Audience, Router};
-use followermaze::verify::{run, ByteDiff, Failure, LogLevel, Profile, Report, VerifyConfig};
 use followermaze::{Config, Listeners};
+use followermaze_protocol::{parse_event, parse_user_id, EventKind, Seq, UserId};
+use followermaze_verify::{run, ByteDiff, Failure, LogLevel, Profile, Report, VerifyConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +39,7 @@ fn small(events: SocketAddr, clients: SocketAddr) -> VerifyConfig {
         log_level: LogLevel::Warn,
         profile: Profile::Classic,
         rate: 0,
+        ..VerifyConfig::default()
     }
 }
 
@@ -332,7 +333,7 @@ async fn clients_a_server_never_registers_are_named() {
     let clients = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut config = small(events.local_addr().unwrap(), clients.local_addr().unwrap());
     config.timeout = Duration::from_millis(300);
-    let sink = tokio::spawn(followermaze::verify::sink::sink(
+    let sink = tokio::spawn(followermaze_verify::sink::sink(
         events,
         clients,
         Duration::from_secs(10),

@@ -8,7 +8,7 @@
 #![no_main]
 
 use followermaze::lines::{Frame, LineReader};
-use followermaze::protocol::{parse_event, parse_user_id};
+use followermaze_protocol::{parse_event, parse_user_id};
 use libfuzzer_sys::fuzz_target;
 
 /// A small limit, so over-long lines are exercised often.

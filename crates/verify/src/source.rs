@@ -32,7 +32,7 @@ use super::failure::{ClientRef, Failure};
 use super::generator::{Batch, Generator, GeneratorSettings, MixCounts};
 use super::line::{format_line, Event, Kind, MAX_LINE_BYTES};
 use super::shared::{Plan, Shared};
-use crate::protocol::Seq;
+use followermaze_protocol::Seq;
 
 /// Bytes buffered before a write: large writes keep the syscall count (and
 /// the server's read count) low; 256 KiB is about 16,000 classic events.

@@ -26,7 +26,7 @@ use super::failure::{ByteDiff, ClientRef, Failure, Progress};
 use super::latency::Latencies;
 use super::line::{format_line, leading_seq, quote, Event, Kind, MAX_LINE_BYTES};
 use super::shared::{Plan, Shared};
-use crate::protocol::{parse_event, strip_terminator, EventKind, Seq};
+use followermaze_protocol::{parse_event, strip_terminator, EventKind, Seq};
 
 /// What the checker wants next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -470,7 +470,7 @@ impl Checker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::line::push_line;
+    use crate::line::push_line;
 
     const CLIENT: ClientRef = ClientRef { index: 3, user: 42 };
 

@@ -1,11 +1,11 @@
 //! Events as the verifier generates them, and their exact wire bytes.
 //!
-//! The inverse of [`crate::protocol::parse_event`]: a compact [`Event`] (24
+//! The inverse of [`followermaze_protocol::parse_event`]: a compact [`Event`] (24
 //! bytes, `Copy`, no heap) and the one function that turns it into the line
 //! the source sends, so the source and the client checkers can never
 //! disagree about what a notification should look like.
 
-use crate::protocol::{EventKind, Seq};
+use followermaze_protocol::{EventKind, Seq};
 
 /// Every line the verifier sends ends with this, as the protocol says.
 pub const TERMINATOR: &[u8] = b"\r\n";
@@ -81,7 +81,7 @@ pub struct Event {
 
 impl Event {
     /// The protocol module's view of this event, for comparing with what
-    /// [`crate::protocol::parse_event`] reads back.
+    /// [`followermaze_protocol::parse_event`] reads back.
     pub fn protocol_kind(&self) -> EventKind {
         let (from, to) = (u64::from(self.from), u64::from(self.to));
         match self.kind {
@@ -165,7 +165,7 @@ pub fn push_line(event: &Event, out: &mut Vec<u8>) -> usize {
 #[inline]
 pub fn leading_seq(line: &[u8]) -> Option<Seq> {
     let bar = memchr::memchr(b'|', line)?;
-    crate::protocol::parse_decimal(&line[..bar]).ok()
+    followermaze_protocol::parse_decimal(&line[..bar]).ok()
 }
 
 /// A short printable rendering of a line for failure messages: escapes
@@ -186,7 +186,7 @@ pub fn quote(line: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::parse_event;
+    use followermaze_protocol::parse_event;
     use proptest::prelude::*;
 
     fn line(event: Event) -> Vec<u8> {

@@ -11,20 +11,51 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use followermaze::verify::{run, sink::sink, Failure, LogLevel, VerifyConfig};
+use followermaze_protocol::cli::{self, About, Invocation, EXIT_USAGE};
+use followermaze_verify::config::SETTINGS;
+use followermaze_verify::{run, sink::sink, Failure, LogLevel, VerifyConfig};
 
-/// See the module doc.
-const EXIT_SETUP: u8 = 2;
+/// What `--help` and `--version` say.
+const ABOUT: About = About {
+    binary: "followermaze-verify",
+    version: env!("CARGO_PKG_VERSION"),
+    summary: "Proves a running follower-maze server correct: streams events to it, connects \
+              clients, and checks every notification byte for byte, in order.",
+    modes: &[
+        ("verify", "run the check against the server (the default)"),
+        (
+            "sink",
+            "serve both ports and discard everything until the event source closes, to \
+             measure the verifier's own ceiling",
+        ),
+    ],
+    settings: SETTINGS,
+};
 
 /// How long the sink waits for an event source to finish.
 const SINK_LIMIT: Duration = Duration::from_secs(600);
 
 fn main() -> ExitCode {
+    let mode = match cli::parse(&ABOUT, std::env::args().skip(1)) {
+        Ok(Invocation::Run(mode)) => mode,
+        Ok(Invocation::Help) => {
+            print!("{}", cli::usage(&ABOUT));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Invocation::Version) => {
+            println!("{} {}", ABOUT.binary, ABOUT.version);
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let config = match VerifyConfig::from_env() {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("followermaze-verify: {error}");
-            return ExitCode::from(EXIT_SETUP);
+            eprintln!("followermaze-verify: invalid configuration: {error}");
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -37,15 +68,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match std::env::args().nth(1).as_deref() {
-        None | Some("verify") => runtime.block_on(verify(config)),
+    match mode.as_deref() {
         Some("sink") => runtime.block_on(serve_sink(config)),
-        Some(other) => {
-            eprintln!(
-                "followermaze-verify: unknown mode {other:?}; expected no argument or `sink`"
-            );
-            ExitCode::from(EXIT_SETUP)
-        }
+        _ => runtime.block_on(verify(config)),
     }
 }
 
@@ -73,7 +98,7 @@ async fn verify(config: VerifyConfig) -> ExitCode {
         }
         Err(failure @ Failure::NotListening { .. }) => {
             eprintln!("followermaze-verify: {failure}");
-            ExitCode::from(EXIT_SETUP)
+            ExitCode::from(EXIT_USAGE)
         }
         Err(failure) => {
             println!("SOMETHING WENT WRONG: {failure}");
@@ -95,7 +120,7 @@ async fn serve_sink(config: VerifyConfig) -> ExitCode {
         (Ok(events), Ok(clients)) => (events, clients),
         (Err(error), _) | (_, Err(error)) => {
             eprintln!("followermaze-verify sink: {error}");
-            return ExitCode::from(EXIT_SETUP);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     let addresses: Vec<SocketAddr> = [&listeners.0, &listeners.1]

@@ -18,7 +18,7 @@
 //!   more than a queue's worth of notifications ahead of the slowest client.
 
 use super::line::{format_line, Event, Kind, MAX_LINE_BYTES};
-use crate::protocol::Seq;
+use followermaze_protocol::Seq;
 
 /// Multipliers for the line hash and the digest (odd 64-bit constants
 /// with well-mixed bits, from SplitMix64 and xxHash).

@@ -63,7 +63,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{ConfigError, LogLevel, VerifyConfig};
+pub use config::{ConfigError, LineEndings, LogLevel, VerifyConfig};
 pub use failure::{ByteDiff, ClientRef, Failure};
 pub use generator::Profile;
 pub use report::{ClientSummary, Report};
@@ -85,7 +85,7 @@ use source::{Source, SourceSettings};
 pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
     config
         .validate()
-        .map_err(|error| Failure::Config(error.0))?;
+        .map_err(|error| Failure::Config(error.to_string()))?;
     let started = Instant::now();
     let users = client_users(
         config.random_seed,

@@ -13,7 +13,7 @@
 use super::graph::Graph;
 use super::line::{Event, Kind};
 use super::rng::Rng;
-use crate::protocol::Seq;
+use followermaze_protocol::Seq;
 
 /// Sub-streams of the seed, so each purpose draws its own numbers.
 const USERS_STREAM: u64 = 1;
@@ -300,7 +300,7 @@ impl Generator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::line::push_line;
+    use crate::line::push_line;
 
     fn settings(profile: Profile, seed: u64) -> GeneratorSettings {
         GeneratorSettings {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::expect::Tally;
-use crate::protocol::Seq;
+use followermaze_protocol::Seq;
 
 /// A client connection, as failures name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

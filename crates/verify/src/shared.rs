@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::failure::Failure;
 use super::latency::SendClock;
-use crate::protocol::Seq;
+use followermaze_protocol::Seq;
 
 /// The stream's numbering, fixed when the opening broadcasts end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use super::expect::Tally;
 use super::failure::{ClientRef, Failure};
 use super::latency::Latencies;
 use super::shared::Shared;
-use crate::protocol::Seq;
+use followermaze_protocol::Seq;
 
 /// Bytes one read may take. A line longer than this (no `\n` in a full
 /// buffer) is reported as malformed: real lines are under 50 bytes.

@@ -1,0 +1,392 @@
+//! The verifier's settings, from the classic follower-maze environment
+//! variables.
+//!
+//! Every classic name keeps its meaning and default, so old scripts work
+//! unchanged. [`SETTINGS`] is the one list: `--help` prints it, the README
+//! shows it (a test compares them), and it is read by the same rules as the
+//! server's ([`followermaze_protocol::settings`]): each name also in upper
+//! snake case (`TOTAL_EVENTS`), and `name=value: why` for a value that does
+//! not parse or is out of range, never a silent default.
+
+use std::time::Duration;
+
+use followermaze_protocol::settings::{self, Fallback, Setting};
+use serde::Deserialize;
+
+pub use followermaze_protocol::settings::ConfigError;
+
+use super::generator::Profile;
+
+/// Most client connections one run may open. Each costs a read buffer and an
+/// expectation queue (about 160 KiB) and a file descriptor.
+pub const MAX_CONCURRENCY: usize = 10_000;
+
+/// Largest `maxEventSourceBatchSize`: a batch is shuffled in memory and every
+/// client's expectation queue must hold one whole batch.
+pub const MAX_BATCH: u32 = 65_536;
+
+/// Most expectation entries all client queues together may be sized for
+/// (24 bytes each: 1.5 GiB).
+pub const MAX_QUEUED_ENTRIES: u64 = 1 << 26;
+
+/// How chatty the verifier is on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Only the verdict.
+    Error,
+    /// The verdict and warnings.
+    Warn,
+    /// Plus progress and the final report (the default).
+    Info,
+    /// Plus connection and per-client details.
+    Debug,
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<LogLevel, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "error" | "off" => Ok(LogLevel::Error),
+            "warn" | "warning" => Ok(LogLevel::Warn),
+            "info" => Ok(LogLevel::Info),
+            "debug" | "trace" => Ok(LogLevel::Debug),
+            _ => Err("expected error, warn, info or debug".into()),
+        }
+    }
+}
+
+/// Everything a run needs; see the README's verifier table. The defaults are
+/// the classic verifier's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyConfig {
+    /// Where the server runs (`serverHost`): an address or a host name.
+    pub host: String,
+    /// The event source port (`eventListenerPort`).
+    pub event_listener_port: u16,
+    /// The user client port (`clientListenerPort`).
+    pub client_listener_port: u16,
+    /// Events in the stream, the opening broadcasts included (`totalEvents`).
+    pub total_events: u64,
+    /// Client connections (`concurrencyLevel`). 0 streams events and checks
+    /// nothing: that measures the source alone.
+    pub concurrency_level: usize,
+    /// Users that events name, `1..=numberOfUsers` (`numberOfUsers`).
+    pub number_of_users: u32,
+    /// Decides the whole stream and which users connect (`randomSeed`).
+    pub random_seed: u64,
+    /// Longest a client may wait for a notification it is owed (`timeout`,
+    /// ms). Also how long the source may be blocked writing.
+    pub timeout: Duration,
+    /// Batches are 1..=this events, shuffled within
+    /// (`maxEventSourceBatchSize`).
+    pub max_event_source_batch_size: u32,
+    /// Time between progress lines (`logInterval`, ms); 0 turns them off.
+    pub log_interval: Duration,
+    /// What to print (`logLevel`).
+    pub log_level: LogLevel,
+    /// The event mix (`profile`: `classic` or `fanout`).
+    pub profile: Profile,
+    /// Events per second the source may send; 0 is as fast as it can
+    /// (`rate`).
+    pub rate: u64,
+    /// How terminators are judged (`lineEndings`).
+    pub line_endings: LineEndings,
+}
+
+impl Default for VerifyConfig {
+    /// The defaults of [`SETTINGS`].
+    fn default() -> Self {
+        VerifyConfig::from_vars(std::iter::empty())
+            .expect("the settings table's defaults are valid")
+    }
+}
+
+/// How a notification's line terminator is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineEndings {
+    /// Byte for byte as the source sent it (the default, and the protocol).
+    Exact,
+    /// A line whose payload matches counts as received whatever its
+    /// terminator (`\r\n` or `\n`); the report says the run was not
+    /// byte-exact. For ranking servers that re-terminate lines.
+    Any,
+}
+
+impl std::str::FromStr for LineEndings {
+    type Err = &'static str;
+
+    fn from_str(text: &str) -> Result<LineEndings, &'static str> {
+        match text.to_ascii_lowercase().as_str() {
+            "exact" => Ok(LineEndings::Exact),
+            "any" => Ok(LineEndings::Any),
+            _ => Err("expected exact or any"),
+        }
+    }
+}
+
+/// Every variable the verifier reads, in the README's order.
+pub const SETTINGS: &[Setting] = &[
+    Setting::new(
+        "eventListenerPort",
+        "9090",
+        "the server's event source port",
+    ),
+    Setting::new(
+        "clientListenerPort",
+        "9099",
+        "the server's user client port",
+    ),
+    Setting::new(
+        "serverHost",
+        "127.0.0.1",
+        "the server's address or host name",
+    ),
+    Setting::new(
+        "totalEvents",
+        "10000000",
+        "events in the stream, sequence numbers 1..N (opening broadcasts included)",
+    ),
+    Setting::new(
+        "concurrencyLevel",
+        "100",
+        "user clients connected; 0 sends events and checks nothing (measures the source alone)",
+    ),
+    Setting {
+        name: "numberOfUsers",
+        default: Fallback::Derived("concurrencyLevel × 10"),
+        meaning: "events name users 1..numberOfUsers; clients are distinct users while there are \
+                  enough, several connections per user beyond that",
+    },
+    Setting::new(
+        "randomSeed",
+        "666",
+        "decides the whole stream and which users connect",
+    ),
+    Setting::new(
+        "timeout",
+        "20000",
+        "ms a client may wait for a notification it is owed (counted from when the source wrote \
+         it); also how long a write to the server may block, and how long clients may take to \
+         register",
+    ),
+    Setting::new(
+        "maxEventSourceBatchSize",
+        "100",
+        "events are sent in consecutive batches of 1..=this, each shuffled",
+    ),
+    Setting::new(
+        "logInterval",
+        "1000",
+        "ms between progress lines; 0 for none",
+    ),
+    Setting::new(
+        "logLevel",
+        "info",
+        "`error`/`warn`: verdict only; `info`: progress and report; `debug`: each client's \
+         figures too",
+    ),
+    Setting::new(
+        "profile",
+        "classic",
+        "`classic`: ≈55% status updates, ≈15% each follows, unfollows and private messages, \
+         ≈0.01% broadcasts; `fanout`: 0.5% broadcasts and follows outpacing unfollows, so users \
+         gather hundreds of followers and status updates reach many clients (notifications per \
+         event grow to tens as the graph fills: size `totalEvents` to match)",
+    ),
+    Setting::new(
+        "rate",
+        "0",
+        "events per second the source may send; 0 is as fast as it can",
+    ),
+    Setting::new(
+        "lineEndings",
+        "exact",
+        "`exact`: every notification byte for byte, terminator included; `any`: a notification \
+         whose payload matches counts whatever its terminator (`\\r\\n` or `\\n`), and the report \
+         says the run was not byte-exact",
+    ),
+];
+
+/// The variables as decoded, before the derived defaults and the units.
+#[derive(Deserialize)]
+struct Variables {
+    server_host: String,
+    event_listener_port: u16,
+    client_listener_port: u16,
+    total_events: u64,
+    concurrency_level: usize,
+    number_of_users: Option<u32>,
+    random_seed: u64,
+    timeout: u64,
+    max_event_source_batch_size: u32,
+    log_interval: u64,
+    #[serde(deserialize_with = "settings::parsed")]
+    log_level: LogLevel,
+    #[serde(deserialize_with = "settings::parsed")]
+    profile: Profile,
+    rate: u64,
+    #[serde(deserialize_with = "settings::parsed")]
+    line_endings: LineEndings,
+}
+
+impl VerifyConfig {
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> Result<VerifyConfig, ConfigError> {
+        VerifyConfig::from_vars(settings::utf8_vars())
+    }
+
+    /// Reads the settings from `(name, value)` pairs; other names are
+    /// ignored (the server's variables share the environment).
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<VerifyConfig, ConfigError> {
+        let v: Variables = settings::from_vars(SETTINGS, vars)?;
+        let config = VerifyConfig {
+            host: v.server_host.trim().to_owned(),
+            event_listener_port: v.event_listener_port,
+            client_listener_port: v.client_listener_port,
+            total_events: v.total_events,
+            concurrency_level: v.concurrency_level,
+            // The classic default depends on another variable.
+            number_of_users: v.number_of_users.unwrap_or_else(|| {
+                u32::try_from(v.concurrency_level.saturating_mul(10))
+                    .unwrap_or(u32::MAX - 1)
+                    .max(1)
+            }),
+            random_seed: v.random_seed,
+            timeout: Duration::from_millis(v.timeout),
+            max_event_source_batch_size: v.max_event_source_batch_size,
+            log_interval: Duration::from_millis(v.log_interval),
+            log_level: v.log_level,
+            profile: v.profile,
+            rate: v.rate,
+            line_endings: v.line_endings,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the ranges a run relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |name: &str, value: &dyn std::fmt::Display, why: String| {
+            Err(ConfigError::new(name, value, why))
+        };
+        if self.host.is_empty() {
+            return fail("serverHost", &"", "must not be empty".into());
+        }
+        if self.total_events == 0 {
+            return fail("totalEvents", &0, "must be at least 1".into());
+        }
+        if self.concurrency_level > MAX_CONCURRENCY {
+            let why = format!("must be at most {MAX_CONCURRENCY}");
+            return fail("concurrencyLevel", &self.concurrency_level, why);
+        }
+        if self.number_of_users == 0 || self.number_of_users == u32::MAX {
+            let why = format!("must be between 1 and {}", u32::MAX - 1);
+            return fail("numberOfUsers", &self.number_of_users, why);
+        }
+        if self.timeout.is_zero() {
+            return fail("timeout", &0, "must be at least 1 ms".into());
+        }
+        if self.max_event_source_batch_size == 0 || self.max_event_source_batch_size > MAX_BATCH {
+            let why = format!("must be between 1 and {MAX_BATCH}");
+            return fail(
+                "maxEventSourceBatchSize",
+                &self.max_event_source_batch_size,
+                why,
+            );
+        }
+        let entries = (self.concurrency_level as u64)
+            * u64::from(self.max_event_source_batch_size.next_power_of_two());
+        if entries > MAX_QUEUED_ENTRIES {
+            let why = format!(
+                "concurrencyLevel x maxEventSourceBatchSize must be at most {MAX_QUEUED_ENTRIES}: \
+                 every client's expectation queue holds a whole batch"
+            );
+            return fail(
+                "maxEventSourceBatchSize",
+                &self.max_event_source_batch_size,
+                why,
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use followermaze_protocol::settings::pairs as vars;
+
+    #[test]
+    fn defaults_are_the_classic_ones() {
+        let config = VerifyConfig::from_vars(vars(&[("PATH", "/bin")])).unwrap();
+        assert_eq!(config, VerifyConfig::default());
+        assert_eq!(config.number_of_users, 1000);
+        assert_eq!(config.total_events, 10_000_000);
+    }
+
+    #[test]
+    fn classic_and_upper_snake_names_both_work() {
+        let config = VerifyConfig::from_vars(vars(&[
+            ("concurrencyLevel", "7"),
+            ("TOTAL_EVENTS", "500"),
+            ("serverHost", "localhost"),
+            ("profile", "fanout"),
+            ("RATE", "1000"),
+            ("logLevel", "DEBUG"),
+            ("MAX_EVENT_SOURCE_BATCH_SIZE", "3"),
+        ]))
+        .unwrap();
+        assert_eq!(config.concurrency_level, 7);
+        assert_eq!(config.number_of_users, 70, "defaults to concurrency x 10");
+        assert_eq!(config.total_events, 500);
+        assert_eq!(config.host, "localhost");
+        assert_eq!(config.profile, Profile::Fanout);
+        assert_eq!(config.rate, 1000);
+        assert_eq!(config.log_level, LogLevel::Debug);
+        assert_eq!(config.max_event_source_batch_size, 3);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (name, value) in [
+            ("totalEvents", "ten"),
+            ("totalEvents", "0"),
+            ("timeout", "-1"),
+            ("maxEventSourceBatchSize", "0"),
+            ("profile", "heavy"),
+            ("logLevel", "loud"),
+            ("eventListenerPort", "70000"),
+            ("concurrencyLevel", "10001"),
+        ] {
+            let error = VerifyConfig::from_vars(vars(&[(name, value)])).unwrap_err();
+            assert!(error.to_string().contains(name), "{name}={value}: {error}");
+        }
+        let error = VerifyConfig::from_vars(vars(&[
+            ("concurrencyLevel", "10000"),
+            ("maxEventSourceBatchSize", "65536"),
+        ]))
+        .unwrap_err();
+        assert!(error.to_string().contains("whole batch"), "{error}");
+    }
+
+    #[test]
+    fn line_endings_default_to_exact() {
+        assert_eq!(VerifyConfig::default().line_endings, LineEndings::Exact);
+        let config = VerifyConfig::from_vars(vars(&[("LINE_ENDINGS", "any")])).unwrap();
+        assert_eq!(config.line_endings, LineEndings::Any);
+        let error = VerifyConfig::from_vars(vars(&[("lineEndings", "crlf")])).unwrap_err();
+        assert_eq!(error.to_string(), "lineEndings=crlf: expected exact or any");
+    }
+
+    #[test]
+    fn the_readme_shows_the_settings_table() {
+        let readme = include_str!("../../../README.md");
+        if let Err(drift) = settings::check_documented(readme, SETTINGS) {
+            panic!("README.md's verifier table differs from config::SETTINGS: {drift}");
+        }
+    }
+}
