@@ -162,3 +162,74 @@ async fn sigterm_drains_and_exits_zero() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&rest), expected);
 }
+
+#[tokio::test]
+async fn help_lists_every_setting_with_its_default_and_exits_0() {
+    for flag in ["--help", "-h"] {
+        let mut command = server_command();
+        command.arg(flag).stdout(Stdio::piped());
+        let output = within("--help", command.output()).await.unwrap();
+        assert_eq!(output.status.code(), Some(0), "{flag}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.starts_with("followermaze "), "{text}");
+        for setting in followermaze::config::SETTINGS {
+            let row = text
+                .lines()
+                .find(|line| line.split_whitespace().next() == Some(setting.name))
+                .unwrap_or_else(|| panic!("{} is not in --help:\n{text}", setting.name));
+            assert!(row.contains(setting.default.text()), "{row}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn version_prints_the_package_version_and_exits_0() {
+    let mut command = server_command();
+    command.arg("--version").stdout(Stdio::piped());
+    let output = within("--version", command.output()).await.unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("followermaze {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_argument_is_one_line_and_exit_2() {
+    for argument in ["--port=9090", "serve", "-x"] {
+        let mut command = server_command();
+        command.arg(argument);
+        let (code, stderr) = run_to_exit(command).await;
+        assert_eq!(code, Some(2), "{argument}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(argument), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn json_logs_are_one_json_object_per_line() {
+    let mut command = server_command();
+    command.env("logFormat", "json");
+    let mut child = command.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let startup = within("the startup line", async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("server exited");
+            let object: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|error| panic!("not JSON ({error}): {line}"));
+            assert!(object.is_object(), "{line}");
+            if object["message"] == "followermaze listening" {
+                return object;
+            }
+        }
+    })
+    .await;
+    assert_eq!(startup["level"], "INFO", "{startup}");
+    let events = startup["events"]
+        .as_str()
+        .expect("events address as a field");
+    assert!(events.starts_with("127.0.0.1:"), "{startup}");
+    child.start_kill().unwrap();
+    let _ = within("the server to exit", child.wait()).await;
+}
