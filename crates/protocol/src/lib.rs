@@ -10,12 +10,15 @@
 //!
 //! - [`event`]: event lines from the source and the user id a client sends
 //!   first, bytes to values.
+//! - [`resume`]: the resumable-session handshake and control lines (`#OK`,
+//!   `#GAP`, `#AT`).
 //! - [`settings`]: settings from environment variables, one table per
 //!   binary, one error format.
 //! - [`cli`]: `--help`, `--version` and modes, the same for every binary.
 
 pub mod cli;
 pub mod event;
+pub mod resume;
 pub mod settings;
 
 pub use event::{
