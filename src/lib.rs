@@ -42,6 +42,7 @@ pub mod online;
 pub mod outbox;
 pub mod registry;
 pub mod reorder;
+mod retention;
 pub mod router;
 pub mod sequencer;
 pub mod server;
