@@ -1,8 +1,10 @@
 //! User client connections: the handshake, then one writer per connection
 //! that moves bytes from its outbox to the socket.
 //!
-//! The handshake is one line holding the user id, within a deadline and a
-//! byte bound; anything else closes that connection only. After it, whatever
+//! The handshake is one line, within a deadline and a byte bound: a user id
+//! (classic), or `user|stream|after` (resumable; see
+//! [`followermaze_protocol::resume`]); anything else closes that connection
+//! only. After it, whatever
 //! the client sends is read into a small scratch buffer and dropped, so a
 //! chatty client costs nothing and a closed one is noticed at once.
 
@@ -21,11 +23,11 @@ use crate::accept::accept;
 use crate::outbox::{Closed, Outbox, Taken};
 use crate::registry::{Command, ConnId, RegistryHandle};
 use crate::stats::{DisconnectReason, LogThrottle, Stats};
-use followermaze_protocol::{parse_user_id, ParseError, UserId};
+use followermaze_protocol::resume::{parse_hello, Hello, HelloError, MAX_HELLO_BYTES};
 
-/// The longest handshake line accepted, terminator included: a `u64` has at
-/// most 20 digits, plus `\r\n`, plus slack.
-pub const MAX_HANDSHAKE_BYTES: usize = 32;
+/// The longest handshake line accepted, terminator included: the longest
+/// resumable one (user, stream id, position).
+pub const MAX_HANDSHAKE_BYTES: usize = MAX_HELLO_BYTES;
 
 /// Scratch space for reading (and dropping) what a client sends after its
 /// handshake. Small, because it lives in every connection's task.
@@ -60,8 +62,8 @@ enum HandshakeError {
     ClosedEarly,
     /// No newline within [`MAX_HANDSHAKE_BYTES`].
     TooLong,
-    /// The line was not a user id.
-    Invalid(ParseError),
+    /// The line was not a handshake.
+    Invalid(HelloError),
     /// The socket failed.
     Io(io::Error),
     /// The server is shutting down.
@@ -74,7 +76,7 @@ impl std::fmt::Display for HandshakeError {
             HandshakeError::Timeout => f.write_str("no user id within the handshake timeout"),
             HandshakeError::ClosedEarly => f.write_str("closed before sending a user id"),
             HandshakeError::TooLong => write!(f, "no newline within {MAX_HANDSHAKE_BYTES} bytes"),
-            HandshakeError::Invalid(error) => write!(f, "user id: {error}"),
+            HandshakeError::Invalid(error) => write!(f, "{error}"),
             HandshakeError::Io(error) => write!(f, "socket error: {error}"),
             HandshakeError::Shutdown => f.write_str("server shutting down"),
         }
@@ -178,12 +180,12 @@ impl Connection {
         }
         let handshake = tokio::select! {
             () = self.shutdown.cancelled() => Err(HandshakeError::Shutdown),
-            result = tokio::time::timeout(self.handshake_timeout, read_user_id(&mut stream)) => {
+            result = tokio::time::timeout(self.handshake_timeout, read_hello(&mut stream)) => {
                 result.unwrap_or(Err(HandshakeError::Timeout))
             }
         };
-        let user = match handshake {
-            Ok(user) => user,
+        let hello = match handshake {
+            Ok(hello) => hello,
             Err(HandshakeError::Shutdown) => return,
             Err(error) => {
                 self.stats.disconnected(DisconnectReason::BadHandshake);
@@ -198,9 +200,10 @@ impl Connection {
                 return;
             }
         };
+        let user = hello.user();
         let outbox = Arc::new(Outbox::new());
         let register = Command::Register {
-            user,
+            hello,
             conn: self.id,
             outbox: Arc::clone(&outbox),
         };
@@ -226,9 +229,9 @@ impl Connection {
     }
 }
 
-/// Reads the handshake line and parses the user id. Bytes after the newline
-/// in the same read are dropped (the protocol gives them no meaning).
-async fn read_user_id(stream: &mut TcpStream) -> Result<UserId, HandshakeError> {
+/// Reads the handshake line and parses it. Bytes after the newline in the
+/// same read are dropped (the protocol gives them no meaning).
+async fn read_hello(stream: &mut TcpStream) -> Result<Hello, HandshakeError> {
     let mut line = [0u8; MAX_HANDSHAKE_BYTES];
     let mut filled = 0;
     loop {
@@ -241,7 +244,7 @@ async fn read_user_id(stream: &mut TcpStream) -> Result<UserId, HandshakeError> 
         }
         if let Some(newline) = memchr::memchr(b'\n', &line[filled..filled + read]) {
             let end = filled + newline + 1;
-            return parse_user_id(&line[..end]).map_err(HandshakeError::Invalid);
+            return parse_hello(&line[..end]).map_err(HandshakeError::Invalid);
         }
         filled += read;
         if filled == line.len() {
@@ -295,10 +298,18 @@ async fn pump(stream: &mut TcpStream, outbox: &Outbox, stats: &Stats) -> Disconn
             // been consumed above, so look before waiting.
             continue;
         }
-        if closed.is_some() {
-            // Drained (or closed by us): say goodbye properly.
-            let _ = stream.shutdown().await;
-            return DisconnectReason::Normal;
+        match closed {
+            None => {}
+            Some(Closed::Reset) => {
+                // Linger 0: closing sends RST instead of FIN.
+                let _ = socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO));
+                return DisconnectReason::FaultReset;
+            }
+            Some(_) => {
+                // Drained (or closed by us): say goodbye properly.
+                let _ = stream.shutdown().await;
+                return DisconnectReason::Normal;
+            }
         }
         tokio::select! {
             () = outbox.woken() => {}

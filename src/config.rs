@@ -87,6 +87,31 @@ pub const SETTINGS: &[Setting] = &[
         "10",
         "seconds between two summary lines in the log; 0 turns them off",
     ),
+    Setting::new(
+        "resumeWindowSecs",
+        "30",
+        "how long a resumable session outlives its last connection before it is purged",
+    ),
+    Setting::new(
+        "resumeBufferBytes",
+        "1048576",
+        "most bytes of lines one session retains for a resume (oldest go first; a resume from before them gets `#GAP`)",
+    ),
+    Setting::new(
+        "resumeTotalBytes",
+        "268435456",
+        "most bytes all sessions together retain, lines stored once however many sessions they concern (oldest go first)",
+    ),
+    Setting::new(
+        "checkpointIntervalMs",
+        "1000",
+        "ms between two `#AT` checkpoints on a resumable connection whose position moved; 0 = never",
+    ),
+    Setting::new(
+        "faultResetEvery",
+        "0",
+        "fault injection: reset (RST) every resumable connection after each N event lines sent on it; 0 = off",
+    ),
 ];
 
 /// How log lines are written.
@@ -155,6 +180,17 @@ pub struct Config {
     pub metrics_port: u16,
     /// Seconds between two summary lines in the log; 0 turns them off.
     pub summary_interval_secs: u64,
+    /// Seconds a session outlives its last connection.
+    pub resume_window_secs: u64,
+    /// Bytes one session may retain.
+    pub resume_buffer_bytes: usize,
+    /// Bytes all sessions together may retain.
+    pub resume_total_bytes: usize,
+    /// Milliseconds between checkpoints on a resumable connection; 0 = none.
+    pub checkpoint_interval_ms: u64,
+    /// Reset a resumable connection after each this many event lines; 0 =
+    /// never. For tests and fault drills only.
+    pub fault_reset_every: u64,
 }
 
 impl Default for Config {
@@ -188,6 +224,8 @@ impl Config {
             ("handshakeTimeoutMs", self.handshake_timeout_ms),
             ("maxClientBufferBytes", self.max_client_buffer_bytes as u64),
             ("maxClients", self.max_clients as u64),
+            ("resumeBufferBytes", self.resume_buffer_bytes as u64),
+            ("resumeTotalBytes", self.resume_total_bytes as u64),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -26,6 +26,10 @@ pub enum Closed {
     SlowConsumer,
     /// The connection ended on the client's side.
     Gone,
+    /// Fault injection (`faultResetEvery`): the writer sends what is
+    /// pending, then resets the connection (RST), so the client sees an
+    /// error and must resume.
+    Reset,
 }
 
 /// Why [`Outbox::push`] refused bytes.

@@ -21,16 +21,19 @@ pub enum DisconnectReason {
     Error,
     /// Refused at accept: the connection limit was reached.
     Rejected,
+    /// Reset on purpose by fault injection (`faultResetEvery`).
+    FaultReset,
 }
 
 impl DisconnectReason {
     /// Every reason, in discriminant order, for exporters that list them.
-    pub const ALL: [DisconnectReason; 5] = [
+    pub const ALL: [DisconnectReason; 6] = [
         DisconnectReason::Normal,
         DisconnectReason::SlowConsumer,
         DisconnectReason::BadHandshake,
         DisconnectReason::Error,
         DisconnectReason::Rejected,
+        DisconnectReason::FaultReset,
     ];
 
     /// The label value used in logs and metrics.
@@ -41,6 +44,7 @@ impl DisconnectReason {
             DisconnectReason::BadHandshake => "bad_handshake",
             DisconnectReason::Error => "error",
             DisconnectReason::Rejected => "rejected",
+            DisconnectReason::FaultReset => "fault_reset",
         }
     }
 }
@@ -81,7 +85,7 @@ pub struct Stats {
     /// Gauge: registered clients now.
     pub clients_connected: AtomicU64,
     /// Disconnects, indexed like [`DisconnectReason::ALL`].
-    pub client_disconnects: [AtomicU64; 5],
+    pub client_disconnects: [AtomicU64; DisconnectReason::ALL.len()],
     /// Notifications queued for clients (one per event per recipient).
     pub notifications: AtomicU64,
     /// Bytes written to client sockets.
