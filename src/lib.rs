@@ -46,6 +46,7 @@ mod retention;
 pub mod router;
 pub mod sequencer;
 pub mod server;
+mod session;
 pub mod source;
 pub mod stats;
 pub mod summary;

@@ -25,6 +25,7 @@ use crate::online::Online;
 use crate::outbox::{Closed, Outbox, PushError};
 use crate::router::{Audience, EdgeChange, Router};
 use crate::stats::{LogThrottle, Stats};
+use followermaze_protocol::resume::Hello;
 use followermaze_protocol::{Event, EventKind, UserId};
 
 /// Identifies one client connection for the life of the process.
@@ -41,7 +42,8 @@ pub enum Command {
     },
     /// A client finished its handshake.
     Register {
-        user: UserId,
+        /// What it sent: its user id, and whether (and whence) it resumes.
+        hello: Hello,
         conn: ConnId,
         outbox: Arc<Outbox>,
     },
@@ -160,7 +162,11 @@ impl Registry {
         while let Some(command) = self.commands.recv().await {
             match command {
                 Command::Deliver { events, read_at } => self.deliver(&events, read_at),
-                Command::Register { user, conn, outbox } => self.register(user, conn, outbox),
+                Command::Register {
+                    hello,
+                    conn,
+                    outbox,
+                } => self.register(hello.user(), conn, outbox),
                 Command::Unregister { user, conn } => self.unregister(user, conn),
                 Command::Restart => {
                     self.router.clear();
@@ -462,7 +468,7 @@ mod tests {
         handle.send(Command::Shutdown).await.unwrap();
         handle
             .send(Command::Register {
-                user: 1,
+                hello: Hello::Classic(1),
                 conn: 1,
                 outbox: outbox.clone(),
             })
