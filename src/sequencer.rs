@@ -74,8 +74,12 @@ pub struct SequencerSettings {
 struct OpenGap {
     /// The missing sequence at the front of the window.
     front: Seq,
-    /// When it became the front.
+    /// When it became the front. No gap outlives `since + ceiling`.
     since: Instant,
+    /// When the wait started: `since`, or later when a source connected
+    /// while none was (it may resend what is missing, so it gets a wait of
+    /// its own, within the ceiling). The policy's deadline counts from here.
+    wait_from: Instant,
 }
 
 /// See the module doc.
@@ -173,22 +177,29 @@ impl Sequencer {
         let _ = self.registry.send(Command::Shutdown).await;
     }
 
-    /// When the open gap, if any, will be skipped. With no source
-    /// connected the wait is the longest allowed: a source that dropped
-    /// mid-batch may reconnect and resend what is missing.
+    /// When the open gap, if any, will be skipped.
     fn deadline(&self) -> Option<Instant> {
         let gap = self.gap?;
-        let patience = if self.sources.is_empty() {
-            self.policy.ceiling()
-        } else {
-            self.policy.patience(self.buffer.missing())
-        };
-        Some(gap.since + patience)
+        Some(gap_deadline(
+            &self.policy,
+            gap,
+            self.buffer.missing(),
+            !self.sources.is_empty(),
+        ))
     }
 
     async fn handle(&mut self, message: SourceMsg) -> Result<(), RegistryGone> {
         match message {
             SourceMsg::Opened(source) => {
+                if self.sources.is_empty() {
+                    // No stream flowed while no source was connected; and
+                    // this one may resend what a gap is missing.
+                    let now = Instant::now();
+                    self.policy.restart_clock(now.into_std());
+                    if let Some(gap) = &mut self.gap {
+                        gap.wait_from = now;
+                    }
+                }
                 self.sources.insert(source, true);
                 Ok(())
             }
@@ -207,7 +218,9 @@ impl Sequencer {
         read_at: std::time::Instant,
     ) -> Result<(), RegistryGone> {
         let now = Instant::now();
-        self.policy.observe(events.len(), now.into_std());
+        // When the source read them, not when they got here: the rate is
+        // the stream's, not the sequencer's.
+        self.policy.observe(events.len(), read_at);
         let mut released = Vec::with_capacity(events.len());
         let events = events.into_iter();
         if self.sources.get(&source) == Some(&true) {
@@ -263,12 +276,22 @@ impl Sequencer {
         let front = self.buffer.next_expected();
         match self.gap {
             Some(gap) if gap.front == front => {}
-            _ => self.gap = Some(OpenGap { front, since: now }),
+            _ => {
+                self.gap = Some(OpenGap {
+                    front,
+                    since: now,
+                    wait_from: now,
+                })
+            }
         }
     }
 
     async fn skip_gap(&mut self) -> Result<(), RegistryGone> {
-        let waited = self.gap.map(|gap| gap.since.elapsed()).unwrap_or_default();
+        let now = Instant::now();
+        let waited = self
+            .gap
+            .map(|gap| now.saturating_duration_since(gap.since))
+            .unwrap_or_default();
         let mut released = Vec::new();
         let skipped = self.buffer.skip_gap(&mut released);
         tracing::warn!(
@@ -276,10 +299,12 @@ impl Sequencer {
             last = skipped.end.saturating_sub(1),
             count = skipped.end - skipped.start,
             waited_ms = waited.as_millis() as u64,
-            rate = self.policy.events_per_sec() as u64,
+            rate = self.policy.events_per_sec(now.into_std()) as u64,
+            quiet_ms = self.policy.quiet_for(now.into_std()).as_millis() as u64,
+            sources = self.sources.len(),
             "gave up on missing events: skipped"
         );
-        self.track_gap(Instant::now());
+        self.track_gap(now);
         self.publish_stats();
         self.send(released, std::time::Instant::now()).await
     }
@@ -341,5 +366,129 @@ impl Sequencer {
                 })
                 .await?;
         }
+    }
+}
+
+/// When `gap`, with `missing` absent sequences, is to be skipped. While no
+/// source is connected the wait is the longest allowed, the ceiling: a
+/// source that dropped mid-batch may reconnect and resend what is missing.
+/// Otherwise the policy decides from the arrival rate and any silence (see
+/// [`crate::gap`]), counting from when the wait started, and never past the
+/// ceiling from when the gap opened: a source that keeps reconnecting
+/// cannot hold a gap open for ever.
+fn gap_deadline(policy: &GapPolicy, gap: OpenGap, missing: u64, source_connected: bool) -> Instant {
+    let ceiling = gap.since + policy.ceiling();
+    if !source_connected {
+        return ceiling;
+    }
+    Instant::from_std(policy.deadline(gap.wait_from.into_std(), missing)).min(ceiling)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::parse_event;
+    use crate::registry::{Registry, RegistrySettings};
+    use bytes::Bytes;
+
+    const FLOOR: Duration = Duration::from_millis(500);
+    const CEILING: Duration = Duration::from_secs(10);
+
+    /// A sequencer whose registry is never run (its queue holds the few
+    /// batches these tests release), and the registry kept alive.
+    fn sequencer() -> (Sequencer, Registry) {
+        let stats = Arc::new(Stats::default());
+        let (registry, handle) = Registry::new(
+            RegistrySettings {
+                max_client_pending_bytes: 1 << 20,
+                max_follow_edges: 1_000,
+            },
+            stats.clone(),
+        );
+        let settings = SequencerSettings {
+            max_window: 1 << 16,
+            gap_floor: FLOOR,
+            gap_ceiling: CEILING,
+        };
+        let (sequencer, _sender) = Sequencer::new(&settings, handle, stats);
+        (sequencer, registry)
+    }
+
+    /// Broadcasts with these sequence numbers, as one read.
+    fn broadcasts(seqs: impl IntoIterator<Item = Seq>) -> Vec<Event> {
+        seqs.into_iter()
+            .map(|seq| {
+                let raw = Bytes::from(format!("{seq}|B\r\n"));
+                let (seq, kind) = parse_event(&raw).expect("a valid broadcast");
+                Event { seq, kind, raw }
+            })
+            .collect()
+    }
+
+    /// The open gap's deadline, as an offset from when its wait started.
+    fn wait(sequencer: &Sequencer) -> Duration {
+        let gap = sequencer.gap.expect("a gap is open");
+        sequencer.deadline().expect("a deadline") - gap.wait_from
+    }
+
+    #[tokio::test]
+    async fn a_connected_source_gone_quiet_after_a_burst_gets_the_floor() {
+        let (mut sequencer, _registry) = sequencer();
+        sequencer.handle(SourceMsg::Opened(1)).await.unwrap();
+        let read_at = std::time::Instant::now();
+        let burst = broadcasts((1..=2_000).filter(|&seq| seq != 701));
+        let message = SourceMsg::Events(1, burst, read_at);
+        sequencer.handle(message).await.unwrap();
+        assert_eq!(sequencer.buffer.missing(), 1);
+        assert_eq!(wait(&sequencer), FLOOR);
+    }
+
+    #[tokio::test]
+    async fn with_no_source_connected_the_gap_waits_the_ceiling() {
+        let (mut sequencer, _registry) = sequencer();
+        sequencer.handle(SourceMsg::Opened(1)).await.unwrap();
+        let read_at = std::time::Instant::now();
+        let message = SourceMsg::Events(1, broadcasts([1, 3]), read_at);
+        sequencer.handle(message).await.unwrap();
+        assert_eq!(wait(&sequencer), FLOOR);
+        sequencer.handle(SourceMsg::Closed(1)).await.unwrap();
+        assert_eq!(wait(&sequencer), CEILING);
+    }
+
+    /// A sequencer with a gap that opened `age` ago, its source gone, and
+    /// then a new source connected; returns it with the gap's opening.
+    async fn reconnected_after(age: Duration) -> (Sequencer, Registry, Instant) {
+        let (mut sequencer, registry) = sequencer();
+        sequencer.handle(SourceMsg::Opened(1)).await.unwrap();
+        let read_at = std::time::Instant::now();
+        let message = SourceMsg::Events(1, broadcasts([1, 3]), read_at);
+        sequencer.handle(message).await.unwrap();
+        sequencer.handle(SourceMsg::Closed(1)).await.unwrap();
+        let opened = Instant::now() - age;
+        if let Some(gap) = &mut sequencer.gap {
+            gap.since = opened;
+            gap.wait_from = opened;
+        }
+        sequencer.handle(SourceMsg::Opened(2)).await.unwrap();
+        (sequencer, registry, opened)
+    }
+
+    #[tokio::test]
+    async fn a_source_connecting_while_none_was_starts_the_wait_afresh() {
+        let reconnected = Instant::now();
+        // Waited on for a second already, more than the floor.
+        let (sequencer, _registry, opened) = reconnected_after(Duration::from_secs(1)).await;
+        let gap = sequencer.gap.expect("still open");
+        assert_eq!(gap.since, opened);
+        assert!(gap.wait_from >= reconnected);
+        // The new source has a whole floor to resend, from its connection.
+        assert_eq!(wait(&sequencer), FLOOR);
+    }
+
+    #[tokio::test]
+    async fn a_gap_never_outlives_the_ceiling_however_often_a_source_reconnects() {
+        let age = CEILING - Duration::from_millis(100);
+        let (sequencer, _registry, opened) = reconnected_after(age).await;
+        assert_eq!(sequencer.deadline(), Some(opened + CEILING));
     }
 }
