@@ -387,7 +387,7 @@ fn gap_deadline(policy: &GapPolicy, gap: OpenGap, missing: u64, source_connected
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::parse_event;
+    use followermaze_protocol::parse_event;
     use crate::registry::{Registry, RegistrySettings};
     use bytes::Bytes;
 
