@@ -15,6 +15,29 @@
 //! skipped; one more line tells a late arrival (out of order) from a loss
 //! (missing). Anything else is a wrong byte, a repeat, or a notification
 //! that was never owed.
+//!
+//! # Phases
+//!
+//! Where a client is in its stream is one `Phase`. It moves forward only
+//! when a line is accepted, and only in `Checker::advance`, to where the
+//! plan says that line sits (an accepted line may skip a phase):
+//!
+//! ```text
+//! Unregistered -> Opening -> Main -> Done
+//! ```
+//!
+//! - `Unregistered`: nothing received; the first line may be any opening
+//!   broadcast the source has sent.
+//! - `Opening`: owed the next opening broadcast, or, once the plan shows
+//!   the opening over, the queue's front (the plan can be fixed after the
+//!   client's last opening broadcast arrived).
+//! - `Main`: every line is the queue's next entry; the fast path.
+//! - `Done`: the final broadcast arrived; nothing more is owed.
+//!
+//! Beside them, `Diverged` holds a line that came for an event owed later,
+//! while one more line (or a timeout, or the close) decides between out of
+//! order and missing. It always ends in a failure; the phase then returns
+//! to where the last correct line left it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +71,23 @@ enum Owed {
     Nothing,
 }
 
+/// Where a client is in its stream; see the module doc.
+#[derive(Debug)]
+enum Phase {
+    /// Nothing received yet: the first line may be any opening broadcast
+    /// the source has sent.
+    Unregistered,
+    /// Registered: owed every later opening broadcast, then the queue's
+    /// entries once the plan shows the opening over.
+    Opening,
+    /// The opening is over: every line is the queue's next entry.
+    Main,
+    /// A line came for an event owed later; the next one classifies it.
+    Diverged(Suspect),
+    /// The final broadcast arrived.
+    Done,
+}
+
 /// A divergence waiting for one more line to be classified.
 #[derive(Debug)]
 struct Suspect {
@@ -77,17 +117,14 @@ pub struct Checker {
     opening: Tally,
     /// Send-to-receive times.
     latencies: Latencies,
-    /// The first opening broadcast received.
+    /// Where the client is in its stream.
+    phase: Phase,
+    /// The first opening broadcast received: `Some` exactly when the phase
+    /// is past `Unregistered`. Kept apart from the phase because failures
+    /// and the report still need it once the client is further on.
     first_broadcast: Option<Seq>,
     /// The last sequence number received correctly (0: none).
     last_seq: Seq,
-    /// A divergence being classified.
-    suspect: Option<Suspect>,
-    /// Set once the opening is over for this client: every line from here
-    /// on is the queue's next entry (the fast path).
-    in_main: bool,
-    /// The plan's final sequence number, once `in_main`.
-    final_seq: Seq,
 }
 
 /// The opening broadcasts are written one per chunk, starting with chunk 0
@@ -110,11 +147,9 @@ impl Checker {
             tally: Tally::default(),
             opening: Tally::default(),
             latencies: Latencies::default(),
+            phase: Phase::Unregistered,
             first_broadcast: None,
             last_seq: 0,
-            suspect: None,
-            in_main: false,
-            final_seq: Seq::MAX,
         }
     }
 
@@ -147,8 +182,11 @@ impl Checker {
     }
 
     fn next_owed(&mut self) -> Owed {
-        if self.first_broadcast.is_none() {
-            return Owed::AnyOpening;
+        match self.phase {
+            Phase::Unregistered => return Owed::AnyOpening,
+            // The final broadcast is the last entry of every queue.
+            Phase::Done => return Owed::Nothing,
+            Phase::Opening | Phase::Main | Phase::Diverged(_) => {}
         }
         match self.plan() {
             Some(plan) if self.last_seq >= plan.opening_end => match self.queue.peek() {
@@ -187,21 +225,14 @@ impl Checker {
     pub fn check(&mut self, line: &[u8], now_us: u64) -> Result<Verdict, Failure> {
         // The fast path, nearly every line: the main stream's next entry,
         // rendered and compared byte for byte. No parsing.
-        if self.in_main && self.suspect.is_none() {
+        if matches!(self.phase, Phase::Main) {
             if let Ok(front) = self.queue.peek() {
                 let (want, len) = front.render();
                 if &want[..len] == line {
                     let (seq, chunk) = (front.seq, front.chunk);
                     // Only this reader pops: the front is still `front`.
                     let _ = self.queue.pop();
-                    self.tally.add(line);
-                    self.last_seq = seq;
-                    self.record_latency(chunk, now_us);
-                    return Ok(if seq == self.final_seq {
-                        Verdict::Done
-                    } else {
-                        Verdict::More
-                    });
+                    return Ok(self.accept(line, seq, chunk, now_us));
                 }
             }
         }
@@ -211,7 +242,7 @@ impl Checker {
     /// Everything but the fast path: the opening, and classifying a line
     /// that differs.
     fn check_slowly(&mut self, line: &[u8], now_us: u64) -> Result<Verdict, Failure> {
-        if let Some(suspect) = self.suspect.take() {
+        if let Some(suspect) = self.take_suspect() {
             return Err(self.resolve(suspect, leading_seq(line)));
         }
         let Some(seq) = leading_seq(line) else {
@@ -247,9 +278,9 @@ impl Checker {
                     return Err(self.wrong_bytes(seq, &want[..len], line));
                 }
                 self.first_broadcast = Some(seq);
-                self.accept(line, seq, opening_chunk(seq), now_us);
+                let verdict = self.accept(line, seq, opening_chunk(seq), now_us);
                 self.shared.mark_registered(self.client.index);
-                Ok(Verdict::More)
+                Ok(verdict)
             }
             Owed::Line(owed) if owed.seq == seq => {
                 let (want, len) = owed.render();
@@ -262,11 +293,7 @@ impl Checker {
                     // this reader pops.
                     let _ = self.queue.pop();
                 }
-                self.accept(line, seq, owed.chunk, now_us);
-                match self.plan {
-                    Some(plan) if seq == plan.final_seq => Ok(Verdict::Done),
-                    _ => Ok(Verdict::More),
-                }
+                Ok(self.accept(line, seq, owed.chunk, now_us))
             }
             Owed::Line(owed) => {
                 if self.owed_later(seq, line) {
@@ -280,7 +307,7 @@ impl Checker {
                         // Nothing can follow the final broadcast.
                         return Err(self.resolve(suspect, None));
                     }
-                    self.suspect = Some(suspect);
+                    self.phase = Phase::Diverged(suspect);
                     return Ok(Verdict::More);
                 }
                 Err(self.mismatch(seq, line, Some(owed)))
@@ -289,19 +316,51 @@ impl Checker {
         }
     }
 
-    /// Counts a correct line (slow path).
-    fn accept(&mut self, line: &[u8], seq: Seq, chunk: u32, now_us: u64) {
+    /// Counts a correct line and moves the phase on.
+    #[inline]
+    fn accept(&mut self, line: &[u8], seq: Seq, chunk: u32, now_us: u64) -> Verdict {
         match self.plan {
             Some(plan) if seq > plan.opening_end => self.tally.add(line),
             _ => self.opening.add(line),
         }
         self.last_seq = seq;
         self.record_latency(chunk, now_us);
-        if let Some(plan) = self.plan {
-            if seq >= plan.opening_end {
-                // From here on every line comes from the queue.
-                self.in_main = true;
-                self.final_seq = plan.final_seq;
+        self.advance(seq)
+    }
+
+    /// The one forward transition: into the phase that follows an accepted
+    /// `seq`. Says whether the client now has everything.
+    #[inline]
+    fn advance(&mut self, seq: Seq) -> Verdict {
+        self.phase = self.phase_after(seq);
+        if matches!(self.phase, Phase::Done) {
+            Verdict::Done
+        } else {
+            Verdict::More
+        }
+    }
+
+    /// The phase once `seq` has been received correctly, as far as the
+    /// plan (if known yet) tells.
+    #[inline]
+    fn phase_after(&self, seq: Seq) -> Phase {
+        match self.plan {
+            Some(plan) if seq == plan.final_seq => Phase::Done,
+            // From here on every line comes from the queue.
+            Some(plan) if seq >= plan.opening_end => Phase::Main,
+            _ => Phase::Opening,
+        }
+    }
+
+    /// Leaves `Diverged`, if that is the phase, for where the last correct
+    /// line left the client, and returns the divergence to classify.
+    fn take_suspect(&mut self) -> Option<Suspect> {
+        let resumed = self.phase_after(self.last_seq);
+        match std::mem::replace(&mut self.phase, resumed) {
+            Phase::Diverged(suspect) => Some(suspect),
+            other => {
+                self.phase = other;
+                None
             }
         }
     }
@@ -420,9 +479,9 @@ impl Checker {
     /// owed next was sent more than `timeout` ago. Otherwise returns how
     /// long to wait before asking again.
     pub fn overdue(&mut self, now_us: u64, timeout: Duration) -> Result<Duration, Failure> {
-        let owed = match &self.suspect {
-            Some(suspect) => suspect.missing,
-            None => match self.next_owed() {
+        let owed = match &self.phase {
+            Phase::Diverged(suspect) => suspect.missing,
+            _ => match self.next_owed() {
                 Owed::Line(owed) => owed,
                 // Nothing owed (or the opening, which the source times).
                 Owed::AnyOpening | Owed::Nothing => return Ok(timeout),
@@ -436,7 +495,7 @@ impl Checker {
         if waited < timeout {
             return Ok(timeout - waited);
         }
-        if let Some(suspect) = self.suspect.take() {
+        if let Some(suspect) = self.take_suspect() {
             return Err(self.resolve(suspect, None));
         }
         let (want, len) = owed.render();
@@ -452,7 +511,7 @@ impl Checker {
     /// The failure to report when the server closes the connection before
     /// the final broadcast.
     pub fn closed(&mut self) -> Failure {
-        if let Some(suspect) = self.suspect.take() {
+        if let Some(suspect) = self.take_suspect() {
             return self.resolve(suspect, None);
         }
         let next = match self.next_owed() {
@@ -523,6 +582,64 @@ mod tests {
         assert_eq!(checker.check(&lines[2], 0), Ok(Verdict::Done));
         assert_eq!(checker.tally().count, 3);
         assert_eq!(checker.opening_tally().count, 3);
+    }
+
+    #[test]
+    fn the_phase_moves_forward_with_accepted_lines_only() {
+        // The plan is fixed only after the client's last opening broadcast
+        // arrived: the first main-stream line still leads to the fast path.
+        let shared = Arc::new(Shared::default());
+        let (mut producer, consumer) = rtrb::RingBuffer::new(8);
+        let mut checker = Checker::new(CLIENT, consumer, shared.clone());
+        assert!(matches!(checker.phase, Phase::Unregistered));
+        shared.clock.stamp(0);
+        shared.clock.stamp(1);
+        assert_eq!(checker.check(&opening(1), 0), Ok(Verdict::More));
+        assert!(matches!(checker.phase, Phase::Opening));
+        assert_eq!(checker.check(&opening(2), 0), Ok(Verdict::More));
+        assert!(matches!(checker.phase, Phase::Opening));
+        shared.set_plan(Plan {
+            opening_end: 2,
+            final_seq: 6,
+        });
+        let mut lines = Vec::new();
+        for (seq, kind) in [
+            (3, Kind::Private),
+            (4, Kind::Private),
+            (5, Kind::Private),
+            (6, Kind::Broadcast),
+        ] {
+            let event = Event {
+                seq,
+                kind,
+                from: 7,
+                to: 42,
+            };
+            producer.push(Expected::new(&event, 0)).unwrap();
+            let mut line = Vec::new();
+            push_line(&event, &mut line);
+            lines.push(line);
+        }
+        assert_eq!(checker.check(&lines[0], 0), Ok(Verdict::More));
+        assert!(matches!(checker.phase, Phase::Main));
+        // A divergence ends in a failure and leaves the phase where the
+        // last correct line put it.
+        assert_eq!(checker.check(&lines[2], 0), Ok(Verdict::More));
+        assert!(matches!(checker.phase, Phase::Diverged(_)));
+        assert!(matches!(
+            checker.check(&lines[1], 0),
+            Err(Failure::OutOfOrder { .. })
+        ));
+        assert!(matches!(checker.phase, Phase::Main));
+        for line in &lines[1..3] {
+            assert_eq!(checker.check(line, 0), Ok(Verdict::More));
+        }
+        assert_eq!(checker.check(&lines[3], 0), Ok(Verdict::Done));
+        assert!(matches!(checker.phase, Phase::Done));
+        assert!(matches!(
+            checker.check(&lines[3], 0),
+            Err(Failure::Unexpected { repeated: true, .. })
+        ));
     }
 
     #[test]
