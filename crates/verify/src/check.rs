@@ -47,7 +47,7 @@ use rtrb::Consumer;
 use super::expect::{Expected, Tally};
 use super::failure::{ByteDiff, ClientRef, Failure, Progress};
 use super::latency::Latencies;
-use super::line::{format_line, leading_seq, quote, Event, Kind, MAX_LINE_BYTES};
+use super::line::{leading_seq, quote, Event};
 use super::shared::{Plan, Shared};
 use followermaze_protocol::{parse_event, strip_terminator, EventKind, Seq};
 
@@ -136,6 +136,16 @@ fn opening_chunk(seq: Seq) -> u32 {
         .unwrap_or(super::expect::UNTIMED)
 }
 
+/// Opening broadcast `seq` as an expectation, timed by its chunk.
+fn opening_entry(seq: Seq) -> Expected {
+    Expected::new(&Event::broadcast(seq), opening_chunk(seq))
+}
+
+/// Whether `line` parses as a broadcast.
+fn is_broadcast(line: &[u8]) -> bool {
+    parse_event(line).map(|(_, kind)| kind) == Ok(EventKind::Broadcast)
+}
+
 impl Checker {
     /// A checker for `client`, reading its entries from `queue`.
     pub fn new(client: ClientRef, queue: Consumer<Expected>, shared: Arc<Shared>) -> Checker {
@@ -194,17 +204,19 @@ impl Checker {
                 Err(_) => Owed::Nothing,
             },
             // Still in the opening: the next broadcast.
-            _ => {
-                let seq = self.last_seq + 1;
-                let broadcast = Event {
-                    seq,
-                    kind: Kind::Broadcast,
-                    from: 0,
-                    to: 0,
-                };
-                Owed::Line(Expected::new(&broadcast, opening_chunk(seq)))
-            }
+            _ => Owed::Line(opening_entry(self.last_seq + 1)),
         }
+    }
+
+    /// Whether the source has sent opening broadcast `seq`: one up to the
+    /// plan's last, or before the plan is known, one whose chunk (`seq - 1`,
+    /// stamped before it is written) was stamped.
+    fn opening_sent(&mut self, seq: Seq) -> bool {
+        seq >= 1
+            && match self.plan() {
+                Some(plan) => seq <= plan.opening_end,
+                None => self.shared.clock.sent_at(opening_chunk(seq)).is_some(),
+            }
     }
 
     fn progress(&mut self) -> Progress {
@@ -246,34 +258,15 @@ impl Checker {
             return Err(self.resolve(suspect, leading_seq(line)));
         }
         let Some(seq) = leading_seq(line) else {
-            return Err(Failure::Malformed {
-                client: self.client,
-                received: quote(line),
-                progress: self.progress(),
-            });
+            return Err(self.malformed(line));
         };
         match self.next_owed() {
             Owed::AnyOpening => {
-                let opening = Event {
-                    seq,
-                    kind: Kind::Broadcast,
-                    from: 0,
-                    to: 0,
-                };
-                let mut want = [0u8; MAX_LINE_BYTES];
-                let len = format_line(&opening, &mut want);
-                // Only a broadcast the source has sent: opening broadcast
-                // `seq` is chunk `seq - 1`, stamped before it is written.
-                let sent = seq >= 1
-                    && match self.plan() {
-                        Some(plan) => seq <= plan.opening_end,
-                        None => self.shared.clock.sent_at(opening_chunk(seq)).is_some(),
-                    };
-                let is_broadcast =
-                    parse_event(line).map(|(_, kind)| kind) == Ok(EventKind::Broadcast);
-                if !sent || !is_broadcast {
+                // Only a broadcast the source has sent.
+                if !self.opening_sent(seq) || !is_broadcast(line) {
                     return Err(self.mismatch(seq, line, None));
                 }
+                let (want, len) = opening_entry(seq).render();
                 if line != &want[..len] {
                     return Err(self.wrong_bytes(seq, &want[..len], line));
                 }
@@ -388,13 +381,7 @@ impl Checker {
                 a.iter().chain(b).any(|entry| entry.seq == seq)
             }
             // An opening broadcast still to come, if it was sent at all.
-            plan => {
-                let sent = match plan {
-                    Some(plan) => seq <= plan.opening_end,
-                    None => self.shared.clock.sent_at(opening_chunk(seq)).is_some(),
-                };
-                sent && parse_event(line).map(|(_, kind)| kind) == Ok(EventKind::Broadcast)
-            }
+            _ => self.opening_sent(seq) && is_broadcast(line),
         }
     }
 
@@ -428,11 +415,7 @@ impl Checker {
     /// A line for `seq` that is neither owed now nor later.
     fn mismatch(&mut self, seq: Seq, line: &[u8], owed: Option<Expected>) -> Failure {
         if parse_event(line).is_err() {
-            return Failure::Malformed {
-                client: self.client,
-                received: quote(line),
-                progress: self.progress(),
-            };
+            return self.malformed(line);
         }
         let expected = owed.map(|owed| {
             let (want, len) = owed.render();
@@ -529,7 +512,7 @@ impl Checker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::line::push_line;
+    use crate::line::{push_line, Kind};
 
     const CLIENT: ClientRef = ClientRef { index: 3, user: 42 };
 

@@ -80,6 +80,17 @@ pub struct Event {
 }
 
 impl Event {
+    /// Broadcast `seq` (a broadcast names no users).
+    #[inline]
+    pub fn broadcast(seq: Seq) -> Event {
+        Event {
+            seq,
+            kind: Kind::Broadcast,
+            from: 0,
+            to: 0,
+        }
+    }
+
     /// The protocol module's view of this event, for comparing with what
     /// [`followermaze_protocol::parse_event`] reads back.
     pub fn protocol_kind(&self) -> EventKind {
