@@ -38,12 +38,24 @@
 //! while one more line (or a timeout, or the close) decides between out of
 //! order and missing. It always ends in a failure; the phase then returns
 //! to where the last correct line left it.
+//!
+//! # Terminators
+//!
+//! With `lineEndings=exact` (the default) a line must be the owed one byte
+//! for byte. With `lineEndings=any` a line whose payload is the owed one's
+//! but whose terminator is not (`\n` for `\r\n`, or the reverse) counts as
+//! received and is counted as *re-terminated*. It is folded into the tally
+//! as the owed line it stands for, so the tally still equals the source's
+//! (the digest then vouches for the payloads, in order); the bytes actually
+//! received are counted by the reader. Either way the first comparison is
+//! the exact one, so the fast path costs the same.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rtrb::Consumer;
 
+use super::config::LineEndings;
 use super::expect::{Expected, Tally};
 use super::failure::{ByteDiff, ClientRef, Failure, Progress};
 use super::latency::Latencies;
@@ -88,6 +100,24 @@ enum Phase {
     Done,
 }
 
+/// How a received line compares with the line owed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Match {
+    /// Byte for byte.
+    Exact,
+    /// The same payload under another terminator, with `lineEndings=any`.
+    Reterminated,
+    /// Anything else: not this line.
+    Differs,
+}
+
+/// Whether two lines are the same once their terminators (`\r\n` or
+/// `\n`) are set aside.
+#[inline]
+fn same_payload(a: &[u8], b: &[u8]) -> bool {
+    strip_terminator(a) == strip_terminator(b)
+}
+
 /// A divergence waiting for one more line to be classified.
 #[derive(Debug)]
 struct Suspect {
@@ -117,6 +147,11 @@ pub struct Checker {
     opening: Tally,
     /// Send-to-receive times.
     latencies: Latencies,
+    /// How terminators are judged.
+    line_endings: LineEndings,
+    /// Lines accepted only because their terminator was not judged (always
+    /// 0 with [`LineEndings::Exact`]).
+    reterminated: u64,
     /// Where the client is in its stream.
     phase: Phase,
     /// The first opening broadcast received: `Some` exactly when the phase
@@ -147,8 +182,14 @@ fn is_broadcast(line: &[u8]) -> bool {
 }
 
 impl Checker {
-    /// A checker for `client`, reading its entries from `queue`.
-    pub fn new(client: ClientRef, queue: Consumer<Expected>, shared: Arc<Shared>) -> Checker {
+    /// A checker for `client`, reading its entries from `queue`, judging
+    /// terminators as `line_endings` says.
+    pub fn new(
+        client: ClientRef,
+        queue: Consumer<Expected>,
+        shared: Arc<Shared>,
+        line_endings: LineEndings,
+    ) -> Checker {
         Checker {
             client,
             queue,
@@ -157,6 +198,8 @@ impl Checker {
             tally: Tally::default(),
             opening: Tally::default(),
             latencies: Latencies::default(),
+            line_endings,
+            reterminated: 0,
             phase: Phase::Unregistered,
             first_broadcast: None,
             last_seq: 0,
@@ -181,6 +224,28 @@ impl Checker {
     /// The first opening broadcast this client received.
     pub fn first_broadcast(&self) -> Option<Seq> {
         self.first_broadcast
+    }
+
+    /// Notifications so far whose payload matched but whose terminator did
+    /// not (counted with [`LineEndings::Any`] only).
+    pub fn reterminated(&self) -> u64 {
+        self.reterminated
+    }
+
+    /// How `line` compares with `want`, the owed line. The exact comparison
+    /// comes first: it is the only one the fast path pays for.
+    #[inline]
+    fn compare(&self, want: &[u8], line: &[u8]) -> Match {
+        if line == want {
+            Match::Exact
+        } else if self.line_endings == LineEndings::Any
+            && line.ends_with(b"\n")
+            && same_payload(want, line)
+        {
+            Match::Reterminated
+        } else {
+            Match::Differs
+        }
     }
 
     #[inline]
@@ -240,11 +305,12 @@ impl Checker {
         if matches!(self.phase, Phase::Main) {
             if let Ok(front) = self.queue.peek() {
                 let (want, len) = front.render();
-                if &want[..len] == line {
+                let matched = self.compare(&want[..len], line);
+                if matched != Match::Differs {
                     let (seq, chunk) = (front.seq, front.chunk);
                     // Only this reader pops: the front is still `front`.
                     let _ = self.queue.pop();
-                    return Ok(self.accept(line, seq, chunk, now_us));
+                    return Ok(self.accept(&want[..len], matched, seq, chunk, now_us));
                 }
             }
         }
@@ -267,17 +333,19 @@ impl Checker {
                     return Err(self.mismatch(seq, line, None));
                 }
                 let (want, len) = opening_entry(seq).render();
-                if line != &want[..len] {
+                let matched = self.compare(&want[..len], line);
+                if matched == Match::Differs {
                     return Err(self.wrong_bytes(seq, &want[..len], line));
                 }
                 self.first_broadcast = Some(seq);
-                let verdict = self.accept(line, seq, opening_chunk(seq), now_us);
+                let verdict = self.accept(&want[..len], matched, seq, opening_chunk(seq), now_us);
                 self.shared.mark_registered(self.client.index);
                 Ok(verdict)
             }
             Owed::Line(owed) if owed.seq == seq => {
                 let (want, len) = owed.render();
-                if line != &want[..len] {
+                let matched = self.compare(&want[..len], line);
+                if matched == Match::Differs {
                     return Err(self.wrong_bytes(seq, &want[..len], line));
                 }
                 let from_queue = matches!(self.plan, Some(plan) if seq > plan.opening_end);
@@ -286,7 +354,7 @@ impl Checker {
                     // this reader pops.
                     let _ = self.queue.pop();
                 }
-                Ok(self.accept(line, seq, owed.chunk, now_us))
+                Ok(self.accept(&want[..len], matched, seq, owed.chunk, now_us))
             }
             Owed::Line(owed) => {
                 if self.owed_later(seq, line) {
@@ -309,12 +377,25 @@ impl Checker {
         }
     }
 
-    /// Counts a correct line and moves the phase on.
+    /// Counts a line that matched `owed_line`, the owed line (`matched`
+    /// says how), and moves the phase on. The tally takes the owed line: a
+    /// re-terminated line stands for it (see the module doc).
     #[inline]
-    fn accept(&mut self, line: &[u8], seq: Seq, chunk: u32, now_us: u64) -> Verdict {
+    fn accept(
+        &mut self,
+        owed_line: &[u8],
+        matched: Match,
+        seq: Seq,
+        chunk: u32,
+        now_us: u64,
+    ) -> Verdict {
+        debug_assert_ne!(matched, Match::Differs, "only a matching line is accepted");
         match self.plan {
-            Some(plan) if seq > plan.opening_end => self.tally.add(line),
-            _ => self.opening.add(line),
+            Some(plan) if seq > plan.opening_end => self.tally.add(owed_line),
+            _ => self.opening.add(owed_line),
+        }
+        if matched == Match::Reterminated {
+            self.reterminated += 1;
         }
         self.last_seq = seq;
         self.record_latency(chunk, now_us);
@@ -397,7 +478,7 @@ impl Checker {
 
     /// The right event with the wrong bytes.
     fn wrong_bytes(&mut self, seq: Seq, want: &[u8], line: &[u8]) -> Failure {
-        let diff = if strip_terminator(line) == strip_terminator(want) {
+        let diff = if same_payload(want, line) {
             ByteDiff::Terminator
         } else {
             ByteDiff::Content
@@ -546,7 +627,10 @@ mod tests {
         }
         // What is queued stays queued when the producer goes.
         drop(producer);
-        (Checker::new(CLIENT, consumer, shared), lines)
+        (
+            Checker::new(CLIENT, consumer, shared, LineEndings::Exact),
+            lines,
+        )
     }
 
     fn opening(seq: Seq) -> Vec<u8> {
@@ -573,7 +657,7 @@ mod tests {
         // arrived: the first main-stream line still leads to the fast path.
         let shared = Arc::new(Shared::default());
         let (mut producer, consumer) = rtrb::RingBuffer::new(8);
-        let mut checker = Checker::new(CLIENT, consumer, shared.clone());
+        let mut checker = Checker::new(CLIENT, consumer, shared.clone(), LineEndings::Exact);
         assert!(matches!(checker.phase, Phase::Unregistered));
         shared.clock.stamp(0);
         shared.clock.stamp(1);
@@ -672,9 +756,7 @@ mod tests {
     fn a_changed_terminator_is_named() {
         let (mut checker, lines) = setup(1, &[6, 12], 12);
         checker.check(&opening(1), 0).unwrap();
-        let mut bare = lines[0].clone();
-        bare.remove(bare.len() - 2);
-        let failure = checker.check(&bare, 0).unwrap_err();
+        let failure = checker.check(&bare(&lines[0]), 0).unwrap_err();
         assert!(
             matches!(
                 failure,
@@ -698,6 +780,71 @@ mod tests {
             ),
             "{failure}"
         );
+    }
+
+    /// `line` with `\n` for its `\r\n`.
+    fn bare(line: &[u8]) -> Vec<u8> {
+        let mut bare = line.to_vec();
+        bare.remove(bare.len() - 2);
+        bare
+    }
+
+    #[test]
+    fn with_any_line_endings_a_bare_newline_counts_as_the_line_it_stands_for() {
+        let (mut exact, lines) = setup(2, &[6, 9, 12], 12);
+        let (mut any, _) = setup(2, &[6, 9, 12], 12);
+        any.line_endings = LineEndings::Any;
+        let stream: Vec<Vec<u8>> = [opening(1), opening(2)].into_iter().chain(lines).collect();
+        for (index, line) in stream.iter().enumerate() {
+            let verdict = if index + 1 == stream.len() {
+                Verdict::Done
+            } else {
+                Verdict::More
+            };
+            assert_eq!(exact.check(line, 0), Ok(verdict));
+            // Every other line re-terminated: the first opening broadcast,
+            // a private message and the final broadcast.
+            let received = if index % 2 == 0 {
+                bare(line)
+            } else {
+                line.clone()
+            };
+            assert_eq!(any.check(&received, 0), Ok(verdict), "line {index}");
+        }
+        assert_eq!(any.reterminated(), 3);
+        assert_eq!(exact.reterminated(), 0);
+        // The tallies are the owed lines': they still equal the source's.
+        assert_eq!(any.tally(), exact.tally());
+        assert_eq!(any.opening_tally(), exact.opening_tally());
+    }
+
+    #[test]
+    fn with_any_line_endings_only_the_terminator_may_differ() {
+        let (mut checker, lines) = setup(1, &[6, 12], 12);
+        checker.line_endings = LineEndings::Any;
+        checker.check(&opening(1), 0).unwrap();
+        let mut changed = bare(&lines[0]);
+        let last_digit = changed.len() - 2;
+        changed[last_digit] = b'3';
+        let failure = checker.check(&changed, 0).unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                Failure::WrongBytes {
+                    seq: 6,
+                    diff: ByteDiff::Content,
+                    ..
+                }
+            ),
+            "{failure}"
+        );
+        let (mut checker, lines) = setup(1, &[6, 12], 12);
+        checker.line_endings = LineEndings::Any;
+        checker.check(&opening(1), 0).unwrap();
+        let mut doubled = lines[0].clone();
+        doubled.insert(doubled.len() - 2, b'\r');
+        assert!(checker.check(&doubled, 0).is_err());
+        assert_eq!(checker.reterminated(), 0);
     }
 
     #[test]
@@ -761,9 +908,14 @@ mod tests {
         // Before the plan is known, "sent" means "its chunk was stamped".
         let shared = Arc::new(Shared::default());
         let (_producer, consumer) = rtrb::RingBuffer::new(4);
-        let mut checker = Checker::new(CLIENT, consumer, shared.clone());
+        let mut checker = Checker::new(CLIENT, consumer, shared.clone(), LineEndings::Exact);
         assert!(checker.check(b"1|B\r\n", 0).is_err());
-        let mut checker = Checker::new(CLIENT, rtrb::RingBuffer::new(4).1, shared.clone());
+        let mut checker = Checker::new(
+            CLIENT,
+            rtrb::RingBuffer::new(4).1,
+            shared.clone(),
+            LineEndings::Exact,
+        );
         shared.clock.stamp(0);
         assert_eq!(checker.check(b"1|B\r\n", 0), Ok(Verdict::More));
     }

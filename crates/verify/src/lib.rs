@@ -210,7 +210,7 @@ fn start(config: &VerifyConfig, connected: Connected) -> Running {
         let (producer, consumer) = rtrb::RingBuffer::new(capacity);
         producers.push(producer);
         let client = ClientRef { index, user };
-        let checker = Checker::new(client, consumer, shared.clone());
+        let checker = Checker::new(client, consumer, shared.clone(), config.line_endings);
         readers.spawn(read_client(
             client,
             stream,
@@ -342,7 +342,7 @@ fn report(config: &VerifyConfig, finished: Finished, started: Instant) -> Result
         stream_done,
     } = finished;
     let mut latencies = Latencies::default();
-    let (mut notifications, mut notification_bytes) = (0, 0);
+    let (mut notifications, mut notification_bytes, mut reterminated) = (0, 0, 0);
     let mut per_client = Vec::with_capacity(users.len());
     for (index, outcome) in outcomes.iter().enumerate() {
         let client = ClientRef {
@@ -366,10 +366,11 @@ fn report(config: &VerifyConfig, finished: Finished, started: Instant) -> Result
             user: client.user,
             first_broadcast: outcome.first_broadcast,
             notifications: outcome.tally.count + outcome.opening.count,
-            bytes: outcome.tally.bytes + outcome.opening.bytes,
+            bytes: outcome.bytes_received,
         };
         notifications += summary.notifications;
         notification_bytes += summary.bytes;
+        reterminated += outcome.reterminated;
         per_client.push(summary);
         latencies.merge(&outcome.latencies);
     }
@@ -389,6 +390,7 @@ fn report(config: &VerifyConfig, finished: Finished, started: Instant) -> Result
         elapsed: started.elapsed(),
         notifications,
         notification_bytes,
+        reterminated,
         latency: latencies.summary(),
         per_client,
     })
