@@ -79,7 +79,7 @@ enum Owed {
     AnyOpening,
     /// This line.
     Line(Expected),
-    /// Nothing is queued yet.
+    /// Nothing is queued yet, or nothing more is owed.
     Nothing,
 }
 

@@ -91,13 +91,14 @@ impl Report {
     /// The classic success line; a run that was not byte-exact says so at
     /// its end.
     pub fn banner(&self) -> String {
-        let elapsed = self.elapsed.as_secs_f64();
-        match self.inexactness() {
-            None => format!("\\o/ ALL NOTIFICATIONS RECEIVED \\o/ (in {elapsed:.2} seconds)"),
-            Some(inexact) => {
-                format!("\\o/ ALL NOTIFICATIONS RECEIVED \\o/ (in {elapsed:.2} seconds; {inexact})")
-            }
-        }
+        let inexact = self
+            .inexactness()
+            .map(|inexact| format!("; {inexact}"))
+            .unwrap_or_default();
+        format!(
+            "\\o/ ALL NOTIFICATIONS RECEIVED \\o/ (in {:.2} seconds{inexact})",
+            self.elapsed.as_secs_f64()
+        )
     }
 }
 
