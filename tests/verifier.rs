@@ -4,7 +4,8 @@
 //! against a minimal in-process server with one deliberate fault (a dropped
 //! notification, two swapped, a `\n`-only terminator, a duplicate, a stall)
 //! and assert the failure names that fault and the event it hit. The same minimal
-//! server without a fault must pass, and so must our real server. Runs are
+//! server without a fault must pass, and so must our real server. With
+//! `lineEndings=any` the `\n` fault passes too, reported as not byte-exact. Runs are
 //! small (a few thousand events) and every await is under a timeout.
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,7 +16,9 @@ use std::time::Duration;
 use followermaze::router::{Audience, Router};
 use followermaze::{Config, Listeners};
 use followermaze_protocol::{parse_event, parse_user_id, EventKind, Seq, UserId};
-use followermaze_verify::{run, ByteDiff, Failure, LogLevel, Profile, Report, VerifyConfig};
+use followermaze_verify::{
+    run, ByteDiff, Failure, LineEndings, LogLevel, Profile, Report, VerifyConfig,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -297,6 +300,25 @@ async fn a_bare_newline_terminator_is_caught() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_newline_passes_with_any_line_endings_but_not_as_byte_exact() {
+    let server = test_server(Fault::BareNewline).await;
+    let mut config = small(server.events, server.clients);
+    config.line_endings = LineEndings::Any;
+    let report = verify(config)
+        .await
+        .unwrap_or_else(|failure| panic!("only a terminator differed: {failure}"));
+    let _ = faulted_seq(&server);
+    // The fault strikes one private message, to a user with one connection.
+    assert_eq!(report.reterminated, 1, "{report}");
+    assert!(!report.byte_exact());
+    let said = "not byte-exact: 1 notification re-terminated";
+    assert!(report.banner().contains(said), "{}", report.banner());
+    assert!(report.to_string().contains(said), "{report}");
+    let per_client: u64 = report.per_client.iter().map(|client| client.bytes).sum();
+    assert_eq!(per_client, report.notification_bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicated_notification_is_caught() {
     let server = test_server(Fault::Duplicate).await;
     let failure = verify(small(server.events, server.clients))
@@ -483,6 +505,22 @@ async fn our_server_passes_classic_then_fanout_runs() {
     config.random_seed = 7;
     let fanout = verify(config).await.unwrap_or_else(|f| panic!("{f}"));
     assert!(fanout.notifications > classic.notifications);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_server_is_byte_exact_with_any_line_endings() {
+    let (events, clients, _stop) = real_server().await;
+    let mut config = small(events, clients);
+    config.line_endings = LineEndings::Any;
+    let report = verify(config).await.unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(report.reterminated, 0, "{report}");
+    assert!(report.byte_exact());
+    assert!(
+        !report.banner().contains("byte-exact"),
+        "{}",
+        report.banner()
+    );
+    assert!(report.to_string().contains("all checked byte for byte"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

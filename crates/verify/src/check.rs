@@ -15,16 +15,51 @@
 //! skipped; one more line tells a late arrival (out of order) from a loss
 //! (missing). Anything else is a wrong byte, a repeat, or a notification
 //! that was never owed.
+//!
+//! # Phases
+//!
+//! Where a client is in its stream is one `Phase`. It moves forward only
+//! when a line is accepted, and only in `Checker::advance`, to where the
+//! plan says that line sits (an accepted line may skip a phase):
+//!
+//! ```text
+//! Unregistered -> Opening -> Main -> Done
+//! ```
+//!
+//! - `Unregistered`: nothing received; the first line may be any opening
+//!   broadcast the source has sent.
+//! - `Opening`: owed the next opening broadcast, or, once the plan shows
+//!   the opening over, the queue's front (the plan can be fixed after the
+//!   client's last opening broadcast arrived).
+//! - `Main`: every line is the queue's next entry; the fast path.
+//! - `Done`: the final broadcast arrived; nothing more is owed.
+//!
+//! Beside them, `Diverged` holds a line that came for an event owed later,
+//! while one more line (or a timeout, or the close) decides between out of
+//! order and missing. It always ends in a failure; the phase then returns
+//! to where the last correct line left it.
+//!
+//! # Terminators
+//!
+//! With `lineEndings=exact` (the default) a line must be the owed one byte
+//! for byte. With `lineEndings=any` a line whose payload is the owed one's
+//! but whose terminator is not (`\n` for `\r\n`, or the reverse) counts as
+//! received and is counted as *re-terminated*. It is folded into the tally
+//! as the owed line it stands for, so the tally still equals the source's
+//! (the digest then vouches for the payloads, in order); the bytes actually
+//! received are counted by the reader. Either way the first comparison is
+//! the exact one, so the fast path costs the same.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rtrb::Consumer;
 
+use super::config::LineEndings;
 use super::expect::{Expected, Tally};
 use super::failure::{ByteDiff, ClientRef, Failure, Progress};
 use super::latency::Latencies;
-use super::line::{format_line, leading_seq, quote, Event, Kind, MAX_LINE_BYTES};
+use super::line::{leading_seq, quote, Event};
 use super::shared::{Plan, Shared};
 use followermaze_protocol::{parse_event, strip_terminator, EventKind, Seq};
 
@@ -44,8 +79,43 @@ enum Owed {
     AnyOpening,
     /// This line.
     Line(Expected),
-    /// Nothing is queued yet.
+    /// Nothing is queued yet, or nothing more is owed.
     Nothing,
+}
+
+/// Where a client is in its stream; see the module doc.
+#[derive(Debug)]
+enum Phase {
+    /// Nothing received yet: the first line may be any opening broadcast
+    /// the source has sent.
+    Unregistered,
+    /// Registered: owed every later opening broadcast, then the queue's
+    /// entries once the plan shows the opening over.
+    Opening,
+    /// The opening is over: every line is the queue's next entry.
+    Main,
+    /// A line came for an event owed later; the next one classifies it.
+    Diverged(Suspect),
+    /// The final broadcast arrived.
+    Done,
+}
+
+/// How a received line compares with the line owed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Match {
+    /// Byte for byte.
+    Exact,
+    /// The same payload under another terminator, with `lineEndings=any`.
+    Reterminated,
+    /// Anything else: not this line.
+    Differs,
+}
+
+/// Whether two lines are the same once their terminators (`\r\n` or
+/// `\n`) are set aside.
+#[inline]
+fn same_payload(a: &[u8], b: &[u8]) -> bool {
+    strip_terminator(a) == strip_terminator(b)
 }
 
 /// A divergence waiting for one more line to be classified.
@@ -77,17 +147,19 @@ pub struct Checker {
     opening: Tally,
     /// Send-to-receive times.
     latencies: Latencies,
-    /// The first opening broadcast received.
+    /// How terminators are judged.
+    line_endings: LineEndings,
+    /// Lines accepted only because their terminator was not judged (always
+    /// 0 with [`LineEndings::Exact`]).
+    reterminated: u64,
+    /// Where the client is in its stream.
+    phase: Phase,
+    /// The first opening broadcast received: `Some` exactly when the phase
+    /// is past `Unregistered`. Kept apart from the phase because failures
+    /// and the report still need it once the client is further on.
     first_broadcast: Option<Seq>,
     /// The last sequence number received correctly (0: none).
     last_seq: Seq,
-    /// A divergence being classified.
-    suspect: Option<Suspect>,
-    /// Set once the opening is over for this client: every line from here
-    /// on is the queue's next entry (the fast path).
-    in_main: bool,
-    /// The plan's final sequence number, once `in_main`.
-    final_seq: Seq,
 }
 
 /// The opening broadcasts are written one per chunk, starting with chunk 0
@@ -99,9 +171,25 @@ fn opening_chunk(seq: Seq) -> u32 {
         .unwrap_or(super::expect::UNTIMED)
 }
 
+/// Opening broadcast `seq` as an expectation, timed by its chunk.
+fn opening_entry(seq: Seq) -> Expected {
+    Expected::new(&Event::broadcast(seq), opening_chunk(seq))
+}
+
+/// Whether `line` parses as a broadcast.
+fn is_broadcast(line: &[u8]) -> bool {
+    parse_event(line).map(|(_, kind)| kind) == Ok(EventKind::Broadcast)
+}
+
 impl Checker {
-    /// A checker for `client`, reading its entries from `queue`.
-    pub fn new(client: ClientRef, queue: Consumer<Expected>, shared: Arc<Shared>) -> Checker {
+    /// A checker for `client`, reading its entries from `queue`, judging
+    /// terminators as `line_endings` says.
+    pub fn new(
+        client: ClientRef,
+        queue: Consumer<Expected>,
+        shared: Arc<Shared>,
+        line_endings: LineEndings,
+    ) -> Checker {
         Checker {
             client,
             queue,
@@ -110,11 +198,11 @@ impl Checker {
             tally: Tally::default(),
             opening: Tally::default(),
             latencies: Latencies::default(),
+            line_endings,
+            reterminated: 0,
+            phase: Phase::Unregistered,
             first_broadcast: None,
             last_seq: 0,
-            suspect: None,
-            in_main: false,
-            final_seq: Seq::MAX,
         }
     }
 
@@ -138,6 +226,28 @@ impl Checker {
         self.first_broadcast
     }
 
+    /// Notifications so far whose payload matched but whose terminator did
+    /// not (counted with [`LineEndings::Any`] only).
+    pub fn reterminated(&self) -> u64 {
+        self.reterminated
+    }
+
+    /// How `line` compares with `want`, the owed line. The exact comparison
+    /// comes first: it is the only one the fast path pays for.
+    #[inline]
+    fn compare(&self, want: &[u8], line: &[u8]) -> Match {
+        if line == want {
+            Match::Exact
+        } else if self.line_endings == LineEndings::Any
+            && line.ends_with(b"\n")
+            && same_payload(want, line)
+        {
+            Match::Reterminated
+        } else {
+            Match::Differs
+        }
+    }
+
     #[inline]
     fn plan(&mut self) -> Option<Plan> {
         if self.plan.is_none() {
@@ -147,8 +257,11 @@ impl Checker {
     }
 
     fn next_owed(&mut self) -> Owed {
-        if self.first_broadcast.is_none() {
-            return Owed::AnyOpening;
+        match self.phase {
+            Phase::Unregistered => return Owed::AnyOpening,
+            // The final broadcast is the last entry of every queue.
+            Phase::Done => return Owed::Nothing,
+            Phase::Opening | Phase::Main | Phase::Diverged(_) => {}
         }
         match self.plan() {
             Some(plan) if self.last_seq >= plan.opening_end => match self.queue.peek() {
@@ -156,17 +269,19 @@ impl Checker {
                 Err(_) => Owed::Nothing,
             },
             // Still in the opening: the next broadcast.
-            _ => {
-                let seq = self.last_seq + 1;
-                let broadcast = Event {
-                    seq,
-                    kind: Kind::Broadcast,
-                    from: 0,
-                    to: 0,
-                };
-                Owed::Line(Expected::new(&broadcast, opening_chunk(seq)))
-            }
+            _ => Owed::Line(opening_entry(self.last_seq + 1)),
         }
+    }
+
+    /// Whether the source has sent opening broadcast `seq`: one up to the
+    /// plan's last, or before the plan is known, one whose chunk (`seq - 1`,
+    /// stamped before it is written) was stamped.
+    fn opening_sent(&mut self, seq: Seq) -> bool {
+        seq >= 1
+            && match self.plan() {
+                Some(plan) => seq <= plan.opening_end,
+                None => self.shared.clock.sent_at(opening_chunk(seq)).is_some(),
+            }
     }
 
     fn progress(&mut self) -> Progress {
@@ -187,21 +302,15 @@ impl Checker {
     pub fn check(&mut self, line: &[u8], now_us: u64) -> Result<Verdict, Failure> {
         // The fast path, nearly every line: the main stream's next entry,
         // rendered and compared byte for byte. No parsing.
-        if self.in_main && self.suspect.is_none() {
+        if matches!(self.phase, Phase::Main) {
             if let Ok(front) = self.queue.peek() {
                 let (want, len) = front.render();
-                if &want[..len] == line {
+                let matched = self.compare(&want[..len], line);
+                if matched != Match::Differs {
                     let (seq, chunk) = (front.seq, front.chunk);
                     // Only this reader pops: the front is still `front`.
                     let _ = self.queue.pop();
-                    self.tally.add(line);
-                    self.last_seq = seq;
-                    self.record_latency(chunk, now_us);
-                    return Ok(if seq == self.final_seq {
-                        Verdict::Done
-                    } else {
-                        Verdict::More
-                    });
+                    return Ok(self.accept(&want[..len], matched, seq, chunk, now_us));
                 }
             }
         }
@@ -211,49 +320,32 @@ impl Checker {
     /// Everything but the fast path: the opening, and classifying a line
     /// that differs.
     fn check_slowly(&mut self, line: &[u8], now_us: u64) -> Result<Verdict, Failure> {
-        if let Some(suspect) = self.suspect.take() {
+        if let Some(suspect) = self.take_suspect() {
             return Err(self.resolve(suspect, leading_seq(line)));
         }
         let Some(seq) = leading_seq(line) else {
-            return Err(Failure::Malformed {
-                client: self.client,
-                received: quote(line),
-                progress: self.progress(),
-            });
+            return Err(self.malformed(line));
         };
         match self.next_owed() {
             Owed::AnyOpening => {
-                let opening = Event {
-                    seq,
-                    kind: Kind::Broadcast,
-                    from: 0,
-                    to: 0,
-                };
-                let mut want = [0u8; MAX_LINE_BYTES];
-                let len = format_line(&opening, &mut want);
-                // Only a broadcast the source has sent: opening broadcast
-                // `seq` is chunk `seq - 1`, stamped before it is written.
-                let sent = seq >= 1
-                    && match self.plan() {
-                        Some(plan) => seq <= plan.opening_end,
-                        None => self.shared.clock.sent_at(opening_chunk(seq)).is_some(),
-                    };
-                let is_broadcast =
-                    parse_event(line).map(|(_, kind)| kind) == Ok(EventKind::Broadcast);
-                if !sent || !is_broadcast {
+                // Only a broadcast the source has sent.
+                if !self.opening_sent(seq) || !is_broadcast(line) {
                     return Err(self.mismatch(seq, line, None));
                 }
-                if line != &want[..len] {
+                let (want, len) = opening_entry(seq).render();
+                let matched = self.compare(&want[..len], line);
+                if matched == Match::Differs {
                     return Err(self.wrong_bytes(seq, &want[..len], line));
                 }
                 self.first_broadcast = Some(seq);
-                self.accept(line, seq, opening_chunk(seq), now_us);
+                let verdict = self.accept(&want[..len], matched, seq, opening_chunk(seq), now_us);
                 self.shared.mark_registered(self.client.index);
-                Ok(Verdict::More)
+                Ok(verdict)
             }
             Owed::Line(owed) if owed.seq == seq => {
                 let (want, len) = owed.render();
-                if line != &want[..len] {
+                let matched = self.compare(&want[..len], line);
+                if matched == Match::Differs {
                     return Err(self.wrong_bytes(seq, &want[..len], line));
                 }
                 let from_queue = matches!(self.plan, Some(plan) if seq > plan.opening_end);
@@ -262,11 +354,7 @@ impl Checker {
                     // this reader pops.
                     let _ = self.queue.pop();
                 }
-                self.accept(line, seq, owed.chunk, now_us);
-                match self.plan {
-                    Some(plan) if seq == plan.final_seq => Ok(Verdict::Done),
-                    _ => Ok(Verdict::More),
-                }
+                Ok(self.accept(&want[..len], matched, seq, owed.chunk, now_us))
             }
             Owed::Line(owed) => {
                 if self.owed_later(seq, line) {
@@ -280,7 +368,7 @@ impl Checker {
                         // Nothing can follow the final broadcast.
                         return Err(self.resolve(suspect, None));
                     }
-                    self.suspect = Some(suspect);
+                    self.phase = Phase::Diverged(suspect);
                     return Ok(Verdict::More);
                 }
                 Err(self.mismatch(seq, line, Some(owed)))
@@ -289,19 +377,64 @@ impl Checker {
         }
     }
 
-    /// Counts a correct line (slow path).
-    fn accept(&mut self, line: &[u8], seq: Seq, chunk: u32, now_us: u64) {
+    /// Counts a line that matched `owed_line`, the owed line (`matched`
+    /// says how), and moves the phase on. The tally takes the owed line: a
+    /// re-terminated line stands for it (see the module doc).
+    #[inline]
+    fn accept(
+        &mut self,
+        owed_line: &[u8],
+        matched: Match,
+        seq: Seq,
+        chunk: u32,
+        now_us: u64,
+    ) -> Verdict {
+        debug_assert_ne!(matched, Match::Differs, "only a matching line is accepted");
         match self.plan {
-            Some(plan) if seq > plan.opening_end => self.tally.add(line),
-            _ => self.opening.add(line),
+            Some(plan) if seq > plan.opening_end => self.tally.add(owed_line),
+            _ => self.opening.add(owed_line),
+        }
+        if matched == Match::Reterminated {
+            self.reterminated += 1;
         }
         self.last_seq = seq;
         self.record_latency(chunk, now_us);
-        if let Some(plan) = self.plan {
-            if seq >= plan.opening_end {
-                // From here on every line comes from the queue.
-                self.in_main = true;
-                self.final_seq = plan.final_seq;
+        self.advance(seq)
+    }
+
+    /// The one forward transition: into the phase that follows an accepted
+    /// `seq`. Says whether the client now has everything.
+    #[inline]
+    fn advance(&mut self, seq: Seq) -> Verdict {
+        self.phase = self.phase_after(seq);
+        if matches!(self.phase, Phase::Done) {
+            Verdict::Done
+        } else {
+            Verdict::More
+        }
+    }
+
+    /// The phase once `seq` has been received correctly, as far as the
+    /// plan (if known yet) tells.
+    #[inline]
+    fn phase_after(&self, seq: Seq) -> Phase {
+        match self.plan {
+            Some(plan) if seq == plan.final_seq => Phase::Done,
+            // From here on every line comes from the queue.
+            Some(plan) if seq >= plan.opening_end => Phase::Main,
+            _ => Phase::Opening,
+        }
+    }
+
+    /// Leaves `Diverged`, if that is the phase, for where the last correct
+    /// line left the client, and returns the divergence to classify.
+    fn take_suspect(&mut self) -> Option<Suspect> {
+        let resumed = self.phase_after(self.last_seq);
+        match std::mem::replace(&mut self.phase, resumed) {
+            Phase::Diverged(suspect) => Some(suspect),
+            other => {
+                self.phase = other;
+                None
             }
         }
     }
@@ -329,13 +462,7 @@ impl Checker {
                 a.iter().chain(b).any(|entry| entry.seq == seq)
             }
             // An opening broadcast still to come, if it was sent at all.
-            plan => {
-                let sent = match plan {
-                    Some(plan) => seq <= plan.opening_end,
-                    None => self.shared.clock.sent_at(opening_chunk(seq)).is_some(),
-                };
-                sent && parse_event(line).map(|(_, kind)| kind) == Ok(EventKind::Broadcast)
-            }
+            _ => self.opening_sent(seq) && is_broadcast(line),
         }
     }
 
@@ -351,7 +478,7 @@ impl Checker {
 
     /// The right event with the wrong bytes.
     fn wrong_bytes(&mut self, seq: Seq, want: &[u8], line: &[u8]) -> Failure {
-        let diff = if strip_terminator(line) == strip_terminator(want) {
+        let diff = if same_payload(want, line) {
             ByteDiff::Terminator
         } else {
             ByteDiff::Content
@@ -369,11 +496,7 @@ impl Checker {
     /// A line for `seq` that is neither owed now nor later.
     fn mismatch(&mut self, seq: Seq, line: &[u8], owed: Option<Expected>) -> Failure {
         if parse_event(line).is_err() {
-            return Failure::Malformed {
-                client: self.client,
-                received: quote(line),
-                progress: self.progress(),
-            };
+            return self.malformed(line);
         }
         let expected = owed.map(|owed| {
             let (want, len) = owed.render();
@@ -420,9 +543,9 @@ impl Checker {
     /// owed next was sent more than `timeout` ago. Otherwise returns how
     /// long to wait before asking again.
     pub fn overdue(&mut self, now_us: u64, timeout: Duration) -> Result<Duration, Failure> {
-        let owed = match &self.suspect {
-            Some(suspect) => suspect.missing,
-            None => match self.next_owed() {
+        let owed = match &self.phase {
+            Phase::Diverged(suspect) => suspect.missing,
+            _ => match self.next_owed() {
                 Owed::Line(owed) => owed,
                 // Nothing owed (or the opening, which the source times).
                 Owed::AnyOpening | Owed::Nothing => return Ok(timeout),
@@ -436,7 +559,7 @@ impl Checker {
         if waited < timeout {
             return Ok(timeout - waited);
         }
-        if let Some(suspect) = self.suspect.take() {
+        if let Some(suspect) = self.take_suspect() {
             return Err(self.resolve(suspect, None));
         }
         let (want, len) = owed.render();
@@ -452,7 +575,7 @@ impl Checker {
     /// The failure to report when the server closes the connection before
     /// the final broadcast.
     pub fn closed(&mut self) -> Failure {
-        if let Some(suspect) = self.suspect.take() {
+        if let Some(suspect) = self.take_suspect() {
             return self.resolve(suspect, None);
         }
         let next = match self.next_owed() {
@@ -470,7 +593,7 @@ impl Checker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::line::push_line;
+    use crate::line::{push_line, Kind};
 
     const CLIENT: ClientRef = ClientRef { index: 3, user: 42 };
 
@@ -504,7 +627,10 @@ mod tests {
         }
         // What is queued stays queued when the producer goes.
         drop(producer);
-        (Checker::new(CLIENT, consumer, shared), lines)
+        (
+            Checker::new(CLIENT, consumer, shared, LineEndings::Exact),
+            lines,
+        )
     }
 
     fn opening(seq: Seq) -> Vec<u8> {
@@ -523,6 +649,64 @@ mod tests {
         assert_eq!(checker.check(&lines[2], 0), Ok(Verdict::Done));
         assert_eq!(checker.tally().count, 3);
         assert_eq!(checker.opening_tally().count, 3);
+    }
+
+    #[test]
+    fn the_phase_moves_forward_with_accepted_lines_only() {
+        // The plan is fixed only after the client's last opening broadcast
+        // arrived: the first main-stream line still leads to the fast path.
+        let shared = Arc::new(Shared::default());
+        let (mut producer, consumer) = rtrb::RingBuffer::new(8);
+        let mut checker = Checker::new(CLIENT, consumer, shared.clone(), LineEndings::Exact);
+        assert!(matches!(checker.phase, Phase::Unregistered));
+        shared.clock.stamp(0);
+        shared.clock.stamp(1);
+        assert_eq!(checker.check(&opening(1), 0), Ok(Verdict::More));
+        assert!(matches!(checker.phase, Phase::Opening));
+        assert_eq!(checker.check(&opening(2), 0), Ok(Verdict::More));
+        assert!(matches!(checker.phase, Phase::Opening));
+        shared.set_plan(Plan {
+            opening_end: 2,
+            final_seq: 6,
+        });
+        let mut lines = Vec::new();
+        for (seq, kind) in [
+            (3, Kind::Private),
+            (4, Kind::Private),
+            (5, Kind::Private),
+            (6, Kind::Broadcast),
+        ] {
+            let event = Event {
+                seq,
+                kind,
+                from: 7,
+                to: 42,
+            };
+            producer.push(Expected::new(&event, 0)).unwrap();
+            let mut line = Vec::new();
+            push_line(&event, &mut line);
+            lines.push(line);
+        }
+        assert_eq!(checker.check(&lines[0], 0), Ok(Verdict::More));
+        assert!(matches!(checker.phase, Phase::Main));
+        // A divergence ends in a failure and leaves the phase where the
+        // last correct line put it.
+        assert_eq!(checker.check(&lines[2], 0), Ok(Verdict::More));
+        assert!(matches!(checker.phase, Phase::Diverged(_)));
+        assert!(matches!(
+            checker.check(&lines[1], 0),
+            Err(Failure::OutOfOrder { .. })
+        ));
+        assert!(matches!(checker.phase, Phase::Main));
+        for line in &lines[1..3] {
+            assert_eq!(checker.check(line, 0), Ok(Verdict::More));
+        }
+        assert_eq!(checker.check(&lines[3], 0), Ok(Verdict::Done));
+        assert!(matches!(checker.phase, Phase::Done));
+        assert!(matches!(
+            checker.check(&lines[3], 0),
+            Err(Failure::Unexpected { repeated: true, .. })
+        ));
     }
 
     #[test]
@@ -572,9 +756,7 @@ mod tests {
     fn a_changed_terminator_is_named() {
         let (mut checker, lines) = setup(1, &[6, 12], 12);
         checker.check(&opening(1), 0).unwrap();
-        let mut bare = lines[0].clone();
-        bare.remove(bare.len() - 2);
-        let failure = checker.check(&bare, 0).unwrap_err();
+        let failure = checker.check(&bare(&lines[0]), 0).unwrap_err();
         assert!(
             matches!(
                 failure,
@@ -598,6 +780,71 @@ mod tests {
             ),
             "{failure}"
         );
+    }
+
+    /// `line` with `\n` for its `\r\n`.
+    fn bare(line: &[u8]) -> Vec<u8> {
+        let mut bare = line.to_vec();
+        bare.remove(bare.len() - 2);
+        bare
+    }
+
+    #[test]
+    fn with_any_line_endings_a_bare_newline_counts_as_the_line_it_stands_for() {
+        let (mut exact, lines) = setup(2, &[6, 9, 12], 12);
+        let (mut any, _) = setup(2, &[6, 9, 12], 12);
+        any.line_endings = LineEndings::Any;
+        let stream: Vec<Vec<u8>> = [opening(1), opening(2)].into_iter().chain(lines).collect();
+        for (index, line) in stream.iter().enumerate() {
+            let verdict = if index + 1 == stream.len() {
+                Verdict::Done
+            } else {
+                Verdict::More
+            };
+            assert_eq!(exact.check(line, 0), Ok(verdict));
+            // Every other line re-terminated: the first opening broadcast,
+            // a private message and the final broadcast.
+            let received = if index % 2 == 0 {
+                bare(line)
+            } else {
+                line.clone()
+            };
+            assert_eq!(any.check(&received, 0), Ok(verdict), "line {index}");
+        }
+        assert_eq!(any.reterminated(), 3);
+        assert_eq!(exact.reterminated(), 0);
+        // The tallies are the owed lines': they still equal the source's.
+        assert_eq!(any.tally(), exact.tally());
+        assert_eq!(any.opening_tally(), exact.opening_tally());
+    }
+
+    #[test]
+    fn with_any_line_endings_only_the_terminator_may_differ() {
+        let (mut checker, lines) = setup(1, &[6, 12], 12);
+        checker.line_endings = LineEndings::Any;
+        checker.check(&opening(1), 0).unwrap();
+        let mut changed = bare(&lines[0]);
+        let last_digit = changed.len() - 2;
+        changed[last_digit] = b'3';
+        let failure = checker.check(&changed, 0).unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                Failure::WrongBytes {
+                    seq: 6,
+                    diff: ByteDiff::Content,
+                    ..
+                }
+            ),
+            "{failure}"
+        );
+        let (mut checker, lines) = setup(1, &[6, 12], 12);
+        checker.line_endings = LineEndings::Any;
+        checker.check(&opening(1), 0).unwrap();
+        let mut doubled = lines[0].clone();
+        doubled.insert(doubled.len() - 2, b'\r');
+        assert!(checker.check(&doubled, 0).is_err());
+        assert_eq!(checker.reterminated(), 0);
     }
 
     #[test]
@@ -661,9 +908,14 @@ mod tests {
         // Before the plan is known, "sent" means "its chunk was stamped".
         let shared = Arc::new(Shared::default());
         let (_producer, consumer) = rtrb::RingBuffer::new(4);
-        let mut checker = Checker::new(CLIENT, consumer, shared.clone());
+        let mut checker = Checker::new(CLIENT, consumer, shared.clone(), LineEndings::Exact);
         assert!(checker.check(b"1|B\r\n", 0).is_err());
-        let mut checker = Checker::new(CLIENT, rtrb::RingBuffer::new(4).1, shared.clone());
+        let mut checker = Checker::new(
+            CLIENT,
+            rtrb::RingBuffer::new(4).1,
+            shared.clone(),
+            LineEndings::Exact,
+        );
         shared.clock.stamp(0);
         assert_eq!(checker.check(b"1|B\r\n", 0), Ok(Verdict::More));
     }

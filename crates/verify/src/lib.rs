@@ -36,7 +36,8 @@
 //! - [`shared`]: the state they share (first failure, plan, counters).
 //! - [`progress`]: progress lines or a progress bar.
 //! - [`sink`]: a discard server, to measure the verifier's own ceiling.
-//! - [`run`]: connects everything and returns the verdict.
+//! - [`run`]: connects everything, starts it, waits for it and reports:
+//!   four stages, one function each.
 
 pub mod check;
 pub mod config;
@@ -60,6 +61,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -74,7 +76,7 @@ use generator::{client_users, GeneratorSettings};
 use latency::Latencies;
 use reader::{read_client, ReaderOutcome};
 use shared::Shared;
-use source::{Source, SourceSettings};
+use source::{Source, SourceOutcome, SourceSettings};
 
 /// Runs one verification against the server `config` names. Needs a tokio
 /// runtime with the `net` and `time` drivers; client readers run as tasks on
@@ -87,26 +89,81 @@ pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
         .validate()
         .map_err(|error| Failure::Config(error.to_string()))?;
     let started = Instant::now();
+    let connected = connect(&config).await?;
+    let running = start(&config, connected);
+    let finished = join(running).await?;
+    report(&config, finished, started)
+}
+
+/// Every socket open, nothing running yet.
+struct Connected {
+    /// The user id of each client connection, in client order.
+    users: Vec<u32>,
+    /// To the event port, blocking: the source thread writes to it.
+    source_stream: std::net::TcpStream,
+    /// One per client, in client order, its user id already sent.
+    client_streams: Vec<TcpStream>,
+    /// How long connecting the clients took, for the report.
+    connect_time: Duration,
+}
+
+/// The run under way: the readers, the source thread and the progress
+/// display, and what is needed to wait for and stop them.
+struct Running {
+    /// The user id of each client connection, in client order.
+    users: Vec<u32>,
+    /// How long connecting the clients took, for the report.
+    connect_time: Duration,
+    /// What the readers, the source and the coordinator share.
+    shared: Arc<Shared>,
+    /// One task per client connection.
+    readers: JoinSet<Option<ReaderOutcome>>,
+    /// The source thread's result; closed without one if the thread died.
+    source_result: oneshot::Receiver<Result<SourceOutcome, source::Stopped>>,
+    /// A second handle on the source's socket, to unblock its write if the
+    /// run fails meanwhile (`None` if it could not be cloned).
+    source_socket: Option<std::net::TcpStream>,
+    /// The progress display.
+    progress: tokio::task::JoinHandle<()>,
+    /// Tells the progress display the stream is over.
+    progress_finished: CancellationToken,
+}
+
+/// Everything stopped and nothing failed: what each part produced.
+struct Finished {
+    /// The user id of each client connection, in client order.
+    users: Vec<u32>,
+    /// How long connecting the clients took, for the report.
+    connect_time: Duration,
+    /// Each client's outcome, by client index (`None`: none arrived).
+    outcomes: Vec<Option<ReaderOutcome>>,
+    /// What the source sent and what it owed each client.
+    source: SourceOutcome,
+    /// When the last reader finished: the end of the stream.
+    stream_done: Instant,
+}
+
+/// Resolves the server's two ports, connects the event source and then
+/// every client (each sends its user id), and announces the run.
+async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
     let users = client_users(
         config.random_seed,
         config.number_of_users,
         config.concurrency_level,
     );
-    let event_addr = resolve(&config, config.event_listener_port, "eventListenerPort").await?;
-    let client_addr = resolve(&config, config.client_listener_port, "clientListenerPort").await?;
+    let event_addr = resolve(config, config.event_listener_port, "eventListenerPort").await?;
+    let client_addr = resolve(config, config.client_listener_port, "clientListenerPort").await?;
 
-    let source_stream = connect(event_addr, "eventListenerPort", config.timeout).await?;
+    let source_stream = connect_to(event_addr, "eventListenerPort", config.timeout).await?;
     let source_stream = source_stream
         .into_std()
         .and_then(|stream| stream.set_nonblocking(false).map(|()| stream))
         .map_err(|error| Failure::SourceIo {
             error: error.to_string(),
         })?;
-    // Kept to unblock the source's write if the run fails meanwhile.
-    let source_handle = source_stream.try_clone().ok();
 
     let connecting = Instant::now();
-    let streams = connect_clients(client_addr, &users, config.timeout).await?;
+    let client_streams = connect_clients(client_addr, &users, config.timeout).await?;
     let connect_time = connecting.elapsed();
     if config.log_level >= LogLevel::Info {
         // Only once connected: a server that is not running gets exactly
@@ -125,16 +182,35 @@ pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
             }
         );
     }
+    Ok(Connected {
+        users,
+        source_stream,
+        client_streams,
+        connect_time,
+    })
+}
 
+/// Starts a reader task per client (each with its checker and expectation
+/// queue), the source thread that feeds those queues, and the progress
+/// display. Never fails: a source thread that cannot start is recorded in
+/// `shared` like any other failure, and `join` reports it.
+fn start(config: &VerifyConfig, connected: Connected) -> Running {
+    let Connected {
+        users,
+        source_stream,
+        client_streams,
+        connect_time,
+    } = connected;
+    let source_socket = source_stream.try_clone().ok();
     let shared = Arc::new(Shared::new(users.len()));
     let capacity = queue_capacity(config.max_event_source_batch_size, users.len());
     let mut producers = Vec::with_capacity(users.len());
     let mut readers = JoinSet::new();
-    for (index, (stream, &user)) in streams.into_iter().zip(&users).enumerate() {
+    for (index, (stream, &user)) in client_streams.into_iter().zip(&users).enumerate() {
         let (producer, consumer) = rtrb::RingBuffer::new(capacity);
         producers.push(producer);
         let client = ClientRef { index, user };
-        let checker = Checker::new(client, consumer, shared.clone());
+        let checker = Checker::new(client, consumer, shared.clone(), config.line_endings);
         readers.spawn(read_client(
             client,
             stream,
@@ -161,7 +237,7 @@ pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
         shared.clone(),
         producers,
     );
-    let (source_done, source_result) = tokio::sync::oneshot::channel();
+    let (source_done, source_result) = oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name("followermaze-source".into())
         .spawn(move || {
@@ -174,15 +250,40 @@ pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
         )));
     }
 
-    let finished = CancellationToken::new();
+    let progress_finished = CancellationToken::new();
     let progress = tokio::spawn(progress::show(
         shared.clone(),
         config.total_events,
         config.log_interval,
         config.log_level,
-        finished.clone(),
+        progress_finished.clone(),
     ));
+    Running {
+        users,
+        connect_time,
+        shared,
+        readers,
+        source_result,
+        source_socket,
+        progress,
+        progress_finished,
+    }
+}
 
+/// Waits for every reader, then the source (unblocking its write first if
+/// the run failed), then the progress display. Returns the first failure
+/// any of them recorded, or what each produced.
+async fn join(running: Running) -> Result<Finished, Failure> {
+    let Running {
+        users,
+        connect_time,
+        shared,
+        mut readers,
+        source_result,
+        source_socket,
+        progress,
+        progress_finished,
+    } = running;
     let mut outcomes: Vec<Option<ReaderOutcome>> = (0..users.len()).map(|_| None).collect();
     while let Some(joined) = readers.join_next().await {
         match joined {
@@ -199,8 +300,8 @@ pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
     if shared.aborted() {
         // The source may be blocked in a write the server will never
         // drain; closing the socket ends the write at once.
-        if let Some(handle) = &source_handle {
-            let _ = handle.shutdown(std::net::Shutdown::Both);
+        if let Some(socket) = &source_socket {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
         }
     }
     let source_outcome = match source_result.await {
@@ -211,7 +312,7 @@ pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
             None
         }
     };
-    finished.cancel();
+    progress_finished.cancel();
     // The progress task only prints; its end is not an error either way.
     let _ = progress.await;
     shared.cancel.cancel();
@@ -220,9 +321,28 @@ pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
     }
     let source = source_outcome
         .ok_or_else(|| Failure::Internal("the source stopped without a reason".into()))?;
+    Ok(Finished {
+        users,
+        connect_time,
+        outcomes,
+        source,
+        stream_done,
+    })
+}
 
+/// Compares what each client received with what the source owed it, and
+/// sums the run's figures into the [`Report`]. A client whose tally differs
+/// from the source's fails the run even though each line checked out.
+fn report(config: &VerifyConfig, finished: Finished, started: Instant) -> Result<Report, Failure> {
+    let Finished {
+        users,
+        connect_time,
+        outcomes,
+        source,
+        stream_done,
+    } = finished;
     let mut latencies = Latencies::default();
-    let (mut notifications, mut notification_bytes) = (0, 0);
+    let (mut notifications, mut notification_bytes, mut reterminated) = (0, 0, 0);
     let mut per_client = Vec::with_capacity(users.len());
     for (index, outcome) in outcomes.iter().enumerate() {
         let client = ClientRef {
@@ -246,10 +366,11 @@ pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
             user: client.user,
             first_broadcast: outcome.first_broadcast,
             notifications: outcome.tally.count + outcome.opening.count,
-            bytes: outcome.tally.bytes + outcome.opening.bytes,
+            bytes: outcome.bytes_received,
         };
         notifications += summary.notifications;
         notification_bytes += summary.bytes;
+        reterminated += outcome.reterminated;
         per_client.push(summary);
         latencies.merge(&outcome.latencies);
     }
@@ -269,6 +390,7 @@ pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
         elapsed: started.elapsed(),
         notifications,
         notification_bytes,
+        reterminated,
         latency: latencies.summary(),
         per_client,
     })
@@ -289,7 +411,7 @@ async fn connect_clients(
 ) -> Result<Vec<TcpStream>, Failure> {
     let mut streams = Vec::with_capacity(users.len());
     for (index, &user) in users.iter().enumerate() {
-        let mut stream = connect(address, "clientListenerPort", timeout).await?;
+        let mut stream = connect_to(address, "clientListenerPort", timeout).await?;
         let hello = format!("{user}\r\n");
         stream
             .write_all(hello.as_bytes())
@@ -323,7 +445,7 @@ async fn resolve(
 }
 
 /// Connects to `address`, telling "nothing listens there" apart.
-async fn connect(
+async fn connect_to(
     address: SocketAddr,
     variable: &'static str,
     timeout: Duration,

@@ -5,7 +5,7 @@
 //! the source sends, so the source and the client checkers can never
 //! disagree about what a notification should look like.
 
-use followermaze_protocol::{EventKind, Seq};
+use followermaze_protocol::Seq;
 
 /// Every line the verifier sends ends with this, as the protocol says.
 pub const TERMINATOR: &[u8] = b"\r\n";
@@ -80,9 +80,22 @@ pub struct Event {
 }
 
 impl Event {
-    /// The protocol module's view of this event, for comparing with what
-    /// [`followermaze_protocol::parse_event`] reads back.
-    pub fn protocol_kind(&self) -> EventKind {
+    /// Broadcast `seq` (a broadcast names no users).
+    #[inline]
+    pub fn broadcast(seq: Seq) -> Event {
+        Event {
+            seq,
+            kind: Kind::Broadcast,
+            from: 0,
+            to: 0,
+        }
+    }
+
+    /// The protocol module's view of this event, for tests comparing it
+    /// with what [`followermaze_protocol::parse_event`] reads back.
+    #[cfg(test)]
+    pub fn protocol_kind(&self) -> followermaze_protocol::EventKind {
+        use followermaze_protocol::EventKind;
         let (from, to) = (u64::from(self.from), u64::from(self.to));
         match self.kind {
             Kind::Follow => EventKind::Follow { from, to },
@@ -150,8 +163,9 @@ pub fn format_line(event: &Event, buf: &mut [u8; MAX_LINE_BYTES]) -> usize {
     at + TERMINATOR.len()
 }
 
-/// Appends `event`'s line to `out` and returns its length.
-#[inline]
+/// Appends `event`'s line to `out` and returns its length (for tests: the
+/// source formats straight into its buffer with [`format_line`]).
+#[cfg(test)]
 pub fn push_line(event: &Event, out: &mut Vec<u8>) -> usize {
     let mut line = [0u8; MAX_LINE_BYTES];
     let len = format_line(event, &mut line);

@@ -41,6 +41,12 @@ pub struct ReaderOutcome {
     pub latencies: Latencies,
     /// The first opening broadcast it received.
     pub first_broadcast: Option<Seq>,
+    /// Notification bytes it received, as received: the tallies count
+    /// re-terminated lines as the lines they stand for.
+    pub bytes_received: u64,
+    /// Notifications whose terminator differed from the one sent (accepted
+    /// with `lineEndings=any` only).
+    pub reterminated: u64,
 }
 
 /// Reads `client`'s notifications until the final broadcast, a failure
@@ -56,6 +62,8 @@ pub async fn read_client(
     let mut filled = 0;
     let mut wait = timeout;
     let mut done = false;
+    // Whole lines only, each checked: on success, every notification byte.
+    let mut bytes_received: u64 = 0;
     while !done {
         let read = tokio::select! {
             biased;
@@ -107,6 +115,7 @@ pub async fn read_client(
             }
         }
         shared.notifications.fetch_add(lines, Ordering::Relaxed);
+        bytes_received += start as u64;
         shared
             .bytes_received
             .fetch_add(start as u64, Ordering::Relaxed);
@@ -152,5 +161,7 @@ pub async fn read_client(
         opening: checker.opening_tally(),
         latencies: checker.latencies().clone(),
         first_broadcast: checker.first_broadcast(),
+        bytes_received,
+        reterminated: checker.reterminated(),
     })
 }

@@ -36,10 +36,15 @@ pub struct Report {
     pub stream_time: Duration,
     /// The whole run: connecting, the opening, the stream, the check.
     pub elapsed: Duration,
-    /// Notifications received, all clients (each checked byte for byte).
+    /// Notifications received, all clients (each checked byte for byte,
+    /// unless re-terminated).
     pub notifications: u64,
-    /// Their bytes.
+    /// Their bytes, as received.
     pub notification_bytes: u64,
+    /// Notifications whose payload matched but whose terminator differed
+    /// from the one sent, accepted only because `lineEndings=any`. Zero
+    /// means the run was byte-exact.
+    pub reterminated: u64,
     /// Source-to-client latency, if any notification was timed.
     pub latency: Option<LatencySummary>,
     /// Each client's figures, in client order.
@@ -55,7 +60,7 @@ pub struct ClientSummary {
     pub first_broadcast: Option<u64>,
     /// Notifications it received, opening included.
     pub notifications: u64,
-    /// Their bytes.
+    /// Their bytes, as received.
     pub bytes: u64,
 }
 
@@ -66,10 +71,32 @@ impl Report {
         main as f64 / self.send_time.as_secs_f64().max(1e-9)
     }
 
-    /// The classic success line.
+    /// Whether every notification arrived byte for byte, terminators
+    /// included.
+    pub fn byte_exact(&self) -> bool {
+        self.reterminated == 0
+    }
+
+    /// Says how the run was not byte-exact, if it was not.
+    fn inexactness(&self) -> Option<String> {
+        (!self.byte_exact()).then(|| {
+            let plural = if self.reterminated == 1 { "" } else { "s" };
+            format!(
+                "not byte-exact: {} notification{plural} re-terminated",
+                grouped(self.reterminated)
+            )
+        })
+    }
+
+    /// The classic success line; a run that was not byte-exact says so at
+    /// its end.
     pub fn banner(&self) -> String {
+        let inexact = self
+            .inexactness()
+            .map(|inexact| format!("; {inexact}"))
+            .unwrap_or_default();
         format!(
-            "\\o/ ALL NOTIFICATIONS RECEIVED \\o/ (in {:.2} seconds)",
+            "\\o/ ALL NOTIFICATIONS RECEIVED \\o/ (in {:.2} seconds{inexact})",
             self.elapsed.as_secs_f64()
         )
     }
@@ -116,10 +143,14 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "notifications: {} ({:.1} MB) to {} clients, all checked byte for byte, in order",
+            "notifications: {} ({:.1} MB) to {} clients, {}",
             grouped(self.notifications),
             self.notification_bytes as f64 / 1e6,
-            self.clients
+            self.clients,
+            match self.inexactness() {
+                None => "all checked byte for byte, in order".to_owned(),
+                Some(inexact) => format!("all checked in order, payloads byte for byte; {inexact}"),
+            }
         )?;
         match &self.latency {
             Some(latency) => writeln!(
@@ -158,7 +189,7 @@ mod tests {
     }
 
     #[test]
-    fn the_banner_is_the_classic_one() {
+    fn the_banner_is_the_classic_one_and_says_when_not_byte_exact() {
         let report = Report {
             profile: Profile::Classic,
             clients: 1,
@@ -174,13 +205,33 @@ mod tests {
             elapsed: Duration::from_millis(2500),
             notifications: 0,
             notification_bytes: 0,
+            reterminated: 0,
             latency: None,
             per_client: Vec::new(),
         };
+        assert!(report.byte_exact());
         assert_eq!(
             report.banner(),
             "\\o/ ALL NOTIFICATIONS RECEIVED \\o/ (in 2.50 seconds)"
         );
         assert!(report.to_string().contains("events sent:   10"));
+        assert!(report.to_string().contains("all checked byte for byte"));
+
+        let reterminated = Report {
+            reterminated: 1234,
+            ..report
+        };
+        assert!(!reterminated.byte_exact());
+        assert_eq!(
+            reterminated.banner(),
+            "\\o/ ALL NOTIFICATIONS RECEIVED \\o/ (in 2.50 seconds; not byte-exact: 1,234 \
+             notifications re-terminated)"
+        );
+        let text = reterminated.to_string();
+        assert!(
+            text.contains("not byte-exact: 1,234 notifications re-terminated")
+                && !text.contains("all checked byte for byte"),
+            "{text}"
+        );
     }
 }

@@ -30,7 +30,7 @@ use rtrb::Producer;
 use super::expect::{line_hash, Expected, Tally};
 use super::failure::{ClientRef, Failure};
 use super::generator::{Batch, Generator, GeneratorSettings, MixCounts};
-use super::line::{format_line, Event, Kind, MAX_LINE_BYTES};
+use super::line::{format_line, Event, MAX_LINE_BYTES};
 use super::shared::{Plan, Shared};
 use followermaze_protocol::Seq;
 
@@ -232,13 +232,7 @@ impl Source {
             // One broadcast per chunk: chunk `seq - 1`, which the client
             // checkers rely on to time the opening.
             debug_assert_eq!(u64::from(self.chunk), seq - 1);
-            let broadcast = Event {
-                seq,
-                kind: Kind::Broadcast,
-                from: 0,
-                to: 0,
-            };
-            self.put(&broadcast);
+            self.put(&Event::broadcast(seq));
             self.events_buffered += 1;
             self.flush()?;
             let shared = &self.shared;
