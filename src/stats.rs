@@ -94,6 +94,22 @@ pub struct Stats {
     pub client_writes: AtomicU64,
     /// Bytes clients sent after their handshake (read and dropped).
     pub client_bytes_ignored: AtomicU64,
+    /// Gauge: resumable sessions open now (connected or within their
+    /// window).
+    pub sessions_open: AtomicU64,
+    /// Resumable connections answered `#OK`.
+    pub resumes_ok: AtomicU64,
+    /// Resumable connections answered `#GAP`.
+    pub resumes_gap: AtomicU64,
+    /// Retained lines replayed to resuming connections.
+    pub replayed_lines: AtomicU64,
+    /// Sessions purged a window after their last connection closed.
+    pub sessions_purged: AtomicU64,
+    /// Gauge: bytes retained for sessions (lines, index and sessions, as
+    /// `resumeTotalBytes` counts them).
+    pub retained_bytes: AtomicU64,
+    /// Retained lines lost to a retention bound.
+    pub evicted_entries: AtomicU64,
     /// Time from a source read to the write that delivered its events.
     pub latency: LatencyHistogram,
 }
