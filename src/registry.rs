@@ -25,7 +25,7 @@ use crate::online::Online;
 use crate::outbox::{Closed, Outbox, PushError};
 use crate::router::{Audience, EdgeChange, Router};
 use crate::stats::{LogThrottle, Stats};
-use followermaze_protocol::{Event, EventKind, UserId};
+use followermaze_protocol::{Event, UserId};
 
 /// Identifies one client connection for the life of the process.
 pub type ConnId = u64;
@@ -235,7 +235,8 @@ impl Registry {
         let mut notifications: u64 = 0;
         for event in events {
             let raw: &[u8] = &event.raw;
-            match router.apply(event.kind) {
+            let routed = router.apply(event.kind);
+            match routed.audience {
                 Audience::Nobody => {}
                 Audience::User(user) => {
                     if let Some(keys) = online.get(user) {
@@ -254,11 +255,8 @@ impl Registry {
                     }
                     notifications += conns.len() as u64;
                 }
-                Audience::Followers(_) => {
-                    let EventKind::Status { from } = event.kind else {
-                        unreachable!("only status updates go to followers");
-                    };
-                    if let Some(keys) = reach.get(&from) {
+                Audience::Followers(author) => {
+                    if let Some(keys) = reach.get(&author) {
                         for &key in keys {
                             stage(conns, touched, key, raw);
                         }
@@ -266,7 +264,7 @@ impl Registry {
                     }
                 }
             }
-            match router.last_change() {
+            match routed.edge {
                 None => {}
                 Some(EdgeChange::Added { from, to }) => {
                     if let Some(keys) = online.get(from) {
@@ -348,6 +346,7 @@ fn stage(conns: &mut Slab<Conn>, touched: &mut Vec<usize>, key: usize, raw: &[u8
 #[cfg(test)]
 mod tests {
     use super::*;
+    use followermaze_protocol::EventKind;
     use proptest::prelude::*;
 
     #[derive(Debug, Clone)]
