@@ -18,6 +18,8 @@
 //! - [`gap`]: how long to wait for a missing event before skipping it.
 //! - [`router`]: the follower graph; apply an event, get its audience.
 //! - [`online`]: who is connected, with a filter for fast "no".
+//! - [`reach`]: each user's online followers, the audience of its status
+//!   updates in one lookup.
 //! - [`outbox`]: the byte hand-off between the registry and one writer.
 //! - [`stats`]: shared counters and a log-line rate limiter.
 //!
@@ -40,6 +42,7 @@ pub mod lines;
 pub mod metrics;
 pub mod online;
 pub mod outbox;
+pub mod reach;
 pub mod registry;
 pub mod reorder;
 pub mod router;

@@ -17,12 +17,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use hashbrown::HashMap;
 use slab::Slab;
 use tokio::sync::mpsc;
 
 use crate::online::Online;
 use crate::outbox::{Closed, Outbox, PushError};
+use crate::reach::Reach;
 use crate::router::{Audience, EdgeChange, Router};
 use crate::stats::{LogThrottle, Stats};
 use followermaze_protocol::{Event, UserId};
@@ -121,11 +121,9 @@ pub struct Registry {
     conns: Slab<Conn>,
     /// Slab keys of each connected user's connections (usually one).
     online: Online,
-    /// `reach[u]`: the connections of `u`'s online followers, exactly the
-    /// audience of `u`'s status updates. Kept up to date as edges change and
-    /// clients come and go, so a status update costs one lookup however
-    /// many of its author's followers are offline.
-    reach: HashMap<UserId, Vec<usize>>,
+    /// Each user's online followers' connections: the audience of its
+    /// status updates in one lookup.
+    reach: Reach,
     /// Keys of connections with staged bytes in the current batch.
     touched: Vec<usize>,
     /// Limits.
@@ -145,7 +143,7 @@ impl Registry {
             router: Router::new(settings.max_follow_edges),
             conns: Slab::new(),
             online: Online::default(),
-            reach: HashMap::new(),
+            reach: Reach::default(),
             touched: Vec::new(),
             settings,
             stats,
@@ -194,9 +192,7 @@ impl Registry {
             staged: Vec::new(),
         });
         self.online.add(user, key);
-        for followed in self.router.following(user) {
-            self.reach.entry(followed).or_default().push(key);
-        }
+        self.reach.connected(key, self.router.following(user));
         Stats::set(&self.stats.clients_connected, self.conns.len() as u64);
     }
 
@@ -214,9 +210,8 @@ impl Registry {
     fn remove(&mut self, key: usize) {
         let conn = self.conns.remove(key);
         self.online.remove(conn.user, key);
-        for followed in self.router.following(conn.user) {
-            drop_keys(&mut self.reach, followed, &[key]);
-        }
+        self.reach
+            .disconnected(key, self.router.following(conn.user));
         Stats::set(&self.stats.clients_connected, self.conns.len() as u64);
     }
 
@@ -256,24 +251,23 @@ impl Registry {
                     notifications += conns.len() as u64;
                 }
                 Audience::Followers(author) => {
-                    if let Some(keys) = reach.get(&author) {
-                        for &key in keys {
-                            stage(conns, touched, key, raw);
-                        }
-                        notifications += keys.len() as u64;
+                    let keys = reach.of(author);
+                    for &key in keys {
+                        stage(conns, touched, key, raw);
                     }
+                    notifications += keys.len() as u64;
                 }
             }
             match routed.edge {
                 None => {}
                 Some(EdgeChange::Added { from, to }) => {
                     if let Some(keys) = online.get(from) {
-                        reach.entry(to).or_default().extend_from_slice(keys);
+                        reach.edge_added(to, keys);
                     }
                 }
                 Some(EdgeChange::Removed { from, to }) => {
                     if let Some(keys) = online.get(from) {
-                        drop_keys(reach, to, keys);
+                        reach.edge_removed(to, keys);
                     }
                 }
             }
@@ -321,16 +315,6 @@ impl Registry {
         }
         touched.clear();
         self.touched = touched;
-    }
-}
-
-/// Removes `keys` from `reach[user]`, dropping the entry when it empties.
-fn drop_keys(reach: &mut HashMap<UserId, Vec<usize>>, user: UserId, keys: &[usize]) {
-    if let Some(list) = reach.get_mut(&user) {
-        list.retain(|key| !keys.contains(key));
-        if list.is_empty() {
-            reach.remove(&user);
-        }
     }
 }
 
