@@ -10,9 +10,15 @@
 //!                  (parse)   (reorder, gaps)  (graph, fan-out)     (one writer each)
 //! ```
 //!
+//! The registry consumes one thing from upstream: [`batch::OrderedBatch`],
+//! events in strictly increasing sequence order with a new-stream mark.
+//! That is the seam for scale-out: today the sequencer produces the
+//! batches; a consumer of an ordered log could produce the same ones.
+//!
 //! # Layout
 //!
 //! Pure logic (no I/O, unit-tested and benchmarked directly):
+//! - [`batch`]: the seam: ordered batches, and what a producer promises.
 //! - [`lines`]: line framing over a read buffer, with a line-length bound.
 //! - [`reorder`]: the sliding window that puts sequence numbers in order.
 //! - [`gap`]: how long to wait for a missing event before skipping it.
@@ -35,6 +41,7 @@
 //! - [`config`]: settings from environment variables.
 
 pub mod accept;
+pub mod batch;
 pub mod client;
 pub mod config;
 pub mod gap;

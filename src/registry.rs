@@ -3,9 +3,10 @@
 //! outboxes.
 //!
 //! Owning both in one task means no locks around the graph and a single,
-//! obvious order of effects: events are applied strictly in the order the
-//! sequencer releases them, and a client's registration takes effect between
-//! two batches, never inside one.
+//! obvious order of effects: events are applied strictly in the order of the
+//! [`OrderedBatch`]es it receives (the seam: the sequencer produces them
+//! today), and a client's registration takes effect between two batches,
+//! never inside one.
 //!
 //! Per batch, each recipient's notifications are first staged in a buffer
 //! the actor owns, then moved to its outbox in one locked swap and at most one
@@ -20,12 +21,13 @@ use std::time::Instant;
 use slab::Slab;
 use tokio::sync::mpsc;
 
+use crate::batch::OrderedBatch;
 use crate::online::Online;
 use crate::outbox::{Closed, Outbox, PushError};
 use crate::reach::Reach;
 use crate::router::{Audience, EdgeChange, Router};
 use crate::stats::{LogThrottle, Stats};
-use followermaze_protocol::{Event, UserId};
+use followermaze_protocol::{Seq, UserId};
 
 /// Identifies one client connection for the life of the process.
 pub type ConnId = u64;
@@ -33,12 +35,9 @@ pub type ConnId = u64;
 /// Commands the registry accepts, in the order they are sent.
 #[derive(Debug)]
 pub enum Command {
-    /// Apply these events, already in sequence order, and notify.
-    Deliver {
-        events: Vec<Event>,
-        /// When the source read that made them deliverable (for latency).
-        read_at: Instant,
-    },
+    /// Apply this batch (forgetting the graph first if it starts a new
+    /// stream) and notify.
+    Deliver(OrderedBatch),
     /// A client finished its handshake.
     Register {
         user: UserId,
@@ -47,8 +46,6 @@ pub enum Command {
     },
     /// A client connection ended.
     Unregister { user: UserId, conn: ConnId },
-    /// A new stream begins: forget the follower graph.
-    Restart,
     /// Deliver nothing more: tell every writer to drain and stop.
     Shutdown,
 }
@@ -126,6 +123,9 @@ pub struct Registry {
     reach: Reach,
     /// Keys of connections with staged bytes in the current batch.
     touched: Vec<usize>,
+    /// The last sequence number applied from the channel, so the seam's
+    /// promise that batches keep increasing is checked in debug builds.
+    last_seq: Option<Seq>,
     /// Limits.
     settings: RegistrySettings,
     /// Counters shared with the rest of the server.
@@ -145,6 +145,7 @@ impl Registry {
             online: Online::default(),
             reach: Reach::default(),
             touched: Vec::new(),
+            last_seq: None,
             settings,
             stats,
             slow_log: LogThrottle::new(std::time::Duration::from_secs(5)),
@@ -157,13 +158,19 @@ impl Registry {
     pub async fn run(mut self) {
         while let Some(command) = self.commands.recv().await {
             match command {
-                Command::Deliver { events, read_at } => self.deliver(&events, read_at),
+                Command::Deliver(batch) => {
+                    debug_assert!(
+                        batch.follows(self.last_seq),
+                        "batch {}..={} after {:?}: the seam's batches must keep increasing",
+                        batch.first_seq(),
+                        batch.last_seq(),
+                        self.last_seq
+                    );
+                    self.last_seq = Some(batch.last_seq());
+                    self.deliver(&batch);
+                }
                 Command::Register { user, conn, outbox } => self.register(user, conn, outbox),
                 Command::Unregister { user, conn } => self.unregister(user, conn),
-                Command::Restart => {
-                    self.router.clear();
-                    self.reach.clear();
-                }
                 Command::Shutdown => break,
             }
         }
@@ -215,10 +222,16 @@ impl Registry {
         Stats::set(&self.stats.clients_connected, self.conns.len() as u64);
     }
 
-    /// Applies `events` in order, stages each notification, then moves each
-    /// touched client's staged bytes to its outbox. Normally reached through
+    /// Applies `batch` in order (forgetting the graph first if it starts a
+    /// new stream), stages each notification, then moves each touched
+    /// client's staged bytes to its outbox. Normally reached through
     /// [`Command::Deliver`]; public so benchmarks can measure dispatch alone.
-    pub fn deliver(&mut self, events: &[Event], read_at: Instant) {
+    pub fn deliver(&mut self, batch: &OrderedBatch) {
+        if batch.starts_new_stream() {
+            self.router.clear();
+            self.reach.clear();
+        }
+        let events = batch.events();
         let Registry {
             router,
             conns,
@@ -275,7 +288,7 @@ impl Registry {
         Stats::add(&self.stats.events_delivered, events.len() as u64);
         Stats::add(&self.stats.notifications, notifications);
         Stats::set(&self.stats.refused_follows, self.router.refused_follows());
-        self.flush_touched(read_at);
+        self.flush_touched(batch.read_at());
     }
 
     fn flush_touched(&mut self, read_at: Instant) {
@@ -330,7 +343,7 @@ fn stage(conns: &mut Slab<Conn>, touched: &mut Vec<usize>, key: usize, raw: &[u8
 #[cfg(test)]
 mod tests {
     use super::*;
-    use followermaze_protocol::EventKind;
+    use followermaze_protocol::{Event, EventKind};
     use proptest::prelude::*;
 
     #[derive(Debug, Clone)]
@@ -414,7 +427,7 @@ mod tests {
                             }
                         }
                         let event = Event { seq, kind, raw: bytes::Bytes::from(raw) };
-                        registry.deliver(std::slice::from_ref(&event), Instant::now());
+                        registry.deliver(&OrderedBatch::new(vec![event], Instant::now()));
                     }
                 }
             }
@@ -468,7 +481,7 @@ mod tests {
                 raw: bytes::Bytes::from(format!("{seq:07}|B\r\n")),
             })
             .collect();
-        registry.deliver(&events, Instant::now());
+        registry.deliver(&OrderedBatch::new(events, Instant::now()));
         assert_eq!(outbox.closed(), None);
     }
 }
