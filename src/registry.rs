@@ -77,11 +77,6 @@ impl RegistryHandle {
     pub async fn send(&self, command: Command) -> Result<(), RegistryGone> {
         self.commands.send(command).await.map_err(|_| RegistryGone)
     }
-
-    /// Whether the registry is still running.
-    pub fn is_alive(&self) -> bool {
-        !self.commands.is_closed()
-    }
 }
 
 /// Settings the registry needs.

@@ -158,7 +158,6 @@ pub async fn run_with_stats(
         MAX_LINE_BYTES,
         stop_accepting.clone(),
     ));
-    let health_registry = registry_handle.clone();
     let clients_task = tokio::spawn(accept_clients(
         listeners.clients,
         registry_handle,
@@ -176,12 +175,12 @@ pub async fn run_with_stats(
     let stop_observers = CancellationToken::new();
     let mut observers = tokio::task::JoinSet::new();
     if let Some(listener) = listeners.metrics {
-        let running = [
-            sources_task.abort_handle(),
-            clients_task.abort_handle(),
-            sequencer_task.abort_handle(),
-        ];
-        let health = Health::new(health_registry, running);
+        let health = Health {
+            sources: sources_task.abort_handle(),
+            clients: clients_task.abort_handle(),
+            sequencer: sequencer_task.abort_handle(),
+            registry: registry_task.abort_handle(),
+        };
         observers.spawn(crate::metrics::serve(
             listener,
             stats.clone(),

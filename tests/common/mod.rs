@@ -147,11 +147,17 @@ impl TestServer {
         .await;
     }
 
-    /// Asks the server to stop and waits for `run` to return.
-    pub async fn stop(mut self) -> Result<(), followermaze::server::ServerError> {
+    /// Asks the server to stop, without waiting: it drains meanwhile.
+    pub fn request_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Asks the server to stop (if not asked yet) and waits for `run` to
+    /// return.
+    pub async fn stop(mut self) -> Result<(), followermaze::server::ServerError> {
+        self.request_stop();
         within("server shutdown", &mut self.task).await.unwrap()
     }
 }
