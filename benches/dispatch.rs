@@ -9,8 +9,8 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use followermaze::batch::OrderedBatch;
 use followermaze::outbox::Outbox;
-use followermaze::registry::{Registry, RegistryHandle, RegistrySettings};
-use followermaze::stats::Stats;
+use followermaze::Stats;
+use followermaze::{Registry, RegistryHandle, RegistrySettings};
 use followermaze_protocol::{Event, EventKind};
 
 const BATCH: u64 = 1_000;

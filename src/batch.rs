@@ -17,7 +17,7 @@
 //!   sequence numbers may start again from 1.
 //!
 //! How large a batch is, is the producer's policy (the sequencer caps its
-//! batches at [`crate::sequencer::MAX_DELIVER_EVENTS`] to bound the
+//! batches at `MAX_DELIVER_EVENTS` to bound the
 //! registry's queue).
 
 use std::time::Instant;

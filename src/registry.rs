@@ -74,7 +74,7 @@ pub struct RegistryGone;
 
 impl RegistryHandle {
     /// Sends a command, waiting for queue space.
-    pub async fn send(&self, command: Command) -> Result<(), RegistryGone> {
+    pub(crate) async fn send(&self, command: Command) -> Result<(), RegistryGone> {
         self.commands.send(command).await.map_err(|_| RegistryGone)
     }
 }
@@ -130,7 +130,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Creates the actor and its handle; run it with [`Registry::run`].
+    /// Creates the actor and its handle; run it with `Registry::run`.
     pub fn new(settings: RegistrySettings, stats: Arc<Stats>) -> (Registry, RegistryHandle) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let registry = Registry {
@@ -150,7 +150,7 @@ impl Registry {
 
     /// Processes commands until `Shutdown` or until every handle is dropped,
     /// then tells every writer to drain.
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         while let Some(command) = self.commands.recv().await {
             match command {
                 Command::Deliver(batch) => {
@@ -184,7 +184,7 @@ impl Registry {
     }
 
     /// Adds a connection for `user`. Normally reached through
-    /// [`Command::Register`]; public so benchmarks can drive the actor's
+    /// `Command::Register`; public so benchmarks can drive the actor's
     /// state without its channel.
     pub fn register(&mut self, user: UserId, id: ConnId, outbox: Arc<Outbox>) {
         let key = self.conns.insert(Conn {
@@ -220,11 +220,11 @@ impl Registry {
     /// Applies `batch` in order (forgetting the graph first if it starts a
     /// new stream), stages each notification, then moves each touched
     /// client's staged bytes to its outbox. Normally reached through
-    /// [`Command::Deliver`]; public so benchmarks can measure dispatch alone.
+    /// `Command::Deliver`; public so benchmarks can measure dispatch alone.
     ///
     /// Nothing here allocates per event: staging buffers, `touched` and the
     /// index lists only grow, amortized, and keep their capacity from batch
-    /// to batch (staging buffers up to [`STAGING_KEEP_BYTES`]).
+    /// to batch (staging buffers up to `STAGING_KEEP_BYTES`).
     pub fn deliver(&mut self, batch: &OrderedBatch) {
         if batch.starts_new_stream() {
             self.forget_graph();

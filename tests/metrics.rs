@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use common::{get, send, wait_until, within, TestServer};
-use followermaze::stats::DisconnectReason;
+use followermaze::DisconnectReason;
 use followermaze::{Config, Listeners};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
