@@ -222,9 +222,10 @@ impl Registry {
     /// client's staged bytes to its outbox. Normally reached through
     /// `Command::Deliver`; public so benchmarks can measure dispatch alone.
     ///
-    /// Nothing here allocates per event: staging buffers, `touched` and the
-    /// index lists only grow, amortized, and keep their capacity from batch
-    /// to batch (staging buffers up to `STAGING_KEEP_BYTES`).
+    /// Adds no allocation per event: each connection's staging buffer (up
+    /// to `STAGING_KEEP_BYTES`) and `touched` keep their capacity from
+    /// batch to batch; only the graph and the online-followers index
+    /// allocate, as they grow.
     pub fn deliver(&mut self, batch: &OrderedBatch) {
         if batch.starts_new_stream() {
             self.forget_graph();

@@ -12,9 +12,9 @@
 //! no other source is open and nothing is parked (a verifier run again
 //! against a long-lived server): the sequence restarts at 1, and the next
 //! batch is marked as starting a new stream, so the registry forgets the
-//! follower graph just before applying it. Connected clients stay. A source that
-//! dropped mid-batch and resends leaves a gap parked, so it carries on the
-//! old stream instead.
+//! follower graph just before applying it. Connected clients stay. A
+//! source that dropped mid-batch and resends leaves a gap parked, so it
+//! carries on the old stream instead.
 
 use std::sync::Arc;
 use std::time::Duration;
