@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use followermaze::batch::OrderedBatch;
 use followermaze::outbox::Outbox;
-use followermaze::registry::{Registry, RegistryHandle, RegistrySettings};
-use followermaze::stats::Stats;
+use followermaze::Stats;
+use followermaze::{Registry, RegistryHandle, RegistrySettings};
 use followermaze_protocol::{Event, EventKind};
 
 const BATCH: u64 = 1_000;
@@ -63,18 +64,19 @@ fn dispatch(c: &mut Criterion) {
         let follows: Vec<Event> = (1..=n)
             .map(|user| event(user, EventKind::Follow { from: user, to: 0 }))
             .collect();
-        registry.deliver(&follows, Instant::now());
+        registry.deliver(&OrderedBatch::new(follows, Instant::now()));
         drain(&outboxes, &mut spare);
         let statuses: Vec<Event> = (0..BATCH)
             .map(|i| event(n + 1 + i, EventKind::Status { from: 0 }))
             .collect();
+        let statuses = OrderedBatch::new(statuses, Instant::now());
         group.throughput(Throughput::Elements(BATCH * n));
         group.bench_with_input(
             BenchmarkId::new("status_to_followers", n),
             &statuses,
             |b, statuses| {
                 b.iter(|| {
-                    registry.deliver(statuses, Instant::now());
+                    registry.deliver(statuses);
                     drain(&outboxes, &mut spare);
                 })
             },
@@ -84,12 +86,13 @@ fn dispatch(c: &mut Criterion) {
         let broadcasts: Vec<Event> = (1..=BATCH)
             .map(|seq| event(seq, EventKind::Broadcast))
             .collect();
+        let broadcasts = OrderedBatch::new(broadcasts, Instant::now());
         group.bench_with_input(
             BenchmarkId::new("broadcast_to_clients", n),
             &broadcasts,
             |b, broadcasts| {
                 b.iter(|| {
-                    registry.deliver(broadcasts, Instant::now());
+                    registry.deliver(broadcasts);
                     drain(&outboxes, &mut spare);
                 })
             },

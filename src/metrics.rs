@@ -35,7 +35,6 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::accept;
-use crate::registry::RegistryHandle;
 use crate::stats::{DisconnectReason, LatencyHistogram, LogThrottle, Stats, LATENCY_BUCKETS};
 
 /// Prefix of every metric name.
@@ -338,28 +337,33 @@ fn histogram(latency: &LatencyHistogram) -> proto::Histogram {
     histogram
 }
 
-/// What `/healthz` looks at: the server is healthy while both listeners are
-/// accepting and the registry actor is running.
+/// What `/healthz` looks at: the tasks that take events and clients. Each
+/// runs for the life of the server and ends only at shutdown (or if it
+/// panicked), so the server is healthy exactly while none has finished.
 #[derive(Debug)]
 pub struct Health {
-    /// Alive while the registry actor holds its receiver.
-    registry: RegistryHandle,
-    /// The accept tasks of the event and client listeners (each ends only at
-    /// shutdown, or if it panicked, and drops its listener when it does),
-    /// and the sequencer task (ends only once every source is done).
-    running: [AbortHandle; 3],
+    /// The event listener's accept loop; it drops the listener when it ends.
+    pub sources: AbortHandle,
+    /// The client listener's accept loop (and, at shutdown, the writers'
+    /// drain).
+    pub clients: AbortHandle,
+    /// The sequencer: ends once every source is done.
+    pub sequencer: AbortHandle,
+    /// The registry actor: ends once the sequencer stops it.
+    pub registry: AbortHandle,
 }
 
 impl Health {
-    /// Health as seen through the registry handle and the tasks that must
-    /// keep running: both accept loops, then the sequencer.
-    pub fn new(registry: RegistryHandle, running: [AbortHandle; 3]) -> Health {
-        Health { registry, running }
-    }
-
     /// Whether the server can take events and clients now.
     pub fn is_healthy(&self) -> bool {
-        self.registry.is_alive() && self.running.iter().all(|task| !task.is_finished())
+        [
+            &self.sources,
+            &self.clients,
+            &self.sequencer,
+            &self.registry,
+        ]
+        .iter()
+        .all(|task| !task.is_finished())
     }
 }
 
@@ -509,7 +513,6 @@ async fn serve_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Registry as RegistryActor, RegistrySettings};
 
     fn stats() -> Arc<Stats> {
         Arc::new(Stats::default())
@@ -525,13 +528,6 @@ mod tests {
             .encode_utf8(&registry.gather(), &mut body)
             .unwrap();
         body
-    }
-
-    fn settings() -> RegistrySettings {
-        RegistrySettings {
-            max_client_pending_bytes: 1024,
-            max_follow_edges: 16,
-        }
     }
 
     #[test]
@@ -598,60 +594,47 @@ mod tests {
         assert!(!body.contains("le=\"0.000008\""), "{body}");
     }
 
+    /// A task that runs until aborted.
+    fn running() -> tokio::task::JoinHandle<()> {
+        tokio::spawn(std::future::pending::<()>())
+    }
+
+    /// Health over four running tasks, and the tasks.
+    fn health() -> (Health, [tokio::task::JoinHandle<()>; 4]) {
+        let tasks = [running(), running(), running(), running()];
+        let health = Health {
+            sources: tasks[0].abort_handle(),
+            clients: tasks[1].abort_handle(),
+            sequencer: tasks[2].abort_handle(),
+            registry: tasks[3].abort_handle(),
+        };
+        (health, tasks)
+    }
+
     #[tokio::test]
     async fn healthy_only_while_listeners_sequencer_and_registry_run() {
-        let (registry, handle) = RegistryActor::new(settings(), stats());
-        let running = || tokio::spawn(std::future::pending::<()>());
-        let (events, clients, sequencer) = (running(), running(), running());
-        let health = Health::new(
-            handle.clone(),
-            [
-                events.abort_handle(),
-                clients.abort_handle(),
-                sequencer.abort_handle(),
-            ],
-        );
-        assert!(health.is_healthy());
-
-        clients.abort();
-        let ended = tokio::time::timeout(Duration::from_secs(10), clients).await;
-        assert!(ended.is_ok(), "an aborted task ends");
-        assert!(!health.is_healthy(), "a listener stopped");
-
-        let clients = running();
-        let health = Health::new(
-            handle.clone(),
-            [
-                events.abort_handle(),
-                clients.abort_handle(),
-                sequencer.abort_handle(),
-            ],
-        );
-        assert!(health.is_healthy());
-        sequencer.abort();
-        let ended = tokio::time::timeout(Duration::from_secs(10), sequencer).await;
-        assert!(ended.is_ok(), "an aborted task ends");
-        assert!(!health.is_healthy(), "the sequencer stopped");
-
-        let sequencer = running();
-        let health = Health::new(
-            handle,
-            [
-                events.abort_handle(),
-                clients.abort_handle(),
-                sequencer.abort_handle(),
-            ],
-        );
-        assert!(health.is_healthy());
-        drop(registry);
-        assert!(!health.is_healthy(), "the registry stopped");
+        for (index, name) in ["sources", "clients", "sequencer", "registry"]
+            .into_iter()
+            .enumerate()
+        {
+            let (health, tasks) = health();
+            assert!(health.is_healthy());
+            let mut tasks = Vec::from(tasks);
+            let stopped = tasks.swap_remove(index);
+            stopped.abort();
+            let ended = tokio::time::timeout(Duration::from_secs(10), stopped).await;
+            assert!(ended.is_ok(), "an aborted task ends");
+            assert!(!health.is_healthy(), "{name} stopped");
+            for task in tasks {
+                task.abort();
+            }
+        }
     }
 
     #[tokio::test]
     async fn routes_answer_by_path_and_method() {
-        let (_registry, handle) = RegistryActor::new(settings(), stats());
-        let up = || tokio::spawn(std::future::pending::<()>()).abort_handle();
-        let endpoint = Endpoint::new(stats(), Health::new(handle, [up(), up(), up()]));
+        let (health, _tasks) = health();
+        let endpoint = Endpoint::new(stats(), health);
         let status = |method: Method, path: &str| endpoint.respond(&method, path).status();
         assert_eq!(status(Method::GET, "/metrics"), StatusCode::OK);
         assert_eq!(status(Method::HEAD, "/metrics"), StatusCode::OK);

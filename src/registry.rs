@@ -3,9 +3,10 @@
 //! outboxes.
 //!
 //! Owning both in one task means no locks around the graph and a single,
-//! obvious order of effects: events are applied strictly in the order the
-//! sequencer releases them, and a client's registration takes effect between
-//! two batches, never inside one.
+//! obvious order of effects: events are applied strictly in the order of the
+//! [`OrderedBatch`]es it receives (the seam: the sequencer produces them
+//! today), and a client's registration takes effect between two batches,
+//! never inside one.
 //!
 //! Per batch, each recipient's notifications are first staged in a buffer
 //! the actor owns, then moved to its outbox in one locked swap and at most one
@@ -17,16 +18,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use hashbrown::HashMap;
 use slab::Slab;
 use tokio::sync::mpsc;
 
+use crate::batch::OrderedBatch;
 use crate::online::Online;
 use crate::outbox::{Closed, Outbox, PushError};
-use crate::router::{Audience, EdgeChange, Router};
+use crate::reach::Reach;
+use crate::router::{Audience, EdgeChange, Routed, Router};
 use crate::stats::{LogThrottle, Stats};
 use followermaze_protocol::resume::Hello;
-use followermaze_protocol::{Event, EventKind, UserId};
+use followermaze_protocol::{Seq, UserId};
 
 /// Identifies one client connection for the life of the process.
 pub type ConnId = u64;
@@ -34,12 +36,9 @@ pub type ConnId = u64;
 /// Commands the registry accepts, in the order they are sent.
 #[derive(Debug)]
 pub enum Command {
-    /// Apply these events, already in sequence order, and notify.
-    Deliver {
-        events: Vec<Event>,
-        /// When the source read that made them deliverable (for latency).
-        read_at: Instant,
-    },
+    /// Apply this batch (forgetting the graph first if it starts a new
+    /// stream) and notify.
+    Deliver(OrderedBatch),
     /// A client finished its handshake.
     Register {
         /// What it sent: its user id, and whether (and whence) it resumes.
@@ -49,8 +48,6 @@ pub enum Command {
     },
     /// A client connection ended.
     Unregister { user: UserId, conn: ConnId },
-    /// A new stream begins: forget the follower graph.
-    Restart,
     /// Deliver nothing more: tell every writer to drain and stop.
     Shutdown,
 }
@@ -79,13 +76,8 @@ pub struct RegistryGone;
 
 impl RegistryHandle {
     /// Sends a command, waiting for queue space.
-    pub async fn send(&self, command: Command) -> Result<(), RegistryGone> {
+    pub(crate) async fn send(&self, command: Command) -> Result<(), RegistryGone> {
         self.commands.send(command).await.map_err(|_| RegistryGone)
-    }
-
-    /// Whether the registry is still running.
-    pub fn is_alive(&self) -> bool {
-        !self.commands.is_closed()
     }
 }
 
@@ -123,13 +115,14 @@ pub struct Registry {
     conns: Slab<Conn>,
     /// Slab keys of each connected user's connections (usually one).
     online: Online,
-    /// `reach[u]`: the connections of `u`'s online followers, exactly the
-    /// audience of `u`'s status updates. Kept up to date as edges change and
-    /// clients come and go, so a status update costs one lookup however
-    /// many of its author's followers are offline.
-    reach: HashMap<UserId, Vec<usize>>,
+    /// Each user's online followers' connections: the audience of its
+    /// status updates in one lookup.
+    reach: Reach,
     /// Keys of connections with staged bytes in the current batch.
     touched: Vec<usize>,
+    /// The last sequence number applied from the channel, so the seam's
+    /// promise that batches keep increasing is checked in debug builds.
+    last_seq: Option<Seq>,
     /// Limits.
     settings: RegistrySettings,
     /// Counters shared with the rest of the server.
@@ -139,7 +132,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Creates the actor and its handle; run it with [`Registry::run`].
+    /// Creates the actor and its handle; run it with `Registry::run`.
     pub fn new(settings: RegistrySettings, stats: Arc<Stats>) -> (Registry, RegistryHandle) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let registry = Registry {
@@ -147,8 +140,9 @@ impl Registry {
             router: Router::new(settings.max_follow_edges),
             conns: Slab::new(),
             online: Online::default(),
-            reach: HashMap::new(),
+            reach: Reach::default(),
             touched: Vec::new(),
+            last_seq: None,
             settings,
             stats,
             slow_log: LogThrottle::new(std::time::Duration::from_secs(5)),
@@ -158,20 +152,26 @@ impl Registry {
 
     /// Processes commands until `Shutdown` or until every handle is dropped,
     /// then tells every writer to drain.
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         while let Some(command) = self.commands.recv().await {
             match command {
-                Command::Deliver { events, read_at } => self.deliver(&events, read_at),
+                Command::Deliver(batch) => {
+                    debug_assert!(
+                        batch.follows(self.last_seq),
+                        "batch {}..={} after {:?}: the seam's batches must keep increasing",
+                        batch.first_seq(),
+                        batch.last_seq(),
+                        self.last_seq
+                    );
+                    self.last_seq = Some(batch.last_seq());
+                    self.deliver(&batch);
+                }
                 Command::Register {
                     hello,
                     conn,
                     outbox,
                 } => self.register(hello.user(), conn, outbox),
                 Command::Unregister { user, conn } => self.unregister(user, conn),
-                Command::Restart => {
-                    self.router.clear();
-                    self.reach.clear();
-                }
                 Command::Shutdown => break,
             }
         }
@@ -190,7 +190,7 @@ impl Registry {
     }
 
     /// Adds a connection for `user`. Normally reached through
-    /// [`Command::Register`]; public so benchmarks can drive the actor's
+    /// `Command::Register`; public so benchmarks can drive the actor's
     /// state without its channel.
     pub fn register(&mut self, user: UserId, id: ConnId, outbox: Arc<Outbox>) {
         let key = self.conns.insert(Conn {
@@ -200,9 +200,7 @@ impl Registry {
             staged: Vec::new(),
         });
         self.online.add(user, key);
-        for followed in self.router.following(user) {
-            self.reach.entry(followed).or_default().push(key);
-        }
+        self.reach.connected(key, self.router.following(user));
         Stats::set(&self.stats.clients_connected, self.conns.len() as u64);
     }
 
@@ -220,128 +218,146 @@ impl Registry {
     fn remove(&mut self, key: usize) {
         let conn = self.conns.remove(key);
         self.online.remove(conn.user, key);
-        for followed in self.router.following(conn.user) {
-            drop_keys(&mut self.reach, followed, &[key]);
-        }
+        self.reach
+            .disconnected(key, self.router.following(conn.user));
         Stats::set(&self.stats.clients_connected, self.conns.len() as u64);
     }
 
-    /// Applies `events` in order, stages each notification, then moves each
-    /// touched client's staged bytes to its outbox. Normally reached through
-    /// [`Command::Deliver`]; public so benchmarks can measure dispatch alone.
-    pub fn deliver(&mut self, events: &[Event], read_at: Instant) {
-        let Registry {
-            router,
-            conns,
-            online,
-            reach,
-            touched,
-            ..
-        } = self;
+    /// Applies `batch` in order (forgetting the graph first if it starts a
+    /// new stream), stages each notification, then moves each touched
+    /// client's staged bytes to its outbox. Normally reached through
+    /// `Command::Deliver`; public so benchmarks can measure dispatch alone.
+    ///
+    /// Adds no allocation per event: each connection's staging buffer (up
+    /// to `STAGING_KEEP_BYTES`) and `touched` keep their capacity from
+    /// batch to batch; only the graph and the online-followers index
+    /// allocate, as they grow.
+    pub fn deliver(&mut self, batch: &OrderedBatch) {
+        if batch.starts_new_stream() {
+            self.forget_graph();
+        }
         let mut notifications: u64 = 0;
-        for event in events {
-            let raw: &[u8] = &event.raw;
-            match router.apply(event.kind) {
-                Audience::Nobody => {}
-                Audience::User(user) => {
-                    if let Some(keys) = online.get(user) {
-                        for &key in keys {
-                            stage(conns, touched, key, raw);
-                            notifications += 1;
-                        }
-                    }
-                }
-                Audience::Everyone => {
-                    for (key, conn) in conns.iter_mut() {
-                        if conn.staged.is_empty() {
-                            touched.push(key);
-                        }
-                        conn.staged.extend_from_slice(raw);
-                    }
-                    notifications += conns.len() as u64;
-                }
-                Audience::Followers(_) => {
-                    let EventKind::Status { from } = event.kind else {
-                        unreachable!("only status updates go to followers");
-                    };
-                    if let Some(keys) = reach.get(&from) {
-                        for &key in keys {
-                            stage(conns, touched, key, raw);
-                        }
-                        notifications += keys.len() as u64;
-                    }
+        for event in batch.events() {
+            let Routed { audience, edge } = self.router.apply(event.kind);
+            notifications += self.stage(audience, &event.raw);
+            if let Some(edge) = edge {
+                self.follow_edge(edge);
+            }
+        }
+        self.count(batch.events().len(), notifications);
+        self.flush_touched(batch.read_at());
+    }
+
+    /// A new stream: its events owe nothing to the old follower graph.
+    fn forget_graph(&mut self) {
+        self.router.clear();
+        self.reach.clear();
+    }
+
+    /// Appends `raw` to the staging buffer of every connection `audience`
+    /// names; returns how many that is.
+    #[inline]
+    fn stage(&mut self, audience: Audience, raw: &[u8]) -> u64 {
+        let keys = match audience {
+            Audience::Nobody => return 0,
+            Audience::Everyone => return self.stage_everyone(raw),
+            Audience::User(user) => self.online.get(user).unwrap_or_default(),
+            Audience::Followers(author) => self.reach.of(author),
+        };
+        for &key in keys {
+            stage(&mut self.conns, &mut self.touched, key, raw);
+        }
+        keys.len() as u64
+    }
+
+    /// [`Registry::stage`] for a broadcast: every connection.
+    #[inline]
+    fn stage_everyone(&mut self, raw: &[u8]) -> u64 {
+        for (key, conn) in self.conns.iter_mut() {
+            if conn.staged.is_empty() {
+                self.touched.push(key);
+            }
+            conn.staged.extend_from_slice(raw);
+        }
+        self.conns.len() as u64
+    }
+
+    /// Keeps `reach` in step with an edge the router added or removed: the
+    /// follower's connections, if it is online, gain or lose the followed
+    /// user's status updates.
+    #[inline]
+    fn follow_edge(&mut self, edge: EdgeChange) {
+        match edge {
+            EdgeChange::Added { from, to } => {
+                if let Some(keys) = self.online.get(from) {
+                    self.reach.edge_added(to, keys);
                 }
             }
-            match router.last_change() {
-                None => {}
-                Some(EdgeChange::Added { from, to }) => {
-                    if let Some(keys) = online.get(from) {
-                        reach.entry(to).or_default().extend_from_slice(keys);
-                    }
-                }
-                Some(EdgeChange::Removed { from, to }) => {
-                    if let Some(keys) = online.get(from) {
-                        drop_keys(reach, to, keys);
-                    }
+            EdgeChange::Removed { from, to } => {
+                if let Some(keys) = self.online.get(from) {
+                    self.reach.edge_removed(to, keys);
                 }
             }
         }
-        Stats::add(&self.stats.events_delivered, events.len() as u64);
-        Stats::add(&self.stats.notifications, notifications);
-        Stats::set(&self.stats.refused_follows, self.router.refused_follows());
-        self.flush_touched(read_at);
     }
 
+    /// Publishes one batch's counts: once per batch, not per event.
+    fn count(&self, events: usize, notifications: u64) {
+        Stats::add(&self.stats.events_delivered, events as u64);
+        Stats::add(&self.stats.notifications, notifications);
+        Stats::set(&self.stats.refused_follows, self.router.refused_follows());
+    }
+
+    /// Moves every touched connection's staged bytes to its outbox (one
+    /// lock, at most one wake each), and empties `touched`.
     fn flush_touched(&mut self, read_at: Instant) {
-        let max = self.settings.max_client_pending_bytes;
         let mut touched = std::mem::take(&mut self.touched);
         for &key in &touched {
-            let conn = &mut self.conns[key];
-            let result = conn.outbox.push(&mut conn.staged, read_at, max);
-            if conn.staged.capacity() > STAGING_KEEP_BYTES {
-                conn.staged = Vec::new();
-            }
-            match result {
-                Ok(()) => {}
-                Err(PushError::Overflow { pending_bytes }) => {
-                    let (user, id) = (conn.user, conn.id);
-                    // The writer counts the disconnect when it sees why.
-                    if let Some(suppressed) = self.slow_log.allow() {
-                        tracing::warn!(
-                            user,
-                            conn = id,
-                            pending_bytes,
-                            limit = max,
-                            suppressed,
-                            "disconnecting slow consumer: outbound buffer over its limit"
-                        );
-                    }
-                    self.remove(key);
-                }
-                // The writer already ended; its Unregister is on the way or
-                // was handled. Either way the entry goes now.
-                Err(PushError::Closed(_)) => {
-                    if self.conns.contains(key) {
-                        self.remove(key);
-                    }
-                }
-            }
+            self.flush(key, read_at);
         }
         touched.clear();
         self.touched = touched;
     }
-}
 
-/// Removes `keys` from `reach[user]`, dropping the entry when it empties.
-fn drop_keys(reach: &mut HashMap<UserId, Vec<usize>>, user: UserId, keys: &[usize]) {
-    if let Some(list) = reach.get_mut(&user) {
-        list.retain(|key| !keys.contains(key));
-        if list.is_empty() {
-            reach.remove(&user);
+    /// Moves connection `key`'s staged bytes to its outbox; forgets the
+    /// connection if the outbox refuses them.
+    fn flush(&mut self, key: usize, read_at: Instant) {
+        let max = self.settings.max_client_pending_bytes;
+        let conn = &mut self.conns[key];
+        let result = conn.outbox.push(&mut conn.staged, read_at, max);
+        if conn.staged.capacity() > STAGING_KEEP_BYTES {
+            conn.staged = Vec::new();
+        }
+        match result {
+            Ok(()) => {}
+            Err(PushError::Overflow { pending_bytes }) => {
+                let (user, id) = (conn.user, conn.id);
+                // The writer counts the disconnect when it sees why.
+                if let Some(suppressed) = self.slow_log.allow() {
+                    tracing::warn!(
+                        user,
+                        conn = id,
+                        pending_bytes,
+                        limit = max,
+                        suppressed,
+                        "disconnecting slow consumer: outbound buffer over its limit"
+                    );
+                }
+                self.remove(key);
+            }
+            // The writer already ended; its Unregister is on the way or
+            // was handled. Either way the entry goes now.
+            Err(PushError::Closed(_)) => {
+                if self.conns.contains(key) {
+                    self.remove(key);
+                }
+            }
         }
     }
 }
 
+/// Appends `raw` to connection `key`'s staging buffer, noting the key in
+/// `touched` if this is its first notification of the batch.
 #[inline]
 fn stage(conns: &mut Slab<Conn>, touched: &mut Vec<usize>, key: usize, raw: &[u8]) {
     let conn = &mut conns[key];
@@ -354,6 +370,7 @@ fn stage(conns: &mut Slab<Conn>, touched: &mut Vec<usize>, key: usize, raw: &[u8
 #[cfg(test)]
 mod tests {
     use super::*;
+    use followermaze_protocol::{Event, EventKind};
     use proptest::prelude::*;
 
     #[derive(Debug, Clone)]
@@ -437,7 +454,7 @@ mod tests {
                             }
                         }
                         let event = Event { seq, kind, raw: bytes::Bytes::from(raw) };
-                        registry.deliver(std::slice::from_ref(&event), Instant::now());
+                        registry.deliver(&OrderedBatch::new(vec![event], Instant::now()));
                     }
                 }
             }
@@ -491,7 +508,7 @@ mod tests {
                 raw: bytes::Bytes::from(format!("{seq:07}|B\r\n")),
             })
             .collect();
-        registry.deliver(&events, Instant::now());
+        registry.deliver(&OrderedBatch::new(events, Instant::now()));
         assert_eq!(outbox.closed(), None);
     }
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{get, send, wait_until, within, TestServer};
-use followermaze::stats::DisconnectReason;
+use followermaze::DisconnectReason;
 use followermaze::Config;
 use followermaze_protocol::resume::{parse_control, Control, StreamId, Verdict};
 use followermaze_protocol::{parse_event, Seq};
