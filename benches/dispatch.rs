@@ -11,6 +11,7 @@ use followermaze::batch::OrderedBatch;
 use followermaze::outbox::Outbox;
 use followermaze::Stats;
 use followermaze::{Registry, RegistryHandle, RegistrySettings};
+use followermaze_protocol::resume::Hello;
 use followermaze_protocol::{Event, EventKind};
 
 const BATCH: u64 = 1_000;
@@ -32,17 +33,14 @@ fn event(seq: u64, kind: EventKind) -> Event {
 /// A registry with `clients` connected users 1..=clients, and the outboxes
 /// (drained by the benchmark loop, standing in for writers).
 fn registry_with(clients: u64) -> (Registry, RegistryHandle, Vec<Arc<Outbox>>) {
-    let settings = RegistrySettings {
-        max_client_pending_bytes: usize::MAX,
-        max_follow_edges: usize::MAX,
-    };
+    let settings = RegistrySettings::new(usize::MAX, usize::MAX);
     // The handle is the channel's sender, unused here: benchmarks call in
     // directly. It is returned only to keep the channel open.
     let (mut registry, handle) = Registry::new(settings, Arc::new(Stats::default()));
     let mut outboxes = Vec::new();
     for user in 1..=clients {
         let outbox = Arc::new(Outbox::new());
-        registry.register(user, user, outbox.clone());
+        registry.register(Hello::Classic(user), user, outbox.clone());
         outboxes.push(outbox);
     }
     (registry, handle, outboxes)

@@ -14,9 +14,23 @@
 //!
 //! Several connections may announce the same user id: each gets every
 //! notification for that user (a user with two devices sees both).
+//!
+//! # Resumable sessions
+//!
+//! A user with a session (see [`crate::session`]) has one more entry among
+//! the connections: a *retainer*, which stands in the online set and the
+//! followers index like a connection, so routing reaches it exactly as it
+//! reaches live ones, but whose lines are recorded in the session's
+//! retention instead of written anywhere. A resumable connection registers
+//! between two batches: its verdict, then the retained lines it missed, then
+//! (from the next batch on) live lines; nothing falls between them. Its
+//! tally (count and CRC of the event lines sent on it) feeds its `#AT`
+//! checkpoints, written at the housekeeping tick, between batches too.
+//! Classic connections pay one predictable branch per notification for
+//! all of this; broadcasts keep their plain loop while no session exists.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 use tokio::sync::mpsc;
@@ -26,9 +40,11 @@ use crate::online::Online;
 use crate::outbox::{Closed, Outbox, PushError};
 use crate::reach::Reach;
 use crate::router::{Audience, EdgeChange, Routed, Router};
+use crate::session::{SessionSettings, Sessions, Tally};
 use crate::stats::{LogThrottle, Stats};
-use followermaze_protocol::resume::Hello;
+use followermaze_protocol::resume::{Hello, StreamId, Verdict};
 use followermaze_protocol::{Seq, UserId};
+use hashbrown::HashMap;
 
 /// Identifies one client connection for the life of the process.
 pub type ConnId = u64;
@@ -64,6 +80,12 @@ pub const COMMAND_QUEUE: usize = 8;
 /// for reuse, so a burst does not leave every client holding its peak.
 const STAGING_KEEP_BYTES: usize = 64 * 1024;
 
+/// How often the registry purges expired sessions and checks whether
+/// checkpoints are due: the resolution of `resumeWindowSecs` and
+/// `checkpointIntervalMs`. Nothing happens at the tick while no session
+/// exists.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(50);
+
 /// The cloneable way to talk to the registry.
 #[derive(Debug, Clone)]
 pub struct RegistryHandle {
@@ -88,20 +110,63 @@ pub struct RegistrySettings {
     pub max_client_pending_bytes: usize,
     /// Follow edges the graph may hold.
     pub max_follow_edges: usize,
+    /// Resumable sessions: window, retention bounds, checkpoints.
+    pub(crate) sessions: SessionSettings,
 }
 
-/// One registered connection.
+impl RegistrySettings {
+    /// The given bounds, and the default session settings.
+    pub fn new(max_client_pending_bytes: usize, max_follow_edges: usize) -> RegistrySettings {
+        RegistrySettings {
+            max_client_pending_bytes,
+            max_follow_edges,
+            ..crate::Config::default().registry()
+        }
+    }
+}
+
+/// One registered connection, or a session's retainer.
 #[derive(Debug)]
 struct Conn {
     /// The id the client announced.
     user: UserId,
     /// Tells this connection apart from a later one that reuses the slab key.
     id: ConnId,
-    /// Where its writer picks up bytes.
-    outbox: Arc<Outbox>,
+    /// Where its lines go.
+    sink: Sink,
     /// This batch's notifications, moved to the outbox at the end of the
     /// batch. Non-empty exactly when the key is in `Registry::touched`.
     staged: Vec<u8>,
+}
+
+/// Where a [`Conn`]'s lines go.
+#[derive(Debug)]
+enum Sink {
+    /// A classic connection's writer.
+    Plain(Arc<Outbox>),
+    /// A resumable connection's writer.
+    Resumable {
+        /// Where its writer picks up bytes.
+        outbox: Arc<Outbox>,
+        /// Count and CRC of its event lines, for checkpoints and resets.
+        tally: Tally,
+        /// Fault injection decided to reset it after the lines staged so
+        /// far: it is staged nothing more, and reset at the flush.
+        resetting: bool,
+    },
+    /// A session's retainer: its user's lines are recorded in the session's
+    /// retention, not written.
+    Retainer,
+}
+
+impl Sink {
+    /// The writer's outbox, for connections that have one.
+    fn outbox(&self) -> Option<&Arc<Outbox>> {
+        match self {
+            Sink::Plain(outbox) | Sink::Resumable { outbox, .. } => Some(outbox),
+            Sink::Retainer => None,
+        }
+    }
 }
 
 /// The actor's state; see the module doc.
@@ -120,9 +185,15 @@ pub struct Registry {
     reach: Reach,
     /// Keys of connections with staged bytes in the current batch.
     touched: Vec<usize>,
-    /// The last sequence number applied from the channel, so the seam's
-    /// promise that batches keep increasing is checked in debug builds.
+    /// The last sequence number applied: the server's position, and the
+    /// check (in debug builds) that the seam's batches keep increasing.
     last_seq: Option<Seq>,
+    /// Resumable sessions and their retained lines.
+    sessions: Sessions,
+    /// The slab key of each session's retainer.
+    retainers: HashMap<UserId, usize>,
+    /// When checkpoints were last written.
+    last_checkpoint: Instant,
     /// Limits.
     settings: RegistrySettings,
     /// Counters shared with the rest of the server.
@@ -143,6 +214,9 @@ impl Registry {
             reach: Reach::default(),
             touched: Vec::new(),
             last_seq: None,
+            sessions: Sessions::new(settings.sessions),
+            retainers: HashMap::new(),
+            last_checkpoint: Instant::now(),
             settings,
             stats,
             slow_log: LogThrottle::new(std::time::Duration::from_secs(5)),
@@ -153,24 +227,24 @@ impl Registry {
     /// Processes commands until `Shutdown` or until every handle is dropped,
     /// then tells every writer to drain.
     pub(crate) async fn run(mut self) {
-        while let Some(command) = self.commands.recv().await {
-            match command {
-                Command::Deliver(batch) => {
-                    debug_assert!(
-                        batch.follows(self.last_seq),
-                        "batch {}..={} after {:?}: the seam's batches must keep increasing",
-                        batch.first_seq(),
-                        batch.last_seq(),
-                        self.last_seq
-                    );
-                    self.last_seq = Some(batch.last_seq());
-                    self.deliver(&batch);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let command = tokio::select! {
+                command = self.commands.recv() => command,
+                now = housekeeping.tick() => {
+                    self.housekeeping(now.into_std());
+                    continue;
                 }
+            };
+            let Some(command) = command else { break };
+            match command {
+                Command::Deliver(batch) => self.deliver(&batch),
                 Command::Register {
                     hello,
                     conn,
                     outbox,
-                } => self.register(hello.user(), conn, outbox),
+                } => self.register(hello, conn, outbox),
                 Command::Unregister { user, conn } => self.unregister(user, conn),
                 Command::Shutdown => break,
             }
@@ -184,24 +258,110 @@ impl Registry {
             }
         }
         for (_, conn) in self.conns.iter() {
-            conn.outbox.close(Closed::Drain);
+            if let Some(outbox) = conn.sink.outbox() {
+                outbox.close(Closed::Drain);
+            }
         }
-        tracing::debug!(clients = self.conns.len(), "registry stopped");
+        tracing::debug!(clients = self.connected(), "registry stopped");
     }
 
-    /// Adds a connection for `user`. Normally reached through
+    /// Adds a connection that sent `hello`. Normally reached through
     /// `Command::Register`; public so benchmarks can drive the actor's
     /// state without its channel.
-    pub fn register(&mut self, user: UserId, id: ConnId, outbox: Arc<Outbox>) {
+    pub fn register(&mut self, hello: Hello, id: ConnId, outbox: Arc<Outbox>) {
+        match hello {
+            Hello::Classic(user) => {
+                self.insert(user, id, Sink::Plain(outbox));
+            }
+            Hello::Resumable {
+                user,
+                stream,
+                after,
+            } => self.attach(user, stream, after, id, outbox),
+        }
+        Stats::set(&self.stats.clients_connected, self.connected() as u64);
+    }
+
+    /// Registered client connections (retainers are not connections).
+    fn connected(&self) -> usize {
+        self.conns.len() - self.retainers.len()
+    }
+
+    /// The last sequence number applied (0 before any).
+    fn position(&self) -> Seq {
+        self.last_seq.unwrap_or(0)
+    }
+
+    /// Adds `sink` for `user` to the connections, the online set and the
+    /// followers index; returns its key.
+    fn insert(&mut self, user: UserId, id: ConnId, sink: Sink) -> usize {
         let key = self.conns.insert(Conn {
             user,
             id,
-            outbox,
+            sink,
             staged: Vec::new(),
         });
         self.online.add(user, key);
         self.reach.connected(key, self.router.following(user));
-        Stats::set(&self.stats.clients_connected, self.conns.len() as u64);
+        key
+    }
+
+    /// Registers a resumable connection: the verdict and the lines it
+    /// missed are staged and flushed now, between two batches, so live
+    /// lines from the next batch on follow them exactly.
+    fn attach(
+        &mut self,
+        user: UserId,
+        stream: Option<StreamId>,
+        after: Seq,
+        id: ConnId,
+        outbox: Arc<Outbox>,
+    ) {
+        let position = self.position();
+        let mut staged = Vec::new();
+        let attached = self
+            .sessions
+            .attach(user, stream, after, position, &mut staged);
+        if attached.opened {
+            let key = self.insert(user, 0, Sink::Retainer);
+            self.retainers.insert(user, key);
+        }
+        let mut tally = Tally::new(attached.seq, self.sessions.settings().fault_reset_every);
+        let (mut replayed, mut resetting) = (0u64, false);
+        self.sessions.replay(user, attached.seq, |line| {
+            if !resetting {
+                staged.extend_from_slice(line);
+                resetting = tally.line(line);
+                replayed += 1;
+            }
+        });
+        if stream.is_some() {
+            let counter = match attached.verdict {
+                Verdict::Ok => &self.stats.resumes_ok,
+                Verdict::Gap => &self.stats.resumes_gap,
+            };
+            Stats::add(counter, 1);
+            Stats::add(&self.stats.replayed_lines, replayed);
+        }
+        tracing::debug!(
+            user,
+            conn = id,
+            after,
+            verdict = ?attached.verdict,
+            seq = attached.seq,
+            replayed,
+            "resumable client attached"
+        );
+        let sink = Sink::Resumable {
+            outbox,
+            tally,
+            resetting,
+        };
+        let key = self.insert(user, id, sink);
+        self.conns[key].staged = staged;
+        self.touched.push(key);
+        self.flush_touched(Instant::now());
+        self.publish_session_gauges();
     }
 
     fn unregister(&mut self, user: UserId, id: ConnId) {
@@ -214,13 +374,104 @@ impl Registry {
         }
     }
 
-    /// Forgets connection `key`; its writer is told through the outbox.
+    /// Forgets connection `key`; its writer is told through the outbox. A
+    /// resumable connection's session starts its window if it was the last.
     fn remove(&mut self, key: usize) {
         let conn = self.conns.remove(key);
         self.online.remove(conn.user, key);
         self.reach
             .disconnected(key, self.router.following(conn.user));
-        Stats::set(&self.stats.clients_connected, self.conns.len() as u64);
+        match conn.sink {
+            Sink::Resumable { .. } => self.sessions.detach(conn.user, Instant::now()),
+            Sink::Retainer => {
+                self.retainers.remove(&conn.user);
+            }
+            Sink::Plain(_) => {}
+        }
+        Stats::set(&self.stats.clients_connected, self.connected() as u64);
+    }
+
+    /// Purges expired sessions and writes due checkpoints; see
+    /// [`HOUSEKEEPING_EVERY`].
+    fn housekeeping(&mut self, now: Instant) {
+        if self.sessions.len() == 0 {
+            return;
+        }
+        for user in self.sessions.purge_expired(now) {
+            if let Some(key) = self.retainers.get(&user).copied() {
+                self.remove(key);
+            }
+            Stats::add(&self.stats.sessions_purged, 1);
+            tracing::info!(
+                user,
+                window_secs = self.sessions.settings().window.as_secs(),
+                "resumable session purged: no connection within its window"
+            );
+        }
+        let interval = self.sessions.settings().checkpoint_interval;
+        if !interval.is_zero() && now.saturating_duration_since(self.last_checkpoint) >= interval {
+            self.last_checkpoint = now;
+            self.checkpoint(now);
+        }
+        self.publish_session_gauges();
+    }
+
+    /// Stages an `#AT` line on every resumable connection whose position
+    /// moved since its last one, and flushes.
+    fn checkpoint(&mut self, now: Instant) {
+        let (stream, position) = (self.sessions.stream(), self.position());
+        for (key, conn) in self.conns.iter_mut() {
+            if let Sink::Resumable {
+                tally,
+                resetting: false,
+                ..
+            } = &mut conn.sink
+            {
+                let was_empty = conn.staged.is_empty();
+                if tally.checkpoint(&mut conn.staged, &stream, position) && was_empty {
+                    self.touched.push(key);
+                }
+            }
+        }
+        self.flush_touched(now);
+    }
+
+    /// Publishes the session gauges (once per tick or attach, not per
+    /// event).
+    fn publish_session_gauges(&self) {
+        Stats::set(&self.stats.sessions_open, self.sessions.len() as u64);
+        Stats::set(
+            &self.stats.retained_bytes,
+            self.sessions.retained_bytes() as u64,
+        );
+        Stats::set(&self.stats.evicted_entries, self.sessions.evicted());
+    }
+
+    /// A new stream: every session ends (its positions belong to the old
+    /// sequence space), and resumable connections are closed after what
+    /// they were sent, so they resume, with a `#GAP`, into the new one.
+    fn end_sessions(&mut self) {
+        if self.sessions.len() == 0 {
+            return;
+        }
+        let ended = self.sessions.new_stream().len();
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| !matches!(conn.sink, Sink::Plain(_)))
+            .map(|(key, _)| key)
+            .collect();
+        for key in keys {
+            if let Some(outbox) = self.conns[key].sink.outbox() {
+                outbox.close(Closed::Drain);
+            }
+            self.remove(key);
+        }
+        tracing::info!(
+            sessions = ended,
+            "new stream: resumable sessions ended; their clients resume with #GAP"
+        );
+        self.publish_session_gauges();
     }
 
     /// Applies `batch` in order (forgetting the graph first if it starts a
@@ -233,17 +484,26 @@ impl Registry {
     /// batch to batch; only the graph and the online-followers index
     /// allocate, as they grow.
     pub fn deliver(&mut self, batch: &OrderedBatch) {
+        debug_assert!(
+            batch.follows(self.last_seq),
+            "batch {}..={} after {:?}: the seam's batches must keep increasing",
+            batch.first_seq(),
+            batch.last_seq(),
+            self.last_seq
+        );
         if batch.starts_new_stream() {
             self.forget_graph();
+            self.end_sessions();
         }
         let mut notifications: u64 = 0;
         for event in batch.events() {
             let Routed { audience, edge } = self.router.apply(event.kind);
-            notifications += self.stage(audience, &event.raw);
+            notifications += self.stage(audience, event.seq, &event.raw);
             if let Some(edge) = edge {
                 self.follow_edge(edge);
             }
         }
+        self.last_seq = Some(batch.last_seq());
         self.count(batch.events().len(), notifications);
         self.flush_touched(batch.read_at());
     }
@@ -254,25 +514,50 @@ impl Registry {
         self.reach.clear();
     }
 
-    /// Appends `raw` to the staging buffer of every connection `audience`
-    /// names; returns how many that is.
+    /// Hands line `raw` (event `seq`) to every connection `audience`
+    /// names; returns how many notifications that queued for writers.
     #[inline]
-    fn stage(&mut self, audience: Audience, raw: &[u8]) -> u64 {
+    fn stage(&mut self, audience: Audience, seq: Seq, raw: &[u8]) -> u64 {
         let keys = match audience {
             Audience::Nobody => return 0,
-            Audience::Everyone => return self.stage_everyone(raw),
+            Audience::Everyone => return self.stage_everyone(seq, raw),
             Audience::User(user) => self.online.get(user).unwrap_or_default(),
             Audience::Followers(author) => self.reach.of(author),
         };
+        let mut queued = 0;
         for &key in keys {
-            stage(&mut self.conns, &mut self.touched, key, raw);
+            queued += stage(
+                &mut self.conns,
+                &mut self.touched,
+                &mut self.sessions,
+                key,
+                seq,
+                raw,
+            );
         }
-        keys.len() as u64
+        queued
     }
 
     /// [`Registry::stage`] for a broadcast: every connection.
     #[inline]
-    fn stage_everyone(&mut self, raw: &[u8]) -> u64 {
+    fn stage_everyone(&mut self, seq: Seq, raw: &[u8]) -> u64 {
+        if self.sessions.len() > 0 {
+            let mut queued = 0;
+            for key in 0..self.conns.capacity() {
+                if self.conns.contains(key) {
+                    queued += stage(
+                        &mut self.conns,
+                        &mut self.touched,
+                        &mut self.sessions,
+                        key,
+                        seq,
+                        raw,
+                    );
+                }
+            }
+            return queued;
+        }
+        // No session, so every entry is a plain connection: the plain loop.
         for (key, conn) in self.conns.iter_mut() {
             if conn.staged.is_empty() {
                 self.touched.push(key);
@@ -324,11 +609,26 @@ impl Registry {
     fn flush(&mut self, key: usize, read_at: Instant) {
         let max = self.settings.max_client_pending_bytes;
         let conn = &mut self.conns[key];
-        let result = conn.outbox.push(&mut conn.staged, read_at, max);
+        let (outbox, resetting) = match &conn.sink {
+            Sink::Plain(outbox) => (outbox, false),
+            Sink::Resumable {
+                outbox, resetting, ..
+            } => (outbox, *resetting),
+            Sink::Retainer => {
+                debug_assert!(false, "a retainer is never staged");
+                return;
+            }
+        };
+        let result = outbox.push(&mut conn.staged, read_at, max);
         if conn.staged.capacity() > STAGING_KEEP_BYTES {
             conn.staged = Vec::new();
         }
         match result {
+            Ok(()) if resetting => {
+                // Fault injection: the writer sends what it has, then RSTs.
+                outbox.close(Closed::Reset);
+                self.remove(key);
+            }
             Ok(()) => {}
             Err(PushError::Overflow { pending_bytes }) => {
                 let (user, id) = (conn.user, conn.id);
@@ -356,15 +656,40 @@ impl Registry {
     }
 }
 
-/// Appends `raw` to connection `key`'s staging buffer, noting the key in
-/// `touched` if this is its first notification of the batch.
+/// Hands line `raw` (event `seq`) to connection `key`: appended to its
+/// staging buffer (noting the key in `touched` if this is its first line of
+/// the batch), or recorded in its session if it is a retainer. Returns 1 if
+/// a writer will get it, else 0.
 #[inline]
-fn stage(conns: &mut Slab<Conn>, touched: &mut Vec<usize>, key: usize, raw: &[u8]) {
+fn stage(
+    conns: &mut Slab<Conn>,
+    touched: &mut Vec<usize>,
+    sessions: &mut Sessions,
+    key: usize,
+    seq: Seq,
+    raw: &[u8],
+) -> u64 {
     let conn = &mut conns[key];
+    match &mut conn.sink {
+        Sink::Plain(_) => {}
+        Sink::Resumable {
+            tally, resetting, ..
+        } => {
+            if *resetting {
+                return 0;
+            }
+            *resetting = tally.line(raw);
+        }
+        Sink::Retainer => {
+            sessions.retention().record(conn.user, seq, raw);
+            return 0;
+        }
+    }
     if conn.staged.is_empty() {
         touched.push(key);
     }
     conn.staged.extend_from_slice(raw);
+    1
 }
 
 #[cfg(test)]
@@ -417,7 +742,7 @@ mod tests {
                 match op {
                     Op::Connect(user) => {
                         let outbox = Arc::new(Outbox::new());
-                        registry.register(user, conns.len() as ConnId, outbox.clone());
+                        registry.register(Hello::Classic(user), conns.len() as ConnId, outbox.clone());
                         conns.push((user, outbox, Vec::new(), true));
                     }
                     Op::Disconnect(index) => {
@@ -471,11 +796,10 @@ mod tests {
     }
 
     fn registry() -> (Registry, RegistryHandle) {
-        let settings = RegistrySettings {
-            max_client_pending_bytes: 1 << 20,
-            max_follow_edges: 1000,
-        };
-        Registry::new(settings, Arc::new(Stats::default()))
+        Registry::new(
+            RegistrySettings::new(1 << 20, 1000),
+            Arc::new(Stats::default()),
+        )
     }
 
     #[tokio::test]
@@ -499,7 +823,7 @@ mod tests {
     fn a_large_release_does_not_cut_off_an_idle_client() {
         let (mut registry, _handle) = registry();
         let outbox = Arc::new(Outbox::new());
-        registry.register(1, 1, outbox.clone());
+        registry.register(Hello::Classic(1), 1, outbox.clone());
         // 2 MiB for one client in one batch, over its 1 MiB bound.
         let events: Vec<Event> = (1..=200_000u64)
             .map(|seq| Event {

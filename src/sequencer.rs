@@ -398,9 +398,9 @@ fn gap_deadline(policy: &GapPolicy, gap: OpenGap, missing: u64, source_connected
 #[cfg(test)]
 mod tests {
     use super::*;
-    use followermaze_protocol::parse_event;
     use crate::registry::{Registry, RegistrySettings};
     use bytes::Bytes;
+    use followermaze_protocol::parse_event;
 
     const FLOOR: Duration = Duration::from_millis(500);
     const CEILING: Duration = Duration::from_secs(10);
@@ -409,13 +409,8 @@ mod tests {
     /// batches these tests release), and the registry kept alive.
     fn sequencer() -> (Sequencer, Registry) {
         let stats = Arc::new(Stats::default());
-        let (registry, handle) = Registry::new(
-            RegistrySettings {
-                max_client_pending_bytes: 1 << 20,
-                max_follow_edges: 1_000,
-            },
-            stats.clone(),
-        );
+        let (registry, handle) =
+            Registry::new(RegistrySettings::new(1 << 20, 1_000), stats.clone());
         let settings = SequencerSettings {
             max_window: 1 << 16,
             gap_floor: FLOOR,

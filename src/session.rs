@@ -35,7 +35,7 @@ use hashbrown::HashMap;
 use crate::retention::{Replayable, Retention, RetentionLimits};
 
 /// Settings for sessions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SessionSettings {
     /// How long a session outlives its last connection.
     pub window: Duration,
@@ -64,8 +64,6 @@ pub(crate) struct Attached {
     pub verdict: Verdict,
     /// The verdict's `<seq>`.
     pub seq: Seq,
-    /// Retained lines sent after the verdict.
-    pub replayed: u64,
     /// Whether this connection opened the session.
     pub opened: bool,
 }
@@ -141,9 +139,10 @@ impl Sessions {
     }
 
     /// A resumable connection of `user` registers, having received up to
-    /// `after` of `stream`; the server's position is `position`. Appends the
-    /// verdict line to `out`, then calls `replay` with each line owed from
-    /// the verdict's `<seq>` on (the caller stages and counts them).
+    /// `after` of `stream`; the server's position is `position`. Decides the
+    /// verdict by the rule in the module doc, appends its line to `out`, and
+    /// opens the session if it was not open. The lines owed after the
+    /// verdict's `<seq>` come from [`Sessions::replay`].
     pub(crate) fn attach(
         &mut self,
         user: UserId,
@@ -151,7 +150,6 @@ impl Sessions {
         after: Seq,
         position: Seq,
         out: &mut Vec<u8>,
-        mut replay: impl FnMut(&mut Vec<u8>, &[u8]),
     ) -> Attached {
         let existed = self.lives.contains_key(&user);
         let life = self.lives.entry(user).or_insert(Life {
@@ -173,19 +171,17 @@ impl Sessions {
         };
         let opened = self.retention.open(user, position);
         write_verdict(out, verdict, &self.stream, seq);
-        let mut replayed = 0;
-        if seq < position {
-            self.retention.replay(user, seq, |line| {
-                replay(out, line);
-                replayed += 1;
-            });
-        }
         Attached {
             verdict,
             seq,
-            replayed,
             opened,
         }
+    }
+
+    /// Calls `each` with every retained line of `user` above `after`, in
+    /// order.
+    pub(crate) fn replay(&self, user: UserId, after: Seq, each: impl FnMut(&[u8])) {
+        self.retention.replay(user, after, each);
     }
 
     /// A resumable connection of `user` ended at `now`.
@@ -223,7 +219,8 @@ impl Sessions {
     }
 
     /// Whether `user` has a session.
-    pub(crate) fn contains(&self, user: UserId) -> bool {
+    #[cfg(test)]
+    fn contains(&self, user: UserId) -> bool {
         self.lives.contains_key(&user)
     }
 }
@@ -325,7 +322,8 @@ mod tests {
     ) -> (Control, Vec<String>) {
         let mut out = Vec::new();
         let mut lines = Vec::new();
-        sessions.attach(user, stream, after, position, &mut out, |_, line| {
+        let attached = sessions.attach(user, stream, after, position, &mut out);
+        sessions.replay(user, attached.seq, |line| {
             lines.push(String::from_utf8_lossy(line).into_owned())
         });
         (parse_control(&out).expect("a verdict line"), lines)
