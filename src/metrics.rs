@@ -160,6 +160,21 @@ const COUNTERS: &[FieldSpec] = &[
         help: "Client connections that completed the handshake.",
         field: |stats| &stats.client_connects,
     },
+    FieldSpec {
+        name: "replayed_lines_total",
+        help: "Retained lines replayed to resuming connections.",
+        field: |stats| &stats.replayed_lines,
+    },
+    FieldSpec {
+        name: "sessions_purged_total",
+        help: "Resumable sessions purged a window after their last connection closed.",
+        field: |stats| &stats.sessions_purged,
+    },
+    FieldSpec {
+        name: "retention_evictions_total",
+        help: "Retained lines lost to a retention bound (per session or in total).",
+        field: |stats| &stats.evicted_entries,
+    },
 ];
 
 /// Gauges, in the order the README lists them.
@@ -184,16 +199,55 @@ const GAUGES: &[FieldSpec] = &[
         help: "The sequence number the reorder window will release next.",
         field: |stats| &stats.next_sequence,
     },
+    FieldSpec {
+        name: "open_sessions",
+        help: "Resumable sessions open now (connected, or within their window).",
+        field: |stats| &stats.sessions_open,
+    },
+    FieldSpec {
+        name: "retained_bytes",
+        help: "Bytes retained for resumable sessions, as resumeTotalBytes counts them.",
+        field: |stats| &stats.retained_bytes,
+    },
 ];
 
-/// Name and help of the disconnect counter (one series per reason).
-const DISCONNECTS: (&str, &str) = (
-    "client_disconnects_total",
-    "Client connections that ended, by reason (rejected: refused at the connection limit).",
-);
+/// A counter with one series per value of one label, read from [`Stats`].
+struct LabelledSpec {
+    /// Name without [`PREFIX`].
+    name: &'static str,
+    /// The `# HELP` text.
+    help: &'static str,
+    /// The label's name.
+    label: &'static str,
+    /// Each label value and its count.
+    series: fn(&Stats) -> Vec<(&'static str, u64)>,
+}
 
-/// Label naming a disconnect reason.
-const REASON_LABEL: &str = "reason";
+/// Labelled counters, in the order the README lists them.
+const LABELLED: &[LabelledSpec] = &[
+    LabelledSpec {
+        name: "client_disconnects_total",
+        help: "Client connections that ended, by reason (rejected: refused at the connection limit).",
+        label: "reason",
+        series: |stats| {
+            DisconnectReason::ALL
+                .iter()
+                .map(|&reason| (reason.as_str(), stats.disconnects(reason)))
+                .collect()
+        },
+    },
+    LabelledSpec {
+        name: "resumes_total",
+        help: "Resumable connections that named a stream to resume, by the verdict they got (ok, gap).",
+        label: "verdict",
+        series: |stats| {
+            vec![
+                ("ok", Stats::get(&stats.resumes_ok)),
+                ("gap", Stats::get(&stats.resumes_gap)),
+            ]
+        },
+    },
+];
 
 /// Name and help of the latency histogram.
 const LATENCY: (&str, &str) = (
@@ -216,10 +270,12 @@ impl StatsCollector {
             .iter()
             .map(|spec| (spec.name, spec.help, Vec::new()))
             .chain(GAUGES.iter().map(|spec| (spec.name, spec.help, Vec::new())))
-            .chain([
-                (DISCONNECTS.0, DISCONNECTS.1, vec![REASON_LABEL.to_owned()]),
-                (LATENCY.0, LATENCY.1, Vec::new()),
-            ]);
+            .chain(
+                LABELLED
+                    .iter()
+                    .map(|spec| (spec.name, spec.help, vec![spec.label.to_owned()])),
+            )
+            .chain([(LATENCY.0, LATENCY.1, Vec::new())]);
         let descs = plain
             .map(|(name, help, labels)| {
                 Desc::new(
@@ -270,21 +326,18 @@ impl Collector for StatsCollector {
                 vec![proto::Metric::from_gauge(gauge)],
             ));
         }
-        let by_reason = DisconnectReason::ALL
-            .iter()
-            .map(|&reason| {
-                let mut label = LabelPair::default();
-                label.set_name(REASON_LABEL.to_owned());
-                label.set_value(reason.as_str().to_owned());
-                counter(stats.disconnects(reason), vec![label])
-            })
-            .collect();
-        families.push(family(
-            DISCONNECTS.0,
-            DISCONNECTS.1,
-            MetricType::COUNTER,
-            by_reason,
-        ));
+        for spec in LABELLED {
+            let series = (spec.series)(stats)
+                .into_iter()
+                .map(|(value, count)| {
+                    let mut label = LabelPair::default();
+                    label.set_name(spec.label.to_owned());
+                    label.set_value(value.to_owned());
+                    counter(count, vec![label])
+                })
+                .collect();
+            families.push(family(spec.name, spec.help, MetricType::COUNTER, series));
+        }
         let mut latency = proto::Metric::default();
         latency.set_histogram(histogram(&stats.latency));
         families.push(family(
@@ -538,15 +591,22 @@ mod tests {
         for spec in GAUGES {
             assert!(!spec.name.ends_with("_total"), "{}", spec.name);
         }
-        assert!(DISCONNECTS.0.ends_with("_total"));
+        for spec in LABELLED {
+            assert!(spec.name.ends_with("_total"), "{}", spec.name);
+        }
         assert!(LATENCY.0.ends_with("_seconds"));
         let names: std::collections::HashSet<_> = COUNTERS
             .iter()
             .map(|spec| spec.name)
             .chain(GAUGES.iter().map(|spec| spec.name))
-            .chain([DISCONNECTS.0, LATENCY.0])
+            .chain(LABELLED.iter().map(|spec| spec.name))
+            .chain([LATENCY.0])
             .collect();
-        assert_eq!(names.len(), COUNTERS.len() + GAUGES.len() + 2, "unique");
+        assert_eq!(
+            names.len(),
+            COUNTERS.len() + GAUGES.len() + LABELLED.len() + 1,
+            "unique"
+        );
     }
 
     #[test]
@@ -568,6 +628,7 @@ mod tests {
             body.contains("followermaze_client_disconnects_total{reason=\"slow_consumer\"} 1\n")
         );
         assert!(body.contains("followermaze_client_disconnects_total{reason=\"normal\"} 0\n"));
+        assert!(body.contains("followermaze_resumes_total{verdict=\"gap\"} 0\n"));
         assert!(body.contains("# HELP followermaze_late_events_total "));
     }
 
