@@ -795,6 +795,160 @@ mod tests {
         }
     }
 
+    #[derive(Debug, Clone)]
+    enum SessionOp {
+        Event(EventKind),
+        /// A new resumable client of this user (first connection).
+        Join(UserId),
+        /// Client `n` (mod the number joined) drops its connection.
+        Drop(usize),
+        /// Client `n` reconnects and resumes from what it received.
+        Resume(usize),
+    }
+
+    fn any_session_op() -> impl Strategy<Value = SessionOp> {
+        let user = 1u64..5;
+        prop_oneof![
+            4 => any_op().prop_filter_map("events only", |op| match op {
+                Op::Event(kind) => Some(SessionOp::Event(kind)),
+                _ => None,
+            }),
+            1 => user.prop_map(SessionOp::Join),
+            1 => (0usize..6).prop_map(SessionOp::Drop),
+            1 => (0usize..6).prop_map(SessionOp::Resume),
+        ]
+    }
+
+    /// Whether `kind` concerns `user`, given the graph `edges` after it.
+    fn concerns(
+        kind: EventKind,
+        user: UserId,
+        edges: &std::collections::HashSet<(UserId, UserId)>,
+    ) -> bool {
+        match kind {
+            EventKind::Follow { to, .. } | EventKind::Private { to, .. } => to == user,
+            EventKind::Unfollow { .. } => false,
+            EventKind::Broadcast => true,
+            EventKind::Status { from } => edges.contains(&(user, from)),
+        }
+    }
+
+    /// One resumable client of the model.
+    struct ModelClient {
+        user: UserId,
+        /// The highest position it received.
+        after: Seq,
+        /// Its current connection: id, outbox, bytes owed on it.
+        conn: Option<(ConnId, Arc<Outbox>, Vec<u8>)>,
+    }
+
+    proptest! {
+        /// Sessions against a model that keeps, per session, every line
+        /// that concerned its user since it opened: a resume gets `#OK` at
+        /// its own position and exactly the lines above it, and live lines
+        /// follow without loss or repetition.
+        #[test]
+        fn prop_sessions_match_a_model(ops in prop::collection::vec(any_session_op(), 0..150)) {
+            let (mut registry, _handle) = registry();
+            let stream = registry.sessions.stream();
+            let mut edges: std::collections::HashSet<(UserId, UserId)> = Default::default();
+            let mut retained: std::collections::HashMap<UserId, Vec<(Seq, Vec<u8>)>> = Default::default();
+            let mut clients: Vec<ModelClient> = Vec::new();
+            let mut finished: Vec<(Arc<Outbox>, Vec<u8>)> = Vec::new();
+            let (mut seq, mut next_id) = (0u64, 0u64);
+            let verdict = |stream: &StreamId, at: Seq| {
+                let mut line = Vec::new();
+                followermaze_protocol::resume::write_verdict(&mut line, Verdict::Ok, stream, at);
+                line
+            };
+            for op in ops {
+                match op {
+                    SessionOp::Join(user) => {
+                        next_id += 1;
+                        let outbox = Arc::new(Outbox::new());
+                        let hello = Hello::Resumable { user, stream: None, after: 0 };
+                        registry.register(hello, next_id, outbox.clone());
+                        retained.entry(user).or_default();
+                        clients.push(ModelClient {
+                            user,
+                            after: seq,
+                            conn: Some((next_id, outbox, verdict(&stream, seq))),
+                        });
+                    }
+                    SessionOp::Drop(n) if !clients.is_empty() => {
+                        let count = clients.len();
+                        let client = &mut clients[n % count];
+                        if let Some((id, outbox, owed)) = client.conn.take() {
+                            registry.unregister(client.user, id);
+                            finished.push((outbox, owed));
+                        }
+                    }
+                    SessionOp::Resume(n) if !clients.is_empty() => {
+                        let count = clients.len();
+                        let client = &mut clients[n % count];
+                        if client.conn.is_none() {
+                            next_id += 1;
+                            let outbox = Arc::new(Outbox::new());
+                            let hello = Hello::Resumable {
+                                user: client.user,
+                                stream: Some(stream),
+                                after: client.after,
+                            };
+                            registry.register(hello, next_id, outbox.clone());
+                            let mut owed = verdict(&stream, client.after);
+                            for (line_seq, line) in &retained[&client.user] {
+                                if *line_seq > client.after {
+                                    owed.extend_from_slice(line);
+                                    client.after = *line_seq;
+                                }
+                            }
+                            client.conn = Some((next_id, outbox, owed));
+                        }
+                    }
+                    SessionOp::Drop(_) | SessionOp::Resume(_) => {}
+                    SessionOp::Event(kind) => {
+                        seq += 1;
+                        match kind {
+                            EventKind::Follow { from, to } => {
+                                edges.insert((from, to));
+                            }
+                            EventKind::Unfollow { from, to } => {
+                                edges.remove(&(from, to));
+                            }
+                            _ => {}
+                        }
+                        let raw = format!("{seq}|{kind:?}\n").into_bytes();
+                        for (&user, lines) in retained.iter_mut() {
+                            if concerns(kind, user, &edges) {
+                                lines.push((seq, raw.clone()));
+                            }
+                        }
+                        for client in clients.iter_mut() {
+                            if let Some((_, _, owed)) = client.conn.as_mut() {
+                                if concerns(kind, client.user, &edges) {
+                                    owed.extend_from_slice(&raw);
+                                    client.after = seq;
+                                }
+                            }
+                        }
+                        let event = Event { seq, kind, raw: bytes::Bytes::from(raw) };
+                        registry.deliver(&OrderedBatch::new(vec![event], Instant::now()));
+                    }
+                }
+            }
+            let open = clients.into_iter().filter_map(|client| client.conn).map(|(_, o, b)| (o, b));
+            for (index, (outbox, owed)) in finished.into_iter().chain(open).enumerate() {
+                let mut got = Vec::new();
+                outbox.take(&mut got);
+                prop_assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    String::from_utf8_lossy(&owed),
+                    "connection {}", index
+                );
+            }
+        }
+    }
+
     fn registry() -> (Registry, RegistryHandle) {
         Registry::new(
             RegistrySettings::new(1 << 20, 1000),
