@@ -251,6 +251,17 @@ impl Config {
                 ),
             ));
         }
+        if self.resume_buffer_bytes > self.max_client_buffer_bytes {
+            return Err(ConfigError::new(
+                "resumeBufferBytes",
+                self.resume_buffer_bytes,
+                format!(
+                    "must not exceed maxClientBufferBytes ({}): a full replay would cut the \
+                     client off as a slow consumer",
+                    self.max_client_buffer_bytes
+                ),
+            ));
+        }
         if self.max_clients > tokio::sync::Semaphore::MAX_PERMITS {
             return Err(ConfigError::new(
                 "maxClients",
