@@ -317,6 +317,9 @@ impl Registry {
         id: ConnId,
         outbox: Arc<Outbox>,
     ) {
+        if !self.retainers.contains_key(&user) {
+            self.make_room_for_a_session();
+        }
         let position = self.position();
         let mut staged = Vec::new();
         let attached = self
@@ -391,6 +394,28 @@ impl Registry {
         Stats::set(&self.stats.clients_connected, self.connected() as u64);
     }
 
+    /// Keeps the number of sessions within what `resumeTotalBytes` can hold
+    /// ([`Sessions::is_full`]) by purging the longest-idle ones; sessions
+    /// with a connection open are never purged (their number is bounded by
+    /// `maxClients`).
+    fn make_room_for_a_session(&mut self) {
+        while self.sessions.is_full() {
+            let Some(user) = self.sessions.purge_oldest_idle() else {
+                return;
+            };
+            self.purged(user, "to make room for a new one (resumeTotalBytes)");
+        }
+    }
+
+    /// Forgets the retainer of `user`, whose session just ended, and says so.
+    fn purged(&mut self, user: UserId, why: &str) {
+        if let Some(key) = self.retainers.get(&user).copied() {
+            self.remove(key);
+        }
+        Stats::add(&self.stats.sessions_purged, 1);
+        tracing::info!(user, why, "resumable session purged");
+    }
+
     /// Purges expired sessions and writes due checkpoints; see
     /// [`HOUSEKEEPING_EVERY`].
     fn housekeeping(&mut self, now: Instant) {
@@ -398,15 +423,7 @@ impl Registry {
             return;
         }
         for user in self.sessions.purge_expired(now) {
-            if let Some(key) = self.retainers.get(&user).copied() {
-                self.remove(key);
-            }
-            Stats::add(&self.stats.sessions_purged, 1);
-            tracing::info!(
-                user,
-                window_secs = self.sessions.settings().window.as_secs(),
-                "resumable session purged: no connection within its window"
-            );
+            self.purged(user, "no connection within resumeWindowSecs");
         }
         let interval = self.sessions.settings().checkpoint_interval;
         if !interval.is_zero() && now.saturating_duration_since(self.last_checkpoint) >= interval {

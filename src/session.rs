@@ -32,7 +32,7 @@ use followermaze_protocol::resume::{write_checkpoint, write_verdict, StreamId, V
 use followermaze_protocol::{Seq, UserId};
 use hashbrown::HashMap;
 
-use crate::retention::{Replayable, Retention, RetentionLimits};
+use crate::retention::{Replayable, Retention, RetentionLimits, SESSION_BYTES};
 
 /// Settings for sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +182,30 @@ impl Sessions {
     /// order.
     pub(crate) fn replay(&self, user: UserId, after: Seq, each: impl FnMut(&[u8])) {
         self.retention.replay(user, after, each);
+    }
+
+    /// Whether opening one more session would take the sessions' own cost
+    /// past the total retention bound (each costs [`SESSION_BYTES`] even
+    /// with no lines), so that the longest-idle one should make room.
+    pub(crate) fn is_full(&self) -> bool {
+        (self.lives.len() + 1) * SESSION_BYTES > self.settings.limits.total_bytes
+    }
+
+    /// Ends the session idle the longest, to make room; returns its user,
+    /// or `None` if every session has a connection open.
+    pub(crate) fn purge_oldest_idle(&mut self) -> Option<UserId> {
+        while let Some((since, user)) = self.idle.pop_front() {
+            let idle = self
+                .lives
+                .get(&user)
+                .is_some_and(|life| life.open == 0 && life.idle_since == Some(since));
+            if idle {
+                self.lives.remove(&user);
+                self.retention.close(user);
+                return Some(user);
+            }
+        }
+        None
     }
 
     /// A resumable connection of `user` ended at `now`.
@@ -421,6 +445,29 @@ mod tests {
         );
         assert!(!sessions.contains(1));
         assert_eq!(sessions.retained_bytes(), 0);
+    }
+
+    #[test]
+    fn a_full_house_purges_the_longest_idle_session_first() {
+        let mut sessions = Sessions::new(SessionSettings {
+            limits: RetentionLimits {
+                per_session_bytes: 1 << 10,
+                total_bytes: 3 * SESSION_BYTES,
+            },
+            ..SETTINGS
+        });
+        let start = Instant::now();
+        for user in 1..=3 {
+            attach(&mut sessions, user, None, 0, 0);
+        }
+        assert!(sessions.is_full());
+        assert_eq!(sessions.purge_oldest_idle(), None, "all connected");
+        sessions.detach(2, start);
+        sessions.detach(1, start + Duration::from_secs(1));
+        assert_eq!(sessions.purge_oldest_idle(), Some(2));
+        assert!(!sessions.is_full());
+        assert_eq!(sessions.purge_oldest_idle(), Some(1));
+        assert_eq!(sessions.purge_oldest_idle(), None);
     }
 
     #[test]
