@@ -205,7 +205,8 @@ pub fn parse_event(line: &[u8]) -> Result<(Seq, EventKind), ParseError> {
         return Err(ParseError::MissingField);
     }
     let kind = match line.get(cursor.at) {
-        None => return Err(ParseError::MissingField),
+        // `5|`: the type field is there, and empty.
+        None => return Err(ParseError::UnknownType),
         Some(&kind) => kind,
     };
     cursor.at += 1;
@@ -285,6 +286,7 @@ mod tests {
             (b"5|X|1|2", ParseError::UnknownType),
             (b"5|FF|1|2", ParseError::UnknownType),
             (b"5||1|2", ParseError::UnknownType),
+            (b"0|", ParseError::UnknownType),
             (b"5", ParseError::MissingField),
             (b"5|F|1", ParseError::MissingField),
             (b"5|S", ParseError::MissingField),
