@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use followermaze::batch::OrderedBatch;
 use followermaze::outbox::Outbox;
@@ -26,7 +25,7 @@ fn event(seq: u64, kind: EventKind) -> Event {
     Event {
         seq,
         kind,
-        raw: Bytes::from(raw),
+        raw: raw.into(),
     }
 }
 

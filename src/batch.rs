@@ -106,7 +106,6 @@ impl OrderedBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use followermaze_protocol::EventKind;
 
     fn events(seqs: &[Seq]) -> Vec<Event> {
@@ -114,7 +113,7 @@ mod tests {
             .map(|&seq| Event {
                 seq,
                 kind: EventKind::Broadcast,
-                raw: Bytes::from(format!("{seq}|B\n")),
+                raw: format!("{seq}|B\n").into(),
             })
             .collect()
     }
