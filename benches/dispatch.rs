@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use followermaze::batch::OrderedBatch;
 use followermaze::outbox::Outbox;
@@ -25,7 +26,7 @@ fn event(seq: u64, kind: EventKind) -> Event {
     Event {
         seq,
         kind,
-        raw: raw.into(),
+        raw: Bytes::from(raw),
     }
 }
 

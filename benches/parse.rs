@@ -66,7 +66,7 @@ fn parse_all(input: &[u8], expected: u64) -> u64 {
         reader.read_buf().extend_from_slice(chunk);
         reader.drain(|frame| {
             if let Frame::Line(raw) = frame {
-                if let Ok((seq, _kind)) = parse_event(raw) {
+                if let Ok((seq, _kind)) = parse_event(&raw) {
                     checksum = checksum.wrapping_add(seq);
                     events += 1;
                 }

@@ -106,6 +106,7 @@ impl OrderedBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use followermaze_protocol::EventKind;
 
     fn events(seqs: &[Seq]) -> Vec<Event> {
@@ -113,7 +114,7 @@ mod tests {
             .map(|&seq| Event {
                 seq,
                 kind: EventKind::Broadcast,
-                raw: format!("{seq}|B\n").into(),
+                raw: Bytes::from(format!("{seq}|B\n")),
             })
             .collect()
     }

@@ -2,17 +2,14 @@
 //!
 //! A line ends at `\n` (so `\r\n` lines end there too) and may arrive split
 //! across any number of reads; an incomplete line is a normal state meaning
-//! "read more", never an error. Complete lines come out as borrowed slices
-//! of the read buffer, valid for the callback: the caller copies what it
-//! keeps (an event's line is copied into its [`followermaze_protocol::Line`],
-//! inline for any classic line), so the buffer is reused read after read
-//! and nothing downstream holds on to it.
+//! "read more", never an error. Complete lines come out as [`Bytes`] slices of
+//! the read buffer: one reference-count increment each, no copy.
 //!
 //! A line longer than the configured limit is never buffered whole: once the
 //! unterminated tail passes the limit it is dropped, and every byte up to the
 //! next `\n` is dropped with it.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// The longest line a source may send, terminator included. A valid event is
 /// under 100 bytes (three 20-digit numbers and four separators); 4 KiB leaves
@@ -24,11 +21,16 @@ pub const MAX_LINE_BYTES: usize = 4 * 1024;
 /// syscall over thousands of events.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 
-/// One framing result, borrowing the read buffer.
+/// Complete lines totalling fewer bytes than this are copied out of the
+/// read buffer instead of sharing it (see [`LineReader::drain`]); at or
+/// above it they share it, at most 4× their size in buffer.
+pub const COPY_CHUNKS_BELOW: usize = READ_CHUNK_BYTES / 4;
+
+/// One framing result.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame<'a> {
+pub enum Frame {
     /// A complete line, terminator included.
-    Line(&'a [u8]),
+    Line(Bytes),
     /// A line over the limit was dropped; `bytes` counts what was dropped,
     /// terminator included.
     TooLong { bytes: usize },
@@ -72,7 +74,7 @@ impl LineReader {
 
     /// Hands every complete line in the buffer to `on_frame`, in order, and
     /// keeps the incomplete tail for the next read.
-    pub fn drain(&mut self, mut on_frame: impl FnMut(Frame<'_>)) {
+    pub fn drain(&mut self, mut on_frame: impl FnMut(Frame)) {
         if let Some(dropped) = self.discarding {
             match memchr::memchr(b'\n', &self.buf) {
                 Some(newline) => {
@@ -91,18 +93,27 @@ impl LineReader {
         }
         if let Some(last_newline) = memchr::memrchr(b'\n', &self.buf) {
             let complete = last_newline + 1;
+            // One chunk for all complete lines; each line is then a cheap
+            // slice of it. A slice keeps its whole read buffer alive, so a
+            // small chunk (a slow or paced source) is copied out first: a
+            // parked line must not pin 64 KiB.
+            let chunk = if complete >= COPY_CHUNKS_BELOW {
+                self.buf.split_to(complete).freeze()
+            } else {
+                let chunk = Bytes::copy_from_slice(&self.buf[..complete]);
+                self.buf.advance(complete);
+                chunk
+            };
             let mut start = 0;
-            for newline in memchr::memchr_iter(b'\n', &self.buf[..complete]) {
+            for newline in memchr::memchr_iter(b'\n', &chunk) {
                 let end = newline + 1;
                 if end - start > self.max_line_bytes {
                     on_frame(Frame::TooLong { bytes: end - start });
                 } else {
-                    on_frame(Frame::Line(&self.buf[start..end]));
+                    on_frame(Frame::Line(chunk.slice(start..end)));
                 }
                 start = end;
             }
-            // The tail moves to the front; the buffer keeps its capacity.
-            self.buf.advance(complete);
         }
         if self.buf.len() > self.max_line_bytes {
             self.discarding = Some(self.buf.len());
@@ -116,38 +127,22 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A frame as the tests keep it: owned.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    enum Owned {
-        Line(Vec<u8>),
-        TooLong { bytes: usize },
-    }
-
-    impl From<Frame<'_>> for Owned {
-        fn from(frame: Frame<'_>) -> Owned {
-            match frame {
-                Frame::Line(line) => Owned::Line(line.to_vec()),
-                Frame::TooLong { bytes } => Owned::TooLong { bytes },
-            }
-        }
-    }
-
     /// Feeds `input` in pieces cut at `cuts` and returns every frame.
-    fn frames(input: &[u8], cuts: &[usize], max: usize) -> Vec<Owned> {
+    fn frames(input: &[u8], cuts: &[usize], max: usize) -> Vec<Frame> {
         let mut reader = LineReader::new(max);
         let mut out = Vec::new();
         let mut start = 0;
         for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
             let cut = cut.clamp(start, input.len());
             reader.read_buf().extend_from_slice(&input[start..cut]);
-            reader.drain(|frame| out.push(frame.into()));
+            reader.drain(|frame| out.push(frame));
             start = cut;
         }
         out
     }
 
-    fn line(text: &str) -> Owned {
-        Owned::Line(text.as_bytes().to_vec())
+    fn line(text: &str) -> Frame {
+        Frame::Line(Bytes::copy_from_slice(text.as_bytes()))
     }
 
     #[test]
@@ -178,21 +173,40 @@ mod tests {
         let got = frames(&input, &[10, 30, 50, 70, 90], 16);
         assert_eq!(
             got,
-            vec![line("1|B\n"), Owned::TooLong { bytes: 102 }, line("2|B\n")]
+            vec![line("1|B\n"), Frame::TooLong { bytes: 102 }, line("2|B\n")]
         );
     }
 
+    /// Whether `line` is a slice of the same allocation as the reader's
+    /// buffer (it ends exactly where the buffer's unread part begins).
+    fn shares_buffer(reader: &LineReader, line: &Bytes, total: usize) -> bool {
+        line.as_ptr().wrapping_add(total) == reader.buf.as_ptr()
+    }
+
     #[test]
-    fn the_read_buffer_is_reused_not_reallocated() {
+    fn small_reads_are_copied_large_ones_shared() {
         let mut reader = LineReader::new(MAX_LINE_BYTES);
-        let buffer = reader.read_buf().as_ptr();
-        let input = b"123456|S|42\n".repeat(2000);
-        for _ in 0..10 {
-            reader.read_buf().extend_from_slice(&input);
-            reader.drain(|_| {});
-            assert!(reader.buf.is_empty());
-            assert_eq!(reader.read_buf().as_ptr(), buffer, "the same allocation");
-        }
+        reader.read_buf().extend_from_slice(b"1|B\n2|B");
+        let mut lines = Vec::new();
+        reader.drain(|frame| lines.push(frame));
+        let Frame::Line(small) = &lines[0] else {
+            panic!("a line")
+        };
+        assert!(!shares_buffer(&reader, small, 4), "a small read is copied");
+
+        let mut reader = LineReader::new(MAX_LINE_BYTES);
+        let big: Vec<u8> = b"123456|S|42\n".repeat(2000);
+        reader.read_buf().extend_from_slice(&big);
+        reader.read_buf().extend_from_slice(b"9|B");
+        let mut lines = Vec::new();
+        reader.drain(|frame| lines.push(frame));
+        let Frame::Line(first) = &lines[0] else {
+            panic!("a line")
+        };
+        assert!(
+            shares_buffer(&reader, first, big.len()),
+            "a large read is shared"
+        );
     }
 
     #[test]
@@ -201,7 +215,7 @@ mod tests {
         input.extend_from_slice(b"\n3|B\n");
         assert_eq!(
             frames(&input, &[], 16),
-            vec![Owned::TooLong { bytes: 41 }, line("3|B\n")]
+            vec![Frame::TooLong { bytes: 41 }, line("3|B\n")]
         );
     }
 
@@ -226,7 +240,7 @@ mod tests {
             let mut cuts = cuts;
             cuts.sort_unstable();
             let got = frames(&input, &cuts, 64);
-            let want: Vec<Owned> = lines.iter().map(|l| line(l)).collect();
+            let want: Vec<Frame> = lines.iter().map(|l| line(l)).collect();
             prop_assert_eq!(got, want);
         }
 

@@ -712,7 +712,7 @@ fn stage(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use followermaze_protocol::{Event, EventKind, Line};
+    use followermaze_protocol::{Event, EventKind};
     use proptest::prelude::*;
 
     #[derive(Debug, Clone)]
@@ -795,7 +795,7 @@ mod tests {
                                 conn.2.extend_from_slice(raw.as_bytes());
                             }
                         }
-                        let event = Event { seq, kind, raw: raw.into() };
+                        let event = Event { seq, kind, raw: bytes::Bytes::from(raw) };
                         registry.deliver(&OrderedBatch::new(vec![event], Instant::now()));
                     }
                 }
@@ -948,7 +948,7 @@ mod tests {
                                 }
                             }
                         }
-                        let event = Event { seq, kind, raw: Line::copy_from(&raw) };
+                        let event = Event { seq, kind, raw: bytes::Bytes::from(raw) };
                         registry.deliver(&OrderedBatch::new(vec![event], Instant::now()));
                     }
                 }
@@ -1000,7 +1000,7 @@ mod tests {
             .map(|seq| Event {
                 seq,
                 kind: followermaze_protocol::EventKind::Broadcast,
-                raw: format!("{seq:07}|B\r\n").into(),
+                raw: bytes::Bytes::from(format!("{seq:07}|B\r\n")),
             })
             .collect();
         registry.deliver(&OrderedBatch::new(events, Instant::now()));

@@ -426,11 +426,7 @@ mod tests {
             .map(|seq| {
                 let raw = Bytes::from(format!("{seq}|B\r\n"));
                 let (seq, kind) = parse_event(&raw).expect("a valid broadcast");
-                Event {
-                    seq,
-                    kind,
-                    raw: raw.into(),
-                }
+                Event { seq, kind, raw }
             })
             .collect()
     }

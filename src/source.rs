@@ -20,7 +20,7 @@ use crate::accept::accept;
 use crate::lines::{Frame, LineReader};
 use crate::sequencer::{SourceId, SourceMsg};
 use crate::stats::{LogThrottle, Stats};
-use followermaze_protocol::{parse_event, Event, Line};
+use followermaze_protocol::{parse_event, Event};
 
 /// How often a repeating bad-input warning may be logged, per connection.
 const WARN_EVERY: Duration = Duration::from_secs(5);
@@ -91,19 +91,15 @@ async fn serve_source(
                 let read_at = std::time::Instant::now();
                 let mut events = Vec::with_capacity(bytes / 16);
                 reader.drain(|frame| match frame {
-                    Frame::Line(raw) => match parse_event(raw) {
-                        Ok((seq, kind)) => events.push(Event {
-                            seq,
-                            kind,
-                            raw: Line::copy_from(raw),
-                        }),
+                    Frame::Line(raw) => match parse_event(&raw) {
+                        Ok((seq, kind)) => events.push(Event { seq, kind, raw }),
                         Err(error) => {
                             Stats::add(&stats.malformed_lines, 1);
                             if let Some(suppressed) = bad_lines.allow() {
                                 tracing::warn!(
                                     source = id,
                                     %error,
-                                    line = %quote(raw),
+                                    line = %quote(&raw),
                                     suppressed,
                                     "skipped a malformed event line"
                                 );

@@ -50,111 +50,9 @@ pub struct Event {
     pub seq: Seq,
     /// What the event does to the follower graph and who hears of it.
     pub kind: EventKind,
-    /// The line exactly as read (`\r\n` or `\n` included).
-    pub raw: Line,
-}
-
-/// Lines up to this many bytes, terminator included, are held inline in a
-/// [`Line`]: every classic line (ids and sequence numbers up to 10 digits)
-/// fits.
-pub const INLINE_LINE_BYTES: usize = 38;
-
-/// An event line's bytes, terminator included: inline when short (no
-/// allocation, no reference count, and nothing kept alive but itself),
-/// shared otherwise.
-///
-/// Copying 20 bytes is cheaper than the atomic increment and decrement a
-/// shared slice costs per line (the last profile put that at 10% of the
-/// server's CPU), and an inline line cannot pin the read buffer it came
-/// from while it waits in the reorder window or a queue.
-#[derive(Clone)]
-pub struct Line(LineRepr);
-
-/// See [`Line`].
-#[derive(Clone)]
-enum LineRepr {
-    /// `bytes[..len]`.
-    Inline {
-        /// How many bytes are used.
-        len: u8,
-        /// The bytes.
-        bytes: [u8; INLINE_LINE_BYTES],
-    },
-    /// A longer line.
-    Shared(Bytes),
-}
-
-impl Line {
-    /// A line holding a copy of `bytes`.
-    #[inline]
-    pub fn copy_from(bytes: &[u8]) -> Line {
-        if bytes.len() <= INLINE_LINE_BYTES {
-            let mut inline = [0u8; INLINE_LINE_BYTES];
-            inline[..bytes.len()].copy_from_slice(bytes);
-            Line(LineRepr::Inline {
-                len: bytes.len() as u8,
-                bytes: inline,
-            })
-        } else {
-            Line(LineRepr::Shared(Bytes::copy_from_slice(bytes)))
-        }
-    }
-}
-
-impl std::ops::Deref for Line {
-    type Target = [u8];
-
-    #[inline]
-    fn deref(&self) -> &[u8] {
-        match &self.0 {
-            LineRepr::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            LineRepr::Shared(bytes) => bytes,
-        }
-    }
-}
-
-impl AsRef<[u8]> for Line {
-    fn as_ref(&self) -> &[u8] {
-        self
-    }
-}
-
-impl From<&[u8]> for Line {
-    fn from(bytes: &[u8]) -> Line {
-        Line::copy_from(bytes)
-    }
-}
-
-impl From<Bytes> for Line {
-    /// Short lines are copied inline (the `Bytes` is released); long ones
-    /// keep sharing it.
-    fn from(bytes: Bytes) -> Line {
-        if bytes.len() <= INLINE_LINE_BYTES {
-            Line::copy_from(&bytes)
-        } else {
-            Line(LineRepr::Shared(bytes))
-        }
-    }
-}
-
-impl From<String> for Line {
-    fn from(text: String) -> Line {
-        Line::copy_from(text.as_bytes())
-    }
-}
-
-impl PartialEq for Line {
-    fn eq(&self, other: &Line) -> bool {
-        **self == **other
-    }
-}
-
-impl Eq for Line {}
-
-impl std::fmt::Debug for Line {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Line({:?})", String::from_utf8_lossy(self))
-    }
+    /// The line exactly as read (`\r\n` or `\n` included), shared with the
+    /// read buffer it came from, so forwarding it copies nothing.
+    pub raw: Bytes,
 }
 
 /// Why a line is not an event. Each variant names one rule of the grammar so a
@@ -413,27 +311,6 @@ mod tests {
                 String::from_utf8_lossy(line)
             );
         }
-    }
-
-    #[test]
-    fn lines_are_inline_when_short_and_equal_by_their_bytes() {
-        let short = Line::copy_from(b"634|S|32\r\n");
-        assert!(matches!(short.0, LineRepr::Inline { len: 10, .. }));
-        assert_eq!(&*short, b"634|S|32\r\n");
-        let long = "1".repeat(INLINE_LINE_BYTES + 1);
-        let shared = Line::from(Bytes::from(long.clone()));
-        assert!(matches!(shared.0, LineRepr::Shared(_)));
-        assert_eq!(&*shared, long.as_bytes());
-        assert_eq!(Line::copy_from(long.as_bytes()), shared);
-        assert_eq!(
-            Line::from(Bytes::from_static(b"1|B\n")),
-            Line::copy_from(b"1|B\n")
-        );
-        let exactly = vec![b'7'; INLINE_LINE_BYTES];
-        assert!(matches!(
-            Line::copy_from(&exactly).0,
-            LineRepr::Inline { .. }
-        ));
     }
 
     #[test]

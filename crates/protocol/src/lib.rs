@@ -22,6 +22,6 @@ pub mod resume;
 pub mod settings;
 
 pub use event::{
-    parse_decimal, parse_event, parse_user_id, strip_terminator, Event, EventKind, Line,
-    ParseError, Seq, UserId, INLINE_LINE_BYTES,
+    parse_decimal, parse_event, parse_user_id, strip_terminator, Event, EventKind, ParseError, Seq,
+    UserId,
 };
