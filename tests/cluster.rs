@@ -139,6 +139,8 @@ struct SequencerNode {
     events: SocketAddr,
     stats: Arc<Stats>,
     runtime: Option<tokio::runtime::Runtime>,
+    /// How `run_sequencer` ended, once it has.
+    task: Option<JoinHandle<Result<(), followermaze::ServerError>>>,
 }
 
 impl SequencerNode {
@@ -160,7 +162,7 @@ impl SequencerNode {
             events: listener,
             metrics: None,
         };
-        runtime.spawn(followermaze::run_sequencer(
+        let task = runtime.spawn(followermaze::run_sequencer(
             listeners,
             config,
             stats.clone(),
@@ -170,7 +172,16 @@ impl SequencerNode {
             events,
             stats,
             runtime: Some(runtime),
+            task: Some(task),
         }
+    }
+
+    /// Waits for it to stop on its own; returns how it ended.
+    async fn ended(&mut self) -> Result<(), followermaze::ServerError> {
+        let task = self.task.as_mut().expect("not waited for yet");
+        within("sequencer ends", task)
+            .await
+            .expect("sequencer task")
     }
 
     /// Ends it abruptly.
@@ -516,6 +527,46 @@ async fn a_late_gateway_catches_up_from_a_snapshot() {
     early.stop().await;
     expect_end(&mut clients).await;
     sequencer.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sequencer_fails_loudly_instead_of_interleaving() {
+    let Some(nats) = Nats::start("second").await else {
+        return;
+    };
+    let lines = events(2_100);
+    let first = SequencerNode::start(nats.config());
+    let gateway = GatewayNode::start(nats.config()).await;
+    let mut to_first = first.source().await;
+    common::send(&mut to_first, &lines[..1_000].concat()).await;
+    gateway.delivered(1_000).await;
+
+    // A second sequencer starts while the first still runs; the first
+    // publishes more, so the second's view of the stream's end is stale.
+    // (It skips the gap before 2,001 quickly, then publishes.)
+    let mut second = SequencerNode::start(Config {
+        gap_timeout_min_ms: 50,
+        gap_timeout_max_ms: 100,
+        ..nats.config()
+    });
+    wait_until("the second sequencer recovered the stream", || {
+        get(&second.stats.next_sequence) == 1_001
+    })
+    .await;
+    let mut to_second = second.source().await;
+    common::send(&mut to_first, &lines[1_000..2_000].concat()).await;
+    gateway.delivered(2_000).await;
+    common::send(&mut to_second, &lines[2_000..].concat()).await;
+    let error = second
+        .ended()
+        .await
+        .expect_err("the second sequencer stops");
+    assert!(
+        error.to_string().contains("another sequencer"),
+        "says why: {error}"
+    );
+    gateway.stop().await;
+    first.kill();
 }
 
 /// The sequence number a line starts with.
