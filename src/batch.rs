@@ -22,6 +22,7 @@
 
 use std::time::Instant;
 
+use followermaze_protocol::resume::StreamId;
 use followermaze_protocol::{Event, Seq};
 
 /// Events in strictly increasing sequence order, ready to apply; see the
@@ -36,6 +37,10 @@ pub struct OrderedBatch {
     /// Whether a new stream begins with this batch: the follower graph of
     /// the old one must be forgotten first.
     new_stream: bool,
+    /// The stream id the producer names this batch's sequence space with,
+    /// if it names one: in a cluster every gateway must give resumable
+    /// clients the sequencer's id, not one of its own.
+    stream: Option<StreamId>,
 }
 
 impl OrderedBatch {
@@ -54,6 +59,7 @@ impl OrderedBatch {
             events,
             read_at,
             new_stream: false,
+            stream: None,
         }
     }
 
@@ -61,6 +67,19 @@ impl OrderedBatch {
     pub fn starting_new_stream(mut self) -> OrderedBatch {
         self.new_stream = true;
         self
+    }
+
+    /// This batch, naming its sequence space `stream` (the registry adopts
+    /// that id for resumable sessions).
+    pub fn in_stream(mut self, stream: StreamId) -> OrderedBatch {
+        self.stream = Some(stream);
+        self
+    }
+
+    /// The stream id the producer named, if any.
+    #[inline]
+    pub fn stream(&self) -> Option<StreamId> {
+        self.stream
     }
 
     /// The events, in sequence order.

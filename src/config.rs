@@ -114,7 +114,61 @@ pub const SETTINGS: &[Setting] = &[
         "0",
         "fault injection: reset (RST) every resumable connection after each N event lines sent on it; 0 = off",
     ),
+    Setting::new(
+        "role",
+        "standalone",
+        "`standalone`: the whole server in one process; `sequencer`: order the source's events and publish them to JetStream; `gateway`: serve clients from the JetStream stream (see Cluster)",
+    ),
+    Setting::new(
+        "natsUrl",
+        "nats://127.0.0.1:4222",
+        "NATS server the `sequencer` and `gateway` roles use",
+    ),
+    Setting::new(
+        "natsStream",
+        "FOLLOWERMAZE",
+        "JetStream stream holding the ordered events; its snapshots go to the object store bucket `<natsStream>_SNAPSHOTS`",
+    ),
+    Setting::new(
+        "streamMaxAgeSecs",
+        "3600",
+        "the stream keeps events at most this long (JetStream `max_age`); 0 = no age limit",
+    ),
+    Setting::new(
+        "streamMaxBytes",
+        "1073741824",
+        "the stream keeps at most this many bytes, oldest go first (JetStream `max_bytes`); 0 = no size limit",
+    ),
+    Setting::new(
+        "snapshotIntervalSecs",
+        "10",
+        "seconds between two snapshots of the follower graph the sequencer writes; keep it well under `streamMaxAgeSecs`",
+    ),
 ];
+
+/// Which part of the system this process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Source, ordering and clients in one process; no NATS.
+    Standalone,
+    /// Source and ordering; publishes the ordered stream to JetStream.
+    Sequencer,
+    /// Clients; consumes the ordered stream from JetStream.
+    Gateway,
+}
+
+impl std::str::FromStr for Role {
+    type Err = &'static str;
+
+    fn from_str(text: &str) -> Result<Role, &'static str> {
+        match text.to_ascii_lowercase().as_str() {
+            "standalone" => Ok(Role::Standalone),
+            "sequencer" => Ok(Role::Sequencer),
+            "gateway" => Ok(Role::Gateway),
+            _ => Err("expected standalone, sequencer or gateway"),
+        }
+    }
+}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +247,21 @@ pub struct Config {
     /// Reset a resumable connection after each this many event lines; 0 =
     /// never. For tests and fault drills only.
     pub fault_reset_every: u64,
+    /// What this process does: everything, or one side of a cluster.
+    #[serde(deserialize_with = "settings::parsed")]
+    pub role: Role,
+    /// Where the cluster roles reach NATS.
+    pub nats_url: String,
+    /// The JetStream stream's name (and prefix of its subject and bucket).
+    pub nats_stream: String,
+    /// Retention by age of the stream, in seconds (0 = none): bounds the
+    /// disk NATS uses; a gateway further behind reloads a snapshot.
+    pub stream_max_age_secs: u64,
+    /// Retention by size of the stream, in bytes (0 = none).
+    pub stream_max_bytes: u64,
+    /// Seconds between two graph snapshots the sequencer writes: how far
+    /// back a new gateway must replay the stream.
+    pub snapshot_interval_secs: u64,
 }
 
 impl Default for Config {
@@ -228,6 +297,7 @@ impl Config {
             ("maxClients", self.max_clients as u64),
             ("resumeBufferBytes", self.resume_buffer_bytes as u64),
             ("resumeTotalBytes", self.resume_total_bytes as u64),
+            ("snapshotIntervalSecs", self.snapshot_interval_secs),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -267,6 +337,18 @@ impl Config {
                 "maxClients",
                 self.max_clients,
                 format!("must be at most {}", tokio::sync::Semaphore::MAX_PERMITS),
+            ));
+        }
+        let stream_name_ok = !self.nats_stream.is_empty()
+            && self
+                .nats_stream
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
+        if !stream_name_ok {
+            return Err(ConfigError::new(
+                "natsStream",
+                &self.nats_stream,
+                "expected letters, digits, `_` or `-`",
             ));
         }
         Ok(())

@@ -12,8 +12,9 @@
 //!
 //! The registry consumes one thing from upstream: [`batch::OrderedBatch`],
 //! events in strictly increasing sequence order with a new-stream mark.
-//! That is the seam for scale-out: today the sequencer produces the
-//! batches; a consumer of an ordered log could produce the same ones.
+//! That is the seam for scale-out: standalone, the sequencer produces the
+//! batches; in a cluster, a gateway's JetStream consumer produces the same
+//! ones from the stream the sequencer publishes.
 //!
 //! # Layout
 //!
@@ -47,7 +48,20 @@
 //! - `client`: client handshakes and per-connection writers.
 //! - `accept`: accept loops that survive running out of descriptors.
 //! - `server`: wiring, [`run`], and orderly shutdown, step by step.
-//! - `metrics`: the HTTP endpoint: `/metrics` (Prometheus) and `/healthz`.
+//!
+//! Cluster roles (`role=sequencer|gateway`, over NATS JetStream):
+//! - `sink`: where the sequencer's batches go: the registry, or the
+//!   publisher. The seam seen from upstream.
+//! - `jetstream`: the stream, its message format, the snapshot bucket.
+//! - `publisher`: the sequencer role's sink: batches into acked messages,
+//!   a bounded window, recovery after NATS failures, snapshots.
+//! - `snapshot`: the follower graph after one stream message, encoded.
+//! - `gateway`: the gateway role's producer: stream messages back into
+//!   ordered batches for the registry.
+//! - `cluster`: wiring of the two roles, [`run_sequencer`] and
+//!   [`run_gateway`].
+//! - `metrics`: the HTTP endpoint: `/metrics` (Prometheus), `/healthz` and
+//!   `/readyz`.
 //! - `summary`: a periodic one-line summary of the counters in the log.
 //! - [`config`]: settings from environment variables.
 
@@ -62,21 +76,28 @@ pub mod router;
 
 mod accept;
 mod client;
+mod cluster;
 mod gap;
+mod gateway;
+mod jetstream;
 mod metrics;
 mod online;
+mod publisher;
 mod reach;
 mod registry;
 mod retention;
 mod sequencer;
 mod server;
 mod session;
+mod sink;
+mod snapshot;
 mod source;
 mod stats;
 mod summary;
 
 pub use accept::ACCEPT_BACKOFF;
-pub use config::Config;
+pub use cluster::{run_gateway, run_sequencer, GatewayListeners, SequencerListeners};
+pub use config::{Config, Role};
 pub use registry::{Registry, RegistryHandle, RegistrySettings};
-pub use server::{run, run_with_stats, BindError, Listeners, ServerError};
+pub use server::{listen, run, run_with_stats, BindError, Listeners, ServerError};
 pub use stats::{DisconnectReason, Stats};

@@ -4,9 +4,15 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use followermaze::config::{LogFormat, SETTINGS};
-use followermaze::{Config, Listeners};
+use followermaze::{
+    BindError, Config, GatewayListeners, Listeners, Role, SequencerListeners, Stats,
+};
 use followermaze_protocol::cli::{self, About, Invocation, EXIT_USAGE};
+use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 /// What `--help` and `--version` say.
@@ -58,20 +64,75 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listeners = match Listeners::bind(&config).await {
-            Ok(listeners) => listeners,
-            Err(error) => {
-                eprintln!("followermaze: {error}");
-                return ExitCode::from(EXIT_USAGE);
+        let served = match config.role {
+            Role::Standalone => match Listeners::bind(&config).await {
+                Ok(listeners) => followermaze::run(listeners, config, shutdown_signal()).await,
+                Err(error) => return bind_failed(error),
+            },
+            Role::Sequencer => {
+                let listeners = match bind_sequencer(&config) {
+                    Ok(listeners) => listeners,
+                    Err(error) => return bind_failed(error),
+                };
+                let stats = Arc::new(Stats::default());
+                followermaze::run_sequencer(listeners, config, stats, shutdown_signal()).await
+            }
+            Role::Gateway => {
+                let listeners = match bind_gateway(&config) {
+                    Ok(listeners) => listeners,
+                    Err(error) => return bind_failed(error),
+                };
+                let stats = Arc::new(Stats::default());
+                followermaze::run_gateway(listeners, config, stats, shutdown_signal()).await
             }
         };
-        match followermaze::run(listeners, config, shutdown_signal()).await {
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("followermaze: {error}");
                 ExitCode::FAILURE
             }
         }
+    })
+}
+
+/// A port could not be bound: one line, exit status 2.
+fn bind_failed(error: BindError) -> ExitCode {
+    eprintln!("followermaze: {error}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// Binds `port` (named `variable`) on `bindAddress`.
+fn bind(config: &Config, variable: &'static str, port: u16) -> Result<TcpListener, BindError> {
+    let address = SocketAddr::new(config.bind_address, port);
+    followermaze::listen(address).map_err(|error| BindError {
+        variable,
+        address,
+        error,
+    })
+}
+
+/// The metrics listener, unless `metricsPort` is 0.
+fn bind_metrics(config: &Config) -> Result<Option<TcpListener>, BindError> {
+    match config.metrics_port {
+        0 => Ok(None),
+        port => bind(config, "metricsPort", port).map(Some),
+    }
+}
+
+/// The sequencer role's listeners: events and metrics, no clients.
+fn bind_sequencer(config: &Config) -> Result<SequencerListeners, BindError> {
+    Ok(SequencerListeners {
+        events: bind(config, "eventListenerPort", config.event_listener_port)?,
+        metrics: bind_metrics(config)?,
+    })
+}
+
+/// The gateway role's listeners: clients and metrics, no events.
+fn bind_gateway(config: &Config) -> Result<GatewayListeners, BindError> {
+    Ok(GatewayListeners {
+        clients: bind(config, "clientListenerPort", config.client_listener_port)?,
+        metrics: bind_metrics(config)?,
     })
 }
 

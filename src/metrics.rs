@@ -16,7 +16,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -174,6 +174,31 @@ const COUNTERS: &[FieldSpec] = &[
         name: "retention_evictions_total",
         help: "Retained lines lost to a retention bound (per session or in total).",
         field: |stats| &stats.evicted_entries,
+    },
+    FieldSpec {
+        name: "published_messages_total",
+        help: "Cluster sequencer: stream messages acknowledged by JetStream.",
+        field: |stats| &stats.published_messages,
+    },
+    FieldSpec {
+        name: "publish_failures_total",
+        help: "Cluster sequencer: publishes or acks that failed and were retried after a reconnect.",
+        field: |stats| &stats.publish_failures,
+    },
+    FieldSpec {
+        name: "consumed_messages_total",
+        help: "Cluster gateway: stream messages consumed.",
+        field: |stats| &stats.consumed_messages,
+    },
+    FieldSpec {
+        name: "snapshots_written_total",
+        help: "Cluster sequencer: follower-graph snapshots written.",
+        field: |stats| &stats.snapshots_written,
+    },
+    FieldSpec {
+        name: "snapshots_loaded_total",
+        help: "Cluster gateway: follower-graph snapshots loaded.",
+        field: |stats| &stats.snapshots_loaded,
     },
 ];
 
@@ -390,33 +415,28 @@ fn histogram(latency: &LatencyHistogram) -> proto::Histogram {
     histogram
 }
 
-/// What `/healthz` looks at: the tasks that take events and clients. Each
-/// runs for the life of the server and ends only at shutdown (or if it
-/// panicked), so the server is healthy exactly while none has finished.
+/// What `/healthz` and `/readyz` look at. Each task runs for the life of
+/// the server and ends only at shutdown (or if it panicked), so the server
+/// is healthy exactly while none has finished.
 #[derive(Debug)]
 pub struct Health {
-    /// The event listener's accept loop; it drops the listener when it ends.
-    pub sources: AbortHandle,
-    /// The client listener's accept loop (and, at shutdown, the writers'
-    /// drain).
-    pub clients: AbortHandle,
-    /// The sequencer: ends once every source is done.
-    pub sequencer: AbortHandle,
-    /// The registry actor: ends once the sequencer stops it.
-    pub registry: AbortHandle,
+    /// The tasks that take events and clients in this role, by name:
+    /// standalone, both accept loops, the sequencer and the registry.
+    pub tasks: Vec<(&'static str, AbortHandle)>,
+    /// Set while the server should get traffic: cleared while a gateway
+    /// catches up with the stream and once shutdown starts (draining).
+    pub ready: Arc<AtomicBool>,
 }
 
 impl Health {
     /// Whether the server can take events and clients now.
     pub fn is_healthy(&self) -> bool {
-        [
-            &self.sources,
-            &self.clients,
-            &self.sequencer,
-            &self.registry,
-        ]
-        .iter()
-        .all(|task| !task.is_finished())
+        self.tasks.iter().all(|(_, task)| !task.is_finished())
+    }
+
+    /// Whether it is healthy, caught up and not draining.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed) && self.is_healthy()
     }
 }
 
@@ -441,11 +461,11 @@ impl Endpoint {
     /// Answers one request. Only `GET` (and `HEAD`, which hyper answers
     /// without the body) is served.
     fn respond(&self, method: &Method, path: &str) -> Response<String> {
-        let known = matches!(path, "/metrics" | "/healthz");
+        let known = matches!(path, "/metrics" | "/healthz" | "/readyz");
         if !known {
             return text(
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics or /healthz\n",
+                "not found: try /metrics, /healthz or /readyz\n",
             );
         }
         if method != Method::GET && method != Method::HEAD {
@@ -454,6 +474,13 @@ impl Endpoint {
                 .headers_mut()
                 .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             return response;
+        }
+        if path == "/readyz" {
+            return if self.health.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            };
         }
         if path == "/healthz" {
             return if self.health.is_healthy() {
@@ -663,11 +690,14 @@ mod tests {
     /// Health over four running tasks, and the tasks.
     fn health() -> (Health, [tokio::task::JoinHandle<()>; 4]) {
         let tasks = [running(), running(), running(), running()];
+        let names = ["sources", "clients", "sequencer", "registry"];
         let health = Health {
-            sources: tasks[0].abort_handle(),
-            clients: tasks[1].abort_handle(),
-            sequencer: tasks[2].abort_handle(),
-            registry: tasks[3].abort_handle(),
+            tasks: names
+                .into_iter()
+                .zip(&tasks)
+                .map(|(name, task)| (name, task.abort_handle()))
+                .collect(),
+            ready: Arc::new(AtomicBool::new(true)),
         };
         (health, tasks)
     }
@@ -689,6 +719,31 @@ mod tests {
             for task in tasks {
                 task.abort();
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn ready_only_while_healthy_and_the_flag_is_set() {
+        let (health, tasks) = health();
+        let ready = health.ready.clone();
+        let endpoint = Endpoint::new(stats(), health);
+        let status = || endpoint.respond(&Method::GET, "/readyz").status();
+        assert_eq!(status(), StatusCode::OK);
+        ready.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "catching up or draining"
+        );
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        tasks[3].abort();
+        let mut tasks = Vec::from(tasks);
+        let stopped = tasks.swap_remove(3);
+        let ended = tokio::time::timeout(Duration::from_secs(10), stopped).await;
+        assert!(ended.is_ok(), "an aborted task ends");
+        assert_eq!(status(), StatusCode::SERVICE_UNAVAILABLE, "a task ended");
+        for task in tasks {
+            task.abort();
         }
     }
 

@@ -64,6 +64,14 @@ pub enum Command {
     },
     /// A client connection ended.
     Unregister { user: UserId, conn: ConnId },
+    /// Replace the follower graph with `graph`, the state after event
+    /// `position` of stream `stream` (a cluster gateway loading a
+    /// snapshot). Sessions end: their retained lines would have a hole.
+    Restore {
+        graph: Router,
+        position: Seq,
+        stream: StreamId,
+    },
     /// Deliver nothing more: tell every writer to drain and stop.
     Shutdown,
 }
@@ -246,6 +254,11 @@ impl Registry {
                     outbox,
                 } => self.register(hello, conn, outbox),
                 Command::Unregister { user, conn } => self.unregister(user, conn),
+                Command::Restore {
+                    graph,
+                    position,
+                    stream,
+                } => self.restore(graph, position, stream),
                 Command::Shutdown => break,
             }
         }
@@ -472,6 +485,43 @@ impl Registry {
             return;
         }
         let ended = self.sessions.new_stream().len();
+        self.close_resumable(ended);
+    }
+
+    /// The producer names the sequence space `stream` (see
+    /// [`OrderedBatch::stream`]): a different id than the current one ends
+    /// every session, as a new stream does.
+    fn adopt_stream(&mut self, stream: StreamId) {
+        let ended = self.sessions.adopt_stream(stream).len();
+        if ended > 0 {
+            self.close_resumable(ended);
+        }
+    }
+
+    /// Replaces the graph with a snapshot's; see [`Command::Restore`].
+    fn restore(&mut self, graph: Router, position: Seq, stream: StreamId) {
+        let ended = self.sessions.new_stream().len();
+        self.sessions.adopt_stream(stream);
+        if ended > 0 {
+            self.close_resumable(ended);
+        }
+        self.router = graph;
+        self.reach.clear();
+        for (key, conn) in self.conns.iter() {
+            self.reach.connected(key, self.router.following(conn.user));
+        }
+        self.last_seq = (position > 0).then_some(position);
+        tracing::info!(
+            position,
+            edges = self.router.edges(),
+            stream = stream.as_str(),
+            "follower graph restored from a snapshot"
+        );
+    }
+
+    /// Closes every resumable connection and retainer after `ended`
+    /// sessions ended, so their clients resume with `#GAP`.
+    fn close_resumable(&mut self, ended: usize) {
         let keys: Vec<usize> = self
             .conns
             .iter()
@@ -511,6 +561,9 @@ impl Registry {
         if batch.starts_new_stream() {
             self.forget_graph();
             self.end_sessions();
+        }
+        if let Some(stream) = batch.stream() {
+            self.adopt_stream(stream);
         }
         let mut notifications: u64 = 0;
         for event in batch.events() {

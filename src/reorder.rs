@@ -223,6 +223,15 @@ impl<T> ReorderBuffer<T> {
         self.highest = 0;
     }
 
+    /// Forgets every parked item and expects `next` (a restarted cluster
+    /// sequencer carries on after what the stream already holds). Counters
+    /// are kept.
+    pub fn restart_at(&mut self, next: Seq) {
+        self.restart();
+        self.next = next.max(1);
+        self.highest = self.next - 1;
+    }
+
     /// Moves the contiguous run of parked items starting at `next` out.
     fn release_ready(&mut self, released: &mut Vec<T>) {
         if self.parked == 0 {

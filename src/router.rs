@@ -154,6 +154,14 @@ impl Router {
         self.refused_follows
     }
 
+    /// Every edge, as `(from, to)`, in no particular order (for a cluster
+    /// snapshot; [`Router::apply`] of a follow for each rebuilds the graph).
+    pub fn edge_list(&self) -> impl Iterator<Item = (UserId, UserId)> + '_ {
+        self.following
+            .iter()
+            .flat_map(|(&from, set)| set.iter().map(move |&to| (from, to)))
+    }
+
     /// Forgets every edge (a new stream starts).
     pub fn clear(&mut self) {
         self.followers = HashMap::new();

@@ -25,8 +25,8 @@ use tokio::time::Instant;
 
 use crate::batch::OrderedBatch;
 use crate::gap::GapPolicy;
-use crate::registry::{Command, RegistryGone, RegistryHandle};
 use crate::reorder::ReorderBuffer;
+use crate::sink::{BatchSink, SinkGone};
 use crate::stats::{LogThrottle, Stats};
 use followermaze_protocol::{Event, Seq};
 
@@ -88,8 +88,8 @@ struct OpenGap {
 pub struct Sequencer {
     /// Parsed events in.
     inbox: mpsc::Receiver<SourceMsg>,
-    /// Ordered events out.
-    registry: RegistryHandle,
+    /// Ordered events out: the registry, or the cluster's publisher.
+    sink: BatchSink,
     /// The window.
     buffer: ReorderBuffer<Event>,
     /// The skip deadline.
@@ -112,13 +112,13 @@ impl Sequencer {
     /// [`Sequencer::run`].
     pub fn new(
         settings: &SequencerSettings,
-        registry: RegistryHandle,
+        sink: BatchSink,
         stats: Arc<Stats>,
     ) -> (Sequencer, mpsc::Sender<SourceMsg>) {
         let (tx, rx) = mpsc::channel(SOURCE_QUEUE);
         let sequencer = Sequencer {
             inbox: rx,
-            registry,
+            sink,
             buffer: ReorderBuffer::new(settings.max_window),
             policy: GapPolicy::new(settings.gap_floor, settings.gap_ceiling),
             gap: None,
@@ -178,9 +178,18 @@ impl Sequencer {
             );
         }
         self.publish_stats();
+        // If the sink is already gone there is nobody left to deliver to.
         let _ = self.send(released, std::time::Instant::now()).await;
-        // If the registry is already gone there is nobody left to stop.
-        let _ = self.registry.send(Command::Shutdown).await;
+        self.sink.finish().await;
+    }
+
+    /// This sequencer, carrying on after event `position` (a restarted
+    /// cluster sequencer: the stream already holds everything up to it, so
+    /// a source's resend of those events is late and dropped).
+    pub fn starting_after(mut self, position: Seq) -> Sequencer {
+        self.buffer.restart_at(position + 1);
+        self.publish_stats();
+        self
     }
 
     /// When the open gap, if any, will be skipped.
@@ -194,7 +203,7 @@ impl Sequencer {
         ))
     }
 
-    async fn handle(&mut self, message: SourceMsg) -> Result<(), RegistryGone> {
+    async fn handle(&mut self, message: SourceMsg) -> Result<(), SinkGone> {
         match message {
             SourceMsg::Opened(source) => {
                 if self.sources.is_empty() {
@@ -222,7 +231,7 @@ impl Sequencer {
         source: SourceId,
         events: Vec<Event>,
         read_at: std::time::Instant,
-    ) -> Result<(), RegistryGone> {
+    ) -> Result<(), SinkGone> {
         let now = Instant::now();
         // When the source read them, not when they got here: the rate is
         // the stream's, not the sequencer's.
@@ -292,7 +301,7 @@ impl Sequencer {
         }
     }
 
-    async fn skip_gap(&mut self) -> Result<(), RegistryGone> {
+    async fn skip_gap(&mut self) -> Result<(), SinkGone> {
         let now = Instant::now();
         let waited = self
             .gap
@@ -348,7 +357,7 @@ impl Sequencer {
         &mut self,
         released: Vec<Event>,
         read_at: std::time::Instant,
-    ) -> Result<(), RegistryGone> {
+    ) -> Result<(), SinkGone> {
         if released.len() <= MAX_DELIVER_EVENTS {
             if !released.is_empty() {
                 self.deliver(released, read_at).await?;
@@ -371,12 +380,12 @@ impl Sequencer {
         &mut self,
         events: Vec<Event>,
         read_at: std::time::Instant,
-    ) -> Result<(), RegistryGone> {
+    ) -> Result<(), SinkGone> {
         let mut batch = OrderedBatch::new(events, read_at);
         if std::mem::take(&mut self.new_stream) {
             batch = batch.starting_new_stream();
         }
-        self.registry.send(Command::Deliver(batch)).await
+        self.sink.deliver(batch).await
     }
 }
 
@@ -416,7 +425,7 @@ mod tests {
             gap_floor: FLOOR,
             gap_ceiling: CEILING,
         };
-        let (sequencer, _sender) = Sequencer::new(&settings, handle, stats);
+        let (sequencer, _sender) = Sequencer::new(&settings, BatchSink::Registry(handle), stats);
         (sequencer, registry)
     }
 

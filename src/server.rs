@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -16,6 +17,7 @@ use crate::lines::MAX_LINE_BYTES;
 use crate::metrics::Health;
 use crate::registry::Registry;
 use crate::sequencer::Sequencer;
+use crate::sink::BatchSink;
 use crate::source::accept_sources;
 use crate::stats::Stats;
 
@@ -194,6 +196,8 @@ struct Pipeline {
     /// Cancelled in shutdown step 2: stops both accept loops and the
     /// source reads.
     stop_input: CancellationToken,
+    /// `/readyz`: cleared in shutdown step 1.
+    ready: Arc<AtomicBool>,
 }
 
 impl Pipeline {
@@ -211,8 +215,11 @@ impl Pipeline {
         let registry = Task::spawn("registry", registry.run());
 
         // 2. Sequencer.
-        let (sequencer, to_sequencer) =
-            Sequencer::new(&config.sequencer(), registry_handle.clone(), stats.clone());
+        let (sequencer, to_sequencer) = Sequencer::new(
+            &config.sequencer(),
+            BatchSink::Registry(registry_handle.clone()),
+            stats.clone(),
+        );
         let sequencer = Task::spawn("sequencer", sequencer.run());
 
         // 3. Accept loops.
@@ -249,16 +256,21 @@ impl Pipeline {
             sources,
             clients,
             stop_input,
+            ready: Arc::new(AtomicBool::new(true)),
         }
     }
 
-    /// What `/healthz` watches: every task of start steps 1 to 3.
+    /// What `/healthz` watches: every task of start steps 1 to 3; and
+    /// `/readyz`, ready until shutdown starts.
     fn health(&self) -> Health {
         Health {
-            sources: self.sources.handle.abort_handle(),
-            clients: self.clients.handle.abort_handle(),
-            sequencer: self.sequencer.handle.abort_handle(),
-            registry: self.registry.handle.abort_handle(),
+            tasks: vec![
+                ("sources", self.sources.handle.abort_handle()),
+                ("clients", self.clients.handle.abort_handle()),
+                ("sequencer", self.sequencer.handle.abort_handle()),
+                ("registry", self.registry.handle.abort_handle()),
+            ],
+            ready: self.ready.clone(),
         }
     }
 
@@ -272,6 +284,7 @@ impl Pipeline {
             _ = self.registry.join() => Some(self.registry.name),
             _ = self.sequencer.join() => Some(self.sequencer.name),
         };
+        self.ready.store(false, Ordering::Relaxed);
         match ended_early {
             None => tracing::info!("shutdown requested: draining"),
             Some(name) => failures.push(format!("{name} task ended early")),
@@ -293,7 +306,7 @@ impl Pipeline {
 }
 
 /// Start step 4 and shutdown step 5: the tasks that only read `stats`.
-struct Observers {
+pub(crate) struct Observers {
     /// The metrics endpoint and the log summary, whichever are on.
     tasks: JoinSet<()>,
     /// Cancelled in shutdown step 5.
@@ -303,7 +316,7 @@ struct Observers {
 impl Observers {
     /// Start step 4: the metrics endpoint if it has a listener, the summary
     /// if it has an interval.
-    fn start(
+    pub(crate) fn start(
         metrics: Option<TcpListener>,
         config: &Config,
         stats: &Arc<Stats>,
@@ -327,7 +340,7 @@ impl Observers {
     }
 
     /// Shutdown step 5; returns what went wrong.
-    async fn stop(mut self) -> Vec<String> {
+    pub(crate) async fn stop(mut self) -> Vec<String> {
         self.stop.cancel();
         let mut failures = Vec::new();
         while let Some(outcome) = self.tasks.join_next().await {
@@ -342,17 +355,20 @@ impl Observers {
 /// A task of the pipeline, and how it ended once it has: shutdown step 1
 /// may see a core task end before that task's own step comes, and a
 /// `JoinHandle` can be awaited to its end only once.
-struct Task {
+pub(crate) struct Task {
     /// Names the task in errors.
-    name: &'static str,
+    pub(crate) name: &'static str,
     /// The spawned task.
-    handle: JoinHandle<()>,
+    pub(crate) handle: JoinHandle<()>,
     /// How it ended; `None` until [`Task::join`] has seen it end.
     ended: Option<Result<(), JoinError>>,
 }
 
 impl Task {
-    fn spawn(name: &'static str, task: impl Future<Output = ()> + Send + 'static) -> Task {
+    pub(crate) fn spawn(
+        name: &'static str,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) -> Task {
         Task {
             name,
             handle: tokio::spawn(task),
@@ -362,7 +378,7 @@ impl Task {
 
     /// Waits until the task has ended (at once if it already has; cancel
     /// safe); returns what went wrong if it panicked or was aborted.
-    async fn join(&mut self) -> Option<String> {
+    pub(crate) async fn join(&mut self) -> Option<String> {
         if self.ended.is_none() {
             self.ended = Some((&mut self.handle).await);
         }
@@ -374,7 +390,7 @@ impl Task {
 }
 
 /// A listener's bound address for the startup line.
-fn display_addr(listener: &TcpListener) -> String {
+pub(crate) fn display_addr(listener: &TcpListener) -> String {
     listener.local_addr().map_or_else(
         |error| format!("<unknown: {error}>"),
         |addr| addr.to_string(),

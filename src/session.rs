@@ -128,6 +128,18 @@ impl Sessions {
         self.retention.evicted()
     }
 
+    /// Names the sequence space `stream` (a cluster's, from the sequencer):
+    /// if it is not the current id, every session ends as at a new stream.
+    /// Returns the users whose sessions ended.
+    pub(crate) fn adopt_stream(&mut self, stream: StreamId) -> Vec<UserId> {
+        if stream == self.stream {
+            return Vec::new();
+        }
+        let ended = self.new_stream();
+        self.stream = stream;
+        ended
+    }
+
     /// A new stream begins: a new id, and every session ends (their
     /// positions belong to the old sequence space). Returns the users whose
     /// sessions ended.
@@ -252,7 +264,7 @@ impl Sessions {
 /// A random stream id: 13 base-36 characters from the process's random
 /// hash keys mixed with the clock, so two processes (or two streams of one
 /// process) practically never share one.
-fn new_stream_id() -> StreamId {
+pub(crate) fn new_stream_id() -> StreamId {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -110,6 +110,19 @@ pub struct Stats {
     pub retained_bytes: AtomicU64,
     /// Retained lines lost to a retention bound.
     pub evicted_entries: AtomicU64,
+    /// Cluster: messages the sequencer's publisher had acknowledged by
+    /// JetStream.
+    pub published_messages: AtomicU64,
+    /// Cluster: publishes or acks that failed (NATS slow, down or
+    /// restarting); each is retried after a reconnect.
+    pub publish_failures: AtomicU64,
+    /// Cluster: stream messages a gateway consumed.
+    pub consumed_messages: AtomicU64,
+    /// Cluster: graph snapshots the sequencer wrote.
+    pub snapshots_written: AtomicU64,
+    /// Cluster: snapshots a gateway loaded (at start, or after falling
+    /// behind the retained stream).
+    pub snapshots_loaded: AtomicU64,
     /// Time from a source read to the write that delivered its events.
     pub latency: LatencyHistogram,
 }

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# cluster.sh: a followermaze cluster on this machine, all on 127.0.0.1:
+# nats-server with JetStream (a free port, a temporary store), a sequencer
+# (events on :9090) and three gateways (clients on :9099, :9100, :9101).
+# Runs until Ctrl-C, then stops everything it started.
+#
+#   scripts/cluster.sh                  # then, in another terminal:
+#   ./followermaze.sh                   # events -> sequencer, clients -> first gateway
+#   clientListenerPort=9100 ./followermaze.sh
+#
+# Settings (environment): gateways=3 eventListenerPort=9090
+# clientListenerPort=9099 (gateway i gets +i) metricsPort=9191 (sequencer;
+# gateway i gets +1+i); any other followermaze variable is passed through.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bin="${CARGO_TARGET_DIR:-$here/target}/release/followermaze"
+gateways="${gateways:-3}"
+events_port="${eventListenerPort:-9090}"
+clients_port="${clientListenerPort:-9099}"
+metrics_port="${metricsPort:-9191}"
+
+command -v nats-server >/dev/null 2>&1 || {
+    echo "cluster.sh: nats-server is not installed (apt-get install -y nats-server)" >&2
+    exit 2
+}
+cargo build --release --quiet --manifest-path "$here/Cargo.toml" --bin followermaze
+
+store="$(mktemp -d -t followermaze-js.XXXXXX)"
+nats_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+pids=()
+cleanup() {
+    trap - INT TERM EXIT
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$store"
+}
+trap cleanup INT TERM EXIT
+
+nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$store" >"$store/nats.log" 2>&1 &
+pids+=($!)
+export natsUrl="nats://127.0.0.1:$nats_port" bindAddress=127.0.0.1
+
+role=sequencer eventListenerPort="$events_port" metricsPort="$metrics_port" "$bin" &
+pids+=($!)
+for ((i = 0; i < gateways; i++)); do
+    role=gateway clientListenerPort=$((clients_port + i)) metricsPort=$((metrics_port + 1 + i)) "$bin" &
+    pids+=($!)
+done
+
+echo "cluster.sh: nats on $natsUrl (store $store); sequencer events :$events_port;" \
+     "gateways clients :$clients_port..:$((clients_port + gateways - 1));" \
+     "readiness: curl 127.0.0.1:$((metrics_port + 1))/readyz. Ctrl-C stops all." >&2
+# Any process ending ends the cluster (a second sequencer, a busy port...).
+wait -n "${pids[@]}"

@@ -1,0 +1,303 @@
+//! The cluster's ordered log: one JetStream stream, its message format, and
+//! the object-store bucket holding follower-graph snapshots.
+//!
+//! A message is a run of consecutive ordered events: its payload is their
+//! raw lines concatenated, byte for byte as the source sent them (every
+//! line ends in `\n`, so the lines delimit themselves), and its headers say
+//! which sequence space it belongs to:
+//!
+//! | header | value |
+//! |---|---|
+//! | `Nats-Msg-Id` | `<stream id>-<first event seq>`: JetStream drops a republish of the same message within its duplicate window |
+//! | `Nats-Expected-Last-Sequence` | the stream sequence the publisher believes is last: a second publisher fails instead of interleaving |
+//! | `Followermaze-Stream` | the stream id resumable clients are given, the same on every gateway |
+//! | `Followermaze-New-Stream` | `1` on the first message of a new stream (the follower graph is forgotten first) |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, object_store, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use followermaze_protocol::resume::StreamId;
+use followermaze_protocol::{parse_event, Event};
+use tokio::sync::Notify;
+
+use crate::config::Config;
+
+/// Header naming the message's sequence space.
+pub(crate) const STREAM_HEADER: &str = "Followermaze-Stream";
+/// Header marking the first message of a new stream.
+pub(crate) const NEW_STREAM_HEADER: &str = "Followermaze-New-Stream";
+/// Name of the snapshot object in the bucket (each put replaces it).
+pub(crate) const SNAPSHOT_OBJECT: &str = "graph";
+
+/// How long one JetStream API request or publish ack may take before it
+/// counts as failed (and is retried after a reconnect).
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection to the cluster's stream and bucket.
+#[derive(Clone)]
+pub(crate) struct Log {
+    /// JetStream API and publishing.
+    pub js: jetstream::Context,
+    /// The stream's name.
+    pub name: String,
+    /// The one subject events are published on: `<natsStream>.events`.
+    pub subject: String,
+    /// The snapshots' object store.
+    pub snapshots: object_store::ObjectStore,
+    /// Notified (one stored permit) each time the connection to NATS is
+    /// made again: a consumer's server-side state may be gone (a restarted
+    /// server keeps the stream, not ephemeral consumers), so the gateway
+    /// recreates its consumer rather than wait out missed heartbeats.
+    pub reconnected: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("name", &self.name).finish()
+    }
+}
+
+impl Log {
+    /// Connects to `natsUrl` and opens the stream and the bucket, creating
+    /// them if `create` (the sequencer; a gateway waits for them). Retries
+    /// until it succeeds, logging each failure: NATS may start after us.
+    pub(crate) async fn open(config: &Config, create: bool) -> Log {
+        let mut attempt = 0u32;
+        loop {
+            match Log::try_open(config, create).await {
+                Ok(log) => return log,
+                Err(error) => {
+                    attempt += 1;
+                    tracing::warn!(
+                        url = %config.nats_url,
+                        stream = %config.nats_stream,
+                        attempt,
+                        %error,
+                        "cannot open the JetStream stream yet; retrying"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    async fn try_open(config: &Config, create: bool) -> Result<Log, String> {
+        let reconnected = Arc::new(Notify::new());
+        let notify = reconnected.clone();
+        let client = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                let notify = notify.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Connected) {
+                        notify.notify_one();
+                    }
+                }
+            })
+            .name(format!("followermaze-{:?}", config.role).to_lowercase())
+            // Reconnect for ever: an outage is waited out, never fatal.
+            .max_reconnects(None)
+            .connect(&config.nats_url)
+            .await
+            .map_err(|error| format!("connect {}: {error}", config.nats_url))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(REQUEST_TIMEOUT)
+            .build(client);
+        let name = config.nats_stream.clone();
+        let subject = format!("{name}.events");
+        let bucket = format!("{name}_SNAPSHOTS");
+        if create {
+            let limits = stream::Config {
+                name: name.clone(),
+                subjects: vec![subject.clone()],
+                storage: stream::StorageType::File,
+                discard: stream::DiscardPolicy::Old,
+                max_age: Duration::from_secs(config.stream_max_age_secs),
+                max_bytes: match config.stream_max_bytes {
+                    0 => -1,
+                    bytes => i64::try_from(bytes).unwrap_or(i64::MAX),
+                },
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            };
+            js.create_or_update_stream(limits)
+                .await
+                .map_err(|error| format!("create stream {name}: {error}"))?;
+        } else {
+            js.get_stream(&name)
+                .await
+                .map_err(|error| format!("stream {name}: {error}"))?;
+        }
+        let snapshots = match js.get_object_store(&bucket).await {
+            Ok(store) => store,
+            Err(_) if create => js
+                .create_object_store(object_store::Config {
+                    bucket: bucket.clone(),
+                    description: Some("followermaze follower-graph snapshots".into()),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|error| format!("create bucket {bucket}: {error}"))?,
+            Err(error) => return Err(format!("bucket {bucket}: {error}")),
+        };
+        Ok(Log {
+            js,
+            name,
+            subject,
+            snapshots,
+            reconnected,
+        })
+    }
+
+    /// The stream's handle (for its state and direct reads).
+    pub(crate) async fn stream(&self) -> Result<stream::Stream, String> {
+        self.js
+            .get_stream(&self.name)
+            .await
+            .map_err(|error| format!("stream {}: {error}", self.name))
+    }
+
+    /// The sequence of the last message in the stream (0 if empty).
+    pub(crate) async fn last_sequence(&self) -> Result<u64, String> {
+        let stream = self.stream().await?;
+        let info = stream
+            .get_info()
+            .await
+            .map_err(|error| format!("stream {} info: {error}", self.name))?;
+        Ok(info.state.last_sequence)
+    }
+}
+
+/// One stream message, decoded.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// The sequence space it belongs to.
+    pub stream: StreamId,
+    /// Whether a new stream begins with it.
+    pub new_stream: bool,
+    /// Its events, in order, each `raw` a slice of the payload.
+    pub events: Vec<Event>,
+}
+
+/// Decodes a message's headers and payload. Fails, saying why, on a
+/// message no sequencer of ours wrote: no stream header, a line that is not
+/// an event, an unterminated tail, or sequence numbers not increasing.
+pub(crate) fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Entry, String> {
+    let headers = headers.ok_or("no headers")?;
+    let stream = headers
+        .get(STREAM_HEADER)
+        .ok_or("no Followermaze-Stream header")?;
+    let stream = StreamId::parse(stream.as_str().as_bytes())
+        .map_err(|_| format!("bad stream id {:?}", stream.as_str()))?;
+    let new_stream = headers
+        .get(NEW_STREAM_HEADER)
+        .is_some_and(|value| value.as_str() == "1");
+    let mut events = Vec::with_capacity(payload.len() / 16);
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', payload) {
+        let raw = payload.slice(start..=end);
+        start = end + 1;
+        let (seq, kind) =
+            parse_event(&raw).map_err(|error| format!("bad line {raw:?}: {error:?}"))?;
+        if events.last().is_some_and(|last: &Event| last.seq >= seq) {
+            return Err(format!("sequence {seq} does not increase"));
+        }
+        events.push(Event { seq, kind, raw });
+    }
+    if start != payload.len() {
+        return Err("payload does not end with a line terminator".into());
+    }
+    if events.is_empty() {
+        return Err("no events".into());
+    }
+    Ok(Entry {
+        stream,
+        new_stream,
+        events,
+    })
+}
+
+/// The headers of a message starting a run at `first_seq` of `stream`,
+/// expected to follow stream message `expected_last`.
+pub(crate) fn headers(
+    stream: StreamId,
+    new_stream: bool,
+    first_seq: u64,
+    expected_last: u64,
+) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("{}-{first_seq}", stream.as_str()).as_str(),
+    );
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+        expected_last.to_string().as_str(),
+    );
+    headers.insert(STREAM_HEADER, stream.as_str());
+    if new_stream {
+        headers.insert(NEW_STREAM_HEADER, "1");
+    }
+    headers
+}
+
+impl Log {
+    /// An ordered consumer of the stream from stream sequence `start` on
+    /// (the first retained one if `start` is older). It fetches at most
+    /// 500 messages ahead (async-nats's batch), so at most ~32 MiB of
+    /// 64 KiB messages wait in it; the caller's pace is the back-pressure.
+    pub(crate) async fn consume_from(
+        &self,
+        start: u64,
+    ) -> Result<jetstream::consumer::pull::Ordered, String> {
+        use jetstream::consumer::{pull, DeliverPolicy};
+        let stream = self.stream().await?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: self.subject.clone(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start.max(1),
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| format!("create consumer: {error}"))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|error| format!("consume: {error}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_decodes_to_its_lines_byte_for_byte() {
+        let stream = StreamId::parse(b"abc").unwrap();
+        let headers = headers(stream, true, 7, 3);
+        let payload = Bytes::from_static(b"7|F|1|2\r\n8|B\n10|S|1\r\n");
+        let entry = decode(Some(&headers), &payload).unwrap();
+        assert_eq!(entry.stream, stream);
+        assert!(entry.new_stream);
+        let raws: Vec<&[u8]> = entry.events.iter().map(|e| &e.raw[..]).collect();
+        assert_eq!(raws, [&b"7|F|1|2\r\n"[..], b"8|B\n", b"10|S|1\r\n"]);
+        let seqs: Vec<u64> = entry.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [7, 8, 10]);
+    }
+
+    #[test]
+    fn foreign_or_damaged_messages_are_refused() {
+        let stream = StreamId::parse(b"abc").unwrap();
+        let good = headers(stream, false, 1, 0);
+        assert!(decode(None, &Bytes::from_static(b"1|B\n")).is_err());
+        assert!(decode(Some(&HeaderMap::new()), &Bytes::from_static(b"1|B\n")).is_err());
+        assert!(decode(Some(&good), &Bytes::from_static(b"1|B\n2|B")).is_err());
+        assert!(decode(Some(&good), &Bytes::from_static(b"2|B\n1|B\n")).is_err());
+        assert!(decode(Some(&good), &Bytes::from_static(b"x\n")).is_err());
+        assert!(decode(Some(&good), &Bytes::new()).is_err());
+    }
+}

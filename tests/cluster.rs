@@ -1,0 +1,578 @@
+//! The cluster roles against a real `nats-server -js` on 127.0.0.1: a
+//! sequencer and gateways give each client, byte for byte, what a
+//! standalone server gives it, across a sequencer restart, a NATS restart
+//! and a gateway started late.
+//!
+//! Each test starts its own nats-server (a free port, a fresh store
+//! directory) and kills it on drop. Without the `nats-server` binary the
+//! tests say so and pass: CI installs it (`.ci/run`).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use common::{get, wait_until, within, Client, TestServer};
+use followermaze::{Config, GatewayListeners, SequencerListeners, Stats};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A nats-server with JetStream, killed (and its store removed) on drop.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Nats {
+    /// Starts one, or `None` (after saying so) if nats-server is not
+    /// installed.
+    async fn start(name: &str) -> Option<Nats> {
+        // `RUST_LOG=followermaze=debug` shows the roles' logs.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let installed = Command::new("nats-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !installed {
+            eprintln!("SKIPPED: nats-server is not installed (apt-get install nats-server)");
+            return None;
+        }
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("fm-cluster-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut nats = Nats {
+            child: None,
+            port,
+            dir,
+        };
+        nats.restart().await;
+        Some(nats)
+    }
+
+    /// (Re)starts the server on the same port and store.
+    async fn restart(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        let address = self.address();
+        within("nats-server listening", async {
+            while TcpStream::connect(address).await.is_err() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Stops the server (SIGTERM, as an operator would) and waits for it.
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: `kill` on the pid of a child we spawned and have not
+            // reaped yet.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            within("nats-server exit", async {
+                tokio::task::spawn_blocking(move || child.wait())
+                    .await
+                    .expect("wait task")
+            })
+            .await
+            .expect("nats-server exits");
+        }
+    }
+
+    fn address(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// A config pointing the cluster roles at this server.
+    fn config(&self) -> Config {
+        Config {
+            nats_url: format!("nats://{}", self.address()),
+            metrics_port: 0,
+            summary_interval_secs: 0,
+            snapshot_interval_secs: 1,
+            ..Config::default()
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
+    listener.local_addr().expect("bound").port()
+}
+
+/// A sequencer on a runtime of its own, so it can be killed: dropping the
+/// runtime ends every task at once, sockets closed, nothing drained, as a
+/// crash would.
+struct SequencerNode {
+    events: SocketAddr,
+    stats: Arc<Stats>,
+    runtime: Option<tokio::runtime::Runtime>,
+    /// How `run_sequencer` ended, once it has.
+    task: Option<JoinHandle<Result<(), followermaze::ServerError>>>,
+}
+
+impl SequencerNode {
+    fn start(config: Config) -> SequencerNode {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let events = listener.local_addr().expect("bound");
+        let listener = {
+            let _inside = runtime.enter();
+            TcpListener::from_std(listener).expect("a tokio listener")
+        };
+        let stats = Arc::new(Stats::default());
+        let listeners = SequencerListeners {
+            events: listener,
+            metrics: None,
+        };
+        let task = runtime.spawn(followermaze::run_sequencer(
+            listeners,
+            config,
+            stats.clone(),
+            std::future::pending(),
+        ));
+        SequencerNode {
+            events,
+            stats,
+            runtime: Some(runtime),
+            task: Some(task),
+        }
+    }
+
+    /// Waits for it to stop on its own; returns how it ended.
+    async fn ended(&mut self) -> Result<(), followermaze::ServerError> {
+        let task = self.task.as_mut().expect("not waited for yet");
+        within("sequencer ends", task)
+            .await
+            .expect("sequencer task")
+    }
+
+    /// Ends it abruptly.
+    fn kill(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+
+    async fn source(&self) -> TcpStream {
+        within("source connect", TcpStream::connect(self.events))
+            .await
+            .expect("source connects")
+    }
+}
+
+impl Drop for SequencerNode {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A gateway on the test's runtime.
+struct GatewayNode {
+    clients: SocketAddr,
+    stats: Arc<Stats>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), followermaze::ServerError>>,
+}
+
+impl GatewayNode {
+    async fn start(config: Config) -> GatewayNode {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let clients = listener.local_addr().expect("bound");
+        let stats = Arc::new(Stats::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let listeners = GatewayListeners {
+            clients: listener,
+            metrics: None,
+        };
+        let task = tokio::spawn(followermaze::run_gateway(
+            listeners,
+            config,
+            stats.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        GatewayNode {
+            clients,
+            stats,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Connects classic clients for `users`, waiting until each is
+    /// registered.
+    async fn clients(&self, users: &[u64]) -> Vec<Client> {
+        let mut clients = Vec::new();
+        for &user in users {
+            let before = get(&self.stats.client_connects);
+            let mut stream = within("client connect", TcpStream::connect(self.clients))
+                .await
+                .expect("client connects");
+            within("hello", stream.write_all(format!("{user}\r\n").as_bytes()))
+                .await
+                .expect("hello sent");
+            wait_until("client registered", || {
+                get(&self.stats.client_connects) > before
+            })
+            .await;
+            clients.push(Client { stream });
+        }
+        clients
+    }
+
+    async fn delivered(&self, n: u64) {
+        wait_until("gateway delivered", || {
+            get(&self.stats.events_delivered) >= n
+        })
+        .await;
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        within("gateway stop", &mut self.task)
+            .await
+            .expect("gateway task")
+            .expect("gateway stops cleanly");
+    }
+}
+
+/// Deterministic events 1..=n over users 1..=20: follows, unfollows,
+/// broadcasts, private messages and status updates.
+fn events(n: u64) -> Vec<String> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (1..=n)
+        .map(|seq| {
+            let (a, b) = (next() % 20 + 1, next() % 20 + 1);
+            match next() % 10 {
+                0..=2 => format!("{seq}|F|{a}|{b}\r\n"),
+                3 => format!("{seq}|U|{a}|{b}\r\n"),
+                4 => format!("{seq}|B\r\n"),
+                5 | 6 => format!("{seq}|P|{a}|{b}\r\n"),
+                _ => format!("{seq}|S|{a}\r\n"),
+            }
+        })
+        .collect()
+}
+
+/// `lines` as a source sends them: in windows of 8, each window reversed
+/// (out of order, so the reorder window works as in production).
+fn shuffled(lines: &[String]) -> String {
+    lines
+        .chunks(8)
+        .flat_map(|window| window.iter().rev())
+        .map(String::as_str)
+        .collect()
+}
+
+/// Users whose clients the tests connect.
+const USERS: [u64; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+
+/// What a standalone server sends each of [`USERS`] for `input`.
+async fn standalone(input: &str, total: u64) -> Vec<String> {
+    let server = TestServer::start().await;
+    let mut clients = Vec::new();
+    for user in USERS {
+        clients.push(server.client(user).await);
+    }
+    let mut source = server.source().await;
+    common::send(&mut source, input).await;
+    server.delivered(total).await;
+    drop(source);
+    server.stop().await.expect("standalone stops");
+    let mut outputs = Vec::new();
+    for client in &mut clients {
+        outputs.push(client.read_to_end().await);
+    }
+    outputs
+}
+
+/// Reads exactly `expected`'s length from each client and compares.
+async fn expect_all(clients: &mut [Client], expected: &[String], what: &str) {
+    for (index, (client, expected)) in clients.iter_mut().zip(expected).enumerate() {
+        let mut got = vec![0u8; expected.len()];
+        within(what, client.stream.read_exact(&mut got))
+            .await
+            .expect("client reads");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            *expected,
+            "{what}: user {}",
+            USERS[index]
+        );
+    }
+}
+
+/// After the gateway stopped, nothing more than expected came.
+async fn expect_end(clients: &mut [Client]) {
+    for client in clients {
+        let mut rest = Vec::new();
+        within("end of stream", client.stream.read_to_end(&mut rest))
+            .await
+            .expect("client reads to the end");
+        assert!(
+            rest.is_empty(),
+            "extra bytes: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+}
+
+/// The first line a resumable client gets from `gateway`.
+async fn verdict(gateway: &GatewayNode, user: u64) -> String {
+    let mut stream = TcpStream::connect(gateway.clients).await.expect("connect");
+    stream
+        .write_all(format!("{user}||0\r\n").as_bytes())
+        .await
+        .expect("hello");
+    let mut line = String::new();
+    within("verdict", BufReader::new(stream).read_line(&mut line))
+        .await
+        .expect("verdict read");
+    line
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_give_every_client_what_a_standalone_server_gives() {
+    let Some(nats) = Nats::start("two").await else {
+        return;
+    };
+    let total = 3_000;
+    let input = shuffled(&events(total));
+    let expected = standalone(&input, total).await;
+
+    let sequencer = SequencerNode::start(nats.config());
+    let first = GatewayNode::start(nats.config()).await;
+    let second = GatewayNode::start(nats.config()).await;
+    let mut on_first = first.clients(&USERS).await;
+    let mut on_second = second.clients(&USERS).await;
+    // Every gateway names the stream as the sequencer does.
+    let (a, b) = (verdict(&first, 99).await, verdict(&second, 99).await);
+    assert!(a.starts_with("#OK|"), "{a}");
+    assert_eq!(a.split('|').nth(1), b.split('|').nth(1), "one stream id");
+
+    let mut source = sequencer.source().await;
+    common::send(&mut source, &input).await;
+    expect_all(&mut on_first, &expected, "first gateway").await;
+    expect_all(&mut on_second, &expected, "second gateway").await;
+    first.delivered(total).await;
+    second.delivered(total).await;
+    first.stop().await;
+    second.stop().await;
+    expect_end(&mut on_first).await;
+    expect_end(&mut on_second).await;
+    sequencer.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_sequencer_carries_on_from_the_stream() {
+    let Some(nats) = Nats::start("restart").await else {
+        return;
+    };
+    let total = 4_000;
+    let lines = events(total);
+    let expected = standalone(&lines.concat(), total).await;
+
+    let first = SequencerNode::start(nats.config());
+    let gateway = GatewayNode::start(nats.config()).await;
+    let mut clients = gateway.clients(&USERS).await;
+    let mut source = first.source().await;
+    common::send(&mut source, &lines[..2_500].concat()).await;
+    // At least 1,500 are in the stream; the rest may be anywhere.
+    gateway.delivered(1_500).await;
+    first.kill();
+    drop(source);
+
+    // The source reconnects to the replacement and resends from a point
+    // it knows is stored: what the stream already has is dropped as late.
+    let second = SequencerNode::start(nats.config());
+    let mut source = second.source().await;
+    common::send(&mut source, &lines[1_500..].concat()).await;
+    expect_all(&mut clients, &expected, "after the sequencer restart").await;
+    gateway.delivered(total).await;
+    assert_eq!(get(&second.stats.skipped_sequences), 0, "nothing skipped");
+    gateway.stop().await;
+    expect_end(&mut clients).await;
+    second.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_loses_no_released_event() {
+    let Some(mut nats) = Nats::start("nats").await else {
+        return;
+    };
+    let total = 3_000;
+    let lines = events(total);
+    let expected = standalone(&lines.concat(), total).await;
+
+    let sequencer = SequencerNode::start(nats.config());
+    let gateway = GatewayNode::start(nats.config()).await;
+    let mut clients = gateway.clients(&USERS).await;
+    let mut source = sequencer.source().await;
+    common::send(&mut source, &lines[..1_500].concat()).await;
+    gateway.delivered(1_500).await;
+
+    nats.stop().await;
+    // Released by the sequencer while NATS is away: held, not lost.
+    common::send(&mut source, &lines[1_500..].concat()).await;
+    wait_until("sequencer released everything", || {
+        get(&sequencer.stats.next_sequence) > total
+    })
+    .await;
+    nats.restart().await;
+
+    expect_all(&mut clients, &expected, "after the NATS restart").await;
+    gateway.delivered(total).await;
+    gateway.stop().await;
+    expect_end(&mut clients).await;
+    sequencer.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_gateway_catches_up_from_a_snapshot() {
+    let Some(nats) = Nats::start("late").await else {
+        return;
+    };
+    let total = 4_000;
+    let lines = events(total);
+    let expected = standalone(&lines.concat(), total).await;
+
+    let sequencer = SequencerNode::start(nats.config());
+    let early = GatewayNode::start(nats.config()).await;
+    let mut source = sequencer.source().await;
+    // Several messages, then a snapshot taken after them.
+    for chunk in lines[..2_000].chunks(250) {
+        common::send(&mut source, &chunk.concat()).await;
+        early
+            .delivered(chunk.last().map_or(0, |line| seq_of(line)))
+            .await;
+    }
+    let written = get(&sequencer.stats.snapshots_written);
+    wait_until("a snapshot after the first half", || {
+        get(&sequencer.stats.snapshots_written) > written
+    })
+    .await;
+
+    let late = GatewayNode::start(nats.config()).await;
+    let mut clients = late.clients(&USERS).await;
+    assert_eq!(get(&late.stats.snapshots_loaded), 1);
+    common::send(&mut source, &lines[2_000..].concat()).await;
+    // The late gateway's clients get exactly the second half as a
+    // standalone server routes it: status updates reach the followers the
+    // first half's follows made, which only the snapshot carried.
+    let second_half: Vec<String> = expected
+        .iter()
+        .map(|output| {
+            output
+                .split_inclusive('\n')
+                .filter(|line| seq_of(line) > 2_000)
+                .collect()
+        })
+        .collect();
+    expect_all(&mut clients, &second_half, "late gateway").await;
+    late.delivered(total - 2_000).await;
+    assert!(
+        get(&late.stats.consumed_messages) < get(&early.stats.consumed_messages),
+        "the late gateway replayed only what followed its snapshot"
+    );
+    late.stop().await;
+    early.stop().await;
+    expect_end(&mut clients).await;
+    sequencer.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sequencer_fails_loudly_instead_of_interleaving() {
+    let Some(nats) = Nats::start("second").await else {
+        return;
+    };
+    let lines = events(2_100);
+    let first = SequencerNode::start(nats.config());
+    let gateway = GatewayNode::start(nats.config()).await;
+    let mut to_first = first.source().await;
+    common::send(&mut to_first, &lines[..1_000].concat()).await;
+    gateway.delivered(1_000).await;
+
+    // A second sequencer starts while the first still runs; the first
+    // publishes more, so the second's view of the stream's end is stale.
+    // (It skips the gap before 2,001 quickly, then publishes.)
+    let mut second = SequencerNode::start(Config {
+        gap_timeout_min_ms: 50,
+        gap_timeout_max_ms: 100,
+        ..nats.config()
+    });
+    wait_until("the second sequencer recovered the stream", || {
+        get(&second.stats.next_sequence) == 1_001
+    })
+    .await;
+    let mut to_second = second.source().await;
+    common::send(&mut to_first, &lines[1_000..2_000].concat()).await;
+    gateway.delivered(2_000).await;
+    common::send(&mut to_second, &lines[2_000..].concat()).await;
+    let error = second
+        .ended()
+        .await
+        .expect_err("the second sequencer stops");
+    assert!(
+        error.to_string().contains("another sequencer"),
+        "says why: {error}"
+    );
+    gateway.stop().await;
+    first.kill();
+}
+
+/// The sequence number a line starts with.
+fn seq_of(line: &str) -> u64 {
+    line.split('|')
+        .next()
+        .and_then(|seq| seq.parse().ok())
+        .unwrap_or(0)
+}
