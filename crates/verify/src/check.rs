@@ -1068,6 +1068,139 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_resumable_client_is_owed_exactly_what_follows_its_verdict() {
+        // Registered at 2: broadcast 3 first, not any, and nothing at or
+        // below 2 (which it never had: not owed, not a repeat).
+        let (mut checker, lines) = setup(4, &[6, 12], 12);
+        checker.registered_at(2);
+        let failure = checker.check(&opening(2), 0).unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                Failure::Unexpected {
+                    seq: 2,
+                    repeated: false,
+                    ..
+                }
+            ),
+            "{failure}"
+        );
+        let (mut checker, lines_again) = setup(4, &[6, 12], 12);
+        checker.registered_at(2);
+        assert_eq!(checker.check(&opening(4), 0), Ok(Verdict::More));
+        let failure = checker.check(&lines_again[0], 0).unwrap_err();
+        assert!(
+            matches!(failure, Failure::Missing { seq: 3, .. }),
+            "{failure}"
+        );
+        let (mut checker, _) = setup(4, &[6, 12], 12);
+        checker.registered_at(2);
+        for seq in 3..=4 {
+            assert_eq!(checker.check(&opening(seq), 0), Ok(Verdict::More));
+        }
+        assert_eq!(checker.first_broadcast(), Some(3));
+        assert_eq!(checker.check(&lines[0], 0), Ok(Verdict::More));
+        // A line at or below the position, received before: a repeat.
+        let failure = checker.check(&opening(4), 0).unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                Failure::Unexpected {
+                    seq: 4,
+                    repeated: true,
+                    ..
+                }
+            ),
+            "{failure}"
+        );
+    }
+
+    #[test]
+    fn a_gap_gives_up_the_lines_up_to_its_position_and_keeps_the_totals() {
+        let (mut reference, lines) = setup(1, &[6, 9, 12, 15], 15);
+        let (mut checker, _) = setup(1, &[6, 9, 12, 15], 15);
+        for checker in [&mut reference, &mut checker] {
+            checker.registered_at(0);
+            checker.check(&opening(1), 0).unwrap();
+        }
+        for line in &lines {
+            reference.check(line, 0).unwrap();
+        }
+        checker.check(&lines[0], 0).unwrap();
+        assert_eq!(checker.gap(10), 1, "9 given up; 6 was received");
+        assert_eq!(checker.last_seq(), 10);
+        assert_eq!(checker.check(&lines[2], 0), Ok(Verdict::More));
+        assert_eq!(checker.check(&lines[3], 0), Ok(Verdict::Done));
+        assert_eq!(checker.lost(), 1);
+        // Lost lines are folded as the source folded them.
+        assert_eq!(checker.tally(), reference.tally());
+        // A gap that gives up the final broadcast leaves nothing owed.
+        let (mut checker, _) = setup(1, &[6, 12], 12);
+        checker.registered_at(1);
+        assert_eq!(checker.gap(12), 2);
+        assert!(checker.done());
+    }
+
+    #[test]
+    fn a_checkpoint_past_an_owed_line_means_it_is_missing() {
+        let (mut checker, lines) = setup(1, &[6, 9, 12], 12);
+        checker.registered_at(1);
+        assert_eq!(checker.checkpoint(5, b"#AT|s|5|0|00000000\r\n"), Ok(()));
+        checker.check(&lines[0], 0).unwrap();
+        assert_eq!(checker.checkpoint(8, b"#AT|s|8|1|00000000\r\n"), Ok(()));
+        let failure = checker
+            .checkpoint(9, b"#AT|s|9|1|00000000\r\n")
+            .unwrap_err();
+        assert!(
+            matches!(failure, Failure::Missing { seq: 9, ref instead, .. }
+                if instead.as_deref().is_some_and(|text| text.contains("#AT|s|9"))),
+            "{failure}"
+        );
+        // Before the plan, the next opening broadcast is owed.
+        let shared = Arc::new(Shared::default());
+        let (_producer, consumer) = rtrb::RingBuffer::new(4);
+        let mut checker = Checker::new(CLIENT, consumer, shared, LineEndings::Exact);
+        checker.registered_at(3);
+        let failure = checker
+            .checkpoint(4, b"#AT|s|4|0|00000000\r\n")
+            .unwrap_err();
+        assert!(
+            matches!(failure, Failure::Missing { seq: 4, .. }),
+            "{failure}"
+        );
+    }
+
+    #[test]
+    fn a_drop_with_a_divergence_pending_is_a_failure() {
+        let (mut checker, lines) = setup(1, &[6, 9, 12], 12);
+        checker.registered_at(0);
+        assert_eq!(checker.interrupted(), None);
+        checker.check(&opening(1), 0).unwrap();
+        assert_eq!(checker.check(&lines[1], 0), Ok(Verdict::More));
+        let failure = checker
+            .interrupted()
+            .expect("a line came before the owed one");
+        assert!(
+            matches!(failure, Failure::Missing { seq: 6, .. }),
+            "{failure}"
+        );
+    }
+
+    #[test]
+    fn a_control_line_on_a_plain_connection_fails() {
+        let (mut checker, _) = setup(1, &[6, 12], 12);
+        checker.check(&opening(1), 0).unwrap();
+        let failure = checker.check(b"#AT|s|5|0|00000000\r\n", 0).unwrap_err();
+        assert!(
+            matches!(failure, Failure::ControlOnPlain { ref received, .. } if received.contains("#AT")),
+            "{failure}"
+        );
+        let (mut checker, _) = setup(1, &[6, 12], 12);
+        let failure = checker.check(b"#OK|s|0\r\n", 0).unwrap_err();
+        assert_eq!(failure.reason(), "control line on a plain connection");
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(
@@ -1084,6 +1217,23 @@ mod tests {
             }
             let _ = checker.overdue(u64::MAX, Duration::from_millis(1));
             let _ = checker.closed();
+        }
+
+        #[test]
+        fn resumable_positions_in_any_order_never_panic(
+            steps in proptest::collection::vec((0u8..4, 0u64..16), 1..12),
+        ) {
+            let (mut checker, good) = setup(3, &[6, 9, 12], 12);
+            checker.registered_at(1);
+            for (step, seq) in steps {
+                match step {
+                    0 => { let _ = checker.gap(seq); }
+                    1 => { let _ = checker.checkpoint(seq, b"#AT|s|1|0|00000000\r\n"); }
+                    2 => { let _ = checker.interrupted(); }
+                    _ => { let _ = checker.check(&good[seq as usize % good.len()], 0); }
+                }
+            }
+            let _ = checker.overdue(u64::MAX, Duration::from_millis(1));
         }
     }
 

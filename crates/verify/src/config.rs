@@ -508,6 +508,70 @@ mod tests {
     }
 
     #[test]
+    fn resumable_settings_default_off_and_are_validated() {
+        let config = VerifyConfig::default();
+        assert!(!config.resumable);
+        assert_eq!(config.killswitch, Duration::ZERO);
+        assert_eq!(config.offline, Duration::ZERO);
+        assert_eq!(config.resume_window, Duration::from_secs(30));
+        assert!(config.max_owed_retained_bytes() <= config.resume_buffer_bytes);
+        let config = VerifyConfig::from_vars(vars(&[
+            ("resumable", "true"),
+            ("KILLSWITCH_MS", "200"),
+            ("offlineMs", "50"),
+            ("resumeWindowSecs", "2"),
+        ]))
+        .unwrap();
+        assert!(config.resumable);
+        assert_eq!(config.killswitch, Duration::from_millis(200));
+        assert_eq!(config.offline, Duration::from_millis(50));
+        assert_eq!(config.resume_window, Duration::from_secs(2));
+
+        for (pairs, name, why) in [
+            (
+                &[("killswitchMs", "200")][..],
+                "killswitchMs",
+                "needs resumable=true",
+            ),
+            (
+                &[("offlineMs", "5")][..],
+                "offlineMs",
+                "needs resumable=true",
+            ),
+            (
+                &[("resumable", "true"), ("offlineMs", "20000")][..],
+                "offlineMs",
+                "below timeout",
+            ),
+            (
+                &[("resumable", "true"), ("resumeBufferBytes", "100000")][..],
+                "resumeBufferBytes",
+                "could answer #GAP",
+            ),
+            (
+                &[("resumable", "true"), ("maxEventSourceBatchSize", "20000")][..],
+                "resumeBufferBytes",
+                "lower maxEventSourceBatchSize",
+            ),
+            (&[("resumable", "yes")][..], "resumable", "true"),
+        ] {
+            let error = VerifyConfig::from_vars(vars(pairs)).unwrap_err();
+            let text = error.to_string();
+            assert!(
+                text.starts_with(name) && text.contains(why),
+                "{pairs:?}: {text}"
+            );
+        }
+        // With no clients nothing is owed: any retention will do.
+        let config = VerifyConfig::from_vars(vars(&[
+            ("resumable", "true"),
+            ("concurrencyLevel", "0"),
+            ("resumeBufferBytes", "0"),
+        ]));
+        assert!(config.is_ok());
+    }
+
+    #[test]
     fn the_readme_shows_the_settings_table() {
         let readme = include_str!("../../../README.md");
         if let Err(drift) = settings::check_documented(readme, SETTINGS) {

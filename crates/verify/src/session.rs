@@ -386,3 +386,378 @@ impl Session {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::LineEndings;
+    use crate::expect::Expected;
+    use crate::failure::ClientRef;
+    use crate::line::{Event, Kind};
+    use crate::shared::{Plan, Shared};
+    use followermaze_protocol::resume::{write_checkpoint, write_verdict};
+
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    fn stream() -> StreamId {
+        StreamId::parse(b"k3j9x0").unwrap()
+    }
+
+    /// A session of user 42 and its checker, the opening `1..=4`, then
+    /// private messages `main` to user 42 and the final broadcast 20.
+    fn setup(main: &[Seq]) -> (Session, Checker) {
+        let shared = Arc::new(Shared::default());
+        shared.set_plan(Plan {
+            opening_end: 4,
+            final_seq: 20,
+        });
+        let (mut producer, consumer) = rtrb::RingBuffer::new(16);
+        for &seq in main {
+            let event = Event {
+                seq,
+                kind: Kind::Private,
+                from: 7,
+                to: 42,
+            };
+            producer.push(Expected::new(&event, 0)).unwrap();
+        }
+        let checker = Checker::new(ClientRef::new(0, 42), consumer, shared, LineEndings::Exact);
+        let session = Session::new(42, SessionSettings { window: WINDOW });
+        (session, checker)
+    }
+
+    fn verdict(verdict: Verdict, seq: Seq) -> Vec<u8> {
+        let mut line = Vec::new();
+        write_verdict(&mut line, verdict, &stream(), seq);
+        line
+    }
+
+    fn checkpoint(seq: Seq, count: u64, crc32: u32) -> Vec<u8> {
+        let mut line = Vec::new();
+        write_checkpoint(&mut line, &stream(), seq, count, crc32);
+        line
+    }
+
+    /// Feeds `line` as the reader would, the source at 1000.
+    fn control(
+        session: &mut Session,
+        checker: &mut Checker,
+        line: &[u8],
+    ) -> Result<Option<Duration>, Failure> {
+        session.control(line, checker, Instant::now(), 1000)
+    }
+
+    /// An event line as received: counted, then checked.
+    fn event(session: &mut Session, checker: &mut Checker, line: &[u8]) {
+        session.event_lines(line, 1);
+        checker.check(line, 0).unwrap();
+        session.accepted(checker.last_seq());
+    }
+
+    /// A drop `away` ago, then a reconnect now.
+    fn reconnect(away: Duration, written: Seq) -> Option<Reconnect> {
+        let now = Instant::now();
+        Some(Reconnect {
+            dropped: now - away,
+            started: now,
+            written,
+        })
+    }
+
+    /// A connected session registered at `at`.
+    fn registered(main: &[Seq], at: Seq) -> (Session, Checker) {
+        let (mut session, mut checker) = setup(main);
+        assert_eq!(session.hello(0, None), b"42||0\r\n");
+        control(&mut session, &mut checker, &verdict(Verdict::Ok, at)).unwrap();
+        (session, checker)
+    }
+
+    #[test]
+    fn handshakes_resume_after_the_highest_position_received() {
+        let (mut session, mut checker) = registered(&[6, 9], 2);
+        assert_eq!(checker.last_seq(), 2);
+        // A drop before any line: resume after the verdict's position.
+        let hello = session.hello(checker.last_seq(), reconnect(Duration::ZERO, 2));
+        assert_eq!(hello, b"42|k3j9x0|2\r\n");
+        control(&mut session, &mut checker, &verdict(Verdict::Ok, 2)).unwrap();
+        event(&mut session, &mut checker, b"3|B\r\n");
+        let hello = session.hello(checker.last_seq(), reconnect(Duration::ZERO, 3));
+        assert_eq!(hello, b"42|k3j9x0|3\r\n");
+        control(&mut session, &mut checker, &verdict(Verdict::Ok, 3)).unwrap();
+        event(&mut session, &mut checker, b"4|B\r\n");
+        // A checkpoint above the last line is the highest position.
+        let crc = crc32fast::hash(b"4|B\r\n");
+        control(&mut session, &mut checker, &checkpoint(5, 1, crc)).unwrap();
+        let hello = session.hello(checker.last_seq(), reconnect(Duration::ZERO, 5));
+        assert_eq!(hello, b"42|k3j9x0|5\r\n");
+        assert_eq!(session.connection().number, 4);
+        assert_eq!(session.connection().after, Some(5));
+    }
+
+    #[test]
+    fn the_verdict_comes_first_once_and_a_first_connection_gets_ok() {
+        let (mut session, mut checker) = setup(&[]);
+        session.hello(0, None);
+        let failure = control(&mut session, &mut checker, &verdict(Verdict::Gap, 3)).unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                Failure::BadVerdict {
+                    problem: VerdictProblem::GapOnFirst,
+                    ..
+                }
+            ),
+            "{failure}"
+        );
+        let (mut session, mut checker) = setup(&[]);
+        session.hello(0, None);
+        let failure = control(&mut session, &mut checker, &checkpoint(3, 0, 0)).unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                Failure::BadCheckpoint {
+                    problem: CheckpointProblem::BeforeVerdict,
+                    ..
+                }
+            ),
+            "{failure}"
+        );
+        let (mut session, mut checker) = registered(&[], 2);
+        let failure = control(&mut session, &mut checker, &verdict(Verdict::Ok, 2)).unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                Failure::BadVerdict {
+                    problem: VerdictProblem::Again,
+                    ..
+                }
+            ),
+            "{failure}"
+        );
+        let failure = control(&mut session, &mut checker, b"#NO|k3j9x0|2\r\n").unwrap_err();
+        assert!(
+            matches!(failure, Failure::MalformedControl { .. }),
+            "{failure}"
+        );
+    }
+
+    #[test]
+    fn a_resume_gets_ok_at_its_own_after() {
+        let (mut session, mut checker) = registered(&[6, 9], 2);
+        event(&mut session, &mut checker, b"3|B\r\n");
+        session.hello(checker.last_seq(), reconnect(Duration::ZERO, 3));
+        let failure = control(&mut session, &mut checker, &verdict(Verdict::Ok, 2)).unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                Failure::BadVerdict {
+                    problem: VerdictProblem::NotAtAfter { after: 3 },
+                    client: ClientRef {
+                        connection: Some(crate::failure::ConnectionRef {
+                            number: 2,
+                            after: Some(3),
+                            verdict: Some((Verdict::Ok, 2)),
+                        }),
+                        ..
+                    },
+                    ..
+                }
+            ),
+            "{failure}"
+        );
+        let text = failure.to_string();
+        assert!(
+            text.contains("on connection 2 (resumed after 3, got #OK 2)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_gap_is_accepted_only_after_the_window_and_gives_up_the_lines() {
+        let (mut session, mut checker) = registered(&[6, 9, 12], 4);
+        session.hello(4, reconnect(WINDOW / 2, 4));
+        let failure = control(&mut session, &mut checker, &verdict(Verdict::Gap, 9)).unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                Failure::BadVerdict {
+                    problem: VerdictProblem::EarlyGap { .. },
+                    ..
+                }
+            ),
+            "{failure}"
+        );
+
+        let (mut session, mut checker) = registered(&[6, 9, 12], 4);
+        // Away the window less its tolerance: accepted.
+        session.hello(4, reconnect(WINDOW - WINDOW / 10, 4));
+        control(&mut session, &mut checker, &verdict(Verdict::Gap, 9)).unwrap();
+        assert_eq!(session.stats().resumes_gap, 1);
+        assert_eq!(session.stats().lost_to_gaps, 2);
+        assert!(session.stats().offline >= WINDOW - WINDOW / 10);
+        event(&mut session, &mut checker, b"12|P|7|42\r\n");
+        assert_eq!(checker.last_seq(), 12);
+
+        let (mut session, mut checker) = registered(&[6, 9], 4);
+        session.event_lines(b"", 0);
+        event(&mut session, &mut checker, b"6|P|7|42\r\n");
+        session.hello(6, reconnect(WINDOW * 2, 6));
+        let failure = control(&mut session, &mut checker, &verdict(Verdict::Gap, 5)).unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                Failure::BadVerdict {
+                    problem: VerdictProblem::GapBehind { after: 6 },
+                    ..
+                }
+            ),
+            "{failure}"
+        );
+    }
+
+    #[test]
+    fn verdicts_and_checkpoints_name_the_clients_stream_and_a_reached_position() {
+        let (mut session, mut checker) = registered(&[], 2);
+        let mut other = Vec::new();
+        write_checkpoint(&mut other, &StreamId::parse(b"zz").unwrap(), 3, 0, 0);
+        let failure = control(&mut session, &mut checker, &other).unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                Failure::BadCheckpoint {
+                    problem: CheckpointProblem::OtherStream { .. },
+                    ..
+                }
+            ),
+            "{failure}"
+        );
+        let (mut session, mut checker) = registered(&[], 2);
+        let failure = session
+            .control(&checkpoint(3, 0, 0), &mut checker, Instant::now(), 2)
+            .unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                Failure::BadCheckpoint {
+                    problem: CheckpointProblem::Ahead { handed: 2 },
+                    ..
+                }
+            ),
+            "{failure}"
+        );
+        let (mut session, mut checker) = setup(&[]);
+        session.hello(0, None);
+        let failure = session
+            .control(&verdict(Verdict::Ok, 7), &mut checker, Instant::now(), 6)
+            .unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                Failure::BadVerdict {
+                    problem: VerdictProblem::Ahead { handed: 6 },
+                    ..
+                }
+            ),
+            "{failure}"
+        );
+    }
+
+    #[test]
+    fn checkpoints_carry_this_connections_count_and_crc() {
+        let lines: &[&[u8]] = &[b"3|B\r\n", b"4|B\r\n", b"6|P|7|42\r\n"];
+        let mut crc = crc32fast::Hasher::new();
+        let (mut session, mut checker) = registered(&[6, 9], 2);
+        for line in lines {
+            event(&mut session, &mut checker, line);
+            crc.update(line);
+        }
+        let crc = crc.finalize();
+        for (line, problem) in [
+            (
+                checkpoint(6, 2, crc),
+                CheckpointProblem::Count { counted: 3 },
+            ),
+            (
+                checkpoint(6, 3, crc ^ 1),
+                CheckpointProblem::Crc { computed: crc },
+            ),
+            (
+                checkpoint(5, 3, crc),
+                CheckpointProblem::Behind { position: 6 },
+            ),
+        ] {
+            let failure = control(&mut session, &mut checker, &line).unwrap_err();
+            assert!(
+                matches!(failure, Failure::BadCheckpoint { problem: got, .. } if got == problem),
+                "{failure}"
+            );
+        }
+        control(&mut session, &mut checker, &checkpoint(8, 3, crc)).unwrap();
+        assert_eq!(session.stats().checkpoints, 1);
+        // A checkpoint past an owed line that did not come: missing.
+        let failure = control(&mut session, &mut checker, &checkpoint(9, 3, crc)).unwrap_err();
+        assert!(
+            matches!(failure, Failure::Missing { seq: 9, .. }),
+            "{failure}"
+        );
+        // A new connection counts afresh.
+        session.hello(checker.last_seq(), reconnect(Duration::ZERO, 9));
+        control(&mut session, &mut checker, &verdict(Verdict::Ok, 8)).unwrap();
+        control(&mut session, &mut checker, &checkpoint(8, 0, 0)).unwrap();
+    }
+
+    #[test]
+    fn lines_written_before_the_drop_count_as_replayed() {
+        let (mut session, mut checker) = registered(&[6, 9, 12], 4);
+        session.hello(4, reconnect(Duration::ZERO, 9));
+        control(&mut session, &mut checker, &verdict(Verdict::Ok, 4)).unwrap();
+        for line in [&b"6|P|7|42\r\n"[..], b"9|P|7|42\r\n", b"12|P|7|42\r\n"] {
+            event(&mut session, &mut checker, line);
+        }
+        assert_eq!(session.stats().replayed, 2);
+        assert_eq!(session.stats().resumes(), 1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_control_lines_never_panic(
+            lines in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..48), 1..6),
+        ) {
+            let (mut session, mut checker) = registered(&[6, 9], 2);
+            for (index, mut line) in lines.into_iter().enumerate() {
+                line.insert(0, b'#');
+                if index % 2 == 1 {
+                    session.hello(checker.last_seq(), reconnect(Duration::ZERO, 9));
+                }
+                let _ = control(&mut session, &mut checker, &line);
+            }
+        }
+    }
+
+    #[test]
+    fn a_resume_reports_its_time_from_reconnect_to_verdict() {
+        let (mut session, mut checker) = registered(&[], 2);
+        let dropped = Instant::now();
+        let started = dropped + Duration::from_millis(5);
+        session.hello(
+            2,
+            Some(Reconnect {
+                dropped,
+                started,
+                written: 2,
+            }),
+        );
+        let latency = session
+            .control(
+                &verdict(Verdict::Ok, 2),
+                &mut checker,
+                started + Duration::from_millis(3),
+                9,
+            )
+            .unwrap();
+        assert_eq!(latency, Some(Duration::from_millis(3)));
+        assert_eq!(session.stats().offline, Duration::from_millis(8));
+    }
+}
