@@ -7,9 +7,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use followermaze::batch::OrderedBatch;
 use followermaze::outbox::Outbox;
-use followermaze::registry::{Registry, RegistryHandle, RegistrySettings};
-use followermaze::stats::Stats;
+use followermaze::Stats;
+use followermaze::{Registry, RegistryHandle, RegistrySettings};
+use followermaze_protocol::resume::Hello;
 use followermaze_protocol::{Event, EventKind};
 
 const BATCH: u64 = 1_000;
@@ -31,17 +33,14 @@ fn event(seq: u64, kind: EventKind) -> Event {
 /// A registry with `clients` connected users 1..=clients, and the outboxes
 /// (drained by the benchmark loop, standing in for writers).
 fn registry_with(clients: u64) -> (Registry, RegistryHandle, Vec<Arc<Outbox>>) {
-    let settings = RegistrySettings {
-        max_client_pending_bytes: usize::MAX,
-        max_follow_edges: usize::MAX,
-    };
+    let settings = RegistrySettings::new(usize::MAX, usize::MAX);
     // The handle is the channel's sender, unused here: benchmarks call in
     // directly. It is returned only to keep the channel open.
     let (mut registry, handle) = Registry::new(settings, Arc::new(Stats::default()));
     let mut outboxes = Vec::new();
     for user in 1..=clients {
         let outbox = Arc::new(Outbox::new());
-        registry.register(user, user, outbox.clone());
+        registry.register(Hello::Classic(user), user, outbox.clone());
         outboxes.push(outbox);
     }
     (registry, handle, outboxes)
@@ -63,18 +62,19 @@ fn dispatch(c: &mut Criterion) {
         let follows: Vec<Event> = (1..=n)
             .map(|user| event(user, EventKind::Follow { from: user, to: 0 }))
             .collect();
-        registry.deliver(&follows, Instant::now());
+        registry.deliver(&OrderedBatch::new(follows, Instant::now()));
         drain(&outboxes, &mut spare);
         let statuses: Vec<Event> = (0..BATCH)
             .map(|i| event(n + 1 + i, EventKind::Status { from: 0 }))
             .collect();
+        let statuses = OrderedBatch::new(statuses, Instant::now());
         group.throughput(Throughput::Elements(BATCH * n));
         group.bench_with_input(
             BenchmarkId::new("status_to_followers", n),
             &statuses,
             |b, statuses| {
                 b.iter(|| {
-                    registry.deliver(statuses, Instant::now());
+                    registry.deliver(statuses);
                     drain(&outboxes, &mut spare);
                 })
             },
@@ -84,12 +84,13 @@ fn dispatch(c: &mut Criterion) {
         let broadcasts: Vec<Event> = (1..=BATCH)
             .map(|seq| event(seq, EventKind::Broadcast))
             .collect();
+        let broadcasts = OrderedBatch::new(broadcasts, Instant::now());
         group.bench_with_input(
             BenchmarkId::new("broadcast_to_clients", n),
             &broadcasts,
             |b, broadcasts| {
                 b.iter(|| {
-                    registry.deliver(broadcasts, Instant::now());
+                    registry.deliver(broadcasts);
                     drain(&outboxes, &mut spare);
                 })
             },

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use followermaze::stats::Stats;
+use followermaze::Stats;
 use followermaze::{Config, Listeners};
 use followermaze_verify::{Profile, Report, VerifyConfig};
 use tokio::net::TcpListener;

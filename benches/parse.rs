@@ -42,6 +42,19 @@ fn parse(c: &mut Criterion) {
     group.bench_function("classic_200k_lines_events", |b| {
         b.iter(|| parse_all(&input, LINES))
     });
+    // The parser alone, over lines already framed.
+    let lines: Vec<&[u8]> = input.split_inclusive(|&byte| byte == b'\n').collect();
+    group.bench_function("parse_event_only_200k_lines", |b| {
+        b.iter(|| {
+            let mut checksum = 0u64;
+            for line in &lines {
+                if let Ok((seq, _kind)) = parse_event(std::hint::black_box(line)) {
+                    checksum = checksum.wrapping_add(seq);
+                }
+            }
+            checksum
+        })
+    });
     group.finish();
 }
 

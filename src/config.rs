@@ -15,7 +15,9 @@ use serde::Deserialize;
 
 use crate::client::ClientSettings;
 use crate::registry::RegistrySettings;
+use crate::retention::RetentionLimits;
 use crate::sequencer::SequencerSettings;
+use crate::session::SessionSettings;
 
 /// Every variable the server reads, in the README's order.
 pub const SETTINGS: &[Setting] = &[
@@ -249,6 +251,17 @@ impl Config {
                 ),
             ));
         }
+        if self.resume_buffer_bytes > self.max_client_buffer_bytes {
+            return Err(ConfigError::new(
+                "resumeBufferBytes",
+                self.resume_buffer_bytes,
+                format!(
+                    "must not exceed maxClientBufferBytes ({}): a full replay would cut the \
+                     client off as a slow consumer",
+                    self.max_client_buffer_bytes
+                ),
+            ));
+        }
         if self.max_clients > tokio::sync::Semaphore::MAX_PERMITS {
             return Err(ConfigError::new(
                 "maxClients",
@@ -271,6 +284,15 @@ impl Config {
         RegistrySettings {
             max_client_pending_bytes: self.max_client_buffer_bytes,
             max_follow_edges: self.max_follow_edges,
+            sessions: SessionSettings {
+                window: Duration::from_secs(self.resume_window_secs),
+                limits: RetentionLimits {
+                    per_session_bytes: self.resume_buffer_bytes,
+                    total_bytes: self.resume_total_bytes,
+                },
+                checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms),
+                fault_reset_every: self.fault_reset_every,
+            },
         }
     }
 

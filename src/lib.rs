@@ -10,46 +10,73 @@
 //!                  (parse)   (reorder, gaps)  (graph, fan-out)     (one writer each)
 //! ```
 //!
+//! The registry consumes one thing from upstream: [`batch::OrderedBatch`],
+//! events in strictly increasing sequence order with a new-stream mark.
+//! That is the seam for scale-out: today the sequencer produces the
+//! batches; a consumer of an ordered log could produce the same ones.
+//!
 //! # Layout
 //!
+//! Linked modules are public: the pure logic that the benchmarks, the fuzz
+//! target and the tests drive directly, and the settings table. The rest is
+//! private; the crate root re-exports the few types a user needs: [`run`],
+//! [`run_with_stats`], [`Listeners`], [`Config`], [`Stats`] (and
+//! [`Registry`] for the dispatch benchmark).
+//!
 //! Pure logic (no I/O, unit-tested and benchmarked directly):
+//! - [`batch`]: the seam: ordered batches, and what a producer promises.
 //! - [`lines`]: line framing over a read buffer, with a line-length bound.
 //! - [`reorder`]: the sliding window that puts sequence numbers in order.
-//! - [`gap`]: how long to wait for a missing event before skipping it.
+//! - `gap`: how long to wait for a missing event before skipping it.
 //! - [`router`]: the follower graph; apply an event, get its audience.
-//! - [`online`]: who is connected, with a filter for fast "no".
+//! - `online`: who is connected, with a filter for fast "no".
+//! - `reach`: each user's online followers, the audience of its status
+//!   updates in one lookup.
+//! - `retention`: resumable sessions' retained lines, stored once, bounded
+//!   per session and in total.
 //! - [`outbox`]: the byte hand-off between the registry and one writer.
-//! - [`stats`]: shared counters and a log-line rate limiter.
+//! - `stats`: shared counters ([`Stats`]) and a log-line rate limiter.
 //!
 //! Tasks and sockets:
-//! - [`source`]: event source connections: read, frame, parse.
-//! - [`sequencer`]: owns the reorder window and the gap deadline.
-//! - [`registry`]: the actor that owns the graph and the connected clients.
-//! - [`client`]: client handshakes and per-connection writers.
-//! - [`accept`]: accept loops that survive running out of descriptors.
-//! - [`server`]: wiring, [`run`], and orderly shutdown.
-//! - [`metrics`]: the HTTP endpoint: `/metrics` (Prometheus) and `/healthz`.
-//! - [`summary`]: a periodic one-line summary of the counters in the log.
+//! - `source`: event source connections: read, frame, parse.
+//! - `sequencer`: owns the reorder window and the gap deadline; produces
+//!   the ordered batches.
+//! - `registry`: the actor that owns the graph and the connected clients;
+//!   consumes the ordered batches.
+//! - `session`: resumable sessions: verdicts, lifetimes, checkpoints.
+//! - `client`: client handshakes and per-connection writers.
+//! - `accept`: accept loops that survive running out of descriptors.
+//! - `server`: wiring, [`run`], and orderly shutdown, step by step.
+//! - `metrics`: the HTTP endpoint: `/metrics` (Prometheus) and `/healthz`.
+//! - `summary`: a periodic one-line summary of the counters in the log.
 //! - [`config`]: settings from environment variables.
 
-pub mod accept;
-pub mod client;
+// Public: the pure logic that the benches, the fuzz target and the tests
+// drive directly, and the settings table the binary prints.
+pub mod batch;
 pub mod config;
-pub mod gap;
 pub mod lines;
-pub mod metrics;
-pub mod online;
 pub mod outbox;
-pub mod registry;
 pub mod reorder;
-mod retention;
 pub mod router;
-pub mod sequencer;
-pub mod server;
-mod session;
-pub mod source;
-pub mod stats;
-pub mod summary;
 
+mod accept;
+mod client;
+mod gap;
+mod metrics;
+mod online;
+mod reach;
+mod registry;
+mod retention;
+mod sequencer;
+mod server;
+mod session;
+mod source;
+mod stats;
+mod summary;
+
+pub use accept::ACCEPT_BACKOFF;
 pub use config::Config;
-pub use server::{run, run_with_stats, Listeners};
+pub use registry::{Registry, RegistryHandle, RegistrySettings};
+pub use server::{run, run_with_stats, BindError, Listeners, ServerError};
+pub use stats::{DisconnectReason, Stats};

@@ -35,7 +35,6 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::accept;
-use crate::registry::RegistryHandle;
 use crate::stats::{DisconnectReason, LatencyHistogram, LogThrottle, Stats, LATENCY_BUCKETS};
 
 /// Prefix of every metric name.
@@ -161,6 +160,21 @@ const COUNTERS: &[FieldSpec] = &[
         help: "Client connections that completed the handshake.",
         field: |stats| &stats.client_connects,
     },
+    FieldSpec {
+        name: "replayed_lines_total",
+        help: "Retained lines replayed to resuming connections.",
+        field: |stats| &stats.replayed_lines,
+    },
+    FieldSpec {
+        name: "sessions_purged_total",
+        help: "Resumable sessions purged a window after their last connection closed.",
+        field: |stats| &stats.sessions_purged,
+    },
+    FieldSpec {
+        name: "retention_evictions_total",
+        help: "Retained lines lost to a retention bound (per session or in total).",
+        field: |stats| &stats.evicted_entries,
+    },
 ];
 
 /// Gauges, in the order the README lists them.
@@ -185,16 +199,55 @@ const GAUGES: &[FieldSpec] = &[
         help: "The sequence number the reorder window will release next.",
         field: |stats| &stats.next_sequence,
     },
+    FieldSpec {
+        name: "open_sessions",
+        help: "Resumable sessions open now (connected, or within their window).",
+        field: |stats| &stats.sessions_open,
+    },
+    FieldSpec {
+        name: "retained_bytes",
+        help: "Bytes retained for resumable sessions, as resumeTotalBytes counts them.",
+        field: |stats| &stats.retained_bytes,
+    },
 ];
 
-/// Name and help of the disconnect counter (one series per reason).
-const DISCONNECTS: (&str, &str) = (
-    "client_disconnects_total",
-    "Client connections that ended, by reason (rejected: refused at the connection limit).",
-);
+/// A counter with one series per value of one label, read from [`Stats`].
+struct LabelledSpec {
+    /// Name without [`PREFIX`].
+    name: &'static str,
+    /// The `# HELP` text.
+    help: &'static str,
+    /// The label's name.
+    label: &'static str,
+    /// Each label value and its count.
+    series: fn(&Stats) -> Vec<(&'static str, u64)>,
+}
 
-/// Label naming a disconnect reason.
-const REASON_LABEL: &str = "reason";
+/// Labelled counters, in the order the README lists them.
+const LABELLED: &[LabelledSpec] = &[
+    LabelledSpec {
+        name: "client_disconnects_total",
+        help: "Client connections that ended, by reason (rejected: refused at the connection limit).",
+        label: "reason",
+        series: |stats| {
+            DisconnectReason::ALL
+                .iter()
+                .map(|&reason| (reason.as_str(), stats.disconnects(reason)))
+                .collect()
+        },
+    },
+    LabelledSpec {
+        name: "resumes_total",
+        help: "Resumable connections that named a stream to resume, by the verdict they got (ok, gap).",
+        label: "verdict",
+        series: |stats| {
+            vec![
+                ("ok", Stats::get(&stats.resumes_ok)),
+                ("gap", Stats::get(&stats.resumes_gap)),
+            ]
+        },
+    },
+];
 
 /// Name and help of the latency histogram.
 const LATENCY: (&str, &str) = (
@@ -217,10 +270,12 @@ impl StatsCollector {
             .iter()
             .map(|spec| (spec.name, spec.help, Vec::new()))
             .chain(GAUGES.iter().map(|spec| (spec.name, spec.help, Vec::new())))
-            .chain([
-                (DISCONNECTS.0, DISCONNECTS.1, vec![REASON_LABEL.to_owned()]),
-                (LATENCY.0, LATENCY.1, Vec::new()),
-            ]);
+            .chain(
+                LABELLED
+                    .iter()
+                    .map(|spec| (spec.name, spec.help, vec![spec.label.to_owned()])),
+            )
+            .chain([(LATENCY.0, LATENCY.1, Vec::new())]);
         let descs = plain
             .map(|(name, help, labels)| {
                 Desc::new(
@@ -271,21 +326,18 @@ impl Collector for StatsCollector {
                 vec![proto::Metric::from_gauge(gauge)],
             ));
         }
-        let by_reason = DisconnectReason::ALL
-            .iter()
-            .map(|&reason| {
-                let mut label = LabelPair::default();
-                label.set_name(REASON_LABEL.to_owned());
-                label.set_value(reason.as_str().to_owned());
-                counter(stats.disconnects(reason), vec![label])
-            })
-            .collect();
-        families.push(family(
-            DISCONNECTS.0,
-            DISCONNECTS.1,
-            MetricType::COUNTER,
-            by_reason,
-        ));
+        for spec in LABELLED {
+            let series = (spec.series)(stats)
+                .into_iter()
+                .map(|(value, count)| {
+                    let mut label = LabelPair::default();
+                    label.set_name(spec.label.to_owned());
+                    label.set_value(value.to_owned());
+                    counter(count, vec![label])
+                })
+                .collect();
+            families.push(family(spec.name, spec.help, MetricType::COUNTER, series));
+        }
         let mut latency = proto::Metric::default();
         latency.set_histogram(histogram(&stats.latency));
         families.push(family(
@@ -338,28 +390,33 @@ fn histogram(latency: &LatencyHistogram) -> proto::Histogram {
     histogram
 }
 
-/// What `/healthz` looks at: the server is healthy while both listeners are
-/// accepting and the registry actor is running.
+/// What `/healthz` looks at: the tasks that take events and clients. Each
+/// runs for the life of the server and ends only at shutdown (or if it
+/// panicked), so the server is healthy exactly while none has finished.
 #[derive(Debug)]
 pub struct Health {
-    /// Alive while the registry actor holds its receiver.
-    registry: RegistryHandle,
-    /// The accept tasks of the event and client listeners (each ends only at
-    /// shutdown, or if it panicked, and drops its listener when it does),
-    /// and the sequencer task (ends only once every source is done).
-    running: [AbortHandle; 3],
+    /// The event listener's accept loop; it drops the listener when it ends.
+    pub sources: AbortHandle,
+    /// The client listener's accept loop (and, at shutdown, the writers'
+    /// drain).
+    pub clients: AbortHandle,
+    /// The sequencer: ends once every source is done.
+    pub sequencer: AbortHandle,
+    /// The registry actor: ends once the sequencer stops it.
+    pub registry: AbortHandle,
 }
 
 impl Health {
-    /// Health as seen through the registry handle and the tasks that must
-    /// keep running: both accept loops, then the sequencer.
-    pub fn new(registry: RegistryHandle, running: [AbortHandle; 3]) -> Health {
-        Health { registry, running }
-    }
-
     /// Whether the server can take events and clients now.
     pub fn is_healthy(&self) -> bool {
-        self.registry.is_alive() && self.running.iter().all(|task| !task.is_finished())
+        [
+            &self.sources,
+            &self.clients,
+            &self.sequencer,
+            &self.registry,
+        ]
+        .iter()
+        .all(|task| !task.is_finished())
     }
 }
 
@@ -509,7 +566,6 @@ async fn serve_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Registry as RegistryActor, RegistrySettings};
 
     fn stats() -> Arc<Stats> {
         Arc::new(Stats::default())
@@ -527,13 +583,6 @@ mod tests {
         body
     }
 
-    fn settings() -> RegistrySettings {
-        RegistrySettings {
-            max_client_pending_bytes: 1024,
-            max_follow_edges: 16,
-        }
-    }
-
     #[test]
     fn names_follow_prometheus_conventions() {
         for spec in COUNTERS {
@@ -542,15 +591,22 @@ mod tests {
         for spec in GAUGES {
             assert!(!spec.name.ends_with("_total"), "{}", spec.name);
         }
-        assert!(DISCONNECTS.0.ends_with("_total"));
+        for spec in LABELLED {
+            assert!(spec.name.ends_with("_total"), "{}", spec.name);
+        }
         assert!(LATENCY.0.ends_with("_seconds"));
         let names: std::collections::HashSet<_> = COUNTERS
             .iter()
             .map(|spec| spec.name)
             .chain(GAUGES.iter().map(|spec| spec.name))
-            .chain([DISCONNECTS.0, LATENCY.0])
+            .chain(LABELLED.iter().map(|spec| spec.name))
+            .chain([LATENCY.0])
             .collect();
-        assert_eq!(names.len(), COUNTERS.len() + GAUGES.len() + 2, "unique");
+        assert_eq!(
+            names.len(),
+            COUNTERS.len() + GAUGES.len() + LABELLED.len() + 1,
+            "unique"
+        );
     }
 
     #[test]
@@ -572,6 +628,7 @@ mod tests {
             body.contains("followermaze_client_disconnects_total{reason=\"slow_consumer\"} 1\n")
         );
         assert!(body.contains("followermaze_client_disconnects_total{reason=\"normal\"} 0\n"));
+        assert!(body.contains("followermaze_resumes_total{verdict=\"gap\"} 0\n"));
         assert!(body.contains("# HELP followermaze_late_events_total "));
     }
 
@@ -598,60 +655,47 @@ mod tests {
         assert!(!body.contains("le=\"0.000008\""), "{body}");
     }
 
+    /// A task that runs until aborted.
+    fn running() -> tokio::task::JoinHandle<()> {
+        tokio::spawn(std::future::pending::<()>())
+    }
+
+    /// Health over four running tasks, and the tasks.
+    fn health() -> (Health, [tokio::task::JoinHandle<()>; 4]) {
+        let tasks = [running(), running(), running(), running()];
+        let health = Health {
+            sources: tasks[0].abort_handle(),
+            clients: tasks[1].abort_handle(),
+            sequencer: tasks[2].abort_handle(),
+            registry: tasks[3].abort_handle(),
+        };
+        (health, tasks)
+    }
+
     #[tokio::test]
     async fn healthy_only_while_listeners_sequencer_and_registry_run() {
-        let (registry, handle) = RegistryActor::new(settings(), stats());
-        let running = || tokio::spawn(std::future::pending::<()>());
-        let (events, clients, sequencer) = (running(), running(), running());
-        let health = Health::new(
-            handle.clone(),
-            [
-                events.abort_handle(),
-                clients.abort_handle(),
-                sequencer.abort_handle(),
-            ],
-        );
-        assert!(health.is_healthy());
-
-        clients.abort();
-        let ended = tokio::time::timeout(Duration::from_secs(10), clients).await;
-        assert!(ended.is_ok(), "an aborted task ends");
-        assert!(!health.is_healthy(), "a listener stopped");
-
-        let clients = running();
-        let health = Health::new(
-            handle.clone(),
-            [
-                events.abort_handle(),
-                clients.abort_handle(),
-                sequencer.abort_handle(),
-            ],
-        );
-        assert!(health.is_healthy());
-        sequencer.abort();
-        let ended = tokio::time::timeout(Duration::from_secs(10), sequencer).await;
-        assert!(ended.is_ok(), "an aborted task ends");
-        assert!(!health.is_healthy(), "the sequencer stopped");
-
-        let sequencer = running();
-        let health = Health::new(
-            handle,
-            [
-                events.abort_handle(),
-                clients.abort_handle(),
-                sequencer.abort_handle(),
-            ],
-        );
-        assert!(health.is_healthy());
-        drop(registry);
-        assert!(!health.is_healthy(), "the registry stopped");
+        for (index, name) in ["sources", "clients", "sequencer", "registry"]
+            .into_iter()
+            .enumerate()
+        {
+            let (health, tasks) = health();
+            assert!(health.is_healthy());
+            let mut tasks = Vec::from(tasks);
+            let stopped = tasks.swap_remove(index);
+            stopped.abort();
+            let ended = tokio::time::timeout(Duration::from_secs(10), stopped).await;
+            assert!(ended.is_ok(), "an aborted task ends");
+            assert!(!health.is_healthy(), "{name} stopped");
+            for task in tasks {
+                task.abort();
+            }
+        }
     }
 
     #[tokio::test]
     async fn routes_answer_by_path_and_method() {
-        let (_registry, handle) = RegistryActor::new(settings(), stats());
-        let up = || tokio::spawn(std::future::pending::<()>()).abort_handle();
-        let endpoint = Endpoint::new(stats(), Health::new(handle, [up(), up(), up()]));
+        let (health, _tasks) = health();
+        let endpoint = Endpoint::new(stats(), health);
         let status = |method: Method, path: &str| endpoint.respond(&method, path).status();
         assert_eq!(status(Method::GET, "/metrics"), StatusCode::OK);
         assert_eq!(status(Method::HEAD, "/metrics"), StatusCode::OK);

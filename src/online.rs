@@ -75,6 +75,7 @@ impl Online {
     }
 
     /// How many distinct users are connected.
+    #[cfg(test)]
     pub fn users(&self) -> usize {
         self.keys.len()
     }

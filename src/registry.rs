@@ -3,9 +3,10 @@
 //! outboxes.
 //!
 //! Owning both in one task means no locks around the graph and a single,
-//! obvious order of effects: events are applied strictly in the order the
-//! sequencer releases them, and a client's registration takes effect between
-//! two batches, never inside one.
+//! obvious order of effects: events are applied strictly in the order of the
+//! [`OrderedBatch`]es it receives (the seam: the sequencer produces them
+//! today), and a client's registration takes effect between two batches,
+//! never inside one.
 //!
 //! Per batch, each recipient's notifications are first staged in a buffer
 //! the actor owns, then moved to its outbox in one locked swap and at most one
@@ -13,20 +14,37 @@
 //!
 //! Several connections may announce the same user id: each gets every
 //! notification for that user (a user with two devices sees both).
+//!
+//! # Resumable sessions
+//!
+//! A user with a session (see [`crate::session`]) has one more entry among
+//! the connections: a *retainer*, which stands in the online set and the
+//! followers index like a connection, so routing reaches it exactly as it
+//! reaches live ones, but whose lines are recorded in the session's
+//! retention instead of written anywhere. A resumable connection registers
+//! between two batches: its verdict, then the retained lines it missed, then
+//! (from the next batch on) live lines; nothing falls between them. Its
+//! tally (count and CRC of the event lines sent on it) feeds its `#AT`
+//! checkpoints, written at the housekeeping tick, between batches too.
+//! Classic connections pay one predictable branch per notification for
+//! all of this; broadcasts keep their plain loop while no session exists.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use hashbrown::HashMap;
 use slab::Slab;
 use tokio::sync::mpsc;
 
+use crate::batch::OrderedBatch;
 use crate::online::Online;
 use crate::outbox::{Closed, Outbox, PushError};
-use crate::router::{Audience, EdgeChange, Router};
+use crate::reach::Reach;
+use crate::router::{Audience, EdgeChange, Routed, Router};
+use crate::session::{SessionSettings, Sessions, Tally};
 use crate::stats::{LogThrottle, Stats};
-use followermaze_protocol::resume::Hello;
-use followermaze_protocol::{Event, EventKind, UserId};
+use followermaze_protocol::resume::{Hello, StreamId, Verdict};
+use followermaze_protocol::{Seq, UserId};
+use hashbrown::HashMap;
 
 /// Identifies one client connection for the life of the process.
 pub type ConnId = u64;
@@ -34,12 +52,9 @@ pub type ConnId = u64;
 /// Commands the registry accepts, in the order they are sent.
 #[derive(Debug)]
 pub enum Command {
-    /// Apply these events, already in sequence order, and notify.
-    Deliver {
-        events: Vec<Event>,
-        /// When the source read that made them deliverable (for latency).
-        read_at: Instant,
-    },
+    /// Apply this batch (forgetting the graph first if it starts a new
+    /// stream) and notify.
+    Deliver(OrderedBatch),
     /// A client finished its handshake.
     Register {
         /// What it sent: its user id, and whether (and whence) it resumes.
@@ -49,8 +64,6 @@ pub enum Command {
     },
     /// A client connection ended.
     Unregister { user: UserId, conn: ConnId },
-    /// A new stream begins: forget the follower graph.
-    Restart,
     /// Deliver nothing more: tell every writer to drain and stop.
     Shutdown,
 }
@@ -67,6 +80,12 @@ pub const COMMAND_QUEUE: usize = 8;
 /// for reuse, so a burst does not leave every client holding its peak.
 const STAGING_KEEP_BYTES: usize = 64 * 1024;
 
+/// How often the registry purges expired sessions and checks whether
+/// checkpoints are due: the resolution of `resumeWindowSecs` and
+/// `checkpointIntervalMs`. Nothing happens at the tick while no session
+/// exists.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(50);
+
 /// The cloneable way to talk to the registry.
 #[derive(Debug, Clone)]
 pub struct RegistryHandle {
@@ -79,13 +98,8 @@ pub struct RegistryGone;
 
 impl RegistryHandle {
     /// Sends a command, waiting for queue space.
-    pub async fn send(&self, command: Command) -> Result<(), RegistryGone> {
+    pub(crate) async fn send(&self, command: Command) -> Result<(), RegistryGone> {
         self.commands.send(command).await.map_err(|_| RegistryGone)
-    }
-
-    /// Whether the registry is still running.
-    pub fn is_alive(&self) -> bool {
-        !self.commands.is_closed()
     }
 }
 
@@ -96,20 +110,63 @@ pub struct RegistrySettings {
     pub max_client_pending_bytes: usize,
     /// Follow edges the graph may hold.
     pub max_follow_edges: usize,
+    /// Resumable sessions: window, retention bounds, checkpoints.
+    pub(crate) sessions: SessionSettings,
 }
 
-/// One registered connection.
+impl RegistrySettings {
+    /// The given bounds, and the default session settings.
+    pub fn new(max_client_pending_bytes: usize, max_follow_edges: usize) -> RegistrySettings {
+        RegistrySettings {
+            max_client_pending_bytes,
+            max_follow_edges,
+            ..crate::Config::default().registry()
+        }
+    }
+}
+
+/// One registered connection, or a session's retainer.
 #[derive(Debug)]
 struct Conn {
     /// The id the client announced.
     user: UserId,
     /// Tells this connection apart from a later one that reuses the slab key.
     id: ConnId,
-    /// Where its writer picks up bytes.
-    outbox: Arc<Outbox>,
+    /// Where its lines go.
+    sink: Sink,
     /// This batch's notifications, moved to the outbox at the end of the
     /// batch. Non-empty exactly when the key is in `Registry::touched`.
     staged: Vec<u8>,
+}
+
+/// Where a [`Conn`]'s lines go.
+#[derive(Debug)]
+enum Sink {
+    /// A classic connection's writer.
+    Plain(Arc<Outbox>),
+    /// A resumable connection's writer.
+    Resumable {
+        /// Where its writer picks up bytes.
+        outbox: Arc<Outbox>,
+        /// Count and CRC of its event lines, for checkpoints and resets.
+        tally: Tally,
+        /// Fault injection decided to reset it after the lines staged so
+        /// far: it is staged nothing more, and reset at the flush.
+        resetting: bool,
+    },
+    /// A session's retainer: its user's lines are recorded in the session's
+    /// retention, not written.
+    Retainer,
+}
+
+impl Sink {
+    /// The writer's outbox, for connections that have one.
+    fn outbox(&self) -> Option<&Arc<Outbox>> {
+        match self {
+            Sink::Plain(outbox) | Sink::Resumable { outbox, .. } => Some(outbox),
+            Sink::Retainer => None,
+        }
+    }
 }
 
 /// The actor's state; see the module doc.
@@ -123,13 +180,20 @@ pub struct Registry {
     conns: Slab<Conn>,
     /// Slab keys of each connected user's connections (usually one).
     online: Online,
-    /// `reach[u]`: the connections of `u`'s online followers, exactly the
-    /// audience of `u`'s status updates. Kept up to date as edges change and
-    /// clients come and go, so a status update costs one lookup however
-    /// many of its author's followers are offline.
-    reach: HashMap<UserId, Vec<usize>>,
+    /// Each user's online followers' connections: the audience of its
+    /// status updates in one lookup.
+    reach: Reach,
     /// Keys of connections with staged bytes in the current batch.
     touched: Vec<usize>,
+    /// The last sequence number applied: the server's position, and the
+    /// check (in debug builds) that the seam's batches keep increasing.
+    last_seq: Option<Seq>,
+    /// Resumable sessions and their retained lines.
+    sessions: Sessions,
+    /// The slab key of each session's retainer.
+    retainers: HashMap<UserId, usize>,
+    /// When checkpoints were last written.
+    last_checkpoint: Instant,
     /// Limits.
     settings: RegistrySettings,
     /// Counters shared with the rest of the server.
@@ -139,7 +203,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Creates the actor and its handle; run it with [`Registry::run`].
+    /// Creates the actor and its handle; run it with `Registry::run`.
     pub fn new(settings: RegistrySettings, stats: Arc<Stats>) -> (Registry, RegistryHandle) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let registry = Registry {
@@ -147,8 +211,12 @@ impl Registry {
             router: Router::new(settings.max_follow_edges),
             conns: Slab::new(),
             online: Online::default(),
-            reach: HashMap::new(),
+            reach: Reach::default(),
             touched: Vec::new(),
+            last_seq: None,
+            sessions: Sessions::new(settings.sessions),
+            retainers: HashMap::new(),
+            last_checkpoint: Instant::now(),
             settings,
             stats,
             slow_log: LogThrottle::new(std::time::Duration::from_secs(5)),
@@ -158,20 +226,26 @@ impl Registry {
 
     /// Processes commands until `Shutdown` or until every handle is dropped,
     /// then tells every writer to drain.
-    pub async fn run(mut self) {
-        while let Some(command) = self.commands.recv().await {
+    pub(crate) async fn run(mut self) {
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let command = tokio::select! {
+                command = self.commands.recv() => command,
+                now = housekeeping.tick() => {
+                    self.housekeeping(now.into_std());
+                    continue;
+                }
+            };
+            let Some(command) = command else { break };
             match command {
-                Command::Deliver { events, read_at } => self.deliver(&events, read_at),
+                Command::Deliver(batch) => self.deliver(&batch),
                 Command::Register {
                     hello,
                     conn,
                     outbox,
-                } => self.register(hello.user(), conn, outbox),
+                } => self.register(hello, conn, outbox),
                 Command::Unregister { user, conn } => self.unregister(user, conn),
-                Command::Restart => {
-                    self.router.clear();
-                    self.reach.clear();
-                }
                 Command::Shutdown => break,
             }
         }
@@ -184,26 +258,113 @@ impl Registry {
             }
         }
         for (_, conn) in self.conns.iter() {
-            conn.outbox.close(Closed::Drain);
+            if let Some(outbox) = conn.sink.outbox() {
+                outbox.close(Closed::Drain);
+            }
         }
-        tracing::debug!(clients = self.conns.len(), "registry stopped");
+        tracing::debug!(clients = self.connected(), "registry stopped");
     }
 
-    /// Adds a connection for `user`. Normally reached through
-    /// [`Command::Register`]; public so benchmarks can drive the actor's
+    /// Adds a connection that sent `hello`. Normally reached through
+    /// `Command::Register`; public so benchmarks can drive the actor's
     /// state without its channel.
-    pub fn register(&mut self, user: UserId, id: ConnId, outbox: Arc<Outbox>) {
+    pub fn register(&mut self, hello: Hello, id: ConnId, outbox: Arc<Outbox>) {
+        match hello {
+            Hello::Classic(user) => {
+                self.insert(user, id, Sink::Plain(outbox));
+            }
+            Hello::Resumable {
+                user,
+                stream,
+                after,
+            } => self.attach(user, stream, after, id, outbox),
+        }
+        Stats::set(&self.stats.clients_connected, self.connected() as u64);
+    }
+
+    /// Registered client connections (retainers are not connections).
+    fn connected(&self) -> usize {
+        self.conns.len() - self.retainers.len()
+    }
+
+    /// The last sequence number applied (0 before any).
+    fn position(&self) -> Seq {
+        self.last_seq.unwrap_or(0)
+    }
+
+    /// Adds `sink` for `user` to the connections, the online set and the
+    /// followers index; returns its key.
+    fn insert(&mut self, user: UserId, id: ConnId, sink: Sink) -> usize {
         let key = self.conns.insert(Conn {
             user,
             id,
-            outbox,
+            sink,
             staged: Vec::new(),
         });
         self.online.add(user, key);
-        for followed in self.router.following(user) {
-            self.reach.entry(followed).or_default().push(key);
+        self.reach.connected(key, self.router.following(user));
+        key
+    }
+
+    /// Registers a resumable connection: the verdict and the lines it
+    /// missed are staged and flushed now, between two batches, so live
+    /// lines from the next batch on follow them exactly.
+    fn attach(
+        &mut self,
+        user: UserId,
+        stream: Option<StreamId>,
+        after: Seq,
+        id: ConnId,
+        outbox: Arc<Outbox>,
+    ) {
+        if !self.retainers.contains_key(&user) {
+            self.make_room_for_a_session();
         }
-        Stats::set(&self.stats.clients_connected, self.conns.len() as u64);
+        let position = self.position();
+        let mut staged = Vec::new();
+        let attached = self
+            .sessions
+            .attach(user, stream, after, position, &mut staged);
+        if attached.opened {
+            let key = self.insert(user, 0, Sink::Retainer);
+            self.retainers.insert(user, key);
+        }
+        let mut tally = Tally::new(attached.seq, self.sessions.settings().fault_reset_every);
+        let (mut replayed, mut resetting) = (0u64, false);
+        self.sessions.replay(user, attached.seq, |line| {
+            if !resetting {
+                staged.extend_from_slice(line);
+                resetting = tally.line(line);
+                replayed += 1;
+            }
+        });
+        if stream.is_some() {
+            let counter = match attached.verdict {
+                Verdict::Ok => &self.stats.resumes_ok,
+                Verdict::Gap => &self.stats.resumes_gap,
+            };
+            Stats::add(counter, 1);
+            Stats::add(&self.stats.replayed_lines, replayed);
+        }
+        tracing::debug!(
+            user,
+            conn = id,
+            after,
+            verdict = ?attached.verdict,
+            seq = attached.seq,
+            replayed,
+            "resumable client attached"
+        );
+        let sink = Sink::Resumable {
+            outbox,
+            tally,
+            resetting,
+        };
+        let key = self.insert(user, id, sink);
+        self.conns[key].staged = staged;
+        self.touched.push(key);
+        self.flush_touched(Instant::now());
+        self.publish_session_gauges();
     }
 
     fn unregister(&mut self, user: UserId, id: ConnId) {
@@ -216,144 +377,342 @@ impl Registry {
         }
     }
 
-    /// Forgets connection `key`; its writer is told through the outbox.
+    /// Forgets connection `key`; its writer is told through the outbox. A
+    /// resumable connection's session starts its window if it was the last.
     fn remove(&mut self, key: usize) {
         let conn = self.conns.remove(key);
         self.online.remove(conn.user, key);
-        for followed in self.router.following(conn.user) {
-            drop_keys(&mut self.reach, followed, &[key]);
+        self.reach
+            .disconnected(key, self.router.following(conn.user));
+        match conn.sink {
+            Sink::Resumable { .. } => self.sessions.detach(conn.user, Instant::now()),
+            Sink::Retainer => {
+                self.retainers.remove(&conn.user);
+            }
+            Sink::Plain(_) => {}
         }
-        Stats::set(&self.stats.clients_connected, self.conns.len() as u64);
+        Stats::set(&self.stats.clients_connected, self.connected() as u64);
     }
 
-    /// Applies `events` in order, stages each notification, then moves each
-    /// touched client's staged bytes to its outbox. Normally reached through
-    /// [`Command::Deliver`]; public so benchmarks can measure dispatch alone.
-    pub fn deliver(&mut self, events: &[Event], read_at: Instant) {
-        let Registry {
-            router,
-            conns,
-            online,
-            reach,
-            touched,
-            ..
-        } = self;
-        let mut notifications: u64 = 0;
-        for event in events {
-            let raw: &[u8] = &event.raw;
-            match router.apply(event.kind) {
-                Audience::Nobody => {}
-                Audience::User(user) => {
-                    if let Some(keys) = online.get(user) {
-                        for &key in keys {
-                            stage(conns, touched, key, raw);
-                            notifications += 1;
-                        }
-                    }
-                }
-                Audience::Everyone => {
-                    for (key, conn) in conns.iter_mut() {
-                        if conn.staged.is_empty() {
-                            touched.push(key);
-                        }
-                        conn.staged.extend_from_slice(raw);
-                    }
-                    notifications += conns.len() as u64;
-                }
-                Audience::Followers(_) => {
-                    let EventKind::Status { from } = event.kind else {
-                        unreachable!("only status updates go to followers");
-                    };
-                    if let Some(keys) = reach.get(&from) {
-                        for &key in keys {
-                            stage(conns, touched, key, raw);
-                        }
-                        notifications += keys.len() as u64;
-                    }
-                }
-            }
-            match router.last_change() {
-                None => {}
-                Some(EdgeChange::Added { from, to }) => {
-                    if let Some(keys) = online.get(from) {
-                        reach.entry(to).or_default().extend_from_slice(keys);
-                    }
-                }
-                Some(EdgeChange::Removed { from, to }) => {
-                    if let Some(keys) = online.get(from) {
-                        drop_keys(reach, to, keys);
-                    }
+    /// Keeps the number of sessions within what `resumeTotalBytes` can hold
+    /// ([`Sessions::is_full`]) by purging the longest-idle ones; sessions
+    /// with a connection open are never purged (their number is bounded by
+    /// `maxClients`).
+    fn make_room_for_a_session(&mut self) {
+        while self.sessions.is_full() {
+            let Some(user) = self.sessions.purge_oldest_idle() else {
+                return;
+            };
+            self.purged(user, "to make room for a new one (resumeTotalBytes)");
+        }
+    }
+
+    /// Forgets the retainer of `user`, whose session just ended, and says so.
+    fn purged(&mut self, user: UserId, why: &str) {
+        if let Some(key) = self.retainers.get(&user).copied() {
+            self.remove(key);
+        }
+        Stats::add(&self.stats.sessions_purged, 1);
+        tracing::info!(user, why, "resumable session purged");
+    }
+
+    /// Purges expired sessions and writes due checkpoints; see
+    /// [`HOUSEKEEPING_EVERY`].
+    fn housekeeping(&mut self, now: Instant) {
+        if self.sessions.len() == 0 {
+            return;
+        }
+        for user in self.sessions.purge_expired(now) {
+            self.purged(user, "no connection within resumeWindowSecs");
+        }
+        let interval = self.sessions.settings().checkpoint_interval;
+        if !interval.is_zero() && now.saturating_duration_since(self.last_checkpoint) >= interval {
+            self.last_checkpoint = now;
+            self.checkpoint(now);
+        }
+        self.publish_session_gauges();
+    }
+
+    /// Stages an `#AT` line on every resumable connection whose position
+    /// moved since its last one, and flushes.
+    fn checkpoint(&mut self, now: Instant) {
+        let (stream, position) = (self.sessions.stream(), self.position());
+        for (key, conn) in self.conns.iter_mut() {
+            if let Sink::Resumable {
+                tally,
+                resetting: false,
+                ..
+            } = &mut conn.sink
+            {
+                let was_empty = conn.staged.is_empty();
+                if tally.checkpoint(&mut conn.staged, &stream, position) && was_empty {
+                    self.touched.push(key);
                 }
             }
         }
-        Stats::add(&self.stats.events_delivered, events.len() as u64);
+        self.flush_touched(now);
+    }
+
+    /// Publishes the session gauges (once per tick or attach, not per
+    /// event).
+    fn publish_session_gauges(&self) {
+        Stats::set(&self.stats.sessions_open, self.sessions.len() as u64);
+        Stats::set(
+            &self.stats.retained_bytes,
+            self.sessions.retained_bytes() as u64,
+        );
+        Stats::set(&self.stats.evicted_entries, self.sessions.evicted());
+    }
+
+    /// A new stream: every session ends (its positions belong to the old
+    /// sequence space), and resumable connections are closed after what
+    /// they were sent, so they resume, with a `#GAP`, into the new one.
+    fn end_sessions(&mut self) {
+        if self.sessions.len() == 0 {
+            return;
+        }
+        let ended = self.sessions.new_stream().len();
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| !matches!(conn.sink, Sink::Plain(_)))
+            .map(|(key, _)| key)
+            .collect();
+        for key in keys {
+            if let Some(outbox) = self.conns[key].sink.outbox() {
+                outbox.close(Closed::Drain);
+            }
+            self.remove(key);
+        }
+        tracing::info!(
+            sessions = ended,
+            "new stream: resumable sessions ended; their clients resume with #GAP"
+        );
+        self.publish_session_gauges();
+    }
+
+    /// Applies `batch` in order (forgetting the graph first if it starts a
+    /// new stream), stages each notification, then moves each touched
+    /// client's staged bytes to its outbox. Normally reached through
+    /// `Command::Deliver`; public so benchmarks can measure dispatch alone.
+    ///
+    /// Adds no allocation per event: each connection's staging buffer (up
+    /// to `STAGING_KEEP_BYTES`) and `touched` keep their capacity from
+    /// batch to batch; only the graph and the online-followers index
+    /// allocate, as they grow.
+    pub fn deliver(&mut self, batch: &OrderedBatch) {
+        debug_assert!(
+            batch.follows(self.last_seq),
+            "batch {}..={} after {:?}: the seam's batches must keep increasing",
+            batch.first_seq(),
+            batch.last_seq(),
+            self.last_seq
+        );
+        if batch.starts_new_stream() {
+            self.forget_graph();
+            self.end_sessions();
+        }
+        let mut notifications: u64 = 0;
+        for event in batch.events() {
+            let Routed { audience, edge } = self.router.apply(event.kind);
+            notifications += self.stage(audience, event.seq, &event.raw);
+            if let Some(edge) = edge {
+                self.follow_edge(edge);
+            }
+        }
+        self.last_seq = Some(batch.last_seq());
+        self.count(batch.events().len(), notifications);
+        self.flush_touched(batch.read_at());
+    }
+
+    /// A new stream: its events owe nothing to the old follower graph.
+    fn forget_graph(&mut self) {
+        self.router.clear();
+        self.reach.clear();
+    }
+
+    /// Hands line `raw` (event `seq`) to every connection `audience`
+    /// names; returns how many notifications that queued for writers.
+    #[inline]
+    fn stage(&mut self, audience: Audience, seq: Seq, raw: &[u8]) -> u64 {
+        let keys = match audience {
+            Audience::Nobody => return 0,
+            Audience::Everyone => return self.stage_everyone(seq, raw),
+            Audience::User(user) => self.online.get(user).unwrap_or_default(),
+            Audience::Followers(author) => self.reach.of(author),
+        };
+        let mut queued = 0;
+        for &key in keys {
+            queued += stage(
+                &mut self.conns,
+                &mut self.touched,
+                &mut self.sessions,
+                key,
+                seq,
+                raw,
+            );
+        }
+        queued
+    }
+
+    /// [`Registry::stage`] for a broadcast: every connection.
+    #[inline]
+    fn stage_everyone(&mut self, seq: Seq, raw: &[u8]) -> u64 {
+        if self.sessions.len() > 0 {
+            let mut queued = 0;
+            for key in 0..self.conns.capacity() {
+                if self.conns.contains(key) {
+                    queued += stage(
+                        &mut self.conns,
+                        &mut self.touched,
+                        &mut self.sessions,
+                        key,
+                        seq,
+                        raw,
+                    );
+                }
+            }
+            return queued;
+        }
+        // No session, so every entry is a plain connection: the plain loop.
+        for (key, conn) in self.conns.iter_mut() {
+            if conn.staged.is_empty() {
+                self.touched.push(key);
+            }
+            conn.staged.extend_from_slice(raw);
+        }
+        self.conns.len() as u64
+    }
+
+    /// Keeps `reach` in step with an edge the router added or removed: the
+    /// follower's connections, if it is online, gain or lose the followed
+    /// user's status updates.
+    #[inline]
+    fn follow_edge(&mut self, edge: EdgeChange) {
+        match edge {
+            EdgeChange::Added { from, to } => {
+                if let Some(keys) = self.online.get(from) {
+                    self.reach.edge_added(to, keys);
+                }
+            }
+            EdgeChange::Removed { from, to } => {
+                if let Some(keys) = self.online.get(from) {
+                    self.reach.edge_removed(to, keys);
+                }
+            }
+        }
+    }
+
+    /// Publishes one batch's counts: once per batch, not per event.
+    fn count(&self, events: usize, notifications: u64) {
+        Stats::add(&self.stats.events_delivered, events as u64);
         Stats::add(&self.stats.notifications, notifications);
         Stats::set(&self.stats.refused_follows, self.router.refused_follows());
-        self.flush_touched(read_at);
     }
 
+    /// Moves every touched connection's staged bytes to its outbox (one
+    /// lock, at most one wake each), and empties `touched`.
     fn flush_touched(&mut self, read_at: Instant) {
-        let max = self.settings.max_client_pending_bytes;
         let mut touched = std::mem::take(&mut self.touched);
         for &key in &touched {
-            let conn = &mut self.conns[key];
-            let result = conn.outbox.push(&mut conn.staged, read_at, max);
-            if conn.staged.capacity() > STAGING_KEEP_BYTES {
-                conn.staged = Vec::new();
-            }
-            match result {
-                Ok(()) => {}
-                Err(PushError::Overflow { pending_bytes }) => {
-                    let (user, id) = (conn.user, conn.id);
-                    // The writer counts the disconnect when it sees why.
-                    if let Some(suppressed) = self.slow_log.allow() {
-                        tracing::warn!(
-                            user,
-                            conn = id,
-                            pending_bytes,
-                            limit = max,
-                            suppressed,
-                            "disconnecting slow consumer: outbound buffer over its limit"
-                        );
-                    }
-                    self.remove(key);
-                }
-                // The writer already ended; its Unregister is on the way or
-                // was handled. Either way the entry goes now.
-                Err(PushError::Closed(_)) => {
-                    if self.conns.contains(key) {
-                        self.remove(key);
-                    }
-                }
-            }
+            self.flush(key, read_at);
         }
         touched.clear();
         self.touched = touched;
     }
-}
 
-/// Removes `keys` from `reach[user]`, dropping the entry when it empties.
-fn drop_keys(reach: &mut HashMap<UserId, Vec<usize>>, user: UserId, keys: &[usize]) {
-    if let Some(list) = reach.get_mut(&user) {
-        list.retain(|key| !keys.contains(key));
-        if list.is_empty() {
-            reach.remove(&user);
+    /// Moves connection `key`'s staged bytes to its outbox; forgets the
+    /// connection if the outbox refuses them.
+    fn flush(&mut self, key: usize, read_at: Instant) {
+        let max = self.settings.max_client_pending_bytes;
+        let conn = &mut self.conns[key];
+        let (outbox, resetting) = match &conn.sink {
+            Sink::Plain(outbox) => (outbox, false),
+            Sink::Resumable {
+                outbox, resetting, ..
+            } => (outbox, *resetting),
+            Sink::Retainer => {
+                debug_assert!(false, "a retainer is never staged");
+                return;
+            }
+        };
+        let result = outbox.push(&mut conn.staged, read_at, max);
+        if conn.staged.capacity() > STAGING_KEEP_BYTES {
+            conn.staged = Vec::new();
+        }
+        match result {
+            Ok(()) if resetting => {
+                // Fault injection: the writer sends what it has, then RSTs.
+                outbox.close(Closed::Reset);
+                self.remove(key);
+            }
+            Ok(()) => {}
+            Err(PushError::Overflow { pending_bytes }) => {
+                let (user, id) = (conn.user, conn.id);
+                // The writer counts the disconnect when it sees why.
+                if let Some(suppressed) = self.slow_log.allow() {
+                    tracing::warn!(
+                        user,
+                        conn = id,
+                        pending_bytes,
+                        limit = max,
+                        suppressed,
+                        "disconnecting slow consumer: outbound buffer over its limit"
+                    );
+                }
+                self.remove(key);
+            }
+            // The writer already ended; its Unregister is on the way or
+            // was handled. Either way the entry goes now.
+            Err(PushError::Closed(_)) => {
+                if self.conns.contains(key) {
+                    self.remove(key);
+                }
+            }
         }
     }
 }
 
+/// Hands line `raw` (event `seq`) to connection `key`: appended to its
+/// staging buffer (noting the key in `touched` if this is its first line of
+/// the batch), or recorded in its session if it is a retainer. Returns 1 if
+/// a writer will get it, else 0.
 #[inline]
-fn stage(conns: &mut Slab<Conn>, touched: &mut Vec<usize>, key: usize, raw: &[u8]) {
+fn stage(
+    conns: &mut Slab<Conn>,
+    touched: &mut Vec<usize>,
+    sessions: &mut Sessions,
+    key: usize,
+    seq: Seq,
+    raw: &[u8],
+) -> u64 {
     let conn = &mut conns[key];
+    match &mut conn.sink {
+        Sink::Plain(_) => {}
+        Sink::Resumable {
+            tally, resetting, ..
+        } => {
+            if *resetting {
+                return 0;
+            }
+            *resetting = tally.line(raw);
+        }
+        Sink::Retainer => {
+            sessions.retention().record(conn.user, seq, raw);
+            return 0;
+        }
+    }
     if conn.staged.is_empty() {
         touched.push(key);
     }
     conn.staged.extend_from_slice(raw);
+    1
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use followermaze_protocol::{Event, EventKind};
     use proptest::prelude::*;
 
     #[derive(Debug, Clone)]
@@ -400,7 +759,7 @@ mod tests {
                 match op {
                     Op::Connect(user) => {
                         let outbox = Arc::new(Outbox::new());
-                        registry.register(user, conns.len() as ConnId, outbox.clone());
+                        registry.register(Hello::Classic(user), conns.len() as ConnId, outbox.clone());
                         conns.push((user, outbox, Vec::new(), true));
                     }
                     Op::Disconnect(index) => {
@@ -437,7 +796,7 @@ mod tests {
                             }
                         }
                         let event = Event { seq, kind, raw: bytes::Bytes::from(raw) };
-                        registry.deliver(std::slice::from_ref(&event), Instant::now());
+                        registry.deliver(&OrderedBatch::new(vec![event], Instant::now()));
                     }
                 }
             }
@@ -453,12 +812,165 @@ mod tests {
         }
     }
 
+    #[derive(Debug, Clone)]
+    enum SessionOp {
+        Event(EventKind),
+        /// A new resumable client of this user (first connection).
+        Join(UserId),
+        /// Client `n` (mod the number joined) drops its connection.
+        Drop(usize),
+        /// Client `n` reconnects and resumes from what it received.
+        Resume(usize),
+    }
+
+    fn any_session_op() -> impl Strategy<Value = SessionOp> {
+        let user = 1u64..5;
+        prop_oneof![
+            4 => any_op().prop_filter_map("events only", |op| match op {
+                Op::Event(kind) => Some(SessionOp::Event(kind)),
+                _ => None,
+            }),
+            1 => user.prop_map(SessionOp::Join),
+            1 => (0usize..6).prop_map(SessionOp::Drop),
+            1 => (0usize..6).prop_map(SessionOp::Resume),
+        ]
+    }
+
+    /// Whether `kind` concerns `user`, given the graph `edges` after it.
+    fn concerns(
+        kind: EventKind,
+        user: UserId,
+        edges: &std::collections::HashSet<(UserId, UserId)>,
+    ) -> bool {
+        match kind {
+            EventKind::Follow { to, .. } | EventKind::Private { to, .. } => to == user,
+            EventKind::Unfollow { .. } => false,
+            EventKind::Broadcast => true,
+            EventKind::Status { from } => edges.contains(&(user, from)),
+        }
+    }
+
+    /// One resumable client of the model.
+    struct ModelClient {
+        user: UserId,
+        /// The highest position it received.
+        after: Seq,
+        /// Its current connection: id, outbox, bytes owed on it.
+        conn: Option<(ConnId, Arc<Outbox>, Vec<u8>)>,
+    }
+
+    proptest! {
+        /// Sessions against a model that keeps, per session, every line
+        /// that concerned its user since it opened: a resume gets `#OK` at
+        /// its own position and exactly the lines above it, and live lines
+        /// follow without loss or repetition.
+        #[test]
+        fn prop_sessions_match_a_model(ops in prop::collection::vec(any_session_op(), 0..150)) {
+            let (mut registry, _handle) = registry();
+            let stream = registry.sessions.stream();
+            let mut edges: std::collections::HashSet<(UserId, UserId)> = Default::default();
+            let mut retained: std::collections::HashMap<UserId, Vec<(Seq, Vec<u8>)>> = Default::default();
+            let mut clients: Vec<ModelClient> = Vec::new();
+            let mut finished: Vec<(Arc<Outbox>, Vec<u8>)> = Vec::new();
+            let (mut seq, mut next_id) = (0u64, 0u64);
+            let verdict = |stream: &StreamId, at: Seq| {
+                let mut line = Vec::new();
+                followermaze_protocol::resume::write_verdict(&mut line, Verdict::Ok, stream, at);
+                line
+            };
+            for op in ops {
+                match op {
+                    SessionOp::Join(user) => {
+                        next_id += 1;
+                        let outbox = Arc::new(Outbox::new());
+                        let hello = Hello::Resumable { user, stream: None, after: 0 };
+                        registry.register(hello, next_id, outbox.clone());
+                        retained.entry(user).or_default();
+                        clients.push(ModelClient {
+                            user,
+                            after: seq,
+                            conn: Some((next_id, outbox, verdict(&stream, seq))),
+                        });
+                    }
+                    SessionOp::Drop(n) if !clients.is_empty() => {
+                        let count = clients.len();
+                        let client = &mut clients[n % count];
+                        if let Some((id, outbox, owed)) = client.conn.take() {
+                            registry.unregister(client.user, id);
+                            finished.push((outbox, owed));
+                        }
+                    }
+                    SessionOp::Resume(n) if !clients.is_empty() => {
+                        let count = clients.len();
+                        let client = &mut clients[n % count];
+                        if client.conn.is_none() {
+                            next_id += 1;
+                            let outbox = Arc::new(Outbox::new());
+                            let hello = Hello::Resumable {
+                                user: client.user,
+                                stream: Some(stream),
+                                after: client.after,
+                            };
+                            registry.register(hello, next_id, outbox.clone());
+                            let mut owed = verdict(&stream, client.after);
+                            for (line_seq, line) in &retained[&client.user] {
+                                if *line_seq > client.after {
+                                    owed.extend_from_slice(line);
+                                    client.after = *line_seq;
+                                }
+                            }
+                            client.conn = Some((next_id, outbox, owed));
+                        }
+                    }
+                    SessionOp::Drop(_) | SessionOp::Resume(_) => {}
+                    SessionOp::Event(kind) => {
+                        seq += 1;
+                        match kind {
+                            EventKind::Follow { from, to } => {
+                                edges.insert((from, to));
+                            }
+                            EventKind::Unfollow { from, to } => {
+                                edges.remove(&(from, to));
+                            }
+                            _ => {}
+                        }
+                        let raw = format!("{seq}|{kind:?}\n").into_bytes();
+                        for (&user, lines) in retained.iter_mut() {
+                            if concerns(kind, user, &edges) {
+                                lines.push((seq, raw.clone()));
+                            }
+                        }
+                        for client in clients.iter_mut() {
+                            if let Some((_, _, owed)) = client.conn.as_mut() {
+                                if concerns(kind, client.user, &edges) {
+                                    owed.extend_from_slice(&raw);
+                                    client.after = seq;
+                                }
+                            }
+                        }
+                        let event = Event { seq, kind, raw: bytes::Bytes::from(raw) };
+                        registry.deliver(&OrderedBatch::new(vec![event], Instant::now()));
+                    }
+                }
+            }
+            let open = clients.into_iter().filter_map(|client| client.conn).map(|(_, o, b)| (o, b));
+            for (index, (outbox, owed)) in finished.into_iter().chain(open).enumerate() {
+                let mut got = Vec::new();
+                outbox.take(&mut got);
+                prop_assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    String::from_utf8_lossy(&owed),
+                    "connection {}", index
+                );
+            }
+        }
+    }
+
     fn registry() -> (Registry, RegistryHandle) {
-        let settings = RegistrySettings {
-            max_client_pending_bytes: 1 << 20,
-            max_follow_edges: 1000,
-        };
-        Registry::new(settings, Arc::new(Stats::default()))
+        Registry::new(
+            RegistrySettings::new(1 << 20, 1000),
+            Arc::new(Stats::default()),
+        )
     }
 
     #[tokio::test]
@@ -482,7 +994,7 @@ mod tests {
     fn a_large_release_does_not_cut_off_an_idle_client() {
         let (mut registry, _handle) = registry();
         let outbox = Arc::new(Outbox::new());
-        registry.register(1, 1, outbox.clone());
+        registry.register(Hello::Classic(1), 1, outbox.clone());
         // 2 MiB for one client in one batch, over its 1 MiB bound.
         let events: Vec<Event> = (1..=200_000u64)
             .map(|seq| Event {
@@ -491,7 +1003,7 @@ mod tests {
                 raw: bytes::Bytes::from(format!("{seq:07}|B\r\n")),
             })
             .collect();
-        registry.deliver(&events, Instant::now());
+        registry.deliver(&OrderedBatch::new(events, Instant::now()));
         assert_eq!(outbox.closed(), None);
     }
 }

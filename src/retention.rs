@@ -51,7 +51,7 @@ pub(crate) const SESSION_BYTES: usize = 128;
 const EVICT_TO_EIGHTHS: usize = 7;
 
 /// The two bounds; see the module doc.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RetentionLimits {
     /// Most bytes one session may hold (`resumeBufferBytes`).
     pub per_session_bytes: usize,
@@ -175,13 +175,9 @@ impl Retention {
         true
     }
 
-    /// Whether `user` has a session.
-    pub(crate) fn contains(&self, user: UserId) -> bool {
-        self.sessions.contains_key(&user)
-    }
-
     /// How many sessions are open.
-    pub(crate) fn sessions(&self) -> usize {
+    #[cfg(test)]
+    fn sessions(&self) -> usize {
         self.sessions.len()
     }
 

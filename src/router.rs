@@ -10,18 +10,33 @@ use hashbrown::{HashMap, HashSet};
 
 use followermaze_protocol::{EventKind, UserId};
 
+/// What applying one event did: who must hear of it, and which follow edge
+/// it added or removed. The two are independent: a follow is routed to the
+/// followed user whether or not the edge is new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    /// Who must be notified.
+    pub audience: Audience,
+    /// The edge the event added or removed; `None` when the graph did not
+    /// change (not a follow or unfollow, a follow of an existing edge, an
+    /// unfollow of a missing one, or a follow refused at the bound).
+    pub edge: Option<EdgeChange>,
+}
+
 /// Who must be notified of one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Audience<'a> {
-    /// Nobody (an unfollow, or a status update of a user with no followers).
+pub enum Audience {
+    /// Nobody (an unfollow).
     Nobody,
     /// Exactly this user (follow, private message).
     User(UserId),
     /// Every connected client (broadcast).
     Everyone,
-    /// Every user in this set: the followers of a status update's author, as
-    /// they are after every earlier event.
-    Followers(&'a HashSet<UserId>),
+    /// The followers of this user (a status update's author) as they are
+    /// after every earlier event, possibly none: [`Router::followers`]
+    /// lists them, and a caller that keeps its own index (the registry's
+    /// online followers) need not look at the graph at all.
+    Followers(UserId),
 }
 
 /// A follow edge that an event added or removed.
@@ -42,8 +57,6 @@ pub struct Router {
     /// `following[u]` is everyone `u` follows: the same edges the other way,
     /// so a user coming online can find whose status updates it should get.
     following: HashMap<UserId, HashSet<UserId>>,
-    /// The edge the last [`Router::apply`] added or removed, if any.
-    last_change: Option<EdgeChange>,
     /// Total edges, the sum of the sets' lengths.
     edges: usize,
     /// Follows beyond this many edges are not recorded (the notification is
@@ -59,14 +72,14 @@ impl Router {
         Router {
             followers: HashMap::new(),
             following: HashMap::new(),
-            last_change: None,
             edges: 0,
             max_edges,
             refused_follows: 0,
         }
     }
 
-    /// Applies `kind` to the graph and returns who must be notified.
+    /// Applies `kind` to the graph and returns who must be notified and
+    /// which edge, if any, changed.
     ///
     /// The graph changes whether or not the users involved are connected. A
     /// follow that would take the graph past its bound is routed (the followed
@@ -74,45 +87,49 @@ impl Router {
     /// [`Router::refused_follows`]; this is the one place the graph departs
     /// from the stream, and it only happens when something floods it with
     /// distinct pairs.
-    ///
-    /// [`Router::last_change`] then says which edge, if any, the event added
-    /// or removed.
     #[inline]
-    pub fn apply(&mut self, kind: EventKind) -> Audience<'_> {
-        self.last_change = None;
-        match kind {
-            EventKind::Follow { from, to } => {
-                if self.edges < self.max_edges {
-                    if self.followers.entry(to).or_default().insert(from) {
-                        self.following.entry(from).or_default().insert(to);
-                        self.edges += 1;
-                        self.last_change = Some(EdgeChange::Added { from, to });
-                    }
-                } else if !self.follows(from, to) {
-                    self.refused_follows += 1;
-                }
-                Audience::User(to)
-            }
-            EventKind::Unfollow { from, to } => {
-                if remove_edge(&mut self.followers, to, from) {
-                    remove_edge(&mut self.following, from, to);
-                    self.edges -= 1;
-                    self.last_change = Some(EdgeChange::Removed { from, to });
-                }
-                Audience::Nobody
-            }
-            EventKind::Broadcast => Audience::Everyone,
-            EventKind::Private { to, .. } => Audience::User(to),
-            EventKind::Status { from } => match self.followers.get(&from) {
-                Some(set) => Audience::Followers(set),
-                None => Audience::Nobody,
-            },
-        }
+    pub fn apply(&mut self, kind: EventKind) -> Routed {
+        let (audience, edge) = match kind {
+            EventKind::Follow { from, to } => (Audience::User(to), self.follow(from, to)),
+            EventKind::Unfollow { from, to } => (Audience::Nobody, self.unfollow(from, to)),
+            EventKind::Broadcast => (Audience::Everyone, None),
+            EventKind::Private { to, .. } => (Audience::User(to), None),
+            EventKind::Status { from } => (Audience::Followers(from), None),
+        };
+        Routed { audience, edge }
     }
 
-    /// The edge the last [`Router::apply`] added or removed, if any.
-    pub fn last_change(&self) -> Option<EdgeChange> {
-        self.last_change
+    /// Records `from -> to` unless it exists or the graph is full.
+    #[inline]
+    fn follow(&mut self, from: UserId, to: UserId) -> Option<EdgeChange> {
+        if self.edges >= self.max_edges {
+            if !self.follows(from, to) {
+                self.refused_follows += 1;
+            }
+            return None;
+        }
+        if !self.followers.entry(to).or_default().insert(from) {
+            return None;
+        }
+        self.following.entry(from).or_default().insert(to);
+        self.edges += 1;
+        Some(EdgeChange::Added { from, to })
+    }
+
+    /// Forgets `from -> to` if it exists.
+    #[inline]
+    fn unfollow(&mut self, from: UserId, to: UserId) -> Option<EdgeChange> {
+        if !remove_edge(&mut self.followers, to, from) {
+            return None;
+        }
+        remove_edge(&mut self.following, from, to);
+        self.edges -= 1;
+        Some(EdgeChange::Removed { from, to })
+    }
+
+    /// Everyone following `user` now.
+    pub fn followers(&self, user: UserId) -> impl Iterator<Item = UserId> + '_ {
+        self.followers.get(&user).into_iter().flatten().copied()
     }
 
     /// Everyone `user` follows now.
@@ -142,7 +159,6 @@ impl Router {
         self.followers = HashMap::new();
         self.following = HashMap::new();
         self.edges = 0;
-        self.last_change = None;
     }
 }
 
@@ -163,33 +179,44 @@ fn remove_edge(map: &mut HashMap<UserId, HashSet<UserId>>, key: UserId, member: 
 mod tests {
     use super::*;
 
+    /// The audience of `kind`, checking it changed no edge.
+    fn audience(router: &mut Router, kind: EventKind) -> Audience {
+        let routed = router.apply(kind);
+        assert_eq!(routed.edge, None, "{kind:?}");
+        routed.audience
+    }
+
+    /// The followers a status update of `of` reaches, sorted.
     fn followers(router: &mut Router, of: UserId) -> Vec<UserId> {
-        match router.apply(EventKind::Status { from: of }) {
-            Audience::Followers(set) => {
-                let mut users: Vec<_> = set.iter().copied().collect();
-                users.sort_unstable();
-                users
-            }
-            Audience::Nobody => Vec::new(),
-            other => panic!("a status update went to {other:?}"),
-        }
+        assert_eq!(
+            audience(router, EventKind::Status { from: of }),
+            Audience::Followers(of)
+        );
+        let mut users: Vec<_> = router.followers(of).collect();
+        users.sort_unstable();
+        users
     }
 
     #[test]
     fn routes_each_event_type() {
         let mut router = Router::new(100);
         assert_eq!(
-            router.apply(EventKind::Follow { from: 1, to: 2 }),
+            router.apply(EventKind::Follow { from: 1, to: 2 }).audience,
             Audience::User(2)
         );
         assert_eq!(
-            router.apply(EventKind::Private { from: 7, to: 9 }),
+            audience(&mut router, EventKind::Private { from: 7, to: 9 }),
             Audience::User(9)
         );
-        assert_eq!(router.apply(EventKind::Broadcast), Audience::Everyone);
+        assert_eq!(
+            audience(&mut router, EventKind::Broadcast),
+            Audience::Everyone
+        );
         assert_eq!(followers(&mut router, 2), vec![1]);
         assert_eq!(
-            router.apply(EventKind::Unfollow { from: 1, to: 2 }),
+            router
+                .apply(EventKind::Unfollow { from: 1, to: 2 })
+                .audience,
             Audience::Nobody
         );
         assert_eq!(followers(&mut router, 2), Vec::<UserId>::new());
@@ -214,25 +241,31 @@ mod tests {
     #[test]
     fn reports_edge_changes_and_keeps_both_directions() {
         let mut router = Router::new(100);
-        router.apply(EventKind::Follow { from: 1, to: 5 });
+        let edge = |router: &mut Router, kind| router.apply(kind).edge;
         assert_eq!(
-            router.last_change(),
+            edge(&mut router, EventKind::Follow { from: 1, to: 5 }),
             Some(EdgeChange::Added { from: 1, to: 5 })
         );
-        router.apply(EventKind::Follow { from: 1, to: 5 });
-        assert_eq!(router.last_change(), None, "already there");
+        assert_eq!(
+            edge(&mut router, EventKind::Follow { from: 1, to: 5 }),
+            None,
+            "already there"
+        );
         router.apply(EventKind::Follow { from: 1, to: 6 });
         let mut following: Vec<_> = router.following(1).collect();
         following.sort_unstable();
         assert_eq!(following, vec![5, 6]);
-        router.apply(EventKind::Unfollow { from: 1, to: 5 });
         assert_eq!(
-            router.last_change(),
+            edge(&mut router, EventKind::Unfollow { from: 1, to: 5 }),
             Some(EdgeChange::Removed { from: 1, to: 5 })
         );
-        router.apply(EventKind::Broadcast);
-        assert_eq!(router.last_change(), None);
+        assert_eq!(
+            edge(&mut router, EventKind::Unfollow { from: 1, to: 5 }),
+            None,
+            "already gone"
+        );
         assert_eq!(router.following(1).collect::<Vec<_>>(), vec![6]);
+        assert_eq!(router.followers(6).collect::<Vec<_>>(), vec![1]);
     }
 
     #[test]
@@ -240,8 +273,9 @@ mod tests {
         let mut router = Router::new(1);
         router.apply(EventKind::Follow { from: 1, to: 5 });
         assert_eq!(
-            router.apply(EventKind::Follow { from: 2, to: 5 }),
-            Audience::User(5)
+            audience(&mut router, EventKind::Follow { from: 2, to: 5 }),
+            Audience::User(5),
+            "routed, but no edge"
         );
         // Repeating an edge that exists is not a refusal.
         router.apply(EventKind::Follow { from: 1, to: 5 });

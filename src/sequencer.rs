@@ -1,6 +1,6 @@
 //! The sequencer task: merges what every source connection parsed, puts it
 //! in order with the reorder buffer, decides when a gap is lost, and hands
-//! ordered batches to the registry.
+//! [`OrderedBatch`]es to the registry.
 //!
 //! It owns the [`ReorderBuffer`] and the gap deadline, so sequence state
 //! outlives any one source connection: a source may disconnect and another
@@ -10,10 +10,11 @@
 //! A *new stream* is recognised when a source connection's first event is
 //! behind the window and among the first [`NEW_STREAM_MAX_FIRST_SEQ`], while
 //! no other source is open and nothing is parked (a verifier run again
-//! against a long-lived server): the sequence restarts at 1 and the registry
-//! forgets the follower graph. Connected clients stay. A source that
-//! dropped mid-batch and resends leaves a gap parked, so it carries on the
-//! old stream instead.
+//! against a long-lived server): the sequence restarts at 1, and the next
+//! batch is marked as starting a new stream, so the registry forgets the
+//! follower graph just before applying it. Connected clients stay. A
+//! source that dropped mid-batch and resends leaves a gap parked, so it
+//! carries on the old stream instead.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use hashbrown::HashMap;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::batch::OrderedBatch;
 use crate::gap::GapPolicy;
 use crate::registry::{Command, RegistryGone, RegistryHandle};
 use crate::reorder::ReorderBuffer;
@@ -96,6 +98,9 @@ pub struct Sequencer {
     gap: Option<OpenGap>,
     /// Open sources, and whether each is yet to send its first event.
     sources: HashMap<SourceId, bool>,
+    /// A new stream started and no batch has told the registry yet: the
+    /// next batch sent carries the mark.
+    new_stream: bool,
     /// Counters shared with the rest of the server.
     stats: Arc<Stats>,
     /// Rate limit for late/duplicate warnings.
@@ -118,6 +123,7 @@ impl Sequencer {
             policy: GapPolicy::new(settings.gap_floor, settings.gap_ceiling),
             gap: None,
             sources: HashMap::new(),
+            new_stream: false,
             stats,
             drop_log: LogThrottle::new(Duration::from_secs(5)),
         };
@@ -232,7 +238,7 @@ impl Sequencer {
                     && first.seq < self.buffer.next_expected()
                     && self.buffer.parked() == 0;
                 if starts_over && self.sources.len() == 1 {
-                    self.restart(first.seq).await?;
+                    self.restart(first.seq);
                 }
             }
         }
@@ -310,8 +316,9 @@ impl Sequencer {
     }
 
     /// A new stream starts (see the module doc). Only called with nothing
-    /// parked, so nothing of the old stream is lost.
-    async fn restart(&mut self, first_seq: Seq) -> Result<(), RegistryGone> {
+    /// parked, so nothing of the old stream is lost, and every batch sent
+    /// from now on belongs to the new stream.
+    fn restart(&mut self, first_seq: Seq) {
         debug_assert_eq!(self.buffer.parked(), 0);
         tracing::info!(
             previous_next = self.buffer.next_expected(),
@@ -320,7 +327,7 @@ impl Sequencer {
         );
         self.buffer.restart();
         self.gap = None;
-        self.registry.send(Command::Restart).await
+        self.new_stream = true;
     }
 
     fn publish_stats(&self) {
@@ -338,18 +345,13 @@ impl Sequencer {
     /// window at once, and one huge batch would hold up the registry and
     /// land in every client's outbox in one piece.
     async fn send(
-        &self,
+        &mut self,
         released: Vec<Event>,
         read_at: std::time::Instant,
     ) -> Result<(), RegistryGone> {
         if released.len() <= MAX_DELIVER_EVENTS {
             if !released.is_empty() {
-                self.registry
-                    .send(Command::Deliver {
-                        events: released,
-                        read_at,
-                    })
-                    .await?;
+                self.deliver(released, read_at).await?;
             }
             return Ok(());
         }
@@ -359,13 +361,22 @@ impl Sequencer {
             if batch.is_empty() {
                 return Ok(());
             }
-            self.registry
-                .send(Command::Deliver {
-                    events: batch,
-                    read_at,
-                })
-                .await?;
+            self.deliver(batch, read_at).await?;
         }
+    }
+
+    /// Sends `events` (non-empty, released in order by the window) as one
+    /// batch, marked if it is the first of a new stream.
+    async fn deliver(
+        &mut self,
+        events: Vec<Event>,
+        read_at: std::time::Instant,
+    ) -> Result<(), RegistryGone> {
+        let mut batch = OrderedBatch::new(events, read_at);
+        if std::mem::take(&mut self.new_stream) {
+            batch = batch.starting_new_stream();
+        }
+        self.registry.send(Command::Deliver(batch)).await
     }
 }
 
@@ -387,9 +398,9 @@ fn gap_deadline(policy: &GapPolicy, gap: OpenGap, missing: u64, source_connected
 #[cfg(test)]
 mod tests {
     use super::*;
-    use followermaze_protocol::parse_event;
     use crate::registry::{Registry, RegistrySettings};
     use bytes::Bytes;
+    use followermaze_protocol::parse_event;
 
     const FLOOR: Duration = Duration::from_millis(500);
     const CEILING: Duration = Duration::from_secs(10);
@@ -398,13 +409,8 @@ mod tests {
     /// batches these tests release), and the registry kept alive.
     fn sequencer() -> (Sequencer, Registry) {
         let stats = Arc::new(Stats::default());
-        let (registry, handle) = Registry::new(
-            RegistrySettings {
-                max_client_pending_bytes: 1 << 20,
-                max_follow_edges: 1_000,
-            },
-            stats.clone(),
-        );
+        let (registry, handle) =
+            Registry::new(RegistrySettings::new(1 << 20, 1_000), stats.clone());
         let settings = SequencerSettings {
             max_window: 1 << 16,
             gap_floor: FLOOR,

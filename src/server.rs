@@ -1,18 +1,13 @@
 //! Wiring: binds nothing itself, takes the listeners and a shutdown future,
-//! starts the pipeline, and tears it down in order.
-//!
-//! Shutdown order, and why: (1) stop accepting and stop reading sources, so
-//! no new input arrives; (2) the sequencer, its inputs closed, releases what
-//! is parked and stops the registry; (3) the registry tells every writer to
-//! drain; (4) writers flush and close, within the drain timeout; (5) the
-//! observers (metrics endpoint, log summary) stop last, so the final
-//! numbers can still be read during the drain.
+//! starts the pipeline, and tears it down in order. [`run_with_stats`]
+//! lists the steps; the code below follows them one by one.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::accept_clients;
@@ -111,7 +106,9 @@ pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// A core task ended abnormally (a bug: it panicked).
+/// The server stopped abnormally (a bug): a task panicked, or the registry
+/// or the sequencer ended before shutdown was requested. Says every failure
+/// seen, in shutdown order.
 #[derive(Debug)]
 pub struct ServerError(pub String);
 
@@ -134,107 +131,244 @@ pub async fn run(
 }
 
 /// [`run`], counting into `stats`.
+///
+/// Start, downstream first, so every queue has its receiver before anything
+/// is sent on it:
+/// 1. **Registry**: the actor that owns the follower graph and the clients.
+/// 2. **Sequencer**: owns the reorder window; sends the registry ordered
+///    batches.
+/// 3. **Accept loops**: event sources feed the sequencer; clients register
+///    with the registry. The server now listens.
+/// 4. **Observers**: the metrics endpoint (its `/healthz` watches the tasks
+///    of steps 1 to 3) and the periodic log summary.
+///
+/// Shutdown, upstream first, so nothing in flight is lost:
+/// 1. **Wait** for `shutdown`, or for the registry or the sequencer to end
+///    on its own (a bug, reported in the error).
+/// 2. **Stop input**: stop accepting and stop reading sources; wait for the
+///    source tasks, whose last events are then with the sequencer.
+/// 3. **Release**: the sequencer, its inputs closed, releases what is
+///    parked, in order, and stops the registry; wait for it.
+/// 4. **Drain**: the registry tells every writer to drain; wait for it,
+///    then for the writers to flush and close (at most `drainTimeoutMs`).
+/// 5. **Observers** stop last, so the final numbers can still be scraped
+///    and logged during the drain.
 pub async fn run_with_stats(
     listeners: Listeners,
     config: Config,
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let addresses = (
-        display_addr(&listeners.events),
-        display_addr(&listeners.clients),
-    );
-    let stop_accepting = CancellationToken::new();
-    let (registry, registry_handle) = Registry::new(config.registry(), stats.clone());
-    let (sequencer, to_sequencer) =
-        Sequencer::new(&config.sequencer(), registry_handle.clone(), stats.clone());
+    let Listeners {
+        events,
+        clients,
+        metrics,
+    } = listeners;
+    // Start steps 1 to 3, then 4.
+    let pipeline = Pipeline::start(events, clients, &config, &stats);
+    let observers = Observers::start(metrics, &config, &stats, pipeline.health());
+    // Shutdown steps 1 to 4, then 5.
+    let mut failures = pipeline.shut_down(shutdown).await;
+    failures.extend(observers.stop().await);
+    if failures.is_empty() {
+        tracing::info!("server stopped");
+        Ok(())
+    } else {
+        let message = failures.join("; ");
+        tracing::error!(%message, "server stopped abnormally");
+        Err(ServerError(message))
+    }
+}
 
-    let mut registry_task = tokio::spawn(registry.run());
-    let mut sequencer_task = tokio::spawn(sequencer.run());
-    let sources_task = tokio::spawn(accept_sources(
-        listeners.events,
-        to_sequencer,
-        stats.clone(),
-        MAX_LINE_BYTES,
-        stop_accepting.clone(),
-    ));
-    let health_registry = registry_handle.clone();
-    let clients_task = tokio::spawn(accept_clients(
-        listeners.clients,
-        registry_handle,
-        stats.clone(),
-        config.clients(),
-        stop_accepting.clone(),
-    ));
-    tracing::info!(
-        events = %addresses.0,
-        clients = %addresses.1,
-        "followermaze listening"
-    );
-    // Observers only read `stats`; they outlive the drain so the last
-    // numbers can still be scraped and logged, and stop once it is done.
-    let stop_observers = CancellationToken::new();
-    let mut observers = tokio::task::JoinSet::new();
-    if let Some(listener) = listeners.metrics {
-        let running = [
-            sources_task.abort_handle(),
-            clients_task.abort_handle(),
-            sequencer_task.abort_handle(),
-        ];
-        let health = Health::new(health_registry, running);
-        observers.spawn(crate::metrics::serve(
-            listener,
-            stats.clone(),
-            health,
-            stop_observers.clone(),
-        ));
-    }
-    if config.summary_interval_secs > 0 {
-        let every = std::time::Duration::from_secs(config.summary_interval_secs);
-        observers.spawn(crate::summary::run(
-            stats.clone(),
-            every,
-            stop_observers.clone(),
-        ));
+/// The tasks of start steps 1 to 3, each waited for in its shutdown step.
+struct Pipeline {
+    /// Start step 1; waited for in shutdown step 4.
+    registry: Task,
+    /// Start step 2; waited for in shutdown step 3.
+    sequencer: Task,
+    /// Start step 3, event sources; waited for in shutdown step 2.
+    sources: Task,
+    /// Start step 3, clients and their writers; waited for in shutdown
+    /// step 4, after the registry has told the writers to drain.
+    clients: Task,
+    /// Cancelled in shutdown step 2: stops both accept loops and the
+    /// source reads.
+    stop_input: CancellationToken,
+}
+
+impl Pipeline {
+    /// Start steps 1 to 3.
+    fn start(
+        events: TcpListener,
+        clients: TcpListener,
+        config: &Config,
+        stats: &Arc<Stats>,
+    ) -> Pipeline {
+        let addresses = (display_addr(&events), display_addr(&clients));
+
+        // 1. Registry.
+        let (registry, registry_handle) = Registry::new(config.registry(), stats.clone());
+        let registry = Task::spawn("registry", registry.run());
+
+        // 2. Sequencer.
+        let (sequencer, to_sequencer) =
+            Sequencer::new(&config.sequencer(), registry_handle.clone(), stats.clone());
+        let sequencer = Task::spawn("sequencer", sequencer.run());
+
+        // 3. Accept loops.
+        let stop_input = CancellationToken::new();
+        let sources = Task::spawn(
+            "sources",
+            accept_sources(
+                events,
+                to_sequencer,
+                stats.clone(),
+                MAX_LINE_BYTES,
+                stop_input.clone(),
+            ),
+        );
+        let clients = Task::spawn(
+            "clients",
+            accept_clients(
+                clients,
+                registry_handle,
+                stats.clone(),
+                config.clients(),
+                stop_input.clone(),
+            ),
+        );
+        tracing::info!(
+            events = %addresses.0,
+            clients = %addresses.1,
+            "followermaze listening"
+        );
+
+        Pipeline {
+            registry,
+            sequencer,
+            sources,
+            clients,
+            stop_input,
+        }
     }
 
-    let mut failure = None;
-    tokio::select! {
-        () = shutdown => tracing::info!("shutdown requested: draining"),
-        ended = &mut registry_task => failure = Some(format!("registry task ended early: {ended:?}")),
-        ended = &mut sequencer_task => failure = Some(format!("sequencer task ended early: {ended:?}")),
+    /// What `/healthz` watches: every task of start steps 1 to 3.
+    fn health(&self) -> Health {
+        Health {
+            sources: self.sources.handle.abort_handle(),
+            clients: self.clients.handle.abort_handle(),
+            sequencer: self.sequencer.handle.abort_handle(),
+            registry: self.registry.handle.abort_handle(),
+        }
     }
-    stop_accepting.cancel();
-    let outcomes = [
-        ("sources", sources_task.await),
-        ("clients", clients_task.await),
-    ];
-    if failure.is_none() {
-        for (name, handle) in [("sequencer", sequencer_task), ("registry", registry_task)] {
-            if let Err(error) = handle.await {
-                failure = Some(format!("{name} task failed: {error}"));
+
+    /// Shutdown steps 1 to 4; returns what went wrong.
+    async fn shut_down(mut self, shutdown: impl Future<Output = ()>) -> Vec<String> {
+        let mut failures = Vec::new();
+
+        // 1. Wait.
+        let ended_early = tokio::select! {
+            () = shutdown => None,
+            _ = self.registry.join() => Some(self.registry.name),
+            _ = self.sequencer.join() => Some(self.sequencer.name),
+        };
+        match ended_early {
+            None => tracing::info!("shutdown requested: draining"),
+            Some(name) => failures.push(format!("{name} task ended early")),
+        }
+
+        // 2. Stop input.
+        self.stop_input.cancel();
+        failures.extend(self.sources.join().await);
+
+        // 3. Release.
+        failures.extend(self.sequencer.join().await);
+
+        // 4. Drain.
+        failures.extend(self.registry.join().await);
+        failures.extend(self.clients.join().await);
+
+        failures
+    }
+}
+
+/// Start step 4 and shutdown step 5: the tasks that only read `stats`.
+struct Observers {
+    /// The metrics endpoint and the log summary, whichever are on.
+    tasks: JoinSet<()>,
+    /// Cancelled in shutdown step 5.
+    stop: CancellationToken,
+}
+
+impl Observers {
+    /// Start step 4: the metrics endpoint if it has a listener, the summary
+    /// if it has an interval.
+    fn start(
+        metrics: Option<TcpListener>,
+        config: &Config,
+        stats: &Arc<Stats>,
+        health: Health,
+    ) -> Observers {
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        if let Some(listener) = metrics {
+            tasks.spawn(crate::metrics::serve(
+                listener,
+                stats.clone(),
+                health,
+                stop.clone(),
+            ));
+        }
+        if config.summary_interval_secs > 0 {
+            let every = std::time::Duration::from_secs(config.summary_interval_secs);
+            tasks.spawn(crate::summary::run(stats.clone(), every, stop.clone()));
+        }
+        Observers { tasks, stop }
+    }
+
+    /// Shutdown step 5; returns what went wrong.
+    async fn stop(mut self) -> Vec<String> {
+        self.stop.cancel();
+        let mut failures = Vec::new();
+        while let Some(outcome) = self.tasks.join_next().await {
+            if let Err(error) = outcome {
+                failures.push(format!("observer task failed: {error}"));
             }
         }
+        failures
     }
-    for (name, outcome) in outcomes {
-        if let Err(error) = outcome {
-            failure.get_or_insert(format!("{name} task failed: {error}"));
+}
+
+/// A task of the pipeline, and how it ended once it has: shutdown step 1
+/// may see a core task end before that task's own step comes, and a
+/// `JoinHandle` can be awaited to its end only once.
+struct Task {
+    /// Names the task in errors.
+    name: &'static str,
+    /// The spawned task.
+    handle: JoinHandle<()>,
+    /// How it ended; `None` until [`Task::join`] has seen it end.
+    ended: Option<Result<(), JoinError>>,
+}
+
+impl Task {
+    fn spawn(name: &'static str, task: impl Future<Output = ()> + Send + 'static) -> Task {
+        Task {
+            name,
+            handle: tokio::spawn(task),
+            ended: None,
         }
     }
-    stop_observers.cancel();
-    while let Some(outcome) = observers.join_next().await {
-        if let Err(error) = outcome {
-            failure.get_or_insert(format!("observer task failed: {error}"));
+
+    /// Waits until the task has ended (at once if it already has; cancel
+    /// safe); returns what went wrong if it panicked or was aborted.
+    async fn join(&mut self) -> Option<String> {
+        if self.ended.is_none() {
+            self.ended = Some((&mut self.handle).await);
         }
-    }
-    match failure {
-        Some(message) => {
-            tracing::error!(%message, "server stopped abnormally");
-            Err(ServerError(message))
-        }
-        None => {
-            tracing::info!("server stopped");
-            Ok(())
+        match &self.ended {
+            Some(Err(error)) => Some(format!("{} task failed: {error}", self.name)),
+            _ => None,
         }
     }
 }

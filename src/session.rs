@@ -32,10 +32,10 @@ use followermaze_protocol::resume::{write_checkpoint, write_verdict, StreamId, V
 use followermaze_protocol::{Seq, UserId};
 use hashbrown::HashMap;
 
-use crate::retention::{Replayable, Retention, RetentionLimits};
+use crate::retention::{Replayable, Retention, RetentionLimits, SESSION_BYTES};
 
 /// Settings for sessions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SessionSettings {
     /// How long a session outlives its last connection.
     pub window: Duration,
@@ -64,8 +64,6 @@ pub(crate) struct Attached {
     pub verdict: Verdict,
     /// The verdict's `<seq>`.
     pub seq: Seq,
-    /// Retained lines sent after the verdict.
-    pub replayed: u64,
     /// Whether this connection opened the session.
     pub opened: bool,
 }
@@ -141,9 +139,10 @@ impl Sessions {
     }
 
     /// A resumable connection of `user` registers, having received up to
-    /// `after` of `stream`; the server's position is `position`. Appends the
-    /// verdict line to `out`, then calls `replay` with each line owed from
-    /// the verdict's `<seq>` on (the caller stages and counts them).
+    /// `after` of `stream`; the server's position is `position`. Decides the
+    /// verdict by the rule in the module doc, appends its line to `out`, and
+    /// opens the session if it was not open. The lines owed after the
+    /// verdict's `<seq>` come from [`Sessions::replay`].
     pub(crate) fn attach(
         &mut self,
         user: UserId,
@@ -151,7 +150,6 @@ impl Sessions {
         after: Seq,
         position: Seq,
         out: &mut Vec<u8>,
-        mut replay: impl FnMut(&mut Vec<u8>, &[u8]),
     ) -> Attached {
         let existed = self.lives.contains_key(&user);
         let life = self.lives.entry(user).or_insert(Life {
@@ -173,19 +171,41 @@ impl Sessions {
         };
         let opened = self.retention.open(user, position);
         write_verdict(out, verdict, &self.stream, seq);
-        let mut replayed = 0;
-        if seq < position {
-            self.retention.replay(user, seq, |line| {
-                replay(out, line);
-                replayed += 1;
-            });
-        }
         Attached {
             verdict,
             seq,
-            replayed,
             opened,
         }
+    }
+
+    /// Calls `each` with every retained line of `user` above `after`, in
+    /// order.
+    pub(crate) fn replay(&self, user: UserId, after: Seq, each: impl FnMut(&[u8])) {
+        self.retention.replay(user, after, each);
+    }
+
+    /// Whether opening one more session would take the sessions' own cost
+    /// past the total retention bound (each costs [`SESSION_BYTES`] even
+    /// with no lines), so that the longest-idle one should make room.
+    pub(crate) fn is_full(&self) -> bool {
+        (self.lives.len() + 1) * SESSION_BYTES > self.settings.limits.total_bytes
+    }
+
+    /// Ends the session idle the longest, to make room; returns its user,
+    /// or `None` if every session has a connection open.
+    pub(crate) fn purge_oldest_idle(&mut self) -> Option<UserId> {
+        while let Some((since, user)) = self.idle.pop_front() {
+            let idle = self
+                .lives
+                .get(&user)
+                .is_some_and(|life| life.open == 0 && life.idle_since == Some(since));
+            if idle {
+                self.lives.remove(&user);
+                self.retention.close(user);
+                return Some(user);
+            }
+        }
+        None
     }
 
     /// A resumable connection of `user` ended at `now`.
@@ -223,7 +243,8 @@ impl Sessions {
     }
 
     /// Whether `user` has a session.
-    pub(crate) fn contains(&self, user: UserId) -> bool {
+    #[cfg(test)]
+    fn contains(&self, user: UserId) -> bool {
         self.lives.contains_key(&user)
     }
 }
@@ -325,7 +346,8 @@ mod tests {
     ) -> (Control, Vec<String>) {
         let mut out = Vec::new();
         let mut lines = Vec::new();
-        sessions.attach(user, stream, after, position, &mut out, |_, line| {
+        let attached = sessions.attach(user, stream, after, position, &mut out);
+        sessions.replay(user, attached.seq, |line| {
             lines.push(String::from_utf8_lossy(line).into_owned())
         });
         (parse_control(&out).expect("a verdict line"), lines)
@@ -423,6 +445,29 @@ mod tests {
         );
         assert!(!sessions.contains(1));
         assert_eq!(sessions.retained_bytes(), 0);
+    }
+
+    #[test]
+    fn a_full_house_purges_the_longest_idle_session_first() {
+        let mut sessions = Sessions::new(SessionSettings {
+            limits: RetentionLimits {
+                per_session_bytes: 1 << 10,
+                total_bytes: 3 * SESSION_BYTES,
+            },
+            ..SETTINGS
+        });
+        let start = Instant::now();
+        for user in 1..=3 {
+            attach(&mut sessions, user, None, 0, 0);
+        }
+        assert!(sessions.is_full());
+        assert_eq!(sessions.purge_oldest_idle(), None, "all connected");
+        sessions.detach(2, start);
+        sessions.detach(1, start + Duration::from_secs(1));
+        assert_eq!(sessions.purge_oldest_idle(), Some(2));
+        assert!(!sessions.is_full());
+        assert_eq!(sessions.purge_oldest_idle(), Some(1));
+        assert_eq!(sessions.purge_oldest_idle(), None);
     }
 
     #[test]

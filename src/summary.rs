@@ -42,6 +42,12 @@ pub struct Snapshot {
     pub sources: u64,
     /// Clients disconnected for not reading.
     pub slow_consumers: u64,
+    /// Gauge: resumable sessions open.
+    pub sessions: u64,
+    /// Resumes answered `#OK`.
+    pub resumes_ok: u64,
+    /// Resumes answered `#GAP`.
+    pub resumes_gap: u64,
     /// Latency histogram bucket counts (not cumulative).
     pub latency: [u64; LATENCY_BUCKETS],
 }
@@ -65,6 +71,9 @@ impl Snapshot {
             clients: get(&stats.clients_connected),
             sources: get(&stats.sources_connected),
             slow_consumers: stats.disconnects(DisconnectReason::SlowConsumer),
+            sessions: get(&stats.sessions_open),
+            resumes_ok: get(&stats.resumes_ok),
+            resumes_gap: get(&stats.resumes_gap),
             latency: stats.latency.counts(),
         }
     }
@@ -90,7 +99,8 @@ impl fmt::Display for Line<'_> {
             f,
             "events in={} ({:.0}/s) out={} ({:.0}/s) window={} next={} \
              clients={} sources={} notifications={} bytes={} \
-             bad_lines={} dropped={} skipped={} slow_consumers={} p99",
+             bad_lines={} dropped={} skipped={} slow_consumers={} \
+             sessions={} resumes_ok={} resumes_gap={} p99",
             now.events_received,
             rate(now.events_received, before.events_received),
             now.events_delivered,
@@ -105,6 +115,9 @@ impl fmt::Display for Line<'_> {
             now.dropped_events,
             now.skipped,
             now.slow_consumers,
+            now.sessions,
+            now.resumes_ok,
+            now.resumes_gap,
         )?;
         let recent: [u64; LATENCY_BUCKETS] =
             std::array::from_fn(|i| now.latency[i].saturating_sub(before.latency[i]));
@@ -183,6 +196,9 @@ mod tests {
         Stats::add(&stats.duplicate_events, 5);
         Stats::set(&stats.next_sequence, 991);
         Stats::set(&stats.clients_connected, 3);
+        Stats::set(&stats.sessions_open, 2);
+        Stats::add(&stats.resumes_ok, 5);
+        Stats::add(&stats.resumes_gap, 1);
         stats.latency.record(Duration::from_secs(1)); // before the interval
         let before = Snapshot::take(&stats);
         Stats::add(&stats.events_received, 3000);
@@ -201,7 +217,7 @@ mod tests {
             line,
             "events in=4000 (300/s) out=4000 (301/s) window=0 next=991 clients=3 sources=0 \
              notifications=0 bytes=0 bad_lines=3 dropped=9 skipped=0 slow_consumers=0 \
-             p99<512µs"
+             sessions=2 resumes_ok=5 resumes_gap=1 p99<512µs"
         );
     }
 

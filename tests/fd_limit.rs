@@ -7,7 +7,7 @@ mod common;
 use std::time::Instant;
 
 use common::{get, send, wait_until, TestServer};
-use followermaze::accept::ACCEPT_BACKOFF;
+use followermaze::ACCEPT_BACKOFF;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use common::{get, send, wait_until, within, TestServer};
-use followermaze::stats::DisconnectReason;
+use followermaze::DisconnectReason;
 use followermaze::{Config, Listeners};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Sends `requests` (raw HTTP/1.1, the last one closing) on one connection
 /// and returns everything the server answered.
@@ -197,6 +197,57 @@ async fn healthz_is_200_and_other_paths_are_404() {
     server.stop().await.unwrap();
     let refused = within("refused connect", TcpStream::connect(metrics)).await;
     assert!(refused.is_err(), "the endpoint closes with the server");
+}
+
+#[tokio::test]
+async fn healthz_is_503_once_shutdown_stops_the_pipeline() {
+    // A client that never reads holds the writers' drain open; the metrics
+    // endpoint stops only after it, so it answers while the accept loops,
+    // the sequencer and the registry have already ended.
+    let config = Config {
+        client_send_buffer_bytes: 64 * 1024,
+        // Longer than any wait here: the test ends the drain itself.
+        drain_timeout_ms: 600_000,
+        ..Config::default()
+    };
+    let (mut server, metrics) = TestServer::start_with_metrics(config).await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = within("client connect", socket.connect(server.clients))
+        .await
+        .unwrap();
+    within("handshake", stuck.write_all(b"1\r\n"))
+        .await
+        .unwrap();
+    wait_until("client registered", || {
+        get(&server.stats.clients_connected) == 1
+    })
+    .await;
+    // About 1 MiB: far more than the sockets buffer, under the client's
+    // 4 MiB bound, so its writer is left blocked with bytes to send.
+    const EVENTS: u64 = 100_000;
+    let text: String = (1..=EVENTS).map(|seq| format!("{seq}|B\r\n")).collect();
+    let mut source = server.source().await;
+    send(&mut source, &text).await;
+    drop(source);
+    server.delivered(EVENTS).await;
+    assert_eq!(http_get(metrics, "/healthz").await.0, 200);
+
+    server.request_stop();
+    within("healthz to report the stopped pipeline", async {
+        while http_get(metrics, "/healthz").await != (503, "unavailable\n".to_owned()) {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        http_get(metrics, "/metrics").await.0,
+        200,
+        "the numbers can still be read during the drain"
+    );
+    // Closing the stuck client fails its writer's last write: the drain ends.
+    drop(stuck);
+    server.stop().await.unwrap();
 }
 
 fn local_config(metrics_port: u16) -> Config {

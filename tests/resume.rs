@@ -4,8 +4,8 @@
 mod common;
 
 use common::{get, send, wait_until, within, TestServer};
-use followermaze::stats::DisconnectReason;
 use followermaze::Config;
+use followermaze::DisconnectReason;
 use followermaze_protocol::resume::{parse_control, Control, StreamId, Verdict};
 use followermaze_protocol::{parse_event, Seq};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -84,8 +84,9 @@ impl Resumer {
             return Line::Closed;
         }
         if bytes.first() == Some(&b'#') {
-            let control = parse_control(&bytes)
-                .unwrap_or_else(|| panic!("bad control line {:?}", String::from_utf8_lossy(&bytes)));
+            let control = parse_control(&bytes).unwrap_or_else(|| {
+                panic!("bad control line {:?}", String::from_utf8_lossy(&bytes))
+            });
             match control {
                 Control::Verdict { stream, seq, .. } => {
                     self.stream = Some(stream);
@@ -106,7 +107,11 @@ impl Resumer {
             return Line::Control(control);
         }
         let (seq, _) = parse_event(&bytes).expect("an event line");
-        assert!(seq > self.after, "line {seq} repeats or goes back (after {})", self.after);
+        assert!(
+            seq > self.after,
+            "line {seq} repeats or goes back (after {})",
+            self.after
+        );
         self.after = seq;
         self.count += 1;
         self.crc.update(&bytes);
@@ -298,7 +303,11 @@ async fn another_stream_a_restarted_server_or_a_position_ahead_get_a_gap() {
 
     // Another stream id.
     let mut other = Resumer::new(5);
-    let hello = if stream.as_str() == "zzz" { "5|yyy|3\r\n" } else { "5|zzz|3\r\n" };
+    let hello = if stream.as_str() == "zzz" {
+        "5|yyy|3\r\n"
+    } else {
+        "5|zzz|3\r\n"
+    };
     assert_eq!(other.connect_with(&server, hello).await, (Verdict::Gap, 3));
     // A position ahead of the server's.
     let ahead = format!("5|{stream}|50\r\n");

@@ -4,8 +4,8 @@
 mod common;
 
 use common::{get, send, wait_until, within, Client, TestServer};
-use followermaze::stats::DisconnectReason;
 use followermaze::Config;
+use followermaze::DisconnectReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

@@ -178,13 +178,13 @@ async fn serve_source(
             let seq = next;
             next += 1;
             let clients = registry.lock().unwrap();
-            let audience: Vec<ClientTx> = match router.apply(kind) {
+            let audience: Vec<ClientTx> = match router.apply(kind).audience {
                 Audience::Nobody => Vec::new(),
                 Audience::User(user) => clients.get(&user).cloned().unwrap_or_default(),
                 Audience::Everyone => clients.values().flatten().cloned().collect(),
-                Audience::Followers(followers) => followers
-                    .iter()
-                    .filter_map(|user| clients.get(user))
+                Audience::Followers(author) => router
+                    .followers(author)
+                    .filter_map(|user| clients.get(&user))
                     .flatten()
                     .cloned()
                     .collect(),

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use followermaze::stats::Stats;
+use followermaze::Stats;
 use followermaze::{Config, Listeners};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -48,7 +48,7 @@ pub struct TestServer {
     pub clients: SocketAddr,
     pub stats: Arc<Stats>,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), followermaze::server::ServerError>>,
+    task: JoinHandle<Result<(), followermaze::ServerError>>,
 }
 
 impl TestServer {
@@ -147,11 +147,17 @@ impl TestServer {
         .await;
     }
 
-    /// Asks the server to stop and waits for `run` to return.
-    pub async fn stop(mut self) -> Result<(), followermaze::server::ServerError> {
+    /// Asks the server to stop, without waiting: it drains meanwhile.
+    pub fn request_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Asks the server to stop (if not asked yet) and waits for `run` to
+    /// return.
+    pub async fn stop(mut self) -> Result<(), followermaze::ServerError> {
+        self.request_stop();
         within("server shutdown", &mut self.task).await.unwrap()
     }
 }

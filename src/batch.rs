@@ -1,0 +1,148 @@
+//! The seam between putting events in order and acting on them: an
+//! [`OrderedBatch`] is the one thing the registry consumes from upstream.
+//!
+//! Today the in-process sequencer produces batches from the reorder window;
+//! a consumer of an ordered log (a NATS JetStream stream, say) could feed
+//! the registry the same batches, with nothing downstream changing.
+//!
+//! What a producer promises, stated once here and `debug_assert!`ed where
+//! it can be checked:
+//! - a batch is never empty;
+//! - within a batch, sequence numbers strictly increase;
+//! - across the batches of one stream, they keep increasing: each batch's
+//!   first sequence number is greater than the previous batch's last
+//!   (gaps are allowed: a skipped sequence never comes);
+//! - a batch marked [`OrderedBatch::starts_new_stream`] begins a new stream:
+//!   the consumer forgets the follower graph before applying it, and its
+//!   sequence numbers may start again from 1.
+//!
+//! How large a batch is, is the producer's policy (the sequencer caps its
+//! batches at `MAX_DELIVER_EVENTS` to bound the
+//! registry's queue).
+
+use std::time::Instant;
+
+use followermaze_protocol::{Event, Seq};
+
+/// Events in strictly increasing sequence order, ready to apply; see the
+/// module doc for what a producer promises.
+#[derive(Debug)]
+pub struct OrderedBatch {
+    /// The events, in the order they must be applied.
+    events: Vec<Event>,
+    /// When the source read that made them deliverable; carried to the
+    /// writers so the latency histogram measures read-to-write.
+    read_at: Instant,
+    /// Whether a new stream begins with this batch: the follower graph of
+    /// the old one must be forgotten first.
+    new_stream: bool,
+}
+
+impl OrderedBatch {
+    /// A batch of `events`, made deliverable by a read at `read_at`,
+    /// continuing the current stream.
+    ///
+    /// `events` must be non-empty and strictly increasing by sequence
+    /// number (checked in debug builds).
+    pub fn new(events: Vec<Event>, read_at: Instant) -> OrderedBatch {
+        debug_assert!(!events.is_empty(), "an ordered batch is never empty");
+        debug_assert!(
+            events.windows(2).all(|pair| pair[0].seq < pair[1].seq),
+            "an ordered batch strictly increases by sequence number"
+        );
+        OrderedBatch {
+            events,
+            read_at,
+            new_stream: false,
+        }
+    }
+
+    /// This batch, marked as the first of a new stream.
+    pub fn starting_new_stream(mut self) -> OrderedBatch {
+        self.new_stream = true;
+        self
+    }
+
+    /// The events, in sequence order.
+    #[inline]
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// When the source read that made these events deliverable.
+    #[inline]
+    pub fn read_at(&self) -> Instant {
+        self.read_at
+    }
+
+    /// Whether a new stream begins with this batch.
+    #[inline]
+    pub fn starts_new_stream(&self) -> bool {
+        self.new_stream
+    }
+
+    /// Whether this batch may follow a batch whose last sequence number was
+    /// `previous` (`None` before the first batch): true if it starts a new
+    /// stream or carries on after `previous`.
+    pub fn follows(&self, previous: Option<Seq>) -> bool {
+        match previous {
+            _ if self.new_stream => true,
+            None => true,
+            Some(last) => self.first_seq() > last,
+        }
+    }
+
+    /// The first sequence number in the batch.
+    pub fn first_seq(&self) -> Seq {
+        self.events.first().map_or(0, |event| event.seq)
+    }
+
+    /// The last sequence number in the batch.
+    pub fn last_seq(&self) -> Seq {
+        self.events.last().map_or(0, |event| event.seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use followermaze_protocol::EventKind;
+
+    fn events(seqs: &[Seq]) -> Vec<Event> {
+        seqs.iter()
+            .map(|&seq| Event {
+                seq,
+                kind: EventKind::Broadcast,
+                raw: Bytes::from(format!("{seq}|B\n")),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_carries_on_after_the_one_before_unless_a_stream_starts() {
+        let batch = OrderedBatch::new(events(&[5, 6, 9]), Instant::now());
+        assert_eq!((batch.first_seq(), batch.last_seq()), (5, 9));
+        assert!(batch.follows(None));
+        assert!(batch.follows(Some(4)), "a gap is allowed");
+        assert!(!batch.follows(Some(5)));
+        assert!(!batch.starts_new_stream());
+        let restart = OrderedBatch::new(events(&[1, 2]), Instant::now()).starting_new_stream();
+        assert!(restart.starts_new_stream());
+        assert!(restart.follows(Some(9)));
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "strictly increases")]
+    fn an_out_of_order_batch_is_caught_in_debug_builds() {
+        OrderedBatch::new(events(&[2, 1]), Instant::now());
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "never empty")]
+    fn an_empty_batch_is_caught_in_debug_builds() {
+        OrderedBatch::new(Vec::new(), Instant::now());
+    }
+}
