@@ -747,11 +747,11 @@ impl ResumableServer {
 
 /// The users the real router says `kind` concerns; `None` for everyone.
 fn recipients(router: &mut Router, kind: EventKind) -> Option<Vec<UserId>> {
-    match router.apply(kind) {
+    match router.apply(kind).audience {
         Audience::Nobody => Some(Vec::new()),
         Audience::User(user) => Some(vec![user]),
         Audience::Everyone => None,
-        Audience::Followers(followers) => Some(followers.iter().copied().collect()),
+        Audience::Followers(author) => Some(router.followers(author).collect()),
     }
 }
 
@@ -1204,6 +1204,11 @@ async fn same_seed_same_stream_on_the_wire() {
 
 /// Our server on port 0, stopped when the sender is dropped or fired.
 async fn real_server() -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
+    real_server_with(Config::default()).await
+}
+
+/// Our server with `config`, on port 0, stopped like [`real_server`]'s.
+async fn real_server_with(config: Config) -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
     let events = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let clients = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addresses = (events.local_addr().unwrap(), clients.local_addr().unwrap());
@@ -1214,7 +1219,7 @@ async fn real_server() -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
             clients,
             metrics: None,
         },
-        Config::default(),
+        config,
         async move {
             let _ = stopped.await;
         },
@@ -1278,4 +1283,60 @@ async fn our_server_passes_a_paced_run_with_small_batches() {
     let report = verify(config).await.unwrap_or_else(|f| panic!("{f}"));
     // Pacing is a floor on the time taken, never a ceiling: no upper bound.
     assert!(report.send_time >= Duration::from_millis(90), "{report}");
+}
+
+/// A resumable run against our server: few users with many lines each.
+fn resumable_against(events: SocketAddr, clients: SocketAddr) -> VerifyConfig {
+    VerifyConfig {
+        total_events: 20_000,
+        concurrency_level: 10,
+        number_of_users: 10,
+        resumable: true,
+        ..small(events, clients)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_server_resumes_every_drop_exactly() {
+    let (events, clients, _stop) = real_server_with(Config {
+        checkpoint_interval_ms: 20,
+        ..Config::default()
+    })
+    .await;
+    let mut config = resumable_against(events, clients);
+    // About a second of stream, a drop every 25 ms per client.
+    config.rate = 20_000;
+    config.killswitch = Duration::from_millis(25);
+    let report = verify(config).await.unwrap_or_else(|f| panic!("{f}"));
+    eprintln!("{report}");
+    let stats = resume_stats(&report);
+    let own: u64 = stats.drops.iter().sum();
+    assert!(own >= 50 && stats.resumes_ok > own / 2, "{report}");
+    assert_eq!(stats.resumes_gap, 0, "{report}");
+    assert!(stats.checkpoints > 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_server_passes_with_its_own_resets_and_back_to_back_runs() {
+    let (events, clients, _stop) = real_server_with(Config {
+        fault_reset_every: 40,
+        checkpoint_interval_ms: 20,
+        ..Config::default()
+    })
+    .await;
+    let mut config = resumable_against(events, clients);
+    config.killswitch = Duration::from_millis(30);
+    config.offline = Duration::from_millis(2);
+    let first = verify(config.clone())
+        .await
+        .unwrap_or_else(|f| panic!("{f}"));
+    eprintln!("{first}");
+    let stats = resume_stats(&first);
+    assert!(stats.server_drops >= 100, "{first}");
+    assert_eq!(stats.resumes_gap, 0, "{first}");
+    // A second run on the same server: its probe starts the new stream
+    // before the clients connect, so their first verdicts are of it.
+    config.random_seed = 7;
+    let second = verify(config).await.unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(resume_stats(&second).resumes_gap, 0, "{second}");
 }
