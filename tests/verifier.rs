@@ -456,6 +456,7 @@ struct ResumeOptions {
 }
 
 impl ResumeOptions {
+    /// A correct server: no fault, no resets, a 30 s window.
     fn correct() -> ResumeOptions {
         ResumeOptions {
             fault: ResumeFault::None,
@@ -500,22 +501,30 @@ struct FakeSession {
     opened_at: Seq,
 }
 
-/// Everything behind the one lock.
+/// Everything behind the one lock: routing, verdicts and replays all take
+/// it, so a connection switches from replay to live between two events.
 struct FakeState {
+    /// How it behaves.
     options: ResumeOptions,
+    /// Its one stream id (it never starts another).
     stream: StreamId,
     /// The last sequence applied.
     position: Seq,
+    /// Sessions by user, open or within their window.
     sessions: HashMap<UserId, FakeSession>,
+    /// Connections by user, classic and resumable.
     conns: HashMap<UserId, Vec<FakeConn>>,
+    /// The next connection id.
     next_id: u64,
     /// The sequence number the fault hit, once it has.
     struck: Option<Seq>,
     /// `DropFirstLive`: a connection is armed.
     armed: bool,
-    /// Resumes answered `#OK` and `#GAP`, and connections reset.
+    /// Resumes answered `#OK`.
     resumes_ok: u64,
+    /// Resumes answered `#GAP`.
     resumes_gap: u64,
+    /// Connections reset after `reset_every` lines.
     resets: u64,
 }
 
@@ -679,9 +688,13 @@ impl FakeState {
 
 /// The running resumable test server.
 struct ResumableServer {
+    /// Its event port.
     events: SocketAddr,
+    /// Its client port.
     clients: SocketAddr,
+    /// Its state, for the figures and the fault's record.
     state: Arc<Mutex<FakeState>>,
+    /// Its accept loops; aborted when it is dropped.
     tasks: tokio::task::JoinSet<()>,
 }
 

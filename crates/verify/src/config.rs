@@ -7,6 +7,10 @@
 //! server's ([`followermaze_protocol::settings`]): each name also in upper
 //! snake case (`TOTAL_EVENTS`), and `name=value: why` for a value that does
 //! not parse or is out of range, never a silent default.
+//!
+//! Two are the server's own variables, read under the server's names for
+//! what a resumable run may expect of it (`resumeWindowSecs`,
+//! `resumeBufferBytes`): started from one environment, both binaries agree.
 
 use std::time::Duration;
 
