@@ -3,6 +3,9 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use common::{get, send, wait_until, within, Client, TestServer};
 use followermaze::Config;
 use followermaze::DisconnectReason;
@@ -137,7 +140,10 @@ async fn whatever_a_client_sends_after_its_id_is_ignored() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_off_and_nobody_else_waits() {
-    const EVENTS: u64 = 200_000;
+    // About 4.3 MB of broadcasts: more than the stuck client's bound on
+    // pending bytes plus the one buffer its writer may hold, whatever the
+    // timing.
+    const EVENTS: u64 = 400_000;
     const BOUND: usize = 1 << 20;
     let config = Config {
         max_client_buffer_bytes: BOUND,
@@ -153,25 +159,35 @@ async fn a_client_that_stops_reading_is_cut_off_and_nobody_else_waits() {
     let mut stuck = socket.connect(server.clients).await.unwrap();
     stuck.write_all(b"666\r\n").await.unwrap();
     let mut readers = Vec::new();
+    let mut progress = Vec::new();
     for user in 1..=3u64 {
         let client = server.client(user).await;
-        readers.push(tokio::spawn(read_all_broadcasts(client, EVENTS)));
+        let received = Arc::new(AtomicU64::new(0));
+        progress.push(received.clone());
+        readers.push(tokio::spawn(read_all_broadcasts(client, EVENTS, received)));
     }
     wait_until("all four registered", || {
         get(&server.stats.clients_connected) == 4
     })
     .await;
 
+    // Half a bound at a time, each once the healthy clients have all of
+    // the previous one: they never fall a bound behind, however slowly
+    // this process reads for them, while the stuck client falls behind
+    // by everything.
     let mut source = server.source().await;
     let mut text = String::with_capacity(1 << 20);
     for seq in 1..=EVENTS {
         text.push_str(&format!("{seq}|B\r\n"));
-        if text.len() > (1 << 19) {
+        if text.len() > BOUND / 2 || seq == EVENTS {
             send(&mut source, &text).await;
             text.clear();
+            wait_until("the healthy clients to keep up", || {
+                progress.iter().all(|received| get(received) >= seq)
+            })
+            .await;
         }
     }
-    send(&mut source, &text).await;
 
     for reader in readers {
         within("a healthy client's full stream", reader)
@@ -194,8 +210,9 @@ async fn a_client_that_stops_reading_is_cut_off_and_nobody_else_waits() {
     server.stop().await.unwrap();
 }
 
-/// Reads `1|B\r\n` .. `{events}|B\r\n` in order, comparing as it goes.
-async fn read_all_broadcasts(mut client: Client, events: u64) {
+/// Reads `1|B\r\n` .. `{events}|B\r\n` in order, comparing as it goes,
+/// and publishes how far it got in `received`.
+async fn read_all_broadcasts(mut client: Client, events: u64, received: Arc<AtomicU64>) {
     let mut expected_seq = 1u64;
     let mut line = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -206,6 +223,7 @@ async fn read_all_broadcasts(mut client: Client, events: u64) {
             line.push(byte);
             if byte == b'\n' {
                 assert_eq!(line, format!("{expected_seq}|B\r\n").as_bytes());
+                received.store(expected_seq, Ordering::Relaxed);
                 expected_seq += 1;
                 line.clear();
             }
