@@ -9,7 +9,20 @@
 #   eventListenerPort=9090 clientListenerPort=9099 serverHost=127.0.0.1
 #   totalEvents=10000000 concurrencyLevel=100 numberOfUsers=1000
 #   randomSeed=666 timeout=20000 maxEventSourceBatchSize=100
-#   logInterval=1000 logLevel=info profile=classic rate=0
+#   logInterval=1000 logLevel=info profile=classic rate=0 lineEndings=exact
+#
+# and for resumable sessions under fault injection (README.md, "Resumable
+# runs"):
+#
+#   resumable=false killswitchMs=0 offlineMs=0
+#   resumeWindowSecs=30 resumeBufferBytes=1048576   (the server's own names)
+#
+# Nothing is passed by hand: the script execs the verifier, which inherits
+# this environment whole, so every variable set for the script reaches it
+# unchanged. The two it shares with the server (resumeWindowSecs,
+# resumeBufferBytes) keep the server's names: export them once for both.
+#
+#   resumable=true killswitchMs=200 totalEvents=1000000 ./followermaze.sh
 #
 # Exit status: 0 all notifications received; 1 something went wrong;
 # 2 nothing listens on the ports, or a setting is invalid.

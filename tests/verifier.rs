@@ -1,4 +1,5 @@
-//! The verifier against servers that are right and servers that are wrong.
+//! The verifier against servers that are right and servers that are wrong,
+//! plain and resumable.
 //!
 //! A verifier that never fails proves nothing, so most of these tests run it
 //! against a minimal in-process server with one deliberate fault (a dropped
@@ -15,9 +16,13 @@ use std::time::Duration;
 
 use followermaze::router::{Audience, Router};
 use followermaze::{Config, Listeners};
+use followermaze_protocol::resume::{
+    parse_hello, write_checkpoint, write_verdict, Hello, StreamId, Verdict,
+};
 use followermaze_protocol::{parse_event, parse_user_id, EventKind, Seq, UserId};
 use followermaze_verify::{
-    run, ByteDiff, Failure, LineEndings, LogLevel, Profile, Report, VerifyConfig,
+    run, ByteDiff, CheckpointProblem, ClientRef, ConnectionRef, Failure, LineEndings, LogLevel,
+    Profile, Report, ResumeStats, VerdictProblem, VerifyConfig,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -407,6 +412,749 @@ async fn nothing_listening_is_reported_with_the_address() {
 }
 
 // ---------------------------------------------------------------------------
+// A minimal resumable server, correct or with one fault.
+//
+// It speaks the protocol of README "Resumable sessions" as simply as it can:
+// every line concerning a session's user is kept for good (a test run is a
+// few thousand events), so a resume is always complete; verdicts, replays
+// and live lines are queued under one lock, so nothing is lost or repeated
+// at the switch from replay to live; a checkpoint goes to every resumable
+// connection every few events, its count and CRC-32 kept by the connection's
+// writer over exactly what it wrote. Optionally it resets each resumable
+// connection after a number of lines (like the server's `faultResetEvery`),
+// forgets sessions as soon as their window is over, or breaks one rule.
+
+/// What the resumable test server does wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResumeFault {
+    /// Nothing: a correct server.
+    None,
+    /// On one resume, also resends the last line at or below the client's
+    /// `<after>`: one line too many at the boundary.
+    ReplayOneTooMany,
+    /// On one resume, leaves out the first live line after the replay.
+    DropFirstLive,
+    /// On one resume, answers `#OK` but leaves out the replay's first line.
+    OkAfterLoss,
+    /// Every checkpoint carries a wrong CRC-32.
+    WrongCrc,
+    /// Sends its checkpoints to classic connections too.
+    ControlToPlain,
+}
+
+/// How the resumable test server behaves.
+#[derive(Debug, Clone, Copy)]
+struct ResumeOptions {
+    /// The fault, if any.
+    fault: ResumeFault,
+    /// Reset a resumable connection after each this many event lines.
+    reset_every: Option<u64>,
+    /// How long a session outlives its last connection.
+    window: Duration,
+    /// A checkpoint every this many events applied.
+    checkpoint_every: u64,
+}
+
+impl ResumeOptions {
+    /// A correct server: no fault, no resets, a 30 s window.
+    fn correct() -> ResumeOptions {
+        ResumeOptions {
+            fault: ResumeFault::None,
+            reset_every: None,
+            window: Duration::from_secs(30),
+            checkpoint_every: 97,
+        }
+    }
+}
+
+/// What one connection's writer is given, in order.
+enum Out {
+    /// A verdict, written as is.
+    Verdict(Vec<u8>),
+    /// An event line, counted for the checkpoints.
+    Line(Vec<u8>),
+    /// A checkpoint at this position.
+    Checkpoint(Seq),
+}
+
+/// A connection, as the router sees it.
+struct FakeConn {
+    /// Tells it apart from the user's other connections.
+    id: u64,
+    /// Its writer's queue (unbounded: a test server, a few thousand events).
+    tx: mpsc::UnboundedSender<Out>,
+    /// Whether it sent the resumable handshake.
+    resumable: bool,
+    /// `DropFirstLive`: leave out the next live line.
+    drop_next_live: bool,
+}
+
+/// A user's session: every line since it opened.
+struct FakeSession {
+    /// The lines, in sequence order.
+    lines: Vec<(Seq, Vec<u8>)>,
+    /// Resumable connections open now.
+    open: u32,
+    /// When the last one closed.
+    idle_since: Option<std::time::Instant>,
+    /// The position it was opened at.
+    opened_at: Seq,
+}
+
+/// Everything behind the one lock: routing, verdicts and replays all take
+/// it, so a connection switches from replay to live between two events.
+struct FakeState {
+    /// How it behaves.
+    options: ResumeOptions,
+    /// Its one stream id (it never starts another).
+    stream: StreamId,
+    /// The last sequence applied.
+    position: Seq,
+    /// Sessions by user, open or within their window.
+    sessions: HashMap<UserId, FakeSession>,
+    /// Connections by user, classic and resumable.
+    conns: HashMap<UserId, Vec<FakeConn>>,
+    /// The next connection id.
+    next_id: u64,
+    /// The sequence number the fault hit, once it has.
+    struck: Option<Seq>,
+    /// `DropFirstLive`: a connection is armed.
+    armed: bool,
+    /// Resumes answered `#OK`.
+    resumes_ok: u64,
+    /// Resumes answered `#GAP`.
+    resumes_gap: u64,
+    /// Connections reset after `reset_every` lines.
+    resets: u64,
+}
+
+impl FakeState {
+    /// Forgets `user`'s session if its window is over.
+    fn expire(&mut self, user: UserId) {
+        let window = self.options.window;
+        if let Some(session) = self.sessions.get(&user) {
+            let over = session.open == 0
+                && session
+                    .idle_since
+                    .is_some_and(|since| since.elapsed() >= window);
+            if over {
+                self.sessions.remove(&user);
+            }
+        }
+    }
+
+    /// A resumable handshake: the verdict rule, the replay, and the
+    /// connection registered for live lines, all at once.
+    fn attach(
+        &mut self,
+        user: UserId,
+        stream: Option<StreamId>,
+        after: Seq,
+        id: u64,
+        tx: mpsc::UnboundedSender<Out>,
+    ) {
+        self.expire(user);
+        let position = self.position;
+        let existed = self.sessions.contains_key(&user);
+        let session = self.sessions.entry(user).or_insert(FakeSession {
+            lines: Vec::new(),
+            open: 0,
+            idle_since: None,
+            opened_at: position,
+        });
+        session.open += 1;
+        session.idle_since = None;
+        let (verdict, seq) = match stream {
+            None => (Verdict::Ok, position),
+            Some(stream) if stream != self.stream || after > position || !existed => {
+                (Verdict::Gap, position)
+            }
+            Some(_) => (Verdict::Ok, after),
+        };
+        let resume = stream.is_some();
+        match (resume, verdict) {
+            (true, Verdict::Ok) => self.resumes_ok += 1,
+            (true, Verdict::Gap) => self.resumes_gap += 1,
+            (false, _) => {}
+        }
+        let mut line = Vec::new();
+        write_verdict(&mut line, verdict, &self.stream, seq);
+        let _ = tx.send(Out::Verdict(line));
+        let strike = resume && verdict == Verdict::Ok && self.struck.is_none();
+        let replay: Vec<&(Seq, Vec<u8>)> = session.lines.iter().filter(|(s, _)| *s > seq).collect();
+        let mut skip = None;
+        let mut drop_next_live = false;
+        match self.options.fault {
+            ResumeFault::ReplayOneTooMany if strike => {
+                let boundary = session
+                    .lines
+                    .iter()
+                    .rev()
+                    .find(|(s, _)| *s <= after && *s > session.opened_at);
+                if let Some((s, line)) = boundary {
+                    self.struck = Some(*s);
+                    let _ = tx.send(Out::Line(line.clone()));
+                }
+            }
+            ResumeFault::OkAfterLoss if strike && !replay.is_empty() => {
+                skip = Some(replay[0].0);
+                self.struck = skip;
+            }
+            ResumeFault::DropFirstLive if strike && !self.armed => {
+                // Only where the next line after the dropped one is sure to
+                // come on this connection, before its reset.
+                let room = self.options.reset_every.unwrap_or(u64::MAX);
+                if (replay.len() as u64) + 2 < room {
+                    drop_next_live = true;
+                    self.armed = true;
+                }
+            }
+            _ => {}
+        }
+        for (s, line) in replay {
+            if Some(*s) != skip {
+                let _ = tx.send(Out::Line(line.clone()));
+            }
+        }
+        self.conns.entry(user).or_default().push(FakeConn {
+            id,
+            tx,
+            resumable: true,
+            drop_next_live,
+        });
+    }
+
+    /// Connection `id` of `user` ended.
+    fn detach(&mut self, user: UserId, id: u64) {
+        let Some(conns) = self.conns.get_mut(&user) else {
+            return;
+        };
+        let Some(index) = conns.iter().position(|conn| conn.id == id) else {
+            return;
+        };
+        let conn = conns.swap_remove(index);
+        if conn.drop_next_live {
+            // Armed, never struck: let a later resume try again.
+            self.armed = false;
+        }
+        if conn.resumable {
+            if let Some(session) = self.sessions.get_mut(&user) {
+                session.open -= 1;
+                if session.open == 0 {
+                    session.idle_since = Some(std::time::Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Applies event `seq` (line `raw`) for `recipients` (`None`: everyone).
+    fn route(&mut self, seq: Seq, raw: &[u8], recipients: Option<Vec<UserId>>) {
+        self.position = seq;
+        let users: Vec<UserId> = match recipients {
+            Some(users) => users,
+            None => self
+                .sessions
+                .keys()
+                .chain(self.conns.keys())
+                .copied()
+                .collect::<std::collections::HashSet<_>>()
+                .into_iter()
+                .collect(),
+        };
+        for user in users {
+            self.expire(user);
+            if let Some(session) = self.sessions.get_mut(&user) {
+                session.lines.push((seq, raw.to_vec()));
+            }
+            for conn in self.conns.get_mut(&user).into_iter().flatten() {
+                if conn.drop_next_live {
+                    conn.drop_next_live = false;
+                    self.struck = Some(seq);
+                    continue;
+                }
+                let _ = conn.tx.send(Out::Line(raw.to_vec()));
+            }
+        }
+        if seq % self.options.checkpoint_every == 0 {
+            let to_plain = self.options.fault == ResumeFault::ControlToPlain;
+            for conn in self.conns.values().flatten() {
+                if conn.resumable || to_plain {
+                    let _ = conn.tx.send(Out::Checkpoint(seq));
+                }
+            }
+        }
+    }
+}
+
+/// The running resumable test server.
+struct ResumableServer {
+    /// Its event port.
+    events: SocketAddr,
+    /// Its client port.
+    clients: SocketAddr,
+    /// Its state, for the figures and the fault's record.
+    state: Arc<Mutex<FakeState>>,
+    /// Its accept loops; aborted when it is dropped.
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Drop for ResumableServer {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+impl ResumableServer {
+    async fn start(options: ResumeOptions) -> ResumableServer {
+        let event_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let state = Arc::new(Mutex::new(FakeState {
+            options,
+            stream: StreamId::from_u64(0x5eed),
+            position: 0,
+            sessions: HashMap::new(),
+            conns: HashMap::new(),
+            next_id: 0,
+            struck: None,
+            armed: false,
+            resumes_ok: 0,
+            resumes_gap: 0,
+            resets: 0,
+        }));
+        let mut server = ResumableServer {
+            events: event_listener.local_addr().unwrap(),
+            clients: client_listener.local_addr().unwrap(),
+            state: state.clone(),
+            tasks: tokio::task::JoinSet::new(),
+        };
+        let clients = state.clone();
+        server.tasks.spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = client_listener.accept().await {
+                connections.spawn(serve_resumable_client(stream, clients.clone()));
+            }
+        });
+        server.tasks.spawn(async move {
+            if let Ok((stream, _)) = event_listener.accept().await {
+                serve_resumable_source(stream, state).await;
+            }
+        });
+        server
+    }
+
+    /// The sequence number the fault hit.
+    fn struck(&self) -> Seq {
+        self.state
+            .lock()
+            .unwrap()
+            .struck
+            .expect("the fault struck during the run")
+    }
+
+    /// Resumes answered `#OK` and `#GAP`, and connections reset.
+    fn counts(&self) -> (u64, u64, u64) {
+        let state = self.state.lock().unwrap();
+        (state.resumes_ok, state.resumes_gap, state.resets)
+    }
+}
+
+/// The users the real router says `kind` concerns; `None` for everyone.
+fn recipients(router: &mut Router, kind: EventKind) -> Option<Vec<UserId>> {
+    match router.apply(kind).audience {
+        Audience::Nobody => Some(Vec::new()),
+        Audience::User(user) => Some(vec![user]),
+        Audience::Everyone => None,
+        Audience::Followers(author) => Some(router.followers(author).collect()),
+    }
+}
+
+/// Reads events, orders them and routes them with the real router.
+async fn serve_resumable_source(stream: TcpStream, state: Arc<Mutex<FakeState>>) {
+    let mut reader = BufReader::new(stream);
+    let mut parked: BTreeMap<Seq, (EventKind, Vec<u8>)> = BTreeMap::new();
+    let mut next: Seq = 1;
+    let mut router = Router::new(usize::MAX);
+    loop {
+        let mut line = Vec::new();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let Ok((seq, kind)) = parse_event(&line) else {
+            continue;
+        };
+        parked.insert(seq, (kind, line));
+        while let Some((kind, raw)) = parked.remove(&next) {
+            let to = recipients(&mut router, kind);
+            state.lock().unwrap().route(next, &raw, to);
+            next += 1;
+        }
+    }
+}
+
+/// One client connection: its handshake, then its writer until it ends.
+async fn serve_resumable_client(mut stream: TcpStream, state: Arc<Mutex<FakeState>>) {
+    let mut hello = Vec::new();
+    let mut byte = [0u8; 1];
+    while !hello.ends_with(b"\n") {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await {
+            Ok(Ok(1)) => hello.push(byte[0]),
+            _ => return,
+        }
+    }
+    let Ok(hello) = parse_hello(&hello) else {
+        return;
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (id, stream_id, options) = {
+        let mut state = state.lock().unwrap();
+        let id = state.next_id;
+        state.next_id += 1;
+        match hello {
+            Hello::Classic(user) => state.conns.entry(user).or_default().push(FakeConn {
+                id,
+                tx,
+                resumable: false,
+                drop_next_live: false,
+            }),
+            Hello::Resumable {
+                user,
+                stream,
+                after,
+            } => state.attach(user, stream, after, id, tx),
+        }
+        (id, state.stream, state.options)
+    };
+    let resumable = matches!(hello, Hello::Resumable { .. });
+    let reset = write_connection(&mut stream, rx, stream_id, options, resumable).await;
+    let mut state = state.lock().unwrap();
+    if reset {
+        state.resets += 1;
+    }
+    state.detach(hello.user(), id);
+}
+
+/// Writes what the router queues, batching what is ready into one write;
+/// returns whether it reset the connection (`reset_every`).
+async fn write_connection(
+    stream: &mut TcpStream,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    stream_id: StreamId,
+    options: ResumeOptions,
+    resumable: bool,
+) -> bool {
+    let mut count = 0u64;
+    let mut crc = crc32fast::Hasher::new();
+    let reset_every = options.reset_every.filter(|_| resumable);
+    let mut bytes = Vec::new();
+    while let Some(first) = rx.recv().await {
+        bytes.clear();
+        let mut next = Some(first);
+        let mut reset = false;
+        while let Some(out) = next.take() {
+            match out {
+                Out::Verdict(line) => bytes.extend_from_slice(&line),
+                Out::Line(line) => {
+                    crc.update(&line);
+                    count += 1;
+                    bytes.extend_from_slice(&line);
+                    reset = reset_every.is_some_and(|every| count % every == 0);
+                }
+                Out::Checkpoint(seq) => {
+                    let mut value = crc.clone().finalize();
+                    if options.fault == ResumeFault::WrongCrc {
+                        value ^= 1;
+                    }
+                    write_checkpoint(&mut bytes, &stream_id, seq, count, value);
+                }
+            }
+            if !reset {
+                next = rx.try_recv().ok();
+            }
+        }
+        if stream.write_all(&bytes).await.is_err() {
+            return false;
+        }
+        if reset {
+            let _ = socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO));
+            return true;
+        }
+    }
+    false
+}
+
+/// A resumable run's settings against `server`: few users, each with many
+/// lines, so every client resumes often.
+fn resumable_run(server: &ResumableServer) -> VerifyConfig {
+    VerifyConfig {
+        total_events: 20_000,
+        concurrency_level: 10,
+        number_of_users: 10,
+        resumable: true,
+        ..small(server.events, server.clients)
+    }
+}
+
+/// The run's resume figures.
+fn resume_stats(report: &Report) -> ResumeStats {
+    report
+        .resume
+        .as_ref()
+        .expect("a resumable run reports its resumes")
+        .stats
+}
+
+// ---------------------------------------------------------------------------
+// Resumable runs: a correct server passes however its clients drop, and a
+// wrong one is caught with the rule it broke.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correct_resumable_server_passes_with_the_killswitch() {
+    let server = ResumableServer::start(ResumeOptions::correct()).await;
+    let mut config = resumable_run(&server);
+    // About a second of stream, a drop every 20 ms per client.
+    config.rate = 20_000;
+    config.killswitch = Duration::from_millis(20);
+    let report = verify(config)
+        .await
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    let stats = resume_stats(&report);
+    eprintln!("{report}");
+    let own: u64 = stats.drops.iter().sum();
+    assert!(own >= 50, "{report}");
+    for kind in followermaze_verify::drops::DropKind::ALL {
+        assert!(stats.drops[kind.index()] > 0, "no {kind:?}: {report}");
+    }
+    // Every drop reconnected and resumed with #OK (but a drop that came
+    // before its connection's verdict, which reconnects as a first
+    // connection again): none by the server, no window over.
+    assert_eq!(stats.server_drops, 0);
+    assert!(stats.connections > own, "{report}");
+    assert!(
+        stats.resumes_ok <= own && stats.resumes_ok > own / 2,
+        "{report}"
+    );
+    assert_eq!(stats.resumes_gap, 0);
+    let (ok, gap, _) = server.counts();
+    assert!(ok >= stats.resumes_ok && gap == 0, "{ok} {gap}: {report}");
+    assert!(stats.checkpoints > 0, "{report}");
+    let latency = report.resume.as_ref().unwrap().verdict_latency.unwrap();
+    assert_eq!(latency.samples, stats.resumes());
+    assert!(report.to_string().contains("resumes:"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correct_resumable_server_that_resets_connections_passes() {
+    let server = ResumableServer::start(ResumeOptions {
+        reset_every: Some(50),
+        ..ResumeOptions::correct()
+    })
+    .await;
+    let mut config = resumable_run(&server);
+    config.killswitch = Duration::from_millis(30);
+    config.offline = Duration::from_millis(3);
+    let report = verify(config)
+        .await
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    let stats = resume_stats(&report);
+    eprintln!("{report}");
+    // A reset of a connection the client was dropping itself, or had done
+    // with, is not one it saw.
+    let (ok, gap, resets) = server.counts();
+    assert!(stats.server_drops >= 100, "{report}");
+    assert!(stats.server_drops <= resets, "{resets} resets: {report}");
+    assert!(stats.resumes_ok <= ok && gap == 0, "{ok} {gap}: {report}");
+    assert!(stats.resumes_ok >= stats.server_drops, "{report}");
+    assert_eq!(stats.resumes_gap, 0);
+    // The lines in flight at each reset came again.
+    assert!(stats.replayed > 0, "{report}");
+    assert!(stats.offline > Duration::ZERO);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_after_the_window_are_accepted_and_counted() {
+    // Sessions forgotten as soon as they close, on both sides.
+    let server = ResumableServer::start(ResumeOptions {
+        window: Duration::ZERO,
+        reset_every: Some(40),
+        ..ResumeOptions::correct()
+    })
+    .await;
+    let mut config = resumable_run(&server);
+    config.resume_window = Duration::ZERO;
+    config.rate = 40_000;
+    let report = verify(config)
+        .await
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    let stats = resume_stats(&report);
+    eprintln!("{report}");
+    let (ok, gap, _) = server.counts();
+    assert!(ok == 0 && stats.resumes_ok == 0, "{report}");
+    assert!(
+        stats.resumes_gap > 0 && stats.resumes_gap <= gap,
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_within_the_window_is_caught() {
+    let server = ResumableServer::start(ResumeOptions {
+        window: Duration::ZERO,
+        reset_every: Some(40),
+        ..ResumeOptions::correct()
+    })
+    .await;
+    let failure = verify(resumable_run(&server))
+        .await
+        .expect_err("a session forgotten within the window must fail the run");
+    eprintln!("caught: {failure}");
+    assert!(
+        matches!(
+            failure,
+            Failure::BadVerdict {
+                problem: VerdictProblem::EarlyGap { .. },
+                client: ClientRef {
+                    connection: Some(ConnectionRef {
+                        after: Some(_),
+                        verdict: Some((Verdict::Gap, _)),
+                        ..
+                    }),
+                    ..
+                },
+                ..
+            }
+        ),
+        "{failure}"
+    );
+    assert_eq!(failure.reason(), "wrong resume verdict");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_line_too_many_at_the_resume_boundary_is_caught() {
+    let server = ResumableServer::start(ResumeOptions {
+        fault: ResumeFault::ReplayOneTooMany,
+        reset_every: Some(50),
+        ..ResumeOptions::correct()
+    })
+    .await;
+    let failure = verify(resumable_run(&server))
+        .await
+        .expect_err("a repeated line must fail the run");
+    eprintln!("caught: {failure}");
+    let repeated = server.struck();
+    assert!(
+        matches!(failure, Failure::Unexpected { seq, repeated: true, .. } if seq == repeated),
+        "repeated event {repeated}, got: {failure}"
+    );
+    // The failure names the connection, its <after> and its verdict.
+    let connection = failure.client().and_then(|client| client.connection);
+    assert!(
+        matches!(connection, Some(ConnectionRef { number, after: Some(after), verdict: Some((Verdict::Ok, ok)) })
+            if number > 1 && after == ok && after >= repeated),
+        "{failure}"
+    );
+    let text = failure.to_string();
+    assert!(
+        text.contains("resumed after") && text.contains("got #OK"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_live_line_after_a_replay_dropped_is_caught() {
+    let server = ResumableServer::start(ResumeOptions {
+        fault: ResumeFault::DropFirstLive,
+        reset_every: Some(50),
+        ..ResumeOptions::correct()
+    })
+    .await;
+    let failure = verify(resumable_run(&server))
+        .await
+        .expect_err("a dropped live line must fail the run");
+    eprintln!("caught: {failure}");
+    let dropped = server.struck();
+    assert!(
+        matches!(failure, Failure::Missing { seq, .. } if seq == dropped),
+        "dropped event {dropped}, got: {failure}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ok_after_losing_lines_is_caught() {
+    let server = ResumableServer::start(ResumeOptions {
+        fault: ResumeFault::OkAfterLoss,
+        reset_every: Some(50),
+        ..ResumeOptions::correct()
+    })
+    .await;
+    let failure = verify(resumable_run(&server))
+        .await
+        .expect_err("#OK after a loss must fail the run");
+    eprintln!("caught: {failure}");
+    let lost = server.struck();
+    assert!(
+        matches!(failure, Failure::Missing { seq, client: ClientRef { connection: Some(ConnectionRef { verdict: Some((Verdict::Ok, _)), .. }), .. }, .. } if seq == lost),
+        "lost event {lost}, got: {failure}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_checkpoint_crc_is_caught() {
+    let server = ResumableServer::start(ResumeOptions {
+        fault: ResumeFault::WrongCrc,
+        ..ResumeOptions::correct()
+    })
+    .await;
+    let failure = verify(resumable_run(&server))
+        .await
+        .expect_err("a wrong CRC must fail the run");
+    eprintln!("caught: {failure}");
+    assert!(
+        matches!(
+            failure,
+            Failure::BadCheckpoint {
+                problem: CheckpointProblem::Crc { .. },
+                ..
+            }
+        ),
+        "{failure}"
+    );
+    assert_eq!(failure.reason(), "wrong checkpoint");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_line_to_a_plain_client_is_caught() {
+    let server = ResumableServer::start(ResumeOptions {
+        fault: ResumeFault::ControlToPlain,
+        ..ResumeOptions::correct()
+    })
+    .await;
+    let mut config = resumable_run(&server);
+    config.resumable = false;
+    let failure = verify(config)
+        .await
+        .expect_err("a # line to a plain client must fail the run");
+    eprintln!("caught: {failure}");
+    assert!(
+        matches!(failure, Failure::ControlOnPlain { ref received, .. } if received.contains("#AT|")),
+        "{failure}"
+    );
+    assert_eq!(failure.reason(), "control line on a plain connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_run_against_the_resumable_server_passes() {
+    // Classic clients get event lines only: the same server, no faults.
+    let server = ResumableServer::start(ResumeOptions::correct()).await;
+    let mut config = resumable_run(&server);
+    config.resumable = false;
+    let report = verify(config)
+        .await
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    assert!(report.resume.is_none());
+}
+
+// ---------------------------------------------------------------------------
 // Determinism: the same seed is the same byte stream on the wire.
 
 /// Runs the verifier with no clients against a server that records the
@@ -469,6 +1217,11 @@ async fn same_seed_same_stream_on_the_wire() {
 
 /// Our server on port 0, stopped when the sender is dropped or fired.
 async fn real_server() -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
+    real_server_with(Config::default()).await
+}
+
+/// Our server with `config`, on port 0, stopped like [`real_server`]'s.
+async fn real_server_with(config: Config) -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
     let events = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let clients = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addresses = (events.local_addr().unwrap(), clients.local_addr().unwrap());
@@ -479,7 +1232,7 @@ async fn real_server() -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
             clients,
             metrics: None,
         },
-        Config::default(),
+        config,
         async move {
             let _ = stopped.await;
         },
@@ -543,4 +1296,60 @@ async fn our_server_passes_a_paced_run_with_small_batches() {
     let report = verify(config).await.unwrap_or_else(|f| panic!("{f}"));
     // Pacing is a floor on the time taken, never a ceiling: no upper bound.
     assert!(report.send_time >= Duration::from_millis(90), "{report}");
+}
+
+/// A resumable run against our server: few users with many lines each.
+fn resumable_against(events: SocketAddr, clients: SocketAddr) -> VerifyConfig {
+    VerifyConfig {
+        total_events: 20_000,
+        concurrency_level: 10,
+        number_of_users: 10,
+        resumable: true,
+        ..small(events, clients)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_server_resumes_every_drop_exactly() {
+    let (events, clients, _stop) = real_server_with(Config {
+        checkpoint_interval_ms: 20,
+        ..Config::default()
+    })
+    .await;
+    let mut config = resumable_against(events, clients);
+    // About a second of stream, a drop every 25 ms per client.
+    config.rate = 20_000;
+    config.killswitch = Duration::from_millis(25);
+    let report = verify(config).await.unwrap_or_else(|f| panic!("{f}"));
+    eprintln!("{report}");
+    let stats = resume_stats(&report);
+    let own: u64 = stats.drops.iter().sum();
+    assert!(own >= 50 && stats.resumes_ok > own / 2, "{report}");
+    assert_eq!(stats.resumes_gap, 0, "{report}");
+    assert!(stats.checkpoints > 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_server_passes_with_its_own_resets_and_back_to_back_runs() {
+    let (events, clients, _stop) = real_server_with(Config {
+        fault_reset_every: 40,
+        checkpoint_interval_ms: 20,
+        ..Config::default()
+    })
+    .await;
+    let mut config = resumable_against(events, clients);
+    config.killswitch = Duration::from_millis(30);
+    config.offline = Duration::from_millis(2);
+    let first = verify(config.clone())
+        .await
+        .unwrap_or_else(|f| panic!("{f}"));
+    eprintln!("{first}");
+    let stats = resume_stats(&first);
+    assert!(stats.server_drops >= 100, "{first}");
+    assert_eq!(stats.resumes_gap, 0, "{first}");
+    // A second run on the same server: its probe starts the new stream
+    // before the clients connect, so their first verdicts are of it.
+    config.random_seed = 7;
+    let second = verify(config).await.unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(resume_stats(&second).resumes_gap, 0, "{second}");
 }

@@ -39,6 +39,34 @@
 //! order and missing. It always ends in a failure; the phase then returns
 //! to where the last correct line left it.
 //!
+//! # Resumable connections
+//!
+//! On a resumable run the reader hands control lines to the session
+//! ([`super::session`]) and only event lines here; the session tells the
+//! checker what the server's verdicts and checkpoints mean for the queue:
+//!
+//! - The first verdict `#OK|stream|P` registers the client at `P`
+//!   ([`Checker::registered_at`]): nothing at or below `P` is owed on that
+//!   connection or any later one, everything above it is, so the first line
+//!   must be exactly opening broadcast `P + 1`, not any (that is what a
+//!   classic client's first line may be). Its first accepted line marks it
+//!   registered for the source's opening, as a classic client's does.
+//! - A resume's `#OK` changes nothing here: the queue still holds exactly
+//!   what the client has not received (entries are popped only when
+//!   received), which is what the server must replay, in order.
+//! - `#GAP|stream|G` gives up the lines up to `G` ([`Checker::gap`]): their
+//!   entries are popped unreceived, folded into the tally as the source
+//!   folded them (so the totals still compare) and counted as lost.
+//! - `#AT|stream|S|..` says every line up to `S` was sent
+//!   ([`Checker::checkpoint`]): an owed line at or below `S` not received by
+//!   then is missing.
+//! - A drop with a divergence pending resolves it ([`Checker::interrupted`]):
+//!   on one connection lines come in order, so a later line that came before
+//!   the owed one is a failure whatever the next connection brings.
+//!
+//! A control line reaching the checker is on a plain connection, where it
+//! must never be (`Failure::ControlOnPlain`).
+//!
 //! # Terminators
 //!
 //! With `lineEndings=exact` (the default) a line must be the owed one byte
@@ -61,6 +89,7 @@ use super::failure::{ByteDiff, ClientRef, Failure, Progress};
 use super::latency::Latencies;
 use super::line::{leading_seq, quote, Event};
 use super::shared::{Plan, Shared};
+use followermaze_protocol::resume::is_control;
 use followermaze_protocol::{parse_event, strip_terminator, EventKind, Seq};
 
 /// What the checker wants next.
@@ -154,12 +183,18 @@ pub struct Checker {
     reterminated: u64,
     /// Where the client is in its stream.
     phase: Phase,
-    /// The first opening broadcast received: `Some` exactly when the phase
-    /// is past `Unregistered`. Kept apart from the phase because failures
-    /// and the report still need it once the client is further on.
+    /// The first line received (an opening broadcast): `Some` once one was
+    /// accepted; a classic client is past `Unregistered` exactly then, a
+    /// resumable one from its first verdict on. Kept apart from the phase
+    /// because failures and the report still need it once the client is
+    /// further on.
     first_broadcast: Option<Seq>,
-    /// The last sequence number received correctly (0: none).
+    /// The last sequence number received correctly (0: none), or the
+    /// position a resumable verdict put the client at, if higher: nothing
+    /// at or below it is owed any more.
     last_seq: Seq,
+    /// Main-stream entries given up to a `#GAP` (folded into `tally`).
+    lost: u64,
 }
 
 /// The opening broadcasts are written one per chunk, starting with chunk 0
@@ -203,7 +238,97 @@ impl Checker {
             phase: Phase::Unregistered,
             first_broadcast: None,
             last_seq: 0,
+            lost: 0,
         }
+    }
+
+    /// Who this is, with the connection failures should name.
+    pub fn client(&self) -> ClientRef {
+        self.client
+    }
+
+    /// Names `connection` in the failures from now on.
+    pub fn set_connection(&mut self, connection: Option<super::failure::ConnectionRef>) {
+        self.client.connection = connection;
+    }
+
+    /// The highest position received: the last line's sequence number, or
+    /// the position a verdict put the client at.
+    pub fn last_seq(&self) -> Seq {
+        self.last_seq
+    }
+
+    /// Whether the final broadcast has arrived (or was given up to a
+    /// `#GAP`): nothing more is owed.
+    pub fn done(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+
+    /// Main-stream notifications given up to `#GAP` verdicts.
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// A first resumable verdict `#OK|stream|seq`: from now on exactly the
+    /// lines above `seq` are owed (see the module doc). Does nothing once
+    /// the client has a position.
+    pub fn registered_at(&mut self, seq: Seq) {
+        if matches!(self.phase, Phase::Unregistered) {
+            self.plan();
+            self.last_seq = seq;
+            self.phase = self.phase_after(seq);
+        }
+    }
+
+    /// A `#GAP|stream|seq` verdict: every line up to `seq` not yet received
+    /// is given up. Returns how many main-stream entries that was.
+    pub fn gap(&mut self, seq: Seq) -> u64 {
+        let mut lost = 0;
+        while let Ok(front) = self.queue.peek() {
+            if front.seq > seq {
+                break;
+            }
+            let (want, len) = front.render();
+            self.tally.add(&want[..len]);
+            // Only this reader pops: the front is still `front`.
+            let _ = self.queue.pop();
+            lost += 1;
+        }
+        self.lost += lost;
+        if seq > self.last_seq {
+            self.plan();
+            self.last_seq = seq;
+            self.phase = self.phase_after(seq);
+        }
+        lost
+    }
+
+    /// A checkpoint `line` saying every line up to `seq` was sent: fails if
+    /// one owed at or below it has not arrived.
+    pub fn checkpoint(&mut self, seq: Seq, line: &[u8]) -> Result<(), Failure> {
+        if let Some(suspect) = self.take_suspect() {
+            return Err(self.resolve(suspect, None));
+        }
+        match self.next_owed() {
+            Owed::Line(owed) if owed.seq <= seq => {
+                let (want, len) = owed.render();
+                Err(Failure::Missing {
+                    client: self.client,
+                    seq: owed.seq,
+                    expected: quote(&want[..len]),
+                    instead: Some(format!("checkpoint {}", quote(line))),
+                    progress: self.progress(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The connection dropped: a pending divergence is a failure now (see
+    /// the module doc).
+    pub fn interrupted(&mut self) -> Option<Failure> {
+        let suspect = self.take_suspect()?;
+        Some(self.resolve(suspect, None))
     }
 
     /// What arrived correctly so far of the main stream.
@@ -290,7 +415,7 @@ impl Checker {
             Some(plan) => plan.opening_end.saturating_sub(self.last_seq),
             None => 0,
         };
-        let received = self.tally.count + self.opening.count;
+        let received = self.tally.count + self.opening.count - self.lost;
         Progress {
             received,
             owed: received + queued + opening_left,
@@ -320,6 +445,14 @@ impl Checker {
     /// Everything but the fast path: the opening, and classifying a line
     /// that differs.
     fn check_slowly(&mut self, line: &[u8], now_us: u64) -> Result<Verdict, Failure> {
+        if is_control(line) {
+            // A resumable connection's control lines never get here.
+            return Err(Failure::ControlOnPlain {
+                client: self.client,
+                received: quote(line),
+                progress: self.progress(),
+            });
+        }
         if let Some(suspect) = self.take_suspect() {
             return Err(self.resolve(suspect, leading_seq(line)));
         }
@@ -337,10 +470,7 @@ impl Checker {
                 if matched == Match::Differs {
                     return Err(self.wrong_bytes(seq, &want[..len], line));
                 }
-                self.first_broadcast = Some(seq);
-                let verdict = self.accept(&want[..len], matched, seq, opening_chunk(seq), now_us);
-                self.shared.mark_registered(self.client.index);
-                Ok(verdict)
+                Ok(self.accept(&want[..len], matched, seq, opening_chunk(seq), now_us))
             }
             Owed::Line(owed) if owed.seq == seq => {
                 let (want, len) = owed.render();
@@ -399,7 +529,13 @@ impl Checker {
         }
         self.last_seq = seq;
         self.record_latency(chunk, now_us);
-        self.advance(seq)
+        let verdict = self.advance(seq);
+        if self.first_broadcast.is_none() {
+            // The first line received: registered, for the source's opening.
+            self.first_broadcast = Some(seq);
+            self.shared.mark_registered(self.client.index);
+        }
+        verdict
     }
 
     /// The one forward transition: into the phase that follows an accepted
@@ -419,7 +555,7 @@ impl Checker {
     #[inline]
     fn phase_after(&self, seq: Seq) -> Phase {
         match self.plan {
-            Some(plan) if seq == plan.final_seq => Phase::Done,
+            Some(plan) if seq >= plan.final_seq => Phase::Done,
             // From here on every line comes from the queue.
             Some(plan) if seq >= plan.opening_end => Phase::Main,
             _ => Phase::Opening,
@@ -595,7 +731,7 @@ mod tests {
     use super::*;
     use crate::line::{push_line, Kind};
 
-    const CLIENT: ClientRef = ClientRef { index: 3, user: 42 };
+    const CLIENT: ClientRef = ClientRef::new(3, 42);
 
     /// A checker whose opening was broadcasts 1..=`opening_end`, with
     /// `main` queued (each as a private message to user 42), final at
@@ -932,6 +1068,139 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_resumable_client_is_owed_exactly_what_follows_its_verdict() {
+        // Registered at 2: broadcast 3 first, not any, and nothing at or
+        // below 2 (which it never had: not owed, not a repeat).
+        let (mut checker, lines) = setup(4, &[6, 12], 12);
+        checker.registered_at(2);
+        let failure = checker.check(&opening(2), 0).unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                Failure::Unexpected {
+                    seq: 2,
+                    repeated: false,
+                    ..
+                }
+            ),
+            "{failure}"
+        );
+        let (mut checker, lines_again) = setup(4, &[6, 12], 12);
+        checker.registered_at(2);
+        assert_eq!(checker.check(&opening(4), 0), Ok(Verdict::More));
+        let failure = checker.check(&lines_again[0], 0).unwrap_err();
+        assert!(
+            matches!(failure, Failure::Missing { seq: 3, .. }),
+            "{failure}"
+        );
+        let (mut checker, _) = setup(4, &[6, 12], 12);
+        checker.registered_at(2);
+        for seq in 3..=4 {
+            assert_eq!(checker.check(&opening(seq), 0), Ok(Verdict::More));
+        }
+        assert_eq!(checker.first_broadcast(), Some(3));
+        assert_eq!(checker.check(&lines[0], 0), Ok(Verdict::More));
+        // A line at or below the position, received before: a repeat.
+        let failure = checker.check(&opening(4), 0).unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                Failure::Unexpected {
+                    seq: 4,
+                    repeated: true,
+                    ..
+                }
+            ),
+            "{failure}"
+        );
+    }
+
+    #[test]
+    fn a_gap_gives_up_the_lines_up_to_its_position_and_keeps_the_totals() {
+        let (mut reference, lines) = setup(1, &[6, 9, 12, 15], 15);
+        let (mut checker, _) = setup(1, &[6, 9, 12, 15], 15);
+        for checker in [&mut reference, &mut checker] {
+            checker.registered_at(0);
+            checker.check(&opening(1), 0).unwrap();
+        }
+        for line in &lines {
+            reference.check(line, 0).unwrap();
+        }
+        checker.check(&lines[0], 0).unwrap();
+        assert_eq!(checker.gap(10), 1, "9 given up; 6 was received");
+        assert_eq!(checker.last_seq(), 10);
+        assert_eq!(checker.check(&lines[2], 0), Ok(Verdict::More));
+        assert_eq!(checker.check(&lines[3], 0), Ok(Verdict::Done));
+        assert_eq!(checker.lost(), 1);
+        // Lost lines are folded as the source folded them.
+        assert_eq!(checker.tally(), reference.tally());
+        // A gap that gives up the final broadcast leaves nothing owed.
+        let (mut checker, _) = setup(1, &[6, 12], 12);
+        checker.registered_at(1);
+        assert_eq!(checker.gap(12), 2);
+        assert!(checker.done());
+    }
+
+    #[test]
+    fn a_checkpoint_past_an_owed_line_means_it_is_missing() {
+        let (mut checker, lines) = setup(1, &[6, 9, 12], 12);
+        checker.registered_at(1);
+        assert_eq!(checker.checkpoint(5, b"#AT|s|5|0|00000000\r\n"), Ok(()));
+        checker.check(&lines[0], 0).unwrap();
+        assert_eq!(checker.checkpoint(8, b"#AT|s|8|1|00000000\r\n"), Ok(()));
+        let failure = checker
+            .checkpoint(9, b"#AT|s|9|1|00000000\r\n")
+            .unwrap_err();
+        assert!(
+            matches!(failure, Failure::Missing { seq: 9, ref instead, .. }
+                if instead.as_deref().is_some_and(|text| text.contains("#AT|s|9"))),
+            "{failure}"
+        );
+        // Before the plan, the next opening broadcast is owed.
+        let shared = Arc::new(Shared::default());
+        let (_producer, consumer) = rtrb::RingBuffer::new(4);
+        let mut checker = Checker::new(CLIENT, consumer, shared, LineEndings::Exact);
+        checker.registered_at(3);
+        let failure = checker
+            .checkpoint(4, b"#AT|s|4|0|00000000\r\n")
+            .unwrap_err();
+        assert!(
+            matches!(failure, Failure::Missing { seq: 4, .. }),
+            "{failure}"
+        );
+    }
+
+    #[test]
+    fn a_drop_with_a_divergence_pending_is_a_failure() {
+        let (mut checker, lines) = setup(1, &[6, 9, 12], 12);
+        checker.registered_at(0);
+        assert_eq!(checker.interrupted(), None);
+        checker.check(&opening(1), 0).unwrap();
+        assert_eq!(checker.check(&lines[1], 0), Ok(Verdict::More));
+        let failure = checker
+            .interrupted()
+            .expect("a line came before the owed one");
+        assert!(
+            matches!(failure, Failure::Missing { seq: 6, .. }),
+            "{failure}"
+        );
+    }
+
+    #[test]
+    fn a_control_line_on_a_plain_connection_fails() {
+        let (mut checker, _) = setup(1, &[6, 12], 12);
+        checker.check(&opening(1), 0).unwrap();
+        let failure = checker.check(b"#AT|s|5|0|00000000\r\n", 0).unwrap_err();
+        assert!(
+            matches!(failure, Failure::ControlOnPlain { ref received, .. } if received.contains("#AT")),
+            "{failure}"
+        );
+        let (mut checker, _) = setup(1, &[6, 12], 12);
+        let failure = checker.check(b"#OK|s|0\r\n", 0).unwrap_err();
+        assert_eq!(failure.reason(), "control line on a plain connection");
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(
@@ -948,6 +1217,23 @@ mod tests {
             }
             let _ = checker.overdue(u64::MAX, Duration::from_millis(1));
             let _ = checker.closed();
+        }
+
+        #[test]
+        fn resumable_positions_in_any_order_never_panic(
+            steps in proptest::collection::vec((0u8..4, 0u64..16), 1..12),
+        ) {
+            let (mut checker, good) = setup(3, &[6, 9, 12], 12);
+            checker.registered_at(1);
+            for (step, seq) in steps {
+                match step {
+                    0 => { let _ = checker.gap(seq); }
+                    1 => { let _ = checker.checkpoint(seq, b"#AT|s|1|0|00000000\r\n"); }
+                    2 => { let _ = checker.interrupted(); }
+                    _ => { let _ = checker.check(&good[seq as usize % good.len()], 0); }
+                }
+            }
+            let _ = checker.overdue(u64::MAX, Duration::from_millis(1));
         }
     }
 

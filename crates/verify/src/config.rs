@@ -7,6 +7,10 @@
 //! server's ([`followermaze_protocol::settings`]): each name also in upper
 //! snake case (`TOTAL_EVENTS`), and `name=value: why` for a value that does
 //! not parse or is out of range, never a silent default.
+//!
+//! Two are the server's own variables, read under the server's names for
+//! what a resumable run may expect of it (`resumeWindowSecs`,
+//! `resumeBufferBytes`): started from one environment, both binaries agree.
 
 use std::time::Duration;
 
@@ -15,7 +19,10 @@ use serde::Deserialize;
 
 pub use followermaze_protocol::settings::ConfigError;
 
+use super::expect::queue_capacity;
 use super::generator::Profile;
+use super::line::MAX_LINE_BYTES;
+use super::source::OPENING_TICK;
 
 /// Most client connections one run may open. Each costs a read buffer and an
 /// expectation queue (about 160 KiB) and a file descriptor.
@@ -28,6 +35,12 @@ pub const MAX_BATCH: u32 = 65_536;
 /// Most expectation entries all client queues together may be sized for
 /// (24 bytes each: 1.5 GiB).
 pub const MAX_QUEUED_ENTRIES: u64 = 1 << 26;
+
+/// What a server may count per retained line beside its bytes (its index
+/// entry and one session's reference to it), for
+/// [`VerifyConfig::max_owed_retained_bytes`]. Generous on purpose: ours
+/// counts a 16-byte reference per line against `resumeBufferBytes`.
+pub const RETAINED_LINE_OVERHEAD_BYTES: usize = 64;
 
 /// How chatty the verifier is on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -92,6 +105,22 @@ pub struct VerifyConfig {
     pub rate: u64,
     /// How terminators are judged (`lineEndings`).
     pub line_endings: LineEndings,
+    /// Every client uses the resumable handshake and is held to the
+    /// resumable protocol (`resumable`).
+    pub resumable: bool,
+    /// Mean time between two drops of a client's own connection
+    /// (`killswitchMs`); zero for none. Needs `resumable`.
+    pub killswitch: Duration,
+    /// Longest a dropped client stays away before it reconnects
+    /// (`offlineMs`): each wait is drawn from `0..=` this. Needs `resumable`.
+    pub offline: Duration,
+    /// The server's session window (`resumeWindowSecs`, read under the
+    /// server's own name): a client away longer may be told `#GAP`.
+    pub resume_window: Duration,
+    /// The server's per-session retention (`resumeBufferBytes`, the
+    /// server's name too): validated against what a client can be owed, so
+    /// that a `#GAP` within the window is always a fault.
+    pub resume_buffer_bytes: u64,
 }
 
 impl Default for VerifyConfig {
@@ -206,6 +235,40 @@ pub const SETTINGS: &[Setting] = &[
          whose payload matches counts whatever its terminator (`\\r\\n` or `\\n`), and the report \
          says the run was not byte-exact",
     ),
+    Setting::new(
+        "resumable",
+        "false",
+        "`true`: every client uses the resumable handshake and is held to the protocol (see \
+         Resumable sessions): the verdict first, `#OK` at its own position on every resume within \
+         the window, then exactly the lines it is owed, and each `#AT`'s count and CRC-32 equal to \
+         its own; `false`: classic clients, and any `#` line fails the run",
+    ),
+    Setting::new(
+        "killswitchMs",
+        "0",
+        "each client drops its own connection on average every this many ms (a clean close, a \
+         reset or a close in the middle of a line, deterministic from `randomSeed`) and resumes; \
+         0 = never; needs `resumable=true`",
+    ),
+    Setting::new(
+        "offlineMs",
+        "0",
+        "a client that dropped (or was dropped by the server) waits a random 0..this ms before it \
+         reconnects; below `timeout`; needs `resumable=true`",
+    ),
+    Setting::new(
+        "resumeWindowSecs",
+        "30",
+        "the server's session window (the server's variable, read from the same environment): a \
+         `#GAP` is accepted only from a client away at least this long (less a tenth)",
+    ),
+    Setting::new(
+        "resumeBufferBytes",
+        "1048576",
+        "the server's per-session retention (the server's variable too): with `resumable=true`, \
+         everything a client can be owed must fit in it, so a `#GAP` within the window is always a \
+         fault",
+    ),
 ];
 
 /// The variables as decoded, before the derived defaults and the units.
@@ -228,6 +291,12 @@ struct Variables {
     rate: u64,
     #[serde(deserialize_with = "settings::parsed")]
     line_endings: LineEndings,
+    #[serde(deserialize_with = "settings::parsed")]
+    resumable: bool,
+    killswitch_ms: u64,
+    offline_ms: u64,
+    resume_window_secs: u64,
+    resume_buffer_bytes: u64,
 }
 
 impl VerifyConfig {
@@ -262,6 +331,11 @@ impl VerifyConfig {
             profile: v.profile,
             rate: v.rate,
             line_endings: v.line_endings,
+            resumable: v.resumable,
+            killswitch: Duration::from_millis(v.killswitch_ms),
+            offline: Duration::from_millis(v.offline_ms),
+            resume_window: Duration::from_secs(v.resume_window_secs),
+            resume_buffer_bytes: v.resume_buffer_bytes,
         };
         config.validate()?;
         Ok(config)
@@ -310,7 +384,62 @@ impl VerifyConfig {
                 why,
             );
         }
+        self.validate_resume()
+    }
+
+    /// Checks the resumable settings: drops need sessions, an offline
+    /// client must come back before its owed lines time out, and the server
+    /// must be able to retain whatever a client can be owed.
+    fn validate_resume(&self) -> Result<(), ConfigError> {
+        let needs_resumable = "needs resumable=true: a plain client that drops loses what is sent \
+                               while it is away";
+        if !self.resumable && !self.killswitch.is_zero() {
+            let value = self.killswitch.as_millis();
+            return Err(ConfigError::new("killswitchMs", value, needs_resumable));
+        }
+        if !self.resumable && !self.offline.is_zero() {
+            let value = self.offline.as_millis();
+            return Err(ConfigError::new("offlineMs", value, needs_resumable));
+        }
+        if self.offline >= self.timeout {
+            return Err(ConfigError::new(
+                "offlineMs",
+                self.offline.as_millis(),
+                format!(
+                    "must be below timeout={}: a line owed to a client that is away waits \
+                     through its whole absence",
+                    self.timeout.as_millis()
+                ),
+            ));
+        }
+        if self.resumable && self.concurrency_level > 0 {
+            let owed = self.max_owed_retained_bytes();
+            if owed > self.resume_buffer_bytes {
+                return Err(ConfigError::new(
+                    "resumeBufferBytes",
+                    self.resume_buffer_bytes,
+                    format!(
+                        "a client can be owed up to {owed} bytes of retained lines (its \
+                         expectation queue of {} entries, plus opening broadcasts while it is \
+                         away): a correct server could answer #GAP within the window; raise \
+                         resumeBufferBytes (on both sides) or lower maxEventSourceBatchSize",
+                        queue_capacity(self.max_event_source_batch_size, self.concurrency_level)
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The most bytes a server may have to retain for one client for a
+    /// complete resume, as the server counts them at most: every entry its
+    /// expectation queue can hold (nothing more can be owed: the source
+    /// waits for room), plus the opening broadcasts sent while it is away,
+    /// each at the longest line plus [`RETAINED_LINE_OVERHEAD_BYTES`].
+    pub fn max_owed_retained_bytes(&self) -> u64 {
+        let queued = queue_capacity(self.max_event_source_batch_size, self.concurrency_level);
+        let opening = self.offline.as_millis() as u64 / OPENING_TICK.as_millis() as u64 + 1;
+        (queued as u64 + opening) * (MAX_LINE_BYTES + RETAINED_LINE_OVERHEAD_BYTES) as u64
     }
 }
 
@@ -380,6 +509,70 @@ mod tests {
         assert_eq!(config.line_endings, LineEndings::Any);
         let error = VerifyConfig::from_vars(vars(&[("lineEndings", "crlf")])).unwrap_err();
         assert_eq!(error.to_string(), "lineEndings=crlf: expected exact or any");
+    }
+
+    #[test]
+    fn resumable_settings_default_off_and_are_validated() {
+        let config = VerifyConfig::default();
+        assert!(!config.resumable);
+        assert_eq!(config.killswitch, Duration::ZERO);
+        assert_eq!(config.offline, Duration::ZERO);
+        assert_eq!(config.resume_window, Duration::from_secs(30));
+        assert!(config.max_owed_retained_bytes() <= config.resume_buffer_bytes);
+        let config = VerifyConfig::from_vars(vars(&[
+            ("resumable", "true"),
+            ("KILLSWITCH_MS", "200"),
+            ("offlineMs", "50"),
+            ("resumeWindowSecs", "2"),
+        ]))
+        .unwrap();
+        assert!(config.resumable);
+        assert_eq!(config.killswitch, Duration::from_millis(200));
+        assert_eq!(config.offline, Duration::from_millis(50));
+        assert_eq!(config.resume_window, Duration::from_secs(2));
+
+        for (pairs, name, why) in [
+            (
+                &[("killswitchMs", "200")][..],
+                "killswitchMs",
+                "needs resumable=true",
+            ),
+            (
+                &[("offlineMs", "5")][..],
+                "offlineMs",
+                "needs resumable=true",
+            ),
+            (
+                &[("resumable", "true"), ("offlineMs", "20000")][..],
+                "offlineMs",
+                "below timeout",
+            ),
+            (
+                &[("resumable", "true"), ("resumeBufferBytes", "100000")][..],
+                "resumeBufferBytes",
+                "could answer #GAP",
+            ),
+            (
+                &[("resumable", "true"), ("maxEventSourceBatchSize", "20000")][..],
+                "resumeBufferBytes",
+                "lower maxEventSourceBatchSize",
+            ),
+            (&[("resumable", "yes")][..], "resumable", "true"),
+        ] {
+            let error = VerifyConfig::from_vars(vars(pairs)).unwrap_err();
+            let text = error.to_string();
+            assert!(
+                text.starts_with(name) && text.contains(why),
+                "{pairs:?}: {text}"
+            );
+        }
+        // With no clients nothing is owed: any retention will do.
+        let config = VerifyConfig::from_vars(vars(&[
+            ("resumable", "true"),
+            ("concurrencyLevel", "0"),
+            ("resumeBufferBytes", "0"),
+        ]));
+        assert!(config.is_ok());
     }
 
     #[test]

@@ -6,20 +6,212 @@
 use std::time::Duration;
 
 use super::expect::Tally;
+use followermaze_protocol::resume::{StreamId, Verdict};
 use followermaze_protocol::Seq;
 
-/// A client connection, as failures name it.
+/// A client, as failures name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientRef {
-    /// Its index among the run's connections (0-based).
+    /// Its index among the run's clients (0-based).
     pub index: usize,
     /// The user id it announced.
     pub user: u32,
+    /// On a resumable run, the connection it was on and how that began;
+    /// `None` on a plain run (one connection per client).
+    pub connection: Option<ConnectionRef>,
+}
+
+impl ClientRef {
+    /// Client `index` of user `user`, before any resumable connection.
+    pub const fn new(index: usize, user: u32) -> ClientRef {
+        ClientRef {
+            index,
+            user,
+            connection: None,
+        }
+    }
 }
 
 impl std::fmt::Display for ClientRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "client {} (user {})", self.index, self.user)
+        write!(f, "client {} (user {})", self.index, self.user)?;
+        match &self.connection {
+            Some(connection) => write!(f, " {connection}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One resumable connection of a client, as failures name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionRef {
+    /// 1 for the client's first connection, counting every attempt that
+    /// sent a handshake.
+    pub number: u32,
+    /// The `<after>` it sent: `None` on a first connection (`user||0`).
+    pub after: Option<Seq>,
+    /// The verdict it received and its `<seq>`, once it has.
+    pub verdict: Option<(Verdict, Seq)>,
+}
+
+impl std::fmt::Display for ConnectionRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "on connection {} (", self.number)?;
+        match self.after {
+            None => write!(f, "a first connection")?,
+            Some(after) => write!(f, "resumed after {after}")?,
+        }
+        match self.verdict {
+            None => write!(f, ", no verdict yet)"),
+            Some((verdict, seq)) => write!(f, ", got {} {seq})", verdict_tag(verdict)),
+        }
+    }
+}
+
+/// `#OK` or `#GAP`.
+pub fn verdict_tag(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Ok => "#OK",
+        Verdict::Gap => "#GAP",
+    }
+}
+
+/// What is wrong with a verdict (`#OK` or `#GAP`) or its absence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerdictProblem {
+    /// The connection's first line is not a verdict.
+    NotFirst,
+    /// A second verdict on one connection.
+    Again,
+    /// `#GAP` on a first connection, which always gets `#OK`.
+    GapOnFirst,
+    /// `#OK` at another position than the client's own `<after>`.
+    NotAtAfter {
+        /// The `<after>` the client sent.
+        after: Seq,
+    },
+    /// `#GAP` below the client's `<after>`: lines it has would come again.
+    GapBehind {
+        /// The `<after>` the client sent.
+        after: Seq,
+    },
+    /// `#GAP` to a client that was away for less than the window.
+    EarlyGap {
+        /// How long it was away.
+        offline: Duration,
+        /// The server's window (`resumeWindowSecs`).
+        window: Duration,
+    },
+    /// A verdict naming another stream than the client's.
+    OtherStream {
+        /// The stream the client is on.
+        expected: StreamId,
+    },
+    /// A verdict at a position the event source has not reached.
+    Ahead {
+        /// The last sequence number the source had written.
+        handed: Seq,
+    },
+    /// No verdict within `timeout` of connecting.
+    Never {
+        /// How long the connection waited.
+        waited: Duration,
+    },
+}
+
+impl std::fmt::Display for VerdictProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VerdictProblem::NotFirst => f.write_str("the first line is not a verdict"),
+            VerdictProblem::Again => f.write_str("a second verdict on one connection"),
+            VerdictProblem::GapOnFirst => {
+                f.write_str("#GAP on a first connection, which must get #OK")
+            }
+            VerdictProblem::NotAtAfter { after } => {
+                write!(f, "#OK must carry the client's own after, {after}")
+            }
+            VerdictProblem::GapBehind { after } => write!(
+                f,
+                "#GAP below the client's after, {after}: lines it has would come again"
+            ),
+            VerdictProblem::EarlyGap { offline, window } => write!(
+                f,
+                "#GAP after {} ms away, within the {} s window",
+                offline.as_millis(),
+                window.as_secs()
+            ),
+            VerdictProblem::OtherStream { expected } => {
+                write!(f, "another stream than the client's, {expected}")
+            }
+            VerdictProblem::Ahead { handed } => write!(
+                f,
+                "a position the event source has not reached (it had written up to {handed})"
+            ),
+            VerdictProblem::Never { waited } => {
+                write!(f, "no verdict in {} ms", waited.as_millis())
+            }
+        }
+    }
+}
+
+/// How a checkpoint (`#AT`) differs from what the client counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointProblem {
+    /// A checkpoint before the connection's verdict.
+    BeforeVerdict,
+    /// Another stream than the client's.
+    OtherStream {
+        /// The stream the client is on.
+        expected: StreamId,
+    },
+    /// `<count>` is not the number of event lines received on this
+    /// connection since its verdict.
+    Count {
+        /// The client's count.
+        counted: u64,
+    },
+    /// `<crc32>` is not the CRC-32 of those lines.
+    Crc {
+        /// The client's CRC-32.
+        computed: u32,
+    },
+    /// `<seq>` is below a position this connection already had.
+    Behind {
+        /// That position.
+        position: Seq,
+    },
+    /// `<seq>` is a position the event source has not reached.
+    Ahead {
+        /// The last sequence number the source had written.
+        handed: Seq,
+    },
+}
+
+impl std::fmt::Display for CheckpointProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckpointProblem::BeforeVerdict => f.write_str("a checkpoint before the verdict"),
+            CheckpointProblem::OtherStream { expected } => {
+                write!(f, "another stream than the client's, {expected}")
+            }
+            CheckpointProblem::Count { counted } => write!(
+                f,
+                "the client received {counted} event lines on this connection since its verdict"
+            ),
+            CheckpointProblem::Crc { computed } => write!(
+                f,
+                "the event lines received on this connection since its verdict have CRC-32 \
+                 {computed:08x}"
+            ),
+            CheckpointProblem::Behind { position } => write!(
+                f,
+                "below position {position}, which this connection had already reached"
+            ),
+            CheckpointProblem::Ahead { handed } => write!(
+                f,
+                "a position the event source has not reached (it had written up to {handed})"
+            ),
+        }
     }
 }
 
@@ -200,6 +392,61 @@ pub enum Failure {
         /// From the bytes the client read.
         received: Tally,
     },
+    /// A control line (`#...`) on a plain connection, which must never
+    /// receive one.
+    ControlOnPlain {
+        /// Who.
+        client: ClientRef,
+        /// The line (quoted).
+        received: String,
+        /// How far the client got.
+        progress: Progress,
+    },
+    /// A resumable connection's verdict broke the protocol's rules, or
+    /// never came.
+    BadVerdict {
+        /// Who, on which connection.
+        client: ClientRef,
+        /// What is wrong.
+        problem: VerdictProblem,
+        /// The line received (quoted).
+        received: String,
+    },
+    /// A checkpoint's figures are not the client's own.
+    BadCheckpoint {
+        /// Who, on which connection.
+        client: ClientRef,
+        /// What differs.
+        problem: CheckpointProblem,
+        /// The line received (quoted).
+        received: String,
+    },
+    /// A line starting with `#` that is none of `#OK`, `#GAP`, `#AT`.
+    MalformedControl {
+        /// Who, on which connection.
+        client: ClientRef,
+        /// The line received (quoted).
+        received: String,
+    },
+    /// A client that dropped could not reconnect within `timeout`.
+    Reconnect {
+        /// Who, and the connection that dropped.
+        client: ClientRef,
+        /// Attempts made.
+        attempts: u32,
+        /// How long it tried.
+        waited: Duration,
+        /// The last attempt's error.
+        error: String,
+    },
+    /// On a resumable run, no opening broadcast reached the probe
+    /// connection that starts the stream before the clients connect.
+    StreamNotStarted {
+        /// Broadcasts sent.
+        broadcasts: u64,
+        /// How long they went on.
+        waited: Duration,
+    },
     /// The settings passed to [`super::run`] are invalid.
     Config(String),
     /// A bug in the verifier itself (a task panicked).
@@ -224,6 +471,12 @@ impl Failure {
             Failure::SourceStalled { .. } => "server stopped reading events",
             Failure::SourceIo { .. } => "event source connection failed",
             Failure::TallyMismatch { .. } => "totals differ",
+            Failure::ControlOnPlain { .. } => "control line on a plain connection",
+            Failure::BadVerdict { .. } => "wrong resume verdict",
+            Failure::BadCheckpoint { .. } => "wrong checkpoint",
+            Failure::MalformedControl { .. } => "malformed control line",
+            Failure::Reconnect { .. } => "cannot reconnect",
+            Failure::StreamNotStarted { .. } => "stream not started",
             Failure::Config(_) => "invalid configuration",
             Failure::Internal(_) => "verifier bug",
         }
@@ -241,7 +494,12 @@ impl Failure {
             | Failure::Timeout { client, .. }
             | Failure::Disconnected { client, .. }
             | Failure::ClientIo { client, .. }
-            | Failure::TallyMismatch { client, .. } => Some(*client),
+            | Failure::TallyMismatch { client, .. }
+            | Failure::ControlOnPlain { client, .. }
+            | Failure::BadVerdict { client, .. }
+            | Failure::BadCheckpoint { client, .. }
+            | Failure::MalformedControl { client, .. }
+            | Failure::Reconnect { client, .. } => Some(*client),
             _ => None,
         }
     }
@@ -397,6 +655,46 @@ impl std::fmt::Display for Failure {
                 received.count,
                 received.bytes,
                 received.digest
+            ),
+            Failure::ControlOnPlain {
+                client,
+                received,
+                progress,
+            } => write!(
+                f,
+                "{reason}: {client} received {received}, but only a resumable connection may \
+                 ({progress})"
+            ),
+            Failure::BadVerdict {
+                client,
+                problem,
+                received,
+            } => write!(f, "{reason}: {client} received {received}: {problem}"),
+            Failure::BadCheckpoint {
+                client,
+                problem,
+                received,
+            } => write!(f, "{reason}: {client} received {received}: {problem}"),
+            Failure::MalformedControl { client, received } => write!(
+                f,
+                "{reason}: {client} received {received}, which is none of #OK, #GAP, #AT"
+            ),
+            Failure::Reconnect {
+                client,
+                attempts,
+                waited,
+                error,
+            } => write!(
+                f,
+                "{reason}: {client} dropped and failed {attempts} attempts in {} ms: {error}",
+                waited.as_millis()
+            ),
+            Failure::StreamNotStarted { broadcasts, waited } => write!(
+                f,
+                "{reason}: none of {broadcasts} opening broadcasts reached the probe connection \
+                 in {} ms (a resumable run starts the stream before its clients connect, so that \
+                 their first verdicts are of this stream)",
+                waited.as_millis()
             ),
             Failure::Config(message) | Failure::Internal(message) => {
                 write!(f, "{reason}: {message}")

@@ -17,6 +17,11 @@
 //!                          checkers <-- client readers <-- notifications
 //! ```
 //!
+//! With `resumable=true` every client speaks the resumable protocol: its
+//! reader drops the connection now and then (`killswitchMs`), stays away
+//! (`offlineMs`), reconnects and checks the verdict, the replay and every
+//! checkpoint against what it was owed (see [`session`] and [`reader`]).
+//!
 //! # Layout
 //!
 //! Pure logic (no I/O):
@@ -27,11 +32,16 @@
 //! - [`generator`]: the stream: batches, their shuffle, who is owed what.
 //! - [`expect`]: per-client tallies and the expectation entries.
 //! - [`check`]: one client's received lines against what it is owed.
+//! - [`session`]: a resumable client's side of the protocol: handshakes,
+//!   verdicts, checkpoints.
+//! - [`drops`]: when and how a resumable client drops its connection.
 //! - [`latency`]: send times per chunk, latency histograms.
 //! - [`failure`], [`report`]: how a run ends.
 //!
 //! Threads, tasks and sockets:
 //! - [`source`]: the event source thread: opening, generate, write.
+//! - [`probe`]: a resumable run opens its stream before its clients
+//!   connect.
 //! - [`reader`]: one task per client connection.
 //! - [`shared`]: the state they share (first failure, plan, counters).
 //! - [`progress`]: progress lines or a progress bar.
@@ -39,18 +49,27 @@
 //! - [`run`]: connects everything, starts it, waits for it and reports:
 //!   four stages, one function each.
 
+// A `Failure` names the client and, on a resumable run, its connection,
+// which makes it larger than clippy likes in a `Result`. It is built once,
+// when a run fails; boxing it would buy nothing and cost the hot path's
+// `Result`s an indirection (STYLE: hot paths do not box errors).
+#![allow(clippy::result_large_err)]
+
 pub mod check;
 pub mod config;
+pub mod drops;
 pub mod expect;
 pub mod failure;
 pub mod generator;
 pub mod graph;
 pub mod latency;
 pub mod line;
+pub mod probe;
 pub mod progress;
 pub mod reader;
 pub mod report;
 pub mod rng;
+pub mod session;
 pub mod shared;
 pub mod sink;
 pub mod source;
@@ -66,15 +85,19 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{ConfigError, LineEndings, LogLevel, VerifyConfig};
-pub use failure::{ByteDiff, ClientRef, Failure};
+pub use failure::{ByteDiff, CheckpointProblem, ClientRef, ConnectionRef, Failure, VerdictProblem};
 pub use generator::Profile;
-pub use report::{ClientSummary, Report};
+pub use report::{ClientSummary, Report, ResumeReport};
+pub use session::ResumeStats;
 
 use check::Checker;
+use drops::DropSchedule;
 use expect::queue_capacity;
 use generator::{client_users, GeneratorSettings};
 use latency::Latencies;
-use reader::{read_client, ReaderOutcome};
+use probe::Opened;
+use reader::{read_client, ReaderOutcome, Resume};
+use session::{Session, SessionSettings};
 use shared::Shared;
 use source::{Source, SourceOutcome, SourceSettings};
 
@@ -95,14 +118,24 @@ pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
     report(&config, finished, started)
 }
 
-/// Every socket open, nothing running yet.
+/// Every socket open, nothing running yet (but a resumable run's probe).
 struct Connected {
     /// The user id of each client connection, in client order.
     users: Vec<u32>,
     /// To the event port, blocking: the source thread writes to it.
     source_stream: std::net::TcpStream,
-    /// One per client, in client order, its user id already sent.
+    /// One per client, in client order, its handshake already sent.
     client_streams: Vec<TcpStream>,
+    /// The server's client port, for reconnects.
+    client_addr: SocketAddr,
+    /// On a resumable run, one per client, in client order, at its first
+    /// connection; empty on a plain run.
+    sessions: Vec<Session>,
+    /// What the readers, the source and the coordinator share (the probe
+    /// stamped its broadcasts on its clock).
+    shared: Arc<Shared>,
+    /// The opening broadcasts the probe sent.
+    opened: Opened,
     /// How long connecting the clients took, for the report.
     connect_time: Duration,
 }
@@ -141,10 +174,13 @@ struct Finished {
     source: SourceOutcome,
     /// When the last reader finished: the end of the stream.
     stream_done: Instant,
+    /// Every resume's reconnect-to-verdict time.
+    resume_latency: Latencies,
 }
 
 /// Resolves the server's two ports, connects the event source and then
-/// every client (each sends its user id), and announces the run.
+/// every client (each sends its handshake), and announces the run. A
+/// resumable run starts its stream first ([`probe`]).
 async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
     let users = client_users(
         config.random_seed,
@@ -153,8 +189,23 @@ async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
     );
     let event_addr = resolve(config, config.event_listener_port, "eventListenerPort").await?;
     let client_addr = resolve(config, config.client_listener_port, "clientListenerPort").await?;
+    let shared = Arc::new(Shared::new(users.len()));
 
-    let source_stream = connect_to(event_addr, "eventListenerPort", config.timeout).await?;
+    let mut source_stream = connect_to(event_addr, "eventListenerPort", config.timeout).await?;
+    let opened = if config.resumable && !users.is_empty() {
+        // A user no event names: it is owed broadcasts only.
+        let probe_user = config.number_of_users + 1;
+        probe::start_stream(
+            &mut source_stream,
+            client_addr,
+            probe_user,
+            &shared,
+            config.timeout,
+        )
+        .await?
+    } else {
+        Opened::default()
+    };
     let source_stream = source_stream
         .into_std()
         .and_then(|stream| stream.set_nonblocking(false).map(|()| stream))
@@ -162,15 +213,28 @@ async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
             error: error.to_string(),
         })?;
 
+    let mut sessions: Vec<Session> = match config.resumable {
+        true => {
+            let settings = SessionSettings {
+                window: config.resume_window,
+            };
+            users
+                .iter()
+                .map(|&user| Session::new(user, settings))
+                .collect()
+        }
+        false => Vec::new(),
+    };
     let connecting = Instant::now();
-    let client_streams = connect_clients(client_addr, &users, config.timeout).await?;
+    let client_streams =
+        connect_clients(client_addr, &users, &mut sessions, config.timeout).await?;
     let connect_time = connecting.elapsed();
     if config.log_level >= LogLevel::Info {
         // Only once connected: a server that is not running gets exactly
         // one line, the failure.
         println!(
             "verifying {event_addr} (events) and {client_addr} (clients): {} events, {} clients \
-             of {} users, {} profile, seed {}{}",
+             of {} users, {} profile, seed {}{}{}",
             config.total_events,
             config.concurrency_level,
             config.number_of_users,
@@ -179,15 +243,35 @@ async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
             match config.rate {
                 0 => String::new(),
                 rate => format!(", {rate} events/s"),
-            }
+            },
+            resume_banner(config),
         );
     }
     Ok(Connected {
         users,
         source_stream,
         client_streams,
+        client_addr,
+        sessions,
+        shared,
+        opened,
         connect_time,
     })
+}
+
+/// How the banner describes a resumable run (empty for a plain one).
+fn resume_banner(config: &VerifyConfig) -> String {
+    if !config.resumable {
+        return String::new();
+    }
+    let mut text = String::from(", resumable");
+    if !config.killswitch.is_zero() {
+        text += &format!(", a drop every {} ms", config.killswitch.as_millis());
+    }
+    if !config.offline.is_zero() {
+        text += &format!(", offline up to {} ms", config.offline.as_millis());
+    }
+    text
 }
 
 /// Starts a reader task per client (each with its checker and expectation
@@ -199,24 +283,42 @@ fn start(config: &VerifyConfig, connected: Connected) -> Running {
         users,
         source_stream,
         client_streams,
+        client_addr,
+        sessions,
+        shared,
+        opened,
         connect_time,
     } = connected;
     let source_socket = source_stream.try_clone().ok();
-    let shared = Arc::new(Shared::new(users.len()));
     let capacity = queue_capacity(config.max_event_source_batch_size, users.len());
     let mut producers = Vec::with_capacity(users.len());
     let mut readers = JoinSet::new();
+    let mut sessions = sessions.into_iter();
     for (index, (stream, &user)) in client_streams.into_iter().zip(&users).enumerate() {
         let (producer, consumer) = rtrb::RingBuffer::new(capacity);
         producers.push(producer);
-        let client = ClientRef { index, user };
-        let checker = Checker::new(client, consumer, shared.clone(), config.line_endings);
+        let client = ClientRef::new(index, user);
+        let mut checker = Checker::new(client, consumer, shared.clone(), config.line_endings);
+        let resume = sessions.next().map(|session| {
+            checker.set_connection(Some(session.connection()));
+            Resume {
+                address: client_addr,
+                session,
+                drops: DropSchedule::new(
+                    config.random_seed,
+                    index,
+                    config.killswitch,
+                    config.offline,
+                ),
+            }
+        });
         readers.spawn(read_client(
             client,
             stream,
             checker,
             shared.clone(),
             config.timeout,
+            resume,
         ));
     }
 
@@ -233,6 +335,7 @@ fn start(config: &VerifyConfig, connected: Connected) -> Running {
             total_events: config.total_events,
             rate: config.rate,
             timeout: config.timeout,
+            opened,
         },
         shared.clone(),
         producers,
@@ -327,6 +430,7 @@ async fn join(running: Running) -> Result<Finished, Failure> {
         outcomes,
         source,
         stream_done,
+        resume_latency: shared.resume_latency(),
     })
 }
 
@@ -340,15 +444,14 @@ fn report(config: &VerifyConfig, finished: Finished, started: Instant) -> Result
         outcomes,
         source,
         stream_done,
+        resume_latency,
     } = finished;
     let mut latencies = Latencies::default();
+    let mut resume = config.resumable.then(ResumeStats::default);
     let (mut notifications, mut notification_bytes, mut reterminated) = (0, 0, 0);
     let mut per_client = Vec::with_capacity(users.len());
     for (index, outcome) in outcomes.iter().enumerate() {
-        let client = ClientRef {
-            index,
-            user: users[index],
-        };
+        let client = ClientRef::new(index, users[index]);
         let Some(outcome) = outcome else {
             return Err(Failure::Internal(format!(
                 "{client} ended without a verdict"
@@ -373,6 +476,9 @@ fn report(config: &VerifyConfig, finished: Finished, started: Instant) -> Result
         reterminated += outcome.reterminated;
         per_client.push(summary);
         latencies.merge(&outcome.latencies);
+        if let (Some(total), Some(stats)) = (resume.as_mut(), &outcome.resume) {
+            total.merge(stats);
+        }
     }
     let stream_time = stream_done.saturating_duration_since(source.main_started);
     Ok(Report {
@@ -393,11 +499,16 @@ fn report(config: &VerifyConfig, finished: Finished, started: Instant) -> Result
         reterminated,
         latency: latencies.summary(),
         per_client,
+        resume: resume.map(|stats| ResumeReport {
+            stats,
+            verdict_latency: resume_latency.summary(),
+        }),
     })
 }
 
 /// Connects one client per entry of `users`, in order, and sends each its
-/// user id.
+/// handshake: its user id, or on a resumable run (`sessions` not empty) its
+/// session's first handshake, `user||0`.
 ///
 /// One at a time on purpose: each connection waits in the server's accept
 /// queue until the server accepts it, and a burst larger than that queue
@@ -407,17 +518,21 @@ fn report(config: &VerifyConfig, finished: Finished, started: Instant) -> Result
 async fn connect_clients(
     address: SocketAddr,
     users: &[u32],
+    sessions: &mut [Session],
     timeout: Duration,
 ) -> Result<Vec<TcpStream>, Failure> {
     let mut streams = Vec::with_capacity(users.len());
     for (index, &user) in users.iter().enumerate() {
         let mut stream = connect_to(address, "clientListenerPort", timeout).await?;
-        let hello = format!("{user}\r\n");
+        let hello = match sessions.get_mut(index) {
+            Some(session) => session.hello(0, None),
+            None => format!("{user}\r\n").into_bytes(),
+        };
         stream
-            .write_all(hello.as_bytes())
+            .write_all(&hello)
             .await
             .map_err(|error| Failure::ClientIo {
-                client: ClientRef { index, user },
+                client: ClientRef::new(index, user),
                 error: error.to_string(),
             })?;
         streams.push(stream);

@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
+use super::drops::DropKind;
 use super::generator::{MixCounts, Profile};
 use super::latency::LatencySummary;
 use super::line::Kind;
+use super::session::ResumeStats;
 
 /// See the module doc. Every field is a measurement of this run.
 #[derive(Debug, Clone)]
@@ -49,6 +51,25 @@ pub struct Report {
     pub latency: Option<LatencySummary>,
     /// Each client's figures, in client order.
     pub per_client: Vec<ClientSummary>,
+    /// On a resumable run, its drops, resumes and replays.
+    pub resume: Option<ResumeReport>,
+}
+
+/// What a resumable run measured of its sessions.
+#[derive(Debug, Clone)]
+pub struct ResumeReport {
+    /// Every client's counters, summed.
+    pub stats: ResumeStats,
+    /// From the start of each reconnect (after its offline wait) to its
+    /// verdict, if any client resumed.
+    pub verdict_latency: Option<LatencySummary>,
+}
+
+impl ResumeReport {
+    /// Drops the clients made themselves.
+    pub fn own_drops(&self) -> u64 {
+        self.stats.drops.iter().sum()
+    }
 }
 
 /// One client's figures.
@@ -164,6 +185,9 @@ impl std::fmt::Display for Report {
             )?,
             None => writeln!(f, "latency:       no notifications to time")?,
         }
+        if let Some(resume) = &self.resume {
+            resume.fmt_with(f, self.elapsed)?;
+        }
         write!(
             f,
             "timing:        {} clients connected in {:.2} s, registered in {:.2} s; \
@@ -173,6 +197,52 @@ impl std::fmt::Display for Report {
             self.opening_time.as_secs_f64(),
             self.stream_time.as_secs_f64()
         )
+    }
+}
+
+impl ResumeReport {
+    /// The report's resume lines, each ending in a newline; `elapsed` is the
+    /// whole run, for the rate.
+    fn fmt_with(&self, f: &mut std::fmt::Formatter<'_>, elapsed: Duration) -> std::fmt::Result {
+        let stats = &self.stats;
+        let kinds: Vec<String> = DropKind::ALL
+            .iter()
+            .map(|&kind| format!("{} {}", grouped(stats.drops[kind.index()]), kind.plural()))
+            .collect();
+        writeln!(
+            f,
+            "resumes:       {} ({:.0}/s): #OK {}, #GAP {}; drops: {} by the clients ({}), {} \
+             by the server; {} reconnects retried",
+            grouped(stats.resumes()),
+            stats.resumes() as f64 / elapsed.as_secs_f64().max(1e-9),
+            grouped(stats.resumes_ok),
+            grouped(stats.resumes_gap),
+            grouped(self.own_drops()),
+            kinds.join(", "),
+            grouped(stats.server_drops),
+            grouped(stats.retries),
+        )?;
+        writeln!(
+            f,
+            "replay:        {} lines replayed (written before a drop, received after its \
+             resume), {} given up to #GAP; {} checkpoints checked (count and CRC-32)",
+            grouped(stats.replayed),
+            grouped(stats.lost_to_gaps),
+            grouped(stats.checkpoints),
+        )?;
+        match &self.verdict_latency {
+            Some(latency) => writeln!(
+                f,
+                "reconnect:     to verdict p50 {}, p99 {}, max {} ({} resumes); {:.2} s offline \
+                 in all",
+                millis(latency.p50),
+                millis(latency.p99),
+                millis(latency.max),
+                grouped(latency.samples),
+                stats.offline.as_secs_f64(),
+            ),
+            None => writeln!(f, "reconnect:     no resumes"),
+        }
     }
 }
 
@@ -208,6 +278,7 @@ mod tests {
             reterminated: 0,
             latency: None,
             per_client: Vec::new(),
+            resume: None,
         };
         assert!(report.byte_exact());
         assert_eq!(

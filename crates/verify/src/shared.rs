@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::failure::Failure;
-use super::latency::SendClock;
+use super::latency::{Latencies, SendClock};
 use followermaze_protocol::Seq;
 
 /// The stream's numbering, fixed when the opening broadcasts end.
@@ -45,6 +45,10 @@ pub struct Shared {
     registered_clients: Box<[AtomicBool]>,
     /// Events written to the server so far.
     pub events_sent: AtomicU64,
+    /// Every sequence number up to this has been handed to the event
+    /// socket: stored (release) before each write, so a server can never be
+    /// at a later position (read with acquire).
+    pub events_handed: AtomicU64,
     /// Notifications received so far, all clients.
     pub notifications: AtomicU64,
     /// Notification bytes received so far, all clients.
@@ -53,6 +57,10 @@ pub struct Shared {
     source: OnceLock<Thread>,
     /// True while the source is parked waiting for a reader.
     source_parked: AtomicBool,
+    /// Reconnect-to-verdict times of every resume, all clients: one
+    /// histogram behind a lock rather than one per client, since a resume
+    /// is rare next to a line and a histogram is 30 KiB.
+    resume_latency: Mutex<Latencies>,
 }
 
 impl Shared {
@@ -73,6 +81,22 @@ impl Shared {
             }
         }
         self.wake_source();
+    }
+
+    /// Records one resume's reconnect-to-verdict time.
+    pub fn record_resume(&self, latency: Duration) {
+        self.resume_latency
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .record(latency.as_micros() as u64);
+    }
+
+    /// Every resume's reconnect-to-verdict time so far.
+    pub fn resume_latency(&self) -> Latencies {
+        self.resume_latency
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// How many clients have received an opening broadcast.

@@ -31,6 +31,7 @@ use super::expect::{line_hash, Expected, Tally};
 use super::failure::{ClientRef, Failure};
 use super::generator::{Batch, Generator, GeneratorSettings, MixCounts};
 use super::line::{format_line, Event, MAX_LINE_BYTES};
+use super::probe::Opened;
 use super::shared::{Plan, Shared};
 use followermaze_protocol::Seq;
 
@@ -39,7 +40,7 @@ use followermaze_protocol::Seq;
 pub const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Time between opening broadcasts while clients are still registering.
-const OPENING_TICK: Duration = Duration::from_millis(2);
+pub const OPENING_TICK: Duration = Duration::from_millis(2);
 
 /// Longest single park while waiting for queue room; the wait itself is
 /// unbounded (a stuck client fails by its own timeout, which wakes us).
@@ -87,6 +88,10 @@ pub struct SourceSettings {
     /// How long a write may block, and how long clients may take to
     /// register.
     pub timeout: Duration,
+    /// Opening broadcasts already written before the source started (a
+    /// resumable run's probe, [`super::probe`]): the opening carries on
+    /// after them.
+    pub opened: Opened,
 }
 
 /// See the module doc.
@@ -135,6 +140,7 @@ impl Source {
     ) -> Source {
         let clients = queues.len();
         let max_batch = settings.generator.max_batch as usize;
+        let opened = settings.opened;
         Source {
             stream,
             settings,
@@ -146,10 +152,12 @@ impl Source {
             spans: Vec::with_capacity(max_batch),
             need: vec![0; clients],
             touched: Vec::with_capacity(clients),
-            chunk: 0,
+            // One chunk per opening broadcast.
+            chunk: u32::try_from(opened.broadcasts)
+                .expect("far fewer opening broadcasts than 2^32"),
             events_buffered: 0,
-            events_written: 0,
-            bytes_written: 0,
+            events_written: opened.broadcasts,
+            bytes_written: opened.bytes,
         }
     }
 
@@ -204,12 +212,13 @@ impl Source {
         })
     }
 
-    /// Sends broadcasts `1, 2, ...`, one per write, until every client has
-    /// received one; returns the last one's sequence number.
+    /// Sends broadcasts `1, 2, ...` (after those already opened), one per
+    /// write, until every client has received one; returns the last one's
+    /// sequence number.
     fn opening(&mut self) -> Result<Seq, Stopped> {
         let clients = self.queues.len();
         let started = Instant::now();
-        let mut seq: Seq = 0;
+        let mut seq: Seq = self.settings.opened.broadcasts;
         while self.shared.registered() < clients {
             if self.shared.aborted() {
                 return Err(Stopped);
@@ -218,10 +227,7 @@ impl Source {
             if waited >= self.settings.timeout {
                 let index = self.shared.first_unregistered().unwrap_or(0);
                 self.shared.fail(Failure::NotRegistered {
-                    client: ClientRef {
-                        index,
-                        user: self.settings.generator.client_users[index],
-                    },
+                    client: ClientRef::new(index, self.settings.generator.client_users[index]),
                     registered: self.shared.registered(),
                     clients,
                     waited,
@@ -325,6 +331,11 @@ impl Source {
             return Ok(());
         }
         self.shared.clock.stamp(self.chunk);
+        // Batches are consecutive ranges: the buffer ends at this sequence.
+        self.shared.events_handed.store(
+            self.events_written + self.events_buffered,
+            std::sync::atomic::Ordering::Release,
+        );
         if let Err(error) = self.stream.write_all(&self.out[..self.used]) {
             return Err(self.fail_io(error));
         }

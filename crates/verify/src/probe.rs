@@ -1,0 +1,145 @@
+//! A resumable run starts its stream before its clients connect.
+//!
+//! A resumable client's first verdict, `#OK|stream|P`, registers it at the
+//! server's position `P`: lines above `P` are owed, none at or below. That
+//! must be a position in *this run's* stream. A long-lived server that
+//! served a run before is still at that run's last sequence number, on that
+//! run's stream; our first event starts a new stream there (the sequence
+//! restarts, and every session ends), so a client registered before it
+//! would hold a verdict of the old stream.
+//!
+//! So before the clients connect, a probe (a classic connection of a user no
+//! event names, so it is owed broadcasts only) waits while the event source
+//! sends opening broadcasts `1, 2, ...`, one per [`OPENING_TICK`], exactly as
+//! the source's opening does, until the probe receives one. The server has
+//! then applied one of ours: it is on our stream, and every verdict from now
+//! on is a position in it. The probe closes, the clients connect, and the
+//! source's opening carries on from the next broadcast (clients registered
+//! below the last one sent are owed the rest, which were stamped on the send
+//! clock like any opening broadcast).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::failure::Failure;
+use super::line::{format_line, Event, MAX_LINE_BYTES};
+use super::shared::Shared;
+use super::source::OPENING_TICK;
+use followermaze_protocol::{parse_event, EventKind, Seq};
+
+/// Bytes the probe reads at a time; it needs one line.
+const PROBE_BUFFER_BYTES: usize = 4096;
+
+/// What the probe phase sent, for the source to carry on from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Opened {
+    /// Opening broadcasts written, `1..=broadcasts`, one chunk each.
+    pub broadcasts: Seq,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Sends opening broadcasts on `source` until a probe connection to
+/// `clients` for `probe_user` receives one; stamps each on `shared`'s send
+/// clock (broadcast `n` is chunk `n - 1`, as the source's opening numbers
+/// them). Fails after `timeout`.
+pub async fn start_stream(
+    source: &mut TcpStream,
+    clients: SocketAddr,
+    probe_user: u32,
+    shared: &Shared,
+    timeout: Duration,
+) -> Result<Opened, Failure> {
+    let started = Instant::now();
+    let mut probe = connect(clients, timeout).await?;
+    probe
+        .write_all(format!("{probe_user}\r\n").as_bytes())
+        .await
+        .map_err(|error| connect_failure(clients, error.to_string()))?;
+    let mut opened = Opened::default();
+    let mut buf = vec![0u8; PROBE_BUFFER_BYTES];
+    let mut filled = 0;
+    loop {
+        let waited = started.elapsed();
+        if waited >= timeout {
+            return Err(Failure::StreamNotStarted {
+                broadcasts: opened.broadcasts,
+                waited,
+            });
+        }
+        let seq = opened.broadcasts + 1;
+        let mut line = [0u8; MAX_LINE_BYTES];
+        let len = format_line(&Event::broadcast(seq), &mut line);
+        let chunk = u32::try_from(seq - 1).expect("far fewer opening broadcasts than 2^32");
+        shared.clock.stamp(chunk);
+        shared.events_handed.store(seq, Ordering::Release);
+        match tokio::time::timeout(timeout - waited, source.write_all(&line[..len])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                return Err(Failure::SourceIo {
+                    error: error.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(Failure::SourceStalled {
+                    events_sent: opened.broadcasts,
+                    waited: timeout,
+                })
+            }
+        }
+        opened.broadcasts = seq;
+        opened.bytes += len as u64;
+        shared.events_sent.store(seq, Ordering::Relaxed);
+        let tick = Instant::now() + OPENING_TICK;
+        while let Ok(read) =
+            tokio::time::timeout_at(tick.into(), probe.read(&mut buf[filled..])).await
+        {
+            let n = match read {
+                Ok(0) | Err(_) => {
+                    let error = "the server closed the probe connection".to_owned();
+                    return Err(connect_failure(clients, error));
+                }
+                Ok(n) => n,
+            };
+            filled += n;
+            while let Some(newline) = memchr::memchr(b'\n', &buf[..filled]) {
+                let line = &buf[..=newline];
+                if matches!(parse_event(line), Ok((got, EventKind::Broadcast)) if got <= seq) {
+                    return Ok(opened);
+                }
+                // Anything else is not ours; wait for one of ours.
+                buf.copy_within(newline + 1..filled, 0);
+                filled -= newline + 1;
+            }
+            if filled == buf.len() {
+                filled = 0;
+            }
+        }
+    }
+}
+
+/// A classic connection to `address`.
+async fn connect(address: SocketAddr, timeout: Duration) -> Result<TcpStream, Failure> {
+    match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+        Ok(Ok(stream)) => {
+            // Its one write is the handshake.
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(error)) => Err(connect_failure(address, error.to_string())),
+        Err(_) => Err(connect_failure(address, "connection timed out".into())),
+    }
+}
+
+/// The probe could not connect or was closed.
+fn connect_failure(address: SocketAddr, error: String) -> Failure {
+    Failure::Connect {
+        variable: "clientListenerPort",
+        address: address.to_string(),
+        error: format!("probe connection: {error}"),
+    }
+}
