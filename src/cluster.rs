@@ -27,7 +27,7 @@ use crate::metrics::Health;
 use crate::publisher::{self, Publisher};
 use crate::registry::Registry;
 use crate::sequencer::Sequencer;
-use crate::server::{display_addr, Observers, ServerError, Task};
+use crate::server::{display_addr, finish, Observers, ServerError, Task};
 use crate::sink::BatchSink;
 use crate::source::accept_sources;
 use crate::stats::Stats;
@@ -274,16 +274,4 @@ pub async fn run_gateway(
     failures.extend(clients.join().await);
     failures.extend(observers.stop().await);
     finish(failures)
-}
-
-/// The outcome, logged.
-fn finish(failures: Vec<String>) -> Result<(), ServerError> {
-    if failures.is_empty() {
-        tracing::info!("server stopped");
-        Ok(())
-    } else {
-        let message = failures.join("; ");
-        tracing::error!(%message, "server stopped abnormally");
-        Err(ServerError(message))
-    }
 }

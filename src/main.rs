@@ -11,7 +11,7 @@ use followermaze::config::{LogFormat, SETTINGS};
 use followermaze::{
     BindError, Config, GatewayListeners, Listeners, Role, SequencerListeners, Stats,
 };
-use followermaze_protocol::cli::{self, About, Invocation, EXIT_USAGE};
+use followermaze_protocol::cli::{self, About, EXIT_USAGE};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -26,20 +26,8 @@ const ABOUT: About = About {
 };
 
 fn main() -> ExitCode {
-    match cli::parse(&ABOUT, std::env::args().skip(1)) {
-        Ok(Invocation::Run(_)) => {}
-        Ok(Invocation::Help) => {
-            print!("{}", cli::usage(&ABOUT));
-            return ExitCode::SUCCESS;
-        }
-        Ok(Invocation::Version) => {
-            println!("{} {}", ABOUT.binary, ABOUT.version);
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    if let Err(exit) = cli::dispatch(&ABOUT, std::env::args().skip(1)) {
+        return exit;
     }
     let config = match Config::from_env() {
         Ok(config) => config,

@@ -172,6 +172,12 @@ pub async fn run_with_stats(
     // Shutdown steps 1 to 4, then 5.
     let mut failures = pipeline.shut_down(shutdown).await;
     failures.extend(observers.stop().await);
+    finish(failures)
+}
+
+/// How a role's run ends, logged: `Ok` if nothing failed, else every
+/// failure in one [`ServerError`].
+pub(crate) fn finish(failures: Vec<String>) -> Result<(), ServerError> {
     if failures.is_empty() {
         tracing::info!("server stopped");
         Ok(())

@@ -73,6 +73,31 @@ pub fn parse(about: &About, args: impl IntoIterator<Item = String>) -> Result<In
     }
 }
 
+/// Reads the arguments after the program name and answers what needs no
+/// running: prints the usage or the version (`Err(ExitCode::SUCCESS)`), or
+/// a one-line error (`Err` with [`EXIT_USAGE`]). `Ok(mode)` means run, in
+/// that mode (`None`: the default one).
+pub fn dispatch(
+    about: &About,
+    args: impl IntoIterator<Item = String>,
+) -> Result<Option<String>, std::process::ExitCode> {
+    match parse(about, args) {
+        Ok(Invocation::Run(mode)) => Ok(mode),
+        Ok(Invocation::Help) => {
+            print!("{}", usage(about));
+            Err(std::process::ExitCode::SUCCESS)
+        }
+        Ok(Invocation::Version) => {
+            println!("{} {}", about.binary, about.version);
+            Err(std::process::ExitCode::SUCCESS)
+        }
+        Err(message) => {
+            eprintln!("{message}");
+            Err(std::process::ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
 /// The `--help` text: what the binary does, how to call it, and every
 /// variable with its default and meaning (the same table the README shows).
 pub fn usage(about: &About) -> String {

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use followermaze_protocol::cli::{self, About, Invocation, EXIT_USAGE};
+use followermaze_protocol::cli::{self, About, EXIT_USAGE};
 use followermaze_verify::config::SETTINGS;
 use followermaze_verify::{run, sink::sink, Failure, LogLevel, VerifyConfig};
 
@@ -36,20 +36,9 @@ const ABOUT: About = About {
 const SINK_LIMIT: Duration = Duration::from_secs(600);
 
 fn main() -> ExitCode {
-    let mode = match cli::parse(&ABOUT, std::env::args().skip(1)) {
-        Ok(Invocation::Run(mode)) => mode,
-        Ok(Invocation::Help) => {
-            print!("{}", cli::usage(&ABOUT));
-            return ExitCode::SUCCESS;
-        }
-        Ok(Invocation::Version) => {
-            println!("{} {}", ABOUT.binary, ABOUT.version);
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let mode = match cli::dispatch(&ABOUT, std::env::args().skip(1)) {
+        Ok(mode) => mode,
+        Err(exit) => return exit,
     };
     let config = match VerifyConfig::from_env() {
         Ok(config) => config,
