@@ -189,10 +189,14 @@ async fn a_client_that_stops_reading_is_cut_off_and_nobody_else_waits() {
         }
     }
 
+    // The healthy clients stay connected, so the gauge below counts them.
+    let mut healthy = Vec::new();
     for reader in readers {
-        within("a healthy client's full stream", reader)
-            .await
-            .unwrap();
+        healthy.push(
+            within("a healthy client's full stream", reader)
+                .await
+                .unwrap(),
+        );
     }
     // The reason is counted before the connection's gauge comes down: wait
     // for both.
@@ -207,12 +211,14 @@ async fn a_client_that_stops_reading_is_cut_off_and_nobody_else_waits() {
     let expected_prefix: String = (1..=EVENTS).map(|seq| format!("{seq}|B\r\n")).collect();
     assert!(expected_prefix.as_bytes().starts_with(&prefix));
     assert!(prefix.len() < expected_prefix.len());
+    drop(healthy);
     server.stop().await.unwrap();
 }
 
 /// Reads `1|B\r\n` .. `{events}|B\r\n` in order, comparing as it goes,
-/// and publishes how far it got in `received`.
-async fn read_all_broadcasts(mut client: Client, events: u64, received: Arc<AtomicU64>) {
+/// and publishes how far it got in `received`; returns the client, still
+/// connected.
+async fn read_all_broadcasts(mut client: Client, events: u64, received: Arc<AtomicU64>) -> Client {
     let mut expected_seq = 1u64;
     let mut line = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -229,6 +235,7 @@ async fn read_all_broadcasts(mut client: Client, events: u64, received: Arc<Atom
             }
         }
     }
+    client
 }
 
 #[tokio::test]
