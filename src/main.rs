@@ -29,6 +29,7 @@ fn main() -> ExitCode {
     if let Err(exit) = cli::dispatch(&ABOUT, std::env::args().skip(1)) {
         return exit;
     }
+    one_malloc_arena();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(error) => {
@@ -122,6 +123,24 @@ fn bind_gateway(config: &Config) -> Result<GatewayListeners, BindError> {
         clients: bind(config, "clientListenerPort", config.client_listener_port)?,
         metrics: bind_metrics(config)?,
     })
+}
+
+/// Asks glibc for a single malloc arena, unless `MALLOC_ARENA_MAX` says
+/// otherwise.
+///
+/// Batches of events are allocated on one worker thread and freed on
+/// another; with glibc's default of an arena per thread, that memory
+/// spreads over several arenas and is returned late. Measured on the
+/// classic 10M run (7 alternating runs each): one arena cuts the server's
+/// peak RSS 23.0 -> 19.9 MB and its CPU 1.53 -> 1.44 s (median). Must run
+/// before any thread starts.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; it is called
+        // before the runtime (or any other thread) exists.
+        let _ = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    }
 }
 
 /// Logs to stderr in `config.log_format`, filtered by `RUST_LOG` when set,
