@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use common::{get, wait_until, within, Client, TestServer};
 use followermaze::{Config, GatewayListeners, SequencerListeners, Stats};
+use followermaze_verify::{LogLevel, VerifyConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -581,4 +582,54 @@ fn seq_of(line: &str) -> u64 {
         .next()
         .and_then(|seq| seq.parse().ok())
         .unwrap_or(0)
+}
+
+/// A verifier run's settings: events to `sequencer`, clients spread over
+/// `gateways` (`clientAddresses`).
+fn verifier_run(sequencer: &SequencerNode, gateways: &[&GatewayNode]) -> VerifyConfig {
+    VerifyConfig {
+        host: "127.0.0.1".into(),
+        event_listener_port: sequencer.events.port(),
+        client_addresses: gateways
+            .iter()
+            .map(|gateway| gateway.clients.to_string())
+            .collect(),
+        total_events: 20_000,
+        concurrency_level: 10,
+        timeout: std::time::Duration::from_secs(10),
+        log_interval: std::time::Duration::ZERO,
+        log_level: LogLevel::Warn,
+        ..VerifyConfig::default()
+    }
+}
+
+/// Runs the verifier under a time limit.
+async fn verify(config: VerifyConfig) -> followermaze_verify::Report {
+    let run = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        followermaze_verify::run(config),
+    );
+    match run.await {
+        Ok(Ok(report)) => report,
+        Ok(Err(failure)) => panic!("the verifier failed: {failure}"),
+        Err(_) => panic!("the verifier did not finish within 60 s"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verifier_passes_with_clients_spread_over_two_gateways() {
+    let Some(nats) = Nats::start("spread").await else {
+        return;
+    };
+    let sequencer = SequencerNode::start(nats.config());
+    let first = GatewayNode::start(nats.config()).await;
+    let second = GatewayNode::start(nats.config()).await;
+    let report = verify(verifier_run(&sequencer, &[&first, &second])).await;
+    assert_eq!(report.clients, 10);
+    // Round robin: five clients on each gateway.
+    assert_eq!(get(&first.stats.client_connects), 5);
+    assert_eq!(get(&second.stats.client_connects), 5);
+    first.stop().await;
+    second.stop().await;
+    sequencer.kill();
 }
