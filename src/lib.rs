@@ -79,6 +79,7 @@ mod client;
 mod cluster;
 mod gap;
 mod gateway;
+mod history;
 mod jetstream;
 mod metrics;
 mod online;

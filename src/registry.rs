@@ -36,6 +36,7 @@ use slab::Slab;
 use tokio::sync::mpsc;
 
 use crate::batch::OrderedBatch;
+use crate::history::{FetchRequest, History};
 use crate::online::Online;
 use crate::outbox::{Closed, Outbox, PushError};
 use crate::reach::Reach;
@@ -61,6 +62,17 @@ pub enum Command {
         hello: Hello,
         conn: ConnId,
         outbox: Arc<Outbox>,
+    },
+    /// A resume from the shared stream (see [`crate::history`]) has its
+    /// lines in (`after`, `upto`], or `None` if they could not be fetched.
+    Resumed {
+        user: UserId,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        stream: StreamId,
+        after: Seq,
+        upto: Seq,
+        lines: Option<Vec<u8>>,
     },
     /// A client connection ended.
     Unregister { user: UserId, conn: ConnId },
@@ -208,6 +220,11 @@ pub struct Registry {
     stats: Arc<Stats>,
     /// Rate limit for slow-consumer warnings.
     slow_log: LogThrottle,
+    /// A gateway's record of edge changes and stream messages, for resumes
+    /// from the shared stream; `None` standalone.
+    history: Option<History>,
+    /// Where such resumes are fetched (a gateway's fetcher task).
+    fetches: Option<mpsc::Sender<FetchRequest>>,
 }
 
 impl Registry {
@@ -228,8 +245,19 @@ impl Registry {
             settings,
             stats,
             slow_log: LogThrottle::new(std::time::Duration::from_secs(5)),
+            history: None,
+            fetches: None,
         };
         (registry, RegistryHandle { commands: tx })
+    }
+
+    /// This registry, a cluster gateway's: a resumable client without a
+    /// local session resumes from the shared stream, fetched by the task
+    /// reading `fetches` (see [`crate::history`]).
+    pub(crate) fn with_history(mut self, fetches: mpsc::Sender<FetchRequest>) -> Registry {
+        self.history = Some(History::default());
+        self.fetches = Some(fetches);
+        self
     }
 
     /// Processes commands until `Shutdown` or until every handle is dropped,
@@ -253,6 +281,18 @@ impl Registry {
                     conn,
                     outbox,
                 } => self.register(hello, conn, outbox),
+                Command::Resumed {
+                    user,
+                    conn,
+                    outbox,
+                    stream,
+                    after,
+                    upto,
+                    lines,
+                } => {
+                    self.resumed(user, (conn, outbox), stream, (after, upto), lines);
+                    Stats::set(&self.stats.clients_connected, self.connected() as u64);
+                }
                 Command::Unregister { user, conn } => self.unregister(user, conn),
                 Command::Restore {
                     graph,
@@ -266,7 +306,7 @@ impl Registry {
         // shutdown too, or their writers would wait out the drain timeout.
         self.commands.close();
         while let Ok(command) = self.commands.try_recv() {
-            if let Command::Register { outbox, .. } = command {
+            if let Command::Register { outbox, .. } | Command::Resumed { outbox, .. } = command {
                 outbox.close(Closed::Drain);
             }
         }
@@ -319,10 +359,153 @@ impl Registry {
         key
     }
 
-    /// Registers a resumable connection: the verdict and the lines it
-    /// missed are staged and flushed now, between two batches, so live
-    /// lines from the next batch on follow them exactly.
+    /// Registers a resumable connection: from the shared stream if this
+    /// gateway cannot replay it locally ([`Registry::resume_from_stream`]), else
+    /// now ([`Registry::attach_local`]).
     fn attach(
+        &mut self,
+        user: UserId,
+        stream: Option<StreamId>,
+        after: Seq,
+        id: ConnId,
+        outbox: Arc<Outbox>,
+    ) {
+        match self.resume_from_stream(user, stream, after, (id, outbox)) {
+            Ok(()) => {}
+            Err((id, outbox)) => self.attach_local(user, stream, after, id, outbox),
+        }
+    }
+
+    /// Step 1 of a resume from the shared stream (see [`crate::history`]):
+    /// a gateway's client names the current stream, `after` is not ahead,
+    /// and no local session replays from it. Opens the session at the
+    /// position now and asks the fetcher for the lines up to it. Hands the
+    /// connection back if this is not such a resume, or it cannot be
+    /// planned (below the history's floor) or queued.
+    fn resume_from_stream(
+        &mut self,
+        user: UserId,
+        stream: Option<StreamId>,
+        after: Seq,
+        (id, outbox): (ConnId, Arc<Outbox>),
+    ) -> Result<(), (ConnId, Arc<Outbox>)> {
+        let position = self.position();
+        let current = self.sessions.stream();
+        let (Some(history), Some(fetches)) = (&self.history, &self.fetches) else {
+            return Err((id, outbox));
+        };
+        if stream != Some(current) || after > position || self.sessions.can_replay(user, after) {
+            return Err((id, outbox));
+        }
+        if after == position {
+            // Nothing to fetch: the session opened now replays the rest.
+            self.reserve_session(user, position);
+            self.resumed(
+                user,
+                (id, outbox),
+                current,
+                (after, position),
+                Some(Vec::new()),
+            );
+            return Ok(());
+        }
+        let Some(plan) = history.plan(user, after, position, self.router.following(user)) else {
+            return Err((id, outbox));
+        };
+        let permit = match fetches.try_reserve() {
+            Ok(permit) => permit,
+            // Busy or gone: the local verdict, at once.
+            Err(_) => return Err((id, outbox)),
+        };
+        permit.send(FetchRequest {
+            user,
+            conn: id,
+            outbox,
+            stream: current,
+            after,
+            upto: position,
+            plan,
+            max_bytes: self.sessions.settings().limits.per_session_bytes,
+        });
+        self.reserve_session(user, position);
+        tracing::debug!(user, conn = id, after, position, "resuming from the stream");
+        Ok(())
+    }
+
+    /// Opens `user`'s session at `position` if it is not open, with its
+    /// retainer.
+    fn reserve_session(&mut self, user: UserId, position: Seq) {
+        if !self.retainers.contains_key(&user) {
+            self.make_room_for_a_session();
+        }
+        if self.sessions.reserve(user, position, Instant::now()) {
+            let key = self.insert(user, 0, Sink::Retainer);
+            self.retainers.insert(user, key);
+        }
+        self.publish_session_gauges();
+    }
+
+    /// Step 3 of a resume from the shared stream: `lines` are the user's in
+    /// (`after`, `upto`]. If the session still holds everything above
+    /// `upto`, the client gets `#OK` at `after`, `lines`, the retained lines
+    /// above `upto`, then live ones; otherwise its local verdict.
+    fn resumed(
+        &mut self,
+        user: UserId,
+        (id, outbox): (ConnId, Arc<Outbox>),
+        stream: StreamId,
+        (after, upto): (Seq, Seq),
+        lines: Option<Vec<u8>>,
+    ) {
+        let mut staged = Vec::new();
+        let attached = lines.is_some()
+            && self
+                .sessions
+                .attach_fetched(user, stream, after, upto, &mut staged);
+        let Some(lines) = lines.filter(|_| attached) else {
+            self.attach_local(user, Some(stream), after, id, outbox);
+            return;
+        };
+        let mut tally = Tally::new(after, self.sessions.settings().fault_reset_every);
+        let (mut replayed, mut resetting) = (0u64, false);
+        let mut each = |line: &[u8]| {
+            if !resetting {
+                staged.extend_from_slice(line);
+                resetting = tally.line(line);
+                replayed += 1;
+            }
+        };
+        for line in lines.split_inclusive(|&byte| byte == b'\n') {
+            each(line);
+        }
+        self.sessions.replay(user, upto, each);
+        Stats::add(&self.stats.resumes_ok, 1);
+        Stats::add(&self.stats.replayed_lines, replayed);
+        tracing::debug!(
+            user,
+            conn = id,
+            after,
+            upto,
+            replayed,
+            "resumable client attached from the stream"
+        );
+        let sink = Sink::Resumable {
+            outbox,
+            tally,
+            resetting,
+        };
+        let key = self.insert(user, id, sink);
+        self.conns[key].staged = staged;
+        self.touched.push(key);
+        self.flush_touched(Instant::now());
+        self.publish_session_gauges();
+    }
+
+    /// Registers a resumable connection from this gateway's own sessions:
+    /// the verdict and the lines it missed are staged and flushed now,
+    /// between two batches, so live lines from the next batch on follow
+    /// them exactly.
+    fn attach_local(
         &mut self,
         user: UserId,
         stream: Option<StreamId>,
@@ -505,6 +688,9 @@ impl Registry {
         if ended > 0 {
             self.close_resumable(ended);
         }
+        if let Some(history) = &mut self.history {
+            history.reset(position);
+        }
         self.router = graph;
         self.reach.clear();
         for (key, conn) in self.conns.iter() {
@@ -558,6 +744,18 @@ impl Registry {
             batch.last_seq(),
             self.last_seq
         );
+        if let Some(history) = &mut self.history {
+            // Positions before a new stream, or of another one, are
+            // nothing to resume from.
+            if batch.starts_new_stream() {
+                history.reset(0);
+            } else if batch
+                .stream()
+                .is_some_and(|id| id != self.sessions.stream())
+            {
+                history.reset(self.last_seq.unwrap_or(0));
+            }
+        }
         if batch.starts_new_stream() {
             self.forget_graph();
             self.end_sessions();
@@ -565,12 +763,18 @@ impl Registry {
         if let Some(stream) = batch.stream() {
             self.adopt_stream(stream);
         }
+        if let (Some(history), Some(message)) = (&mut self.history, batch.message()) {
+            history.message(batch.first_seq(), message);
+        }
         let mut notifications: u64 = 0;
         for event in batch.events() {
             let Routed { audience, edge } = self.router.apply(event.kind);
             notifications += self.stage(audience, event.seq, &event.raw);
             if let Some(edge) = edge {
                 self.follow_edge(edge);
+                if let Some(history) = &mut self.history {
+                    history.edge(event.seq, edge);
+                }
             }
         }
         self.last_seq = Some(batch.last_seq());

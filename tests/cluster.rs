@@ -633,3 +633,98 @@ async fn the_verifier_passes_with_clients_spread_over_two_gateways() {
     second.stop().await;
     sequencer.kill();
 }
+
+/// A resumable client's connection: its handshake sent, its verdict read.
+async fn resumable(gateway: &GatewayNode, hello: &str) -> (Client, String) {
+    let mut stream = within("connect", TcpStream::connect(gateway.clients))
+        .await
+        .expect("connect");
+    within("hello", stream.write_all(hello.as_bytes()))
+        .await
+        .expect("hello sent");
+    // The verdict, byte by byte: nothing after it may be consumed here.
+    let mut verdict = Vec::new();
+    while !verdict.ends_with(b"\n") {
+        let byte = within("verdict", stream.read_u8()).await.expect("verdict");
+        verdict.push(byte);
+    }
+    let verdict = String::from_utf8(verdict).expect("an ASCII verdict");
+    (Client { stream }, verdict)
+}
+
+/// The lines of `output` with a sequence in (`after`, `upto`].
+fn between(output: &str, after: u64, upto: u64) -> String {
+    output
+        .split_inclusive('\n')
+        .filter(|line| (after + 1..=upto).contains(&seq_of(line)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumes_exactly_on_another_gateway_after_its_own_stopped() {
+    let Some(nats) = Nats::start("resume").await else {
+        return;
+    };
+    let total = 3_000;
+    let lines = events(total);
+    let expected = standalone(&lines.concat(), total).await;
+    let config = Config {
+        checkpoint_interval_ms: 0,
+        ..nats.config()
+    };
+    let sequencer = SequencerNode::start(config.clone());
+    let first = GatewayNode::start(config.clone()).await;
+    let second = GatewayNode::start(config.clone()).await;
+    let mut clients = Vec::new();
+    let mut stream_id = String::new();
+    for user in USERS {
+        let (client, verdict) = resumable(&first, &format!("{user}||0\r\n")).await;
+        let parts: Vec<&str> = verdict.trim_end().split('|').collect();
+        assert_eq!((parts[0], parts[2]), ("#OK", "0"), "{verdict}");
+        stream_id = parts[1].to_owned();
+        clients.push(client);
+    }
+
+    // The first part on the first gateway; each client notes the last
+    // position it received.
+    let mut source = sequencer.source().await;
+    common::send(&mut source, &lines[..1_500].concat()).await;
+    let received: Vec<String> = expected.iter().map(|o| between(o, 0, 1_500)).collect();
+    expect_all(&mut clients, &received, "first gateway").await;
+    let afters: Vec<u64> = received
+        .iter()
+        .map(|lines| lines.split_inclusive('\n').next_back().map_or(0, seq_of))
+        .collect();
+    second.delivered(1_500).await;
+    first.stop().await;
+    expect_end(&mut clients).await;
+
+    // Events keep flowing while the clients are away.
+    common::send(&mut source, &lines[1_500..2_500].concat()).await;
+    second.delivered(2_500).await;
+    let mut resumed = Vec::new();
+    for (index, user) in USERS.iter().enumerate() {
+        let after = afters[index];
+        let hello = format!("{user}|{stream_id}|{after}\r\n");
+        let (client, verdict) = resumable(&second, &hello).await;
+        assert_eq!(
+            verdict,
+            format!("#OK|{stream_id}|{after}\r\n"),
+            "user {user}"
+        );
+        resumed.push(client);
+    }
+    // Exactly what each missed, then live lines.
+    common::send(&mut source, &lines[2_500..].concat()).await;
+    let owed: Vec<String> = expected
+        .iter()
+        .zip(&afters)
+        .map(|(output, &after)| between(output, after, total))
+        .collect();
+    expect_all(&mut resumed, &owed, "second gateway").await;
+    assert_eq!(get(&second.stats.resumes_ok), USERS.len() as u64);
+    second.delivered(total).await;
+    second.stop().await;
+    expect_end(&mut resumed).await;
+    sequencer.kill();
+}
