@@ -106,6 +106,11 @@ const STAGING_KEEP_BYTES: usize = 64 * 1024;
 /// exists.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(50);
 
+/// How long a gateway holds a resume whose `after` is ahead of it (the
+/// client was served by a gateway further along the same stream) before it
+/// answers `#GAP`: gateways lag one another by milliseconds.
+const AHEAD_WAIT: Duration = Duration::from_secs(2);
+
 /// The cloneable way to talk to the registry.
 #[derive(Debug, Clone)]
 pub struct RegistryHandle {
@@ -225,6 +230,22 @@ pub struct Registry {
     history: Option<History>,
     /// Where such resumes are fetched (a gateway's fetcher task).
     fetches: Option<mpsc::Sender<FetchRequest>>,
+    /// Resumes ahead of this gateway's position, waiting for it to catch
+    /// up (until their deadline, [`AHEAD_WAIT`]). At most one per client
+    /// connection, so bounded by `maxClients`.
+    waiting: Vec<Waiting>,
+}
+
+/// A resume held until the gateway reaches its `after`.
+#[derive(Debug)]
+struct Waiting {
+    /// When it gets its local verdict (`#GAP`) instead.
+    deadline: Instant,
+    user: UserId,
+    stream: StreamId,
+    after: Seq,
+    conn: ConnId,
+    outbox: Arc<Outbox>,
 }
 
 impl Registry {
@@ -247,6 +268,7 @@ impl Registry {
             slow_log: LogThrottle::new(std::time::Duration::from_secs(5)),
             history: None,
             fetches: None,
+            waiting: Vec::new(),
         };
         (registry, RegistryHandle { commands: tx })
     }
@@ -314,6 +336,9 @@ impl Registry {
             if let Some(outbox) = conn.sink.outbox() {
                 outbox.close(Closed::Drain);
             }
+        }
+        for waiting in &self.waiting {
+            waiting.outbox.close(Closed::Drain);
         }
         tracing::debug!(clients = self.connected(), "registry stopped");
     }
@@ -394,7 +419,21 @@ impl Registry {
         let (Some(history), Some(fetches)) = (&self.history, &self.fetches) else {
             return Err((id, outbox));
         };
-        if stream != Some(current) || after > position || self.sessions.can_replay(user, after) {
+        if stream != Some(current) {
+            return Err((id, outbox));
+        }
+        if after > position {
+            self.waiting.push(Waiting {
+                deadline: Instant::now() + AHEAD_WAIT,
+                user,
+                stream: current,
+                after,
+                conn: id,
+                outbox,
+            });
+            return Ok(());
+        }
+        if self.sessions.can_replay(user, after) {
             return Err((id, outbox));
         }
         if after == position {
@@ -480,6 +519,7 @@ impl Registry {
         }
         self.sessions.replay(user, upto, each);
         Stats::add(&self.stats.resumes_ok, 1);
+        Stats::add(&self.stats.stream_resumes, 1);
         Stats::add(&self.stats.replayed_lines, replayed);
         tracing::debug!(
             user,
@@ -615,6 +655,9 @@ impl Registry {
     /// Purges expired sessions and writes due checkpoints; see
     /// [`HOUSEKEEPING_EVERY`].
     fn housekeeping(&mut self, now: Instant) {
+        if !self.waiting.is_empty() {
+            self.retry_waiting(now);
+        }
         if self.sessions.len() == 0 {
             return;
         }
@@ -780,6 +823,35 @@ impl Registry {
         self.last_seq = Some(batch.last_seq());
         self.count(batch.events().len(), notifications);
         self.flush_touched(batch.read_at());
+        if !self.waiting.is_empty() {
+            self.retry_waiting(Instant::now());
+        }
+    }
+
+    /// Attaches the waiting resumes this gateway has now reached, and gives
+    /// those past their deadline their local verdict.
+    fn retry_waiting(&mut self, now: Instant) {
+        let position = self.position();
+        let (due, kept): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|waiting| waiting.after <= position || waiting.deadline <= now);
+        self.waiting = kept;
+        for waiting in due {
+            let Waiting {
+                user,
+                stream,
+                after,
+                conn,
+                outbox,
+                ..
+            } = waiting;
+            if after <= position {
+                self.attach(user, Some(stream), after, conn, outbox);
+            } else {
+                self.attach_local(user, Some(stream), after, conn, outbox);
+            }
+        }
+        Stats::set(&self.stats.clients_connected, self.connected() as u64);
     }
 
     /// A new stream: its events owe nothing to the old follower graph.
@@ -1228,6 +1300,40 @@ mod tests {
             RegistrySettings::new(1 << 20, 1000),
             Arc::new(Stats::default()),
         )
+    }
+
+    #[test]
+    fn a_gateway_holds_a_resume_from_ahead_of_it_until_it_gets_there() {
+        let (registry, _handle) = registry();
+        let (fetches, _requests) = mpsc::channel(4);
+        let mut registry = registry.with_history(fetches);
+        let stream = registry.sessions.stream();
+        let outbox = Arc::new(Outbox::new());
+        let hello = Hello::Resumable {
+            user: 1,
+            stream: Some(stream),
+            after: 2,
+        };
+        registry.register(hello, 1, outbox.clone());
+        let mut got = Vec::new();
+        outbox.take(&mut got);
+        assert!(got.is_empty(), "nothing before the gateway reaches 2");
+        let broadcast = |seq: Seq| Event {
+            seq,
+            kind: EventKind::Broadcast,
+            raw: bytes::Bytes::from(format!("{seq}|B\n")),
+        };
+        registry.deliver(&OrderedBatch::new(vec![broadcast(1)], Instant::now()));
+        registry.deliver(&OrderedBatch::new(vec![broadcast(2)], Instant::now()));
+        registry.deliver(&OrderedBatch::new(vec![broadcast(3)], Instant::now()));
+        outbox.take(&mut got);
+        let mut expected = Vec::new();
+        followermaze_protocol::resume::write_verdict(&mut expected, Verdict::Ok, &stream, 2);
+        expected.extend_from_slice(b"3|B\n");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&expected)
+        );
     }
 
     #[tokio::test]
