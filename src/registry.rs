@@ -28,6 +28,12 @@
 //! checkpoints, written at the housekeeping tick, between batches too.
 //! Classic connections pay one predictable branch per notification for
 //! all of this; broadcasts keep their plain loop while no session exists.
+//!
+//! On a cluster gateway ([`Registry::with_history`]), a resume that no
+//! local session can replay is served from the shared stream instead (see
+//! [`crate::history`]): the session opens at the position between two
+//! batches, the lines below it are fetched off the actor, and the
+//! connection attaches between two later batches.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
