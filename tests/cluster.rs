@@ -766,3 +766,56 @@ async fn resumable_clients_hopping_between_gateways_get_everything_exactly() {
     second.stop().await;
     sequencer.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_the_stream_no_longer_holds_gets_a_gap_and_what_follows() {
+    let Some(nats) = Nats::start("trimmed").await else {
+        return;
+    };
+    let total = 3_000;
+    let lines = events(total);
+    let expected = standalone(&lines.concat(), total).await;
+    // A stream of a few messages: the early ones are gone by the resume.
+    let config = Config {
+        checkpoint_interval_ms: 0,
+        stream_max_bytes: 8 * 1024,
+        ..nats.config()
+    };
+    let sequencer = SequencerNode::start(config.clone());
+    let first = GatewayNode::start(config.clone()).await;
+    let second = GatewayNode::start(config).await;
+    let user = USERS[0];
+    let (mut client, verdict) = resumable(&first, &format!("{user}||0\r\n")).await;
+    let stream_id = verdict.split('|').nth(1).expect("a stream id").to_owned();
+    let mut source = sequencer.source().await;
+    // One message per chunk: each is applied before the next is sent.
+    for chunk in lines[..2_500].chunks(100) {
+        common::send(&mut source, &chunk.concat()).await;
+        let last = chunk.last().map_or(0, |line| seq_of(line));
+        first.delivered(last).await;
+        second.delivered(last).await;
+    }
+    let received = between(&expected[0], 0, 500);
+    let mut got = vec![0u8; received.len()];
+    within("first lines", client.stream.read_exact(&mut got))
+        .await
+        .expect("read");
+    let after = received.split_inclusive('\n').next_back().map_or(0, seq_of);
+    drop(client);
+
+    let hello = format!("{user}|{stream_id}|{after}\r\n");
+    let (mut resumed, verdict) = resumable(&second, &hello).await;
+    assert_eq!(verdict, format!("#GAP|{stream_id}|2500\r\n"));
+    common::send(&mut source, &lines[2_500..].concat()).await;
+    let owed = between(&expected[0], 2_500, total);
+    let mut got = vec![0u8; owed.len()];
+    within("lines after the gap", resumed.stream.read_exact(&mut got))
+        .await
+        .expect("read");
+    assert_eq!(String::from_utf8_lossy(&got), owed);
+    assert_eq!(get(&second.stats.resumes_gap), 1);
+    second.delivered(total).await;
+    first.stop().await;
+    second.stop().await;
+    sequencer.kill();
+}
