@@ -47,7 +47,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::jetstream::{self, Log, REQUEST_TIMEOUT};
-use crate::outbox::Outbox;
+use crate::outbox::{Closed, Outbox};
 use crate::registry::{Command, ConnId, RegistryHandle};
 use crate::router::EdgeChange;
 
@@ -176,7 +176,7 @@ impl History {
         let &(_, last_message) = self.messages.back()?;
         let holding = self
             .messages
-            .partition_point(|&(first, _)| first <= after + 1);
+            .partition_point(|&(first, _)| first <= after.saturating_add(1));
         let (_, first_message) = self.messages[holding.saturating_sub(1)];
         let start = self.changes.partition_point(|change| change.seq <= after);
         let changes: Vec<(Seq, UserId, bool)> = self
@@ -227,7 +227,8 @@ pub(crate) struct FetchRequest {
 
 /// The fetcher task: serves requests (at most [`CONCURRENT_FETCHES`] at
 /// once) until the registry drops its sender, answering each with
-/// `Command::Resumed`.
+/// `Command::Resumed`. If the registry is gone by then (shutdown), the
+/// client's outbox is closed instead, so its writer ends at once.
 pub(crate) async fn serve(
     log: Log,
     mut requests: mpsc::Receiver<FetchRequest>,
@@ -267,22 +268,25 @@ pub(crate) async fn serve(
                 upto,
                 ..
             } = request;
-            // The registry gone means shutdown: nobody to resume.
-            let _ = registry
-                .send(Command::Resumed {
-                    user,
-                    conn,
-                    outbox,
-                    stream,
-                    after,
-                    upto,
-                    lines,
-                })
-                .await;
+            let writer = Arc::clone(&outbox);
+            let resumed = Command::Resumed {
+                user,
+                conn,
+                outbox,
+                stream,
+                after,
+                upto,
+                lines,
+            };
+            if registry.send(resumed).await.is_err() {
+                // Shutdown: nobody to resume; the writer drains nothing.
+                writer.close(Closed::Drain);
+            }
             drop(slot);
         });
     }
-    fetches.shutdown().await;
+    // Each is bounded by FETCH_TIMEOUT, and closes its client's outbox.
+    while fetches.join_next().await.is_some() {}
 }
 
 /// Reads stream messages `first_message..=last_message` and returns the
