@@ -321,30 +321,43 @@ async fn fetch(log: &Log, request: &FetchRequest) -> Result<Vec<u8>, String> {
         if entry.stream != request.stream {
             return Err(format!("message {stream_seq} is of another stream"));
         }
-        for event in &entry.events {
-            if event.seq <= request.after {
-                continue;
-            }
-            if event.seq > request.upto {
-                break;
-            }
-            if router.concerns(event.seq, event.kind) {
-                lines.extend_from_slice(&event.raw);
-                if lines.len() > request.max_bytes {
-                    return Err(format!(
-                        "more than {} bytes owed (resumeBufferBytes)",
-                        request.max_bytes
-                    ));
-                }
-            }
-        }
+        keep(&mut router, &entry.events, request, &mut lines)?;
     }
     Ok(lines)
 }
 
+/// Appends to `lines` those of `events` (one stream message's, in order)
+/// in (`after`, `upto`] that concern the request's user. Fails past
+/// `max_bytes`.
+pub(crate) fn keep(
+    router: &mut UserRouter<'_>,
+    events: &[followermaze_protocol::Event],
+    request: &FetchRequest,
+    lines: &mut Vec<u8>,
+) -> Result<(), String> {
+    for event in events {
+        if event.seq <= request.after {
+            continue;
+        }
+        if event.seq > request.upto {
+            break;
+        }
+        if router.concerns(event.seq, event.kind) {
+            lines.extend_from_slice(&event.raw);
+            if lines.len() > request.max_bytes {
+                return Err(format!(
+                    "more than {} bytes owed (resumeBufferBytes)",
+                    request.max_bytes
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Routing for one user: whether each event concerns it, with its
 /// following set kept in step by its own edge changes.
-struct UserRouter<'a> {
+pub(crate) struct UserRouter<'a> {
     /// The user.
     user: UserId,
     /// Whom it follows at the current point.
@@ -354,7 +367,7 @@ struct UserRouter<'a> {
 }
 
 impl<'a> UserRouter<'a> {
-    fn new(user: UserId, plan: &'a Plan) -> UserRouter<'a> {
+    pub(crate) fn new(user: UserId, plan: &'a Plan) -> UserRouter<'a> {
         UserRouter {
             user,
             following: plan.following.clone(),

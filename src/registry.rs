@@ -1301,6 +1301,113 @@ mod tests {
         }
     }
 
+    #[derive(Debug, Clone)]
+    enum StreamOp {
+        Event(EventKind),
+        /// A client of this user resumes from this many events back.
+        Resume(UserId, u64),
+        /// The oldest pending fetch is answered.
+        Serve,
+    }
+
+    fn any_stream_op() -> impl Strategy<Value = StreamOp> {
+        prop_oneof![
+            6 => any_op().prop_filter_map("events only", |op| match op {
+                Op::Event(kind) => Some(StreamOp::Event(kind)),
+                _ => None,
+            }),
+            1 => (1u64..5, 0u64..30).prop_map(|(user, back)| StreamOp::Resume(user, back)),
+            1 => Just(StreamOp::Serve),
+        ]
+    }
+
+    proptest! {
+        /// Resumes on a gateway that never served the session: whether
+        /// the lines come from the (in-memory) stream or, for a later
+        /// connection of the same user, from the session opened by an
+        /// earlier one, every connection gets `#OK` at its own `after` and
+        /// every line concerning its user above it, however many events
+        /// the registry applied while its fetch was under way.
+        #[test]
+        fn prop_resumes_from_the_stream_match_a_model(
+            ops in prop::collection::vec(any_stream_op(), 0..150),
+        ) {
+            let (registry, _handle) = registry();
+            let (fetches, mut requests) = mpsc::channel(64);
+            let mut registry = registry.with_history(fetches);
+            let stream = registry.sessions.stream();
+            let mut edges: std::collections::HashSet<(UserId, UserId)> = Default::default();
+            // Every event, and the users (1..5) it concerns.
+            let mut log: Vec<(Event, Vec<UserId>)> = Vec::new();
+            let mut clients: Vec<(UserId, Seq, Arc<Outbox>)> = Vec::new();
+            let mut pending: std::collections::VecDeque<FetchRequest> = Default::default();
+            let mut next_id = 0;
+            let serve = |registry: &mut Registry, log: &[(Event, Vec<UserId>)], request: FetchRequest| {
+                let mut router = crate::history::UserRouter::new(request.user, &request.plan);
+                let mut lines = Vec::new();
+                for stream_seq in request.plan.first_message..=request.plan.last_message {
+                    let event = &log[stream_seq as usize - 1].0;
+                    crate::history::keep(&mut router, std::slice::from_ref(event), &request, &mut lines)
+                        .expect("within the bound");
+                }
+                let FetchRequest { user, conn, outbox, stream, after, upto, .. } = request;
+                registry.resumed(user, (conn, outbox), stream, (after, upto), Some(lines));
+            };
+            for op in ops {
+                match op {
+                    StreamOp::Event(kind) => {
+                        let seq = log.len() as Seq + 1;
+                        match kind {
+                            EventKind::Follow { from, to } => { edges.insert((from, to)); }
+                            EventKind::Unfollow { from, to } => { edges.remove(&(from, to)); }
+                            _ => {}
+                        }
+                        let concerned = (1..5).filter(|&user| concerns(kind, user, &edges)).collect();
+                        let event = Event { seq, kind, raw: bytes::Bytes::from(format!("{seq}|{kind:?}\n")) };
+                        let batch = OrderedBatch::new(vec![event.clone()], Instant::now()).in_message(seq);
+                        registry.deliver(&batch);
+                        log.push((event, concerned));
+                    }
+                    StreamOp::Resume(user, back) => {
+                        let after = (log.len() as Seq).saturating_sub(back);
+                        next_id += 1;
+                        let outbox = Arc::new(Outbox::new());
+                        let hello = Hello::Resumable { user, stream: Some(stream), after };
+                        registry.register(hello, next_id, outbox.clone());
+                        while let Ok(request) = requests.try_recv() {
+                            pending.push_back(request);
+                        }
+                        clients.push((user, after, outbox));
+                    }
+                    StreamOp::Serve => {
+                        if let Some(request) = pending.pop_front() {
+                            serve(&mut registry, &log, request);
+                        }
+                    }
+                }
+            }
+            while let Some(request) = pending.pop_front() {
+                serve(&mut registry, &log, request);
+            }
+            for (index, (user, after, outbox)) in clients.iter().enumerate() {
+                let mut owed = Vec::new();
+                followermaze_protocol::resume::write_verdict(&mut owed, Verdict::Ok, &stream, *after);
+                for (event, concerned) in &log {
+                    if event.seq > *after && concerned.contains(user) {
+                        owed.extend_from_slice(&event.raw);
+                    }
+                }
+                let mut got = Vec::new();
+                outbox.take(&mut got);
+                prop_assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    String::from_utf8_lossy(&owed),
+                    "connection {} of user {} after {}", index, user, after
+                );
+            }
+        }
+    }
+
     fn registry() -> (Registry, RegistryHandle) {
         Registry::new(
             RegistrySettings::new(1 << 20, 1000),
