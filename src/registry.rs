@@ -75,9 +75,13 @@ pub enum Command {
         user: UserId,
         conn: ConnId,
         outbox: Arc<Outbox>,
+        /// The stream id the client named.
         stream: StreamId,
+        /// What the client received up to.
         after: Seq,
+        /// The position the session opened at, which the lines reach.
         upto: Seq,
+        /// The user's lines in (`after`, `upto`], in order.
         lines: Option<Vec<u8>>,
     },
     /// A client connection ended.
@@ -247,10 +251,15 @@ pub struct Registry {
 struct Waiting {
     /// When it gets its local verdict (`#GAP`) instead.
     deadline: Instant,
+    /// The user resuming.
     user: UserId,
+    /// The stream it named (the current one when it was held).
     stream: StreamId,
+    /// The position it received up to, ahead of ours.
     after: Seq,
+    /// Its connection.
     conn: ConnId,
+    /// Its writer's outbox, closed at shutdown if still held.
     outbox: Arc<Outbox>,
 }
 
