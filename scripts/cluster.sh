@@ -7,6 +7,7 @@
 #   scripts/cluster.sh                  # then, in another terminal:
 #   ./followermaze.sh                   # events -> sequencer, clients -> first gateway
 #   clientListenerPort=9100 ./followermaze.sh
+#   clientAddresses=127.0.0.1:9099,127.0.0.1:9100 resumable=true killswitchMs=200 ./followermaze.sh
 #
 # Settings (environment): gateways=3 eventListenerPort=9090
 # clientListenerPort=9099 (gateway i gets +i) metricsPort=9191 (sequencer;

@@ -41,6 +41,10 @@ pub struct OrderedBatch {
     /// if it names one: in a cluster every gateway must give resumable
     /// clients the sequencer's id, not one of its own.
     stream: Option<StreamId>,
+    /// The cluster stream message these events came from (its JetStream
+    /// sequence), if any: a gateway indexes them to find where in the
+    /// shared stream a resume from another gateway must read.
+    message: Option<u64>,
 }
 
 impl OrderedBatch {
@@ -60,6 +64,7 @@ impl OrderedBatch {
             read_at,
             new_stream: false,
             stream: None,
+            message: None,
         }
     }
 
@@ -74,6 +79,19 @@ impl OrderedBatch {
     pub fn in_stream(mut self, stream: StreamId) -> OrderedBatch {
         self.stream = Some(stream);
         self
+    }
+
+    /// This batch, taken from stream message `stream_seq` of the cluster's
+    /// JetStream stream.
+    pub(crate) fn in_message(mut self, stream_seq: u64) -> OrderedBatch {
+        self.message = Some(stream_seq);
+        self
+    }
+
+    /// The stream message the events came from, if any.
+    #[inline]
+    pub(crate) fn message(&self) -> Option<u64> {
+        self.message
     }
 
     /// The stream id the producer named, if any.

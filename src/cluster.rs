@@ -187,8 +187,10 @@ pub async fn run_gateway(
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    // 1. Registry.
+    // 1. Registry, resuming sessions of other gateways from the stream.
+    let (fetches, fetch_requests) = tokio::sync::mpsc::channel(crate::history::FETCH_QUEUE);
     let (registry, registry_handle) = Registry::new(config.registry(), stats.clone());
+    let registry = registry.with_history(fetches);
     let mut registry = Task::spawn("registry", registry.run());
 
     // 2. Gateway.
@@ -206,6 +208,12 @@ pub async fn run_gateway(
         async move {
             let work = async {
                 let log = Log::open(&config, false).await;
+                // Ends when the registry drops its sender.
+                tokio::spawn(crate::history::serve(
+                    log.clone(),
+                    fetch_requests,
+                    handle.clone(),
+                ));
                 let snapshot = Gateway::first_snapshot(&log, config.max_follow_edges).await;
                 let mut gateway =
                     Gateway::new(log, handle.clone(), config.max_follow_edges, stats, ready);

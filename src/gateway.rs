@@ -199,7 +199,8 @@ impl Gateway {
         let mut events = entry.events;
         while !events.is_empty() {
             let rest = events.split_off(events.len().min(MAX_DELIVER_EVENTS));
-            self.deliver(events, read_at, stream, std::mem::take(&mut new_stream))
+            let new_stream = std::mem::take(&mut new_stream);
+            self.deliver(events, read_at, (stream, stream_seq), new_stream)
                 .await?;
             events = rest;
         }
@@ -212,10 +213,12 @@ impl Gateway {
         &self,
         events: Vec<followermaze_protocol::Event>,
         read_at: Instant,
-        stream: StreamId,
+        (stream, stream_seq): (StreamId, u64),
         new_stream: bool,
     ) -> Result<(), Stopped> {
-        let mut batch = OrderedBatch::new(events, read_at).in_stream(stream);
+        let mut batch = OrderedBatch::new(events, read_at)
+            .in_stream(stream)
+            .in_message(stream_seq);
         if new_stream {
             batch = batch.starting_new_stream();
         }

@@ -58,6 +58,9 @@
 //! - `snapshot`: the follower graph after one stream message, encoded.
 //! - `gateway`: the gateway role's producer: stream messages back into
 //!   ordered batches for the registry.
+//! - `history`: resuming a session on another gateway: what the registry
+//!   records to plan it, and the task that reads the missed lines from the
+//!   stream.
 //! - `cluster`: wiring of the two roles, [`run_sequencer`] and
 //!   [`run_gateway`].
 //! - `metrics`: the HTTP endpoint: `/metrics` (Prometheus), `/healthz` and
@@ -79,6 +82,7 @@ mod client;
 mod cluster;
 mod gap;
 mod gateway;
+mod history;
 mod jetstream;
 mod metrics;
 mod online;

@@ -200,6 +200,11 @@ const COUNTERS: &[FieldSpec] = &[
         help: "Cluster gateway: follower-graph snapshots loaded.",
         field: |stats| &stats.snapshots_loaded,
     },
+    FieldSpec {
+        name: "stream_resumes_total",
+        help: "Cluster gateway: resumes (#OK) whose missed lines were read from the stream (a session served by another gateway).",
+        field: |stats| &stats.stream_resumes,
+    },
 ];
 
 /// Gauges, in the order the README lists them.

@@ -28,6 +28,12 @@
 //! checkpoints, written at the housekeeping tick, between batches too.
 //! Classic connections pay one predictable branch per notification for
 //! all of this; broadcasts keep their plain loop while no session exists.
+//!
+//! On a cluster gateway ([`Registry::with_history`]), a resume that no
+//! local session can replay is served from the shared stream instead (see
+//! [`crate::history`]): the session opens at the position between two
+//! batches, the lines below it are fetched off the actor, and the
+//! connection attaches between two later batches.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +42,7 @@ use slab::Slab;
 use tokio::sync::mpsc;
 
 use crate::batch::OrderedBatch;
+use crate::history::{FetchRequest, History};
 use crate::online::Online;
 use crate::outbox::{Closed, Outbox, PushError};
 use crate::reach::Reach;
@@ -61,6 +68,21 @@ pub enum Command {
         hello: Hello,
         conn: ConnId,
         outbox: Arc<Outbox>,
+    },
+    /// A resume from the shared stream (see [`crate::history`]) has its
+    /// lines in (`after`, `upto`], or `None` if they could not be fetched.
+    Resumed {
+        user: UserId,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        /// The stream id the client named.
+        stream: StreamId,
+        /// What the client received up to.
+        after: Seq,
+        /// The position the session opened at, which the lines reach.
+        upto: Seq,
+        /// The user's lines in (`after`, `upto`], in order.
+        lines: Option<Vec<u8>>,
     },
     /// A client connection ended.
     Unregister { user: UserId, conn: ConnId },
@@ -93,6 +115,11 @@ const STAGING_KEEP_BYTES: usize = 64 * 1024;
 /// `checkpointIntervalMs`. Nothing happens at the tick while no session
 /// exists.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(50);
+
+/// How long a gateway holds a resume whose `after` is ahead of it (the
+/// client was served by a gateway further along the same stream) before it
+/// answers `#GAP`: gateways lag one another by milliseconds.
+const AHEAD_WAIT: Duration = Duration::from_secs(2);
 
 /// The cloneable way to talk to the registry.
 #[derive(Debug, Clone)]
@@ -208,6 +235,32 @@ pub struct Registry {
     stats: Arc<Stats>,
     /// Rate limit for slow-consumer warnings.
     slow_log: LogThrottle,
+    /// A gateway's record of edge changes and stream messages, for resumes
+    /// from the shared stream; `None` standalone.
+    history: Option<History>,
+    /// Where such resumes are fetched (a gateway's fetcher task).
+    fetches: Option<mpsc::Sender<FetchRequest>>,
+    /// Resumes ahead of this gateway's position, waiting for it to catch
+    /// up (until their deadline, [`AHEAD_WAIT`]). At most one per client
+    /// connection, so bounded by `maxClients`.
+    waiting: Vec<Waiting>,
+}
+
+/// A resume held until the gateway reaches its `after`.
+#[derive(Debug)]
+struct Waiting {
+    /// When it gets its local verdict (`#GAP`) instead.
+    deadline: Instant,
+    /// The user resuming.
+    user: UserId,
+    /// The stream it named (the current one when it was held).
+    stream: StreamId,
+    /// The position it received up to, ahead of ours.
+    after: Seq,
+    /// Its connection.
+    conn: ConnId,
+    /// Its writer's outbox, closed at shutdown if still held.
+    outbox: Arc<Outbox>,
 }
 
 impl Registry {
@@ -228,8 +281,20 @@ impl Registry {
             settings,
             stats,
             slow_log: LogThrottle::new(std::time::Duration::from_secs(5)),
+            history: None,
+            fetches: None,
+            waiting: Vec::new(),
         };
         (registry, RegistryHandle { commands: tx })
+    }
+
+    /// This registry, a cluster gateway's: a resumable client without a
+    /// local session resumes from the shared stream, fetched by the task
+    /// reading `fetches` (see [`crate::history`]).
+    pub(crate) fn with_history(mut self, fetches: mpsc::Sender<FetchRequest>) -> Registry {
+        self.history = Some(History::default());
+        self.fetches = Some(fetches);
+        self
     }
 
     /// Processes commands until `Shutdown` or until every handle is dropped,
@@ -253,6 +318,18 @@ impl Registry {
                     conn,
                     outbox,
                 } => self.register(hello, conn, outbox),
+                Command::Resumed {
+                    user,
+                    conn,
+                    outbox,
+                    stream,
+                    after,
+                    upto,
+                    lines,
+                } => {
+                    self.resumed(user, (conn, outbox), stream, (after, upto), lines);
+                    Stats::set(&self.stats.clients_connected, self.connected() as u64);
+                }
                 Command::Unregister { user, conn } => self.unregister(user, conn),
                 Command::Restore {
                     graph,
@@ -266,7 +343,7 @@ impl Registry {
         // shutdown too, or their writers would wait out the drain timeout.
         self.commands.close();
         while let Ok(command) = self.commands.try_recv() {
-            if let Command::Register { outbox, .. } = command {
+            if let Command::Register { outbox, .. } | Command::Resumed { outbox, .. } = command {
                 outbox.close(Closed::Drain);
             }
         }
@@ -274,6 +351,9 @@ impl Registry {
             if let Some(outbox) = conn.sink.outbox() {
                 outbox.close(Closed::Drain);
             }
+        }
+        for waiting in &self.waiting {
+            waiting.outbox.close(Closed::Drain);
         }
         tracing::debug!(clients = self.connected(), "registry stopped");
     }
@@ -319,10 +399,168 @@ impl Registry {
         key
     }
 
-    /// Registers a resumable connection: the verdict and the lines it
-    /// missed are staged and flushed now, between two batches, so live
-    /// lines from the next batch on follow them exactly.
+    /// Registers a resumable connection: from the shared stream if this
+    /// gateway cannot replay it locally ([`Registry::resume_from_stream`]), else
+    /// now ([`Registry::attach_local`]).
     fn attach(
+        &mut self,
+        user: UserId,
+        stream: Option<StreamId>,
+        after: Seq,
+        id: ConnId,
+        outbox: Arc<Outbox>,
+    ) {
+        match self.resume_from_stream(user, stream, after, (id, outbox)) {
+            Ok(()) => {}
+            Err((id, outbox)) => self.attach_local(user, stream, after, id, outbox),
+        }
+    }
+
+    /// Step 1 of a resume from the shared stream (see [`crate::history`]):
+    /// a gateway's client names the current stream, `after` is not ahead,
+    /// and no local session replays from it. Opens the session at the
+    /// position now and asks the fetcher for the lines up to it. Hands the
+    /// connection back if this is not such a resume, or it cannot be
+    /// planned (below the history's floor) or queued.
+    fn resume_from_stream(
+        &mut self,
+        user: UserId,
+        stream: Option<StreamId>,
+        after: Seq,
+        (id, outbox): (ConnId, Arc<Outbox>),
+    ) -> Result<(), (ConnId, Arc<Outbox>)> {
+        let position = self.position();
+        let current = self.sessions.stream();
+        let (Some(history), Some(fetches)) = (&self.history, &self.fetches) else {
+            return Err((id, outbox));
+        };
+        if stream != Some(current) {
+            return Err((id, outbox));
+        }
+        if after > position {
+            self.waiting.push(Waiting {
+                deadline: Instant::now() + AHEAD_WAIT,
+                user,
+                stream: current,
+                after,
+                conn: id,
+                outbox,
+            });
+            return Ok(());
+        }
+        if self.sessions.can_replay(user, after) {
+            return Err((id, outbox));
+        }
+        if after == position {
+            // Nothing to fetch: the session opened now replays the rest.
+            self.reserve_session(user, position);
+            self.resumed(
+                user,
+                (id, outbox),
+                current,
+                (after, position),
+                Some(Vec::new()),
+            );
+            return Ok(());
+        }
+        let Some(plan) = history.plan(user, after, position, self.router.following(user)) else {
+            return Err((id, outbox));
+        };
+        let permit = match fetches.try_reserve() {
+            Ok(permit) => permit,
+            // Busy or gone: the local verdict, at once.
+            Err(_) => return Err((id, outbox)),
+        };
+        permit.send(FetchRequest {
+            user,
+            conn: id,
+            outbox,
+            stream: current,
+            after,
+            upto: position,
+            plan,
+            max_bytes: self.sessions.settings().limits.per_session_bytes,
+        });
+        self.reserve_session(user, position);
+        tracing::debug!(user, conn = id, after, position, "resuming from the stream");
+        Ok(())
+    }
+
+    /// Opens `user`'s session at `position` if it is not open, with its
+    /// retainer.
+    fn reserve_session(&mut self, user: UserId, position: Seq) {
+        if !self.retainers.contains_key(&user) {
+            self.make_room_for_a_session();
+        }
+        if self.sessions.reserve(user, position, Instant::now()) {
+            let key = self.insert(user, 0, Sink::Retainer);
+            self.retainers.insert(user, key);
+        }
+        self.publish_session_gauges();
+    }
+
+    /// Step 3 of a resume from the shared stream: `lines` are the user's in
+    /// (`after`, `upto`]. If the session still holds everything above
+    /// `upto`, the client gets `#OK` at `after`, `lines`, the retained lines
+    /// above `upto`, then live ones; otherwise its local verdict.
+    fn resumed(
+        &mut self,
+        user: UserId,
+        (id, outbox): (ConnId, Arc<Outbox>),
+        stream: StreamId,
+        (after, upto): (Seq, Seq),
+        lines: Option<Vec<u8>>,
+    ) {
+        let mut staged = Vec::new();
+        let attached = lines.is_some()
+            && self
+                .sessions
+                .attach_fetched(user, stream, after, upto, &mut staged);
+        let Some(lines) = lines.filter(|_| attached) else {
+            self.attach_local(user, Some(stream), after, id, outbox);
+            return;
+        };
+        let mut tally = Tally::new(after, self.sessions.settings().fault_reset_every);
+        let (mut replayed, mut resetting) = (0u64, false);
+        let mut each = |line: &[u8]| {
+            if !resetting {
+                staged.extend_from_slice(line);
+                resetting = tally.line(line);
+                replayed += 1;
+            }
+        };
+        for line in lines.split_inclusive(|&byte| byte == b'\n') {
+            each(line);
+        }
+        self.sessions.replay(user, upto, each);
+        Stats::add(&self.stats.resumes_ok, 1);
+        Stats::add(&self.stats.stream_resumes, 1);
+        Stats::add(&self.stats.replayed_lines, replayed);
+        tracing::debug!(
+            user,
+            conn = id,
+            after,
+            upto,
+            replayed,
+            "resumable client attached from the stream"
+        );
+        let sink = Sink::Resumable {
+            outbox,
+            tally,
+            resetting,
+        };
+        let key = self.insert(user, id, sink);
+        self.conns[key].staged = staged;
+        self.touched.push(key);
+        self.flush_touched(Instant::now());
+        self.publish_session_gauges();
+    }
+
+    /// Registers a resumable connection from this gateway's own sessions:
+    /// the verdict and the lines it missed are staged and flushed now,
+    /// between two batches, so live lines from the next batch on follow
+    /// them exactly.
+    fn attach_local(
         &mut self,
         user: UserId,
         stream: Option<StreamId>,
@@ -432,6 +670,9 @@ impl Registry {
     /// Purges expired sessions and writes due checkpoints; see
     /// [`HOUSEKEEPING_EVERY`].
     fn housekeeping(&mut self, now: Instant) {
+        if !self.waiting.is_empty() {
+            self.retry_waiting(now);
+        }
         if self.sessions.len() == 0 {
             return;
         }
@@ -505,6 +746,9 @@ impl Registry {
         if ended > 0 {
             self.close_resumable(ended);
         }
+        if let Some(history) = &mut self.history {
+            history.reset(position);
+        }
         self.router = graph;
         self.reach.clear();
         for (key, conn) in self.conns.iter() {
@@ -558,6 +802,18 @@ impl Registry {
             batch.last_seq(),
             self.last_seq
         );
+        if let Some(history) = &mut self.history {
+            // Positions before a new stream, or of another one, are
+            // nothing to resume from.
+            if batch.starts_new_stream() {
+                history.reset(0);
+            } else if batch
+                .stream()
+                .is_some_and(|id| id != self.sessions.stream())
+            {
+                history.reset(self.last_seq.unwrap_or(0));
+            }
+        }
         if batch.starts_new_stream() {
             self.forget_graph();
             self.end_sessions();
@@ -565,17 +821,52 @@ impl Registry {
         if let Some(stream) = batch.stream() {
             self.adopt_stream(stream);
         }
+        if let (Some(history), Some(message)) = (&mut self.history, batch.message()) {
+            history.message(batch.first_seq(), message);
+        }
         let mut notifications: u64 = 0;
         for event in batch.events() {
             let Routed { audience, edge } = self.router.apply(event.kind);
             notifications += self.stage(audience, event.seq, &event.raw);
             if let Some(edge) = edge {
                 self.follow_edge(edge);
+                if let Some(history) = &mut self.history {
+                    history.edge(event.seq, edge);
+                }
             }
         }
         self.last_seq = Some(batch.last_seq());
         self.count(batch.events().len(), notifications);
         self.flush_touched(batch.read_at());
+        if !self.waiting.is_empty() {
+            self.retry_waiting(Instant::now());
+        }
+    }
+
+    /// Attaches the waiting resumes this gateway has now reached, and gives
+    /// those past their deadline their local verdict.
+    fn retry_waiting(&mut self, now: Instant) {
+        let position = self.position();
+        let (due, kept): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|waiting| waiting.after <= position || waiting.deadline <= now);
+        self.waiting = kept;
+        for waiting in due {
+            let Waiting {
+                user,
+                stream,
+                after,
+                conn,
+                outbox,
+                ..
+            } = waiting;
+            if after <= position {
+                self.attach(user, Some(stream), after, conn, outbox);
+            } else {
+                self.attach_local(user, Some(stream), after, conn, outbox);
+            }
+        }
+        Stats::set(&self.stats.clients_connected, self.connected() as u64);
     }
 
     /// A new stream: its events owe nothing to the old follower graph.
@@ -1019,11 +1310,152 @@ mod tests {
         }
     }
 
+    #[derive(Debug, Clone)]
+    enum StreamOp {
+        Event(EventKind),
+        /// A client of this user resumes from this many events back.
+        Resume(UserId, u64),
+        /// The oldest pending fetch is answered.
+        Serve,
+    }
+
+    fn any_stream_op() -> impl Strategy<Value = StreamOp> {
+        prop_oneof![
+            6 => any_op().prop_filter_map("events only", |op| match op {
+                Op::Event(kind) => Some(StreamOp::Event(kind)),
+                _ => None,
+            }),
+            1 => (1u64..5, 0u64..30).prop_map(|(user, back)| StreamOp::Resume(user, back)),
+            1 => Just(StreamOp::Serve),
+        ]
+    }
+
+    proptest! {
+        /// Resumes on a gateway that never served the session: whether
+        /// the lines come from the (in-memory) stream or, for a later
+        /// connection of the same user, from the session opened by an
+        /// earlier one, every connection gets `#OK` at its own `after` and
+        /// every line concerning its user above it, however many events
+        /// the registry applied while its fetch was under way.
+        #[test]
+        fn prop_resumes_from_the_stream_match_a_model(
+            ops in prop::collection::vec(any_stream_op(), 0..150),
+        ) {
+            let (registry, _handle) = registry();
+            let (fetches, mut requests) = mpsc::channel(64);
+            let mut registry = registry.with_history(fetches);
+            let stream = registry.sessions.stream();
+            let mut edges: std::collections::HashSet<(UserId, UserId)> = Default::default();
+            // Every event, and the users (1..5) it concerns.
+            let mut log: Vec<(Event, Vec<UserId>)> = Vec::new();
+            let mut clients: Vec<(UserId, Seq, Arc<Outbox>)> = Vec::new();
+            let mut pending: std::collections::VecDeque<FetchRequest> = Default::default();
+            let mut next_id = 0;
+            let serve = |registry: &mut Registry, log: &[(Event, Vec<UserId>)], request: FetchRequest| {
+                let mut router = crate::history::UserRouter::new(request.user, &request.plan);
+                let mut lines = Vec::new();
+                for stream_seq in request.plan.first_message..=request.plan.last_message {
+                    let event = &log[stream_seq as usize - 1].0;
+                    crate::history::keep(&mut router, std::slice::from_ref(event), &request, &mut lines)
+                        .expect("within the bound");
+                }
+                let FetchRequest { user, conn, outbox, stream, after, upto, .. } = request;
+                registry.resumed(user, (conn, outbox), stream, (after, upto), Some(lines));
+            };
+            for op in ops {
+                match op {
+                    StreamOp::Event(kind) => {
+                        let seq = log.len() as Seq + 1;
+                        match kind {
+                            EventKind::Follow { from, to } => { edges.insert((from, to)); }
+                            EventKind::Unfollow { from, to } => { edges.remove(&(from, to)); }
+                            _ => {}
+                        }
+                        let concerned = (1..5).filter(|&user| concerns(kind, user, &edges)).collect();
+                        let event = Event { seq, kind, raw: bytes::Bytes::from(format!("{seq}|{kind:?}\n")) };
+                        let batch = OrderedBatch::new(vec![event.clone()], Instant::now()).in_message(seq);
+                        registry.deliver(&batch);
+                        log.push((event, concerned));
+                    }
+                    StreamOp::Resume(user, back) => {
+                        let after = (log.len() as Seq).saturating_sub(back);
+                        next_id += 1;
+                        let outbox = Arc::new(Outbox::new());
+                        let hello = Hello::Resumable { user, stream: Some(stream), after };
+                        registry.register(hello, next_id, outbox.clone());
+                        while let Ok(request) = requests.try_recv() {
+                            pending.push_back(request);
+                        }
+                        clients.push((user, after, outbox));
+                    }
+                    StreamOp::Serve => {
+                        if let Some(request) = pending.pop_front() {
+                            serve(&mut registry, &log, request);
+                        }
+                    }
+                }
+            }
+            while let Some(request) = pending.pop_front() {
+                serve(&mut registry, &log, request);
+            }
+            for (index, (user, after, outbox)) in clients.iter().enumerate() {
+                let mut owed = Vec::new();
+                followermaze_protocol::resume::write_verdict(&mut owed, Verdict::Ok, &stream, *after);
+                for (event, concerned) in &log {
+                    if event.seq > *after && concerned.contains(user) {
+                        owed.extend_from_slice(&event.raw);
+                    }
+                }
+                let mut got = Vec::new();
+                outbox.take(&mut got);
+                prop_assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    String::from_utf8_lossy(&owed),
+                    "connection {} of user {} after {}", index, user, after
+                );
+            }
+        }
+    }
+
     fn registry() -> (Registry, RegistryHandle) {
         Registry::new(
             RegistrySettings::new(1 << 20, 1000),
             Arc::new(Stats::default()),
         )
+    }
+
+    #[test]
+    fn a_gateway_holds_a_resume_from_ahead_of_it_until_it_gets_there() {
+        let (registry, _handle) = registry();
+        let (fetches, _requests) = mpsc::channel(4);
+        let mut registry = registry.with_history(fetches);
+        let stream = registry.sessions.stream();
+        let outbox = Arc::new(Outbox::new());
+        let hello = Hello::Resumable {
+            user: 1,
+            stream: Some(stream),
+            after: 2,
+        };
+        registry.register(hello, 1, outbox.clone());
+        let mut got = Vec::new();
+        outbox.take(&mut got);
+        assert!(got.is_empty(), "nothing before the gateway reaches 2");
+        let broadcast = |seq: Seq| Event {
+            seq,
+            kind: EventKind::Broadcast,
+            raw: bytes::Bytes::from(format!("{seq}|B\n")),
+        };
+        registry.deliver(&OrderedBatch::new(vec![broadcast(1)], Instant::now()));
+        registry.deliver(&OrderedBatch::new(vec![broadcast(2)], Instant::now()));
+        registry.deliver(&OrderedBatch::new(vec![broadcast(3)], Instant::now()));
+        outbox.take(&mut got);
+        let mut expected = Vec::new();
+        followermaze_protocol::resume::write_verdict(&mut expected, Verdict::Ok, &stream, 2);
+        expected.extend_from_slice(b"3|B\n");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&expected)
+        );
     }
 
     #[tokio::test]

@@ -190,6 +190,58 @@ impl Sessions {
         }
     }
 
+    /// Whether `user`'s session can replay everything above `after` (see
+    /// [`Sessions::attach`], rule 3).
+    pub(crate) fn can_replay(&self, user: UserId, after: Seq) -> bool {
+        self.retention.replayable(user, after) == Some(Replayable::Complete)
+    }
+
+    /// Opens `user`'s session retaining lines above `position`, idle (as if
+    /// its last connection had just closed at `now`), unless it is open.
+    /// Returns whether it opened. For a resume from the shared stream: the
+    /// lines above `position` are the session's, those below are fetched.
+    pub(crate) fn reserve(&mut self, user: UserId, position: Seq, now: Instant) -> bool {
+        if !self.lives.contains_key(&user) {
+            self.lives.insert(
+                user,
+                Life {
+                    open: 0,
+                    idle_since: Some(now),
+                },
+            );
+            self.idle.push_back((now, user));
+        }
+        self.retention.open(user, position)
+    }
+
+    /// A resumable connection of `user` registers with its lines in
+    /// (`after`, `upto`] fetched from the shared stream of `stream`: if
+    /// `stream` is still the current one and the session's retained lines
+    /// reach back to `upto`, appends `#OK|<stream>|<after>` to `out`,
+    /// counts the connection in the session, and returns `true`; the
+    /// caller then stages the fetched lines and
+    /// [`Sessions::replay`]`(user, upto)`. Otherwise changes nothing and
+    /// returns `false` (then [`Sessions::attach`] decides).
+    pub(crate) fn attach_fetched(
+        &mut self,
+        user: UserId,
+        stream: StreamId,
+        after: Seq,
+        upto: Seq,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if stream != self.stream || !self.can_replay(user, upto) {
+            return false;
+        }
+        let Some(life) = self.lives.get_mut(&user) else {
+            return false;
+        };
+        life.open += 1;
+        life.idle_since = None;
+        write_verdict(out, Verdict::Ok, &self.stream, after);
+        true
+    }
+
     /// Calls `each` with every retained line of `user` above `after`, in
     /// order.
     pub(crate) fn replay(&self, user: UserId, after: Seq, each: impl FnMut(&[u8])) {

@@ -123,6 +123,9 @@ pub struct Stats {
     /// Cluster: snapshots a gateway loaded (at start, or after falling
     /// behind the retained stream).
     pub snapshots_loaded: AtomicU64,
+    /// Cluster: resumes (`#OK`) whose missed lines a gateway read from the
+    /// stream, the session having been served elsewhere.
+    pub stream_resumes: AtomicU64,
     /// Time from a source read to the write that delivered its events.
     pub latency: LatencyHistogram,
 }

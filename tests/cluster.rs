@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use common::{get, wait_until, within, Client, TestServer};
 use followermaze::{Config, GatewayListeners, SequencerListeners, Stats};
+use followermaze_verify::{LogLevel, VerifyConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -581,4 +582,240 @@ fn seq_of(line: &str) -> u64 {
         .next()
         .and_then(|seq| seq.parse().ok())
         .unwrap_or(0)
+}
+
+/// A verifier run's settings: events to `sequencer`, clients spread over
+/// `gateways` (`clientAddresses`).
+fn verifier_run(sequencer: &SequencerNode, gateways: &[&GatewayNode]) -> VerifyConfig {
+    VerifyConfig {
+        host: "127.0.0.1".into(),
+        event_listener_port: sequencer.events.port(),
+        client_addresses: gateways
+            .iter()
+            .map(|gateway| gateway.clients.to_string())
+            .collect(),
+        total_events: 20_000,
+        concurrency_level: 10,
+        timeout: std::time::Duration::from_secs(10),
+        log_interval: std::time::Duration::ZERO,
+        log_level: LogLevel::Warn,
+        ..VerifyConfig::default()
+    }
+}
+
+/// Runs the verifier under a time limit.
+async fn verify(config: VerifyConfig) -> followermaze_verify::Report {
+    let run = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        followermaze_verify::run(config),
+    );
+    match run.await {
+        Ok(Ok(report)) => report,
+        Ok(Err(failure)) => panic!("the verifier failed: {failure}"),
+        Err(_) => panic!("the verifier did not finish within 60 s"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verifier_passes_with_clients_spread_over_two_gateways() {
+    let Some(nats) = Nats::start("spread").await else {
+        return;
+    };
+    let sequencer = SequencerNode::start(nats.config());
+    let first = GatewayNode::start(nats.config()).await;
+    let second = GatewayNode::start(nats.config()).await;
+    let report = verify(verifier_run(&sequencer, &[&first, &second])).await;
+    assert_eq!(report.clients, 10);
+    // Round robin: five clients on each gateway.
+    assert_eq!(get(&first.stats.client_connects), 5);
+    assert_eq!(get(&second.stats.client_connects), 5);
+    first.stop().await;
+    second.stop().await;
+    sequencer.kill();
+}
+
+/// A resumable client's connection: its handshake sent, its verdict read.
+async fn resumable(gateway: &GatewayNode, hello: &str) -> (Client, String) {
+    let mut stream = within("connect", TcpStream::connect(gateway.clients))
+        .await
+        .expect("connect");
+    within("hello", stream.write_all(hello.as_bytes()))
+        .await
+        .expect("hello sent");
+    // The verdict, byte by byte: nothing after it may be consumed here.
+    let mut verdict = Vec::new();
+    while !verdict.ends_with(b"\n") {
+        let byte = within("verdict", stream.read_u8()).await.expect("verdict");
+        verdict.push(byte);
+    }
+    let verdict = String::from_utf8(verdict).expect("an ASCII verdict");
+    (Client { stream }, verdict)
+}
+
+/// The lines of `output` with a sequence in (`after`, `upto`].
+fn between(output: &str, after: u64, upto: u64) -> String {
+    output
+        .split_inclusive('\n')
+        .filter(|line| (after + 1..=upto).contains(&seq_of(line)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumes_exactly_on_another_gateway_after_its_own_stopped() {
+    let Some(nats) = Nats::start("resume").await else {
+        return;
+    };
+    let total = 3_000;
+    let lines = events(total);
+    let expected = standalone(&lines.concat(), total).await;
+    let config = Config {
+        checkpoint_interval_ms: 0,
+        ..nats.config()
+    };
+    let sequencer = SequencerNode::start(config.clone());
+    let first = GatewayNode::start(config.clone()).await;
+    let second = GatewayNode::start(config.clone()).await;
+    let mut clients = Vec::new();
+    let mut stream_id = String::new();
+    for user in USERS {
+        let (client, verdict) = resumable(&first, &format!("{user}||0\r\n")).await;
+        let parts: Vec<&str> = verdict.trim_end().split('|').collect();
+        assert_eq!((parts[0], parts[2]), ("#OK", "0"), "{verdict}");
+        stream_id = parts[1].to_owned();
+        clients.push(client);
+    }
+
+    // The first part on the first gateway; each client notes the last
+    // position it received.
+    let mut source = sequencer.source().await;
+    common::send(&mut source, &lines[..1_500].concat()).await;
+    let received: Vec<String> = expected.iter().map(|o| between(o, 0, 1_500)).collect();
+    expect_all(&mut clients, &received, "first gateway").await;
+    let afters: Vec<u64> = received
+        .iter()
+        .map(|lines| lines.split_inclusive('\n').next_back().map_or(0, seq_of))
+        .collect();
+    second.delivered(1_500).await;
+    first.stop().await;
+    expect_end(&mut clients).await;
+
+    // Events keep flowing while the clients are away.
+    common::send(&mut source, &lines[1_500..2_500].concat()).await;
+    second.delivered(2_500).await;
+    let mut resumed = Vec::new();
+    for (index, user) in USERS.iter().enumerate() {
+        let after = afters[index];
+        let hello = format!("{user}|{stream_id}|{after}\r\n");
+        let (client, verdict) = resumable(&second, &hello).await;
+        assert_eq!(
+            verdict,
+            format!("#OK|{stream_id}|{after}\r\n"),
+            "user {user}"
+        );
+        resumed.push(client);
+    }
+    // Exactly what each missed, then live lines.
+    common::send(&mut source, &lines[2_500..].concat()).await;
+    let owed: Vec<String> = expected
+        .iter()
+        .zip(&afters)
+        .map(|(output, &after)| between(output, after, total))
+        .collect();
+    expect_all(&mut resumed, &owed, "second gateway").await;
+    assert_eq!(get(&second.stats.stream_resumes), USERS.len() as u64);
+    second.delivered(total).await;
+    second.stop().await;
+    expect_end(&mut resumed).await;
+    sequencer.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumable_clients_hopping_between_gateways_get_everything_exactly() {
+    let Some(nats) = Nats::start("hop").await else {
+        return;
+    };
+    let config = Config {
+        checkpoint_interval_ms: 20,
+        ..nats.config()
+    };
+    let sequencer = SequencerNode::start(config.clone());
+    let first = GatewayNode::start(config.clone()).await;
+    let second = GatewayNode::start(config).await;
+    // About a second of stream; each client drops every 25 ms or so and
+    // resumes on the other gateway.
+    let run = VerifyConfig {
+        number_of_users: 10,
+        resumable: true,
+        rate: 20_000,
+        killswitch: std::time::Duration::from_millis(25),
+        ..verifier_run(&sequencer, &[&first, &second])
+    };
+    let report = verify(run).await;
+    eprintln!("{report}");
+    let stats = report.resume.as_ref().expect("a resumable run").stats;
+    let drops: u64 = stats.drops.iter().sum();
+    assert!(drops >= 50, "{report}");
+    assert_eq!(stats.resumes_gap, 0, "{report}");
+    // Each client's first resume lands on the gateway that never served
+    // it: its missed lines come from the stream. From then on both
+    // gateways hold a session for it (each retains while the client is on
+    // the other), so later resumes replay locally.
+    let from_stream = get(&first.stats.stream_resumes) + get(&second.stats.stream_resumes);
+    assert!(from_stream >= 10, "{from_stream} from the stream: {report}");
+    first.stop().await;
+    second.stop().await;
+    sequencer.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_the_stream_no_longer_holds_gets_a_gap_and_what_follows() {
+    let Some(nats) = Nats::start("trimmed").await else {
+        return;
+    };
+    let total = 3_000;
+    let lines = events(total);
+    let expected = standalone(&lines.concat(), total).await;
+    // A stream of a few messages: the early ones are gone by the resume.
+    let config = Config {
+        checkpoint_interval_ms: 0,
+        stream_max_bytes: 8 * 1024,
+        ..nats.config()
+    };
+    let sequencer = SequencerNode::start(config.clone());
+    let first = GatewayNode::start(config.clone()).await;
+    let second = GatewayNode::start(config).await;
+    let user = USERS[0];
+    let (mut client, verdict) = resumable(&first, &format!("{user}||0\r\n")).await;
+    let stream_id = verdict.split('|').nth(1).expect("a stream id").to_owned();
+    let mut source = sequencer.source().await;
+    // One message per chunk: each is applied before the next is sent.
+    for chunk in lines[..2_500].chunks(100) {
+        common::send(&mut source, &chunk.concat()).await;
+        let last = chunk.last().map_or(0, |line| seq_of(line));
+        first.delivered(last).await;
+        second.delivered(last).await;
+    }
+    let received = between(&expected[0], 0, 500);
+    let mut got = vec![0u8; received.len()];
+    within("first lines", client.stream.read_exact(&mut got))
+        .await
+        .expect("read");
+    let after = received.split_inclusive('\n').next_back().map_or(0, seq_of);
+    drop(client);
+
+    let hello = format!("{user}|{stream_id}|{after}\r\n");
+    let (mut resumed, verdict) = resumable(&second, &hello).await;
+    assert_eq!(verdict, format!("#GAP|{stream_id}|2500\r\n"));
+    common::send(&mut source, &lines[2_500..].concat()).await;
+    let owed = between(&expected[0], 2_500, total);
+    let mut got = vec![0u8; owed.len()];
+    within("lines after the gap", resumed.stream.read_exact(&mut got))
+        .await
+        .expect("read");
+    assert_eq!(String::from_utf8_lossy(&got), owed);
+    assert_eq!(get(&second.stats.resumes_gap), 1);
+    second.delivered(total).await;
+    first.stop().await;
+    second.stop().await;
+    sequencer.kill();
 }

@@ -79,6 +79,10 @@ pub struct VerifyConfig {
     pub event_listener_port: u16,
     /// The user client port (`clientListenerPort`).
     pub client_listener_port: u16,
+    /// Where clients connect, `host:port` each (`clientAddresses`): client
+    /// `i` to entry `i mod n`, and a resumable client's each reconnect to
+    /// the next entry. Empty: `host:client_listener_port` alone.
+    pub client_addresses: Vec<String>,
     /// Events in the stream, the opening broadcasts included (`totalEvents`).
     pub total_events: u64,
     /// Client connections (`concurrencyLevel`). 0 streams events and checks
@@ -171,6 +175,13 @@ pub const SETTINGS: &[Setting] = &[
         "127.0.0.1",
         "the server's address or host name",
     ),
+    Setting {
+        name: "clientAddresses",
+        default: Fallback::Derived("serverHost:clientListenerPort"),
+        meaning: "`host:port,host:port,...`: clients are spread over these round robin (several \
+                  gateways of a cluster), and with `resumable=true` each reconnect goes to the \
+                  next address in the list",
+    },
     Setting::new(
         "totalEvents",
         "10000000",
@@ -277,6 +288,7 @@ struct Variables {
     server_host: String,
     event_listener_port: u16,
     client_listener_port: u16,
+    client_addresses: Option<String>,
     total_events: u64,
     concurrency_level: usize,
     number_of_users: Option<u32>,
@@ -315,6 +327,11 @@ impl VerifyConfig {
             host: v.server_host.trim().to_owned(),
             event_listener_port: v.event_listener_port,
             client_listener_port: v.client_listener_port,
+            client_addresses: v
+                .client_addresses
+                .as_deref()
+                .map(split_addresses)
+                .unwrap_or_default(),
             total_events: v.total_events,
             concurrency_level: v.concurrency_level,
             // The classic default depends on another variable.
@@ -348,6 +365,9 @@ impl VerifyConfig {
         };
         if self.host.is_empty() {
             return fail("serverHost", &"", "must not be empty".into());
+        }
+        if let Err(why) = check_addresses(&self.client_addresses) {
+            return fail("clientAddresses", &self.client_addresses.join(","), why);
         }
         if self.total_events == 0 {
             return fail("totalEvents", &0, "must be at least 1".into());
@@ -443,6 +463,35 @@ impl VerifyConfig {
     }
 }
 
+/// The entries of a `clientAddresses` value, trimmed; a blank value is
+/// none.
+fn split_addresses(value: &str) -> Vec<String> {
+    if value.trim().is_empty() {
+        return Vec::new();
+    }
+    value
+        .split(',')
+        .map(|entry| entry.trim().to_owned())
+        .collect()
+}
+
+/// Each entry must be `host:port`, with a host and a port from 1 to 65535.
+fn check_addresses(addresses: &[String]) -> Result<(), String> {
+    for entry in addresses {
+        let Some((host, port)) = entry.rsplit_once(':') else {
+            return Err(format!("{entry:?} is not host:port"));
+        };
+        if host.is_empty() {
+            return Err(format!("{entry:?} has no host"));
+        }
+        match port.parse::<u16>() {
+            Ok(port) if port > 0 => {}
+            _ => return Err(format!("{entry:?}: the port must be 1 to 65535")),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,6 +549,27 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(error.to_string().contains("whole batch"), "{error}");
+    }
+
+    #[test]
+    fn client_addresses_are_a_list_of_host_port() {
+        assert!(VerifyConfig::default().client_addresses.is_empty());
+        let config = VerifyConfig::from_vars(vars(&[(
+            "clientAddresses",
+            "127.0.0.1:9100, localhost:9101,[::1]:9102",
+        )]))
+        .unwrap();
+        assert_eq!(
+            config.client_addresses,
+            ["127.0.0.1:9100", "localhost:9101", "[::1]:9102"]
+        );
+        for value in [
+            "9100", "host:", ":9100", "a:1,,b:2", "a:0", "a:65536", "a:x",
+        ] {
+            let error = VerifyConfig::from_vars(vars(&[("clientAddresses", value)])).unwrap_err();
+            let text = error.to_string();
+            assert!(text.starts_with("clientAddresses="), "{value}: {text}");
+        }
     }
 
     #[test]

@@ -126,8 +126,8 @@ struct Connected {
     source_stream: std::net::TcpStream,
     /// One per client, in client order, its handshake already sent.
     client_streams: Vec<TcpStream>,
-    /// The server's client port, for reconnects.
-    client_addr: SocketAddr,
+    /// Where clients connect (one or more), for reconnects.
+    client_addrs: Arc<[SocketAddr]>,
     /// On a resumable run, one per client, in client order, at its first
     /// connection; empty on a plain run.
     sessions: Vec<Session>,
@@ -188,7 +188,7 @@ async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
         config.concurrency_level,
     );
     let event_addr = resolve(config, config.event_listener_port, "eventListenerPort").await?;
-    let client_addr = resolve(config, config.client_listener_port, "clientListenerPort").await?;
+    let client_addrs = client_addresses(config).await?;
     let shared = Arc::new(Shared::new(users.len()));
 
     let mut source_stream = connect_to(event_addr, "eventListenerPort", config.timeout).await?;
@@ -197,7 +197,7 @@ async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
         let probe_user = config.number_of_users + 1;
         probe::start_stream(
             &mut source_stream,
-            client_addr,
+            &client_addrs,
             probe_user,
             &shared,
             config.timeout,
@@ -227,14 +227,19 @@ async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
     };
     let connecting = Instant::now();
     let client_streams =
-        connect_clients(client_addr, &users, &mut sessions, config.timeout).await?;
+        connect_clients(&client_addrs, &users, &mut sessions, config.timeout).await?;
     let connect_time = connecting.elapsed();
     if config.log_level >= LogLevel::Info {
         // Only once connected: a server that is not running gets exactly
         // one line, the failure.
         println!(
-            "verifying {event_addr} (events) and {client_addr} (clients): {} events, {} clients \
+            "verifying {event_addr} (events) and {} (clients): {} events, {} clients \
              of {} users, {} profile, seed {}{}{}",
+            client_addrs
+                .iter()
+                .map(SocketAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
             config.total_events,
             config.concurrency_level,
             config.number_of_users,
@@ -251,7 +256,7 @@ async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
         users,
         source_stream,
         client_streams,
-        client_addr,
+        client_addrs,
         sessions,
         shared,
         opened,
@@ -283,7 +288,7 @@ fn start(config: &VerifyConfig, connected: Connected) -> Running {
         users,
         source_stream,
         client_streams,
-        client_addr,
+        client_addrs,
         sessions,
         shared,
         opened,
@@ -302,7 +307,8 @@ fn start(config: &VerifyConfig, connected: Connected) -> Running {
         let resume = sessions.next().map(|session| {
             checker.set_connection(Some(session.connection()));
             Resume {
-                address: client_addr,
+                addresses: client_addrs.clone(),
+                at: index % client_addrs.len(),
                 session,
                 drops: DropSchedule::new(
                     config.random_seed,
@@ -506,9 +512,10 @@ fn report(config: &VerifyConfig, finished: Finished, started: Instant) -> Result
     })
 }
 
-/// Connects one client per entry of `users`, in order, and sends each its
-/// handshake: its user id, or on a resumable run (`sessions` not empty) its
-/// session's first handshake, `user||0`.
+/// Connects one client per entry of `users`, in order (client `i` to
+/// `addresses[i mod n]`), and sends each its handshake: its user id, or on
+/// a resumable run (`sessions` not empty) its session's first handshake,
+/// `user||0`.
 ///
 /// One at a time on purpose: each connection waits in the server's accept
 /// queue until the server accepts it, and a burst larger than that queue
@@ -516,14 +523,19 @@ fn report(config: &VerifyConfig, finished: Finished, started: Instant) -> Result
 /// one-second SYN retry each. Opening them concurrently was measured to
 /// make that worse, not better.
 async fn connect_clients(
-    address: SocketAddr,
+    addresses: &[SocketAddr],
     users: &[u32],
     sessions: &mut [Session],
     timeout: Duration,
 ) -> Result<Vec<TcpStream>, Failure> {
     let mut streams = Vec::with_capacity(users.len());
+    let variable = match addresses.len() {
+        1 => "clientListenerPort",
+        _ => "clientAddresses",
+    };
     for (index, &user) in users.iter().enumerate() {
-        let mut stream = connect_to(address, "clientListenerPort", timeout).await?;
+        let address = addresses[index % addresses.len()];
+        let mut stream = connect_to(address, variable, timeout).await?;
         let hello = match sessions.get_mut(index) {
             Some(session) => session.hello(0, None),
             None => format!("{user}\r\n").into_bytes(),
@@ -538,6 +550,32 @@ async fn connect_clients(
         streams.push(stream);
     }
     Ok(streams)
+}
+
+/// Where clients connect: each entry of `clientAddresses` resolved (its
+/// first address), or `serverHost:clientListenerPort` if there are none.
+/// Never empty.
+async fn client_addresses(config: &VerifyConfig) -> Result<Arc<[SocketAddr]>, Failure> {
+    if config.client_addresses.is_empty() {
+        let address = resolve(config, config.client_listener_port, "clientListenerPort").await?;
+        return Ok(Arc::from([address]));
+    }
+    let mut resolved = Vec::with_capacity(config.client_addresses.len());
+    for entry in &config.client_addresses {
+        let failure = |error: String| Failure::Connect {
+            variable: "clientAddresses",
+            address: entry.clone(),
+            error,
+        };
+        let mut addresses = tokio::net::lookup_host(entry.as_str())
+            .await
+            .map_err(|error| failure(error.to_string()))?;
+        let address = addresses
+            .next()
+            .ok_or_else(|| failure("the host name resolves to no address".into()))?;
+        resolved.push(address);
+    }
+    Ok(resolved.into())
 }
 
 /// The first address `config.host` resolves to, with `port`.

@@ -43,24 +43,48 @@ pub struct Opened {
     pub bytes: u64,
 }
 
-/// Sends opening broadcasts on `source` until a probe connection to
-/// `clients` for `probe_user` receives one; stamps each on `shared`'s send
-/// clock (broadcast `n` is chunk `n - 1`, as the source's opening numbers
-/// them). Fails after `timeout`.
+/// Sends opening broadcasts on `source` until a probe connection to each of
+/// `clients` in turn (a cluster's gateways each apply the stream on their
+/// own) for `probe_user` receives one; stamps each on `shared`'s send clock
+/// (broadcast `n` is chunk `n - 1`, as the source's opening numbers them).
+/// Fails after `timeout` in all.
 pub async fn start_stream(
     source: &mut TcpStream,
-    clients: SocketAddr,
+    clients: &[SocketAddr],
     probe_user: u32,
     shared: &Shared,
     timeout: Duration,
 ) -> Result<Opened, Failure> {
     let started = Instant::now();
+    let mut opened = Opened::default();
+    for &address in clients {
+        probe_one(
+            source,
+            address,
+            probe_user,
+            shared,
+            (started, timeout),
+            &mut opened,
+        )
+        .await?;
+    }
+    Ok(opened)
+}
+
+/// [`start_stream`] for one client address, carrying on from `opened`.
+async fn probe_one(
+    source: &mut TcpStream,
+    clients: SocketAddr,
+    probe_user: u32,
+    shared: &Shared,
+    (started, timeout): (Instant, Duration),
+    opened: &mut Opened,
+) -> Result<(), Failure> {
     let mut probe = connect(clients, timeout).await?;
     probe
         .write_all(format!("{probe_user}\r\n").as_bytes())
         .await
         .map_err(|error| connect_failure(clients, error.to_string()))?;
-    let mut opened = Opened::default();
     let mut buf = vec![0u8; PROBE_BUFFER_BYTES];
     let mut filled = 0;
     loop {
@@ -109,7 +133,7 @@ pub async fn start_stream(
             while let Some(newline) = memchr::memchr(b'\n', &buf[..filled]) {
                 let line = &buf[..=newline];
                 if matches!(parse_event(line), Ok((got, EventKind::Broadcast)) if got <= seq) {
-                    return Ok(opened);
+                    return Ok(());
                 }
                 // Anything else is not ours; wait for one of ours.
                 buf.copy_within(newline + 1..filled, 0);

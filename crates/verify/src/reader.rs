@@ -80,8 +80,11 @@ pub struct ReaderOutcome {
 /// What a resumable client needs beside its checker.
 #[derive(Debug)]
 pub struct Resume {
-    /// The server's client port, to reconnect to.
-    pub address: SocketAddr,
+    /// Where clients connect (`clientAddresses`, or the one client port).
+    pub addresses: Arc<[SocketAddr]>,
+    /// The index in `addresses` of the current connection's; each reconnect
+    /// attempt moves to the next (a cluster's other gateway).
+    pub at: usize,
     /// Its side of the protocol.
     pub session: Session,
     /// When it drops, for how long, and how it backs off.
@@ -480,8 +483,9 @@ impl Reader {
             let wait = checker
                 .overdue(shared.clock.now_us(), timeout)?
                 .max(MIN_RECHECK);
+            resume.at = (resume.at + 1) % resume.addresses.len();
+            let address = resume.addresses[resume.at];
             let session = &mut resume.session;
-            let address = resume.address;
             let attempt = async {
                 let mut stream = TcpStream::connect(address).await?;
                 // Our only write is the handshake.

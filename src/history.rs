@@ -1,0 +1,486 @@
+//! Resuming a session on another gateway: the cluster's JetStream stream is
+//! the shared history, so a gateway that has no session for a user (the
+//! user was served by a gateway that died) can still give it exactly what
+//! it missed, derived from the stream.
+//!
+//! Three steps, so that the registry never waits on NATS:
+//!
+//! 1. **Registry, between two batches** ([`History::plan`]): a resumable
+//!    handshake names the cluster's stream id, `after` is at most the
+//!    position `P`, and no local session can replay from `after`. The
+//!    registry opens (or keeps) the user's session *now*, retaining every
+//!    line above `P` as routing decides it from here on, and computes the
+//!    user's following set as it was at `after`: the current set with the
+//!    user's own edge changes above `after` undone, from a bounded log of
+//!    the edge changes the router reported ([`EDGE_LOG_ENTRIES`]). It hands
+//!    a [`FetchRequest`] for the lines in (`after`, `P`] to the fetcher.
+//! 2. **Fetcher task** ([`serve`]): reads the stream messages holding
+//!    (`after`, `P`] (their JetStream sequences come from the registry's
+//!    index of the messages it applied) and keeps the lines concerning the
+//!    user exactly as routing would have: a follow of it or a private
+//!    message to it, a broadcast, a status update of someone it followed at
+//!    that point (the following set replayed forward with the same edge
+//!    changes). It sends them back in [`crate::registry::Command::Resumed`].
+//! 3. **Registry, between two batches**: if the session is still open and
+//!    its retained lines reach back to `P`, the client gets `#OK|<stream>|
+//!    after`, the fetched lines, then the retained ones above `P`, then
+//!    live ones. Otherwise (a fetch failed, the stream no longer holds a
+//!    message, the session was purged or the stream changed meanwhile) it
+//!    gets the local verdict, a `#GAP`: all or nothing, as always.
+//!
+//! The invariant: the lines in (`after`, `P`] come from the stream, the
+//! lines above `P` from the session opened at `P` in step 1, and `P` is one
+//! position between two batches, so nothing is lost or repeated at either
+//! boundary. A resume is refused (`#GAP`) when `after` is below the
+//! history's *floor*: the last restored snapshot's position, or the
+//! sequence of the oldest edge change or message the bounded logs dropped.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use followermaze_protocol::resume::StreamId;
+use followermaze_protocol::{EventKind, Seq, UserId};
+use futures_util::StreamExt;
+use hashbrown::HashSet;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::jetstream::{self, Log, REQUEST_TIMEOUT};
+use crate::outbox::{Closed, Outbox};
+use crate::registry::{Command, ConnId, RegistryHandle};
+use crate::router::EdgeChange;
+
+/// Edge changes remembered (32 bytes each: at most 32 MiB). A resume whose
+/// `after` lies before the oldest one kept cannot know the following set
+/// it had then, and gets `#GAP`.
+pub(crate) const EDGE_LOG_ENTRIES: usize = 1 << 20;
+
+/// Stream messages indexed (16 bytes each: 1 MiB; up to 4 GiB of stream in
+/// 64 KiB messages).
+pub(crate) const MESSAGE_INDEX_ENTRIES: usize = 1 << 16;
+
+/// Fetch requests that may wait for the fetcher; beyond, the resume gets
+/// its local verdict (`#GAP`) at once rather than wait.
+pub(crate) const FETCH_QUEUE: usize = 64;
+
+/// Fetches running at once, each reading the stream through its own
+/// ordered consumer.
+const CONCURRENT_FETCHES: usize = 8;
+
+/// Longest one fetch may take, all its messages included.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One edge change the router reported.
+#[derive(Debug, Clone, Copy)]
+struct Change {
+    /// The event that made it.
+    seq: Seq,
+    /// The follower.
+    from: UserId,
+    /// The followed user.
+    to: UserId,
+    /// Added (a follow) or removed (an unfollow).
+    added: bool,
+}
+
+/// A gateway registry's record of what it applied, for [`History::plan`];
+/// see the module doc.
+#[derive(Debug, Default)]
+pub(crate) struct History {
+    /// Resumes need `after` at or above this.
+    floor: Seq,
+    /// The most recent edge changes, oldest first.
+    changes: VecDeque<Change>,
+    /// `(first event seq, stream sequence)` of each stream message applied,
+    /// oldest first.
+    messages: VecDeque<(Seq, u64)>,
+}
+
+/// What step 1 decided: where to read, and the user's graph to route with.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// The stream sequence of the first message to read.
+    pub first_message: u64,
+    /// ... and of the last (the one holding the position).
+    pub last_message: u64,
+    /// Whom the user followed just after event `after`.
+    pub following: HashSet<UserId>,
+    /// The user's own edge changes above `after`, in order: `(seq, to,
+    /// added)`.
+    pub changes: Vec<(Seq, UserId, bool)>,
+}
+
+impl History {
+    /// Forgets everything: the graph was replaced (a snapshot at
+    /// `position`) or a new stream began (`position` 0).
+    pub(crate) fn reset(&mut self, position: Seq) {
+        self.floor = position;
+        self.changes.clear();
+        self.messages.clear();
+    }
+
+    /// Event `first_seq` (and those after it in its batch) came from stream
+    /// message `stream_seq`.
+    #[inline]
+    pub(crate) fn message(&mut self, first_seq: Seq, stream_seq: u64) {
+        if self
+            .messages
+            .back()
+            .is_some_and(|&(_, last)| last == stream_seq)
+        {
+            return; // The rest of a message split into several batches.
+        }
+        if self.messages.len() == MESSAGE_INDEX_ENTRIES {
+            self.messages.pop_front();
+            if let Some(&(first, _)) = self.messages.front() {
+                self.floor = self.floor.max(first.saturating_sub(1));
+            }
+        }
+        self.messages.push_back((first_seq, stream_seq));
+    }
+
+    /// Event `seq` changed an edge.
+    #[inline]
+    pub(crate) fn edge(&mut self, seq: Seq, edge: EdgeChange) {
+        let (from, to, added) = match edge {
+            EdgeChange::Added { from, to } => (from, to, true),
+            EdgeChange::Removed { from, to } => (from, to, false),
+        };
+        if self.changes.len() == EDGE_LOG_ENTRIES {
+            if let Some(oldest) = self.changes.pop_front() {
+                self.floor = self.floor.max(oldest.seq);
+            }
+        }
+        self.changes.push_back(Change {
+            seq,
+            from,
+            to,
+            added,
+        });
+    }
+
+    /// Where to read the lines of `user` in (`after`, `position`], and its
+    /// following set at `after` given `following`, its set now; `None` if
+    /// `after` is below the floor or nothing was applied since it.
+    pub(crate) fn plan(
+        &self,
+        user: UserId,
+        after: Seq,
+        position: Seq,
+        following: impl Iterator<Item = UserId>,
+    ) -> Option<Plan> {
+        if after < self.floor || after >= position {
+            return None;
+        }
+        let &(_, last_message) = self.messages.back()?;
+        let holding = self
+            .messages
+            .partition_point(|&(first, _)| first <= after.saturating_add(1));
+        let (_, first_message) = self.messages[holding.saturating_sub(1)];
+        let start = self.changes.partition_point(|change| change.seq <= after);
+        let changes: Vec<(Seq, UserId, bool)> = self
+            .changes
+            .range(start..)
+            .filter(|change| change.from == user)
+            .map(|change| (change.seq, change.to, change.added))
+            .collect();
+        let mut following: HashSet<UserId> = following.collect();
+        for &(_, to, added) in changes.iter().rev() {
+            if added {
+                following.remove(&to);
+            } else {
+                following.insert(to);
+            }
+        }
+        Some(Plan {
+            first_message,
+            last_message,
+            following,
+            changes,
+        })
+    }
+}
+
+/// Step 2's work order; see the module doc.
+#[derive(Debug)]
+pub(crate) struct FetchRequest {
+    /// The resuming client.
+    pub user: UserId,
+    /// Its connection.
+    pub conn: ConnId,
+    /// Its writer's outbox, handed back with the lines.
+    pub outbox: Arc<Outbox>,
+    /// The stream id it named (the cluster's, then).
+    pub stream: StreamId,
+    /// What it received up to.
+    pub after: Seq,
+    /// The registry's position when it planned: the lines above it are the
+    /// session's.
+    pub upto: Seq,
+    /// Where to read, and how to route.
+    pub plan: Plan,
+    /// The most line bytes to fetch (`resumeBufferBytes`): a resume owed
+    /// more than a session could retain gets `#GAP`, as locally.
+    pub max_bytes: usize,
+}
+
+/// The fetcher task: serves requests (at most [`CONCURRENT_FETCHES`] at
+/// once) until the registry drops its sender, answering each with
+/// `Command::Resumed`. If the registry is gone by then (shutdown), the
+/// client's outbox is closed instead, so its writer ends at once.
+pub(crate) async fn serve(
+    log: Log,
+    mut requests: mpsc::Receiver<FetchRequest>,
+    registry: RegistryHandle,
+) {
+    let slots = Arc::new(Semaphore::new(CONCURRENT_FETCHES));
+    let mut fetches = JoinSet::new();
+    while let Some(request) = requests.recv().await {
+        while fetches.try_join_next().is_some() {}
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break; // Never closed; nothing to serve with.
+        };
+        let (log, registry) = (log.clone(), registry.clone());
+        fetches.spawn(async move {
+            let fetched = tokio::time::timeout(FETCH_TIMEOUT, fetch(&log, &request))
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()));
+            let lines = match fetched {
+                Ok(lines) => Some(lines),
+                Err(error) => {
+                    tracing::warn!(
+                        user = request.user,
+                        after = request.after,
+                        upto = request.upto,
+                        %error,
+                        "cannot resume from the stream: the client gets #GAP"
+                    );
+                    None
+                }
+            };
+            let FetchRequest {
+                user,
+                conn,
+                outbox,
+                stream,
+                after,
+                upto,
+                ..
+            } = request;
+            let writer = Arc::clone(&outbox);
+            let resumed = Command::Resumed {
+                user,
+                conn,
+                outbox,
+                stream,
+                after,
+                upto,
+                lines,
+            };
+            if registry.send(resumed).await.is_err() {
+                // Shutdown: nobody to resume; the writer drains nothing.
+                writer.close(Closed::Drain);
+            }
+            drop(slot);
+        });
+    }
+    // Each is bounded by FETCH_TIMEOUT, and closes its client's outbox.
+    while fetches.join_next().await.is_some() {}
+}
+
+/// Reads stream messages `first_message..=last_message` and returns the
+/// lines in (`after`, `upto`] concerning the user, in order. Fails if the
+/// stream no longer holds one of them, a message is not ours or of another
+/// stream, or the lines exceed `max_bytes`.
+async fn fetch(log: &Log, request: &FetchRequest) -> Result<Vec<u8>, String> {
+    let plan = &request.plan;
+    let mut messages = log.consume_from(plan.first_message).await?;
+    let mut router = UserRouter::new(request.user, plan);
+    let mut lines = Vec::new();
+    let mut expected = plan.first_message;
+    while expected <= plan.last_message {
+        let message = match tokio::time::timeout(REQUEST_TIMEOUT, messages.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(error))) => return Err(format!("consumer: {error}")),
+            Ok(None) => return Err("the consumer ended".into()),
+            Err(_) => return Err(format!("no message {expected} in time")),
+        };
+        let stream_seq = message
+            .info()
+            .map_err(|error| format!("no JetStream metadata: {error}"))?
+            .stream_sequence;
+        if stream_seq != expected {
+            return Err(format!(
+                "the stream no longer holds message {expected} (the next is {stream_seq}): \
+                 retention dropped it"
+            ));
+        }
+        expected += 1;
+        let entry = jetstream::decode(message.headers.as_ref(), &message.payload)?;
+        if entry.stream != request.stream {
+            return Err(format!("message {stream_seq} is of another stream"));
+        }
+        keep(&mut router, &entry.events, request, &mut lines)?;
+    }
+    Ok(lines)
+}
+
+/// Appends to `lines` those of `events` (one stream message's, in order)
+/// in (`after`, `upto`] that concern the request's user. Fails past
+/// `max_bytes`.
+pub(crate) fn keep(
+    router: &mut UserRouter<'_>,
+    events: &[followermaze_protocol::Event],
+    request: &FetchRequest,
+    lines: &mut Vec<u8>,
+) -> Result<(), String> {
+    for event in events {
+        if event.seq <= request.after {
+            continue;
+        }
+        if event.seq > request.upto {
+            break;
+        }
+        if router.concerns(event.seq, event.kind) {
+            lines.extend_from_slice(&event.raw);
+            if lines.len() > request.max_bytes {
+                return Err(format!(
+                    "more than {} bytes owed (resumeBufferBytes)",
+                    request.max_bytes
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Routing for one user: whether each event concerns it, with its
+/// following set kept in step by its own edge changes.
+pub(crate) struct UserRouter<'a> {
+    /// The user.
+    user: UserId,
+    /// Whom it follows at the current point.
+    following: HashSet<UserId>,
+    /// Its edge changes not yet applied.
+    changes: std::iter::Peekable<std::slice::Iter<'a, (Seq, UserId, bool)>>,
+}
+
+impl<'a> UserRouter<'a> {
+    pub(crate) fn new(user: UserId, plan: &'a Plan) -> UserRouter<'a> {
+        UserRouter {
+            user,
+            following: plan.following.clone(),
+            changes: plan.changes.iter().peekable(),
+        }
+    }
+
+    /// Whether event `seq` of `kind` is routed to the user, as
+    /// [`crate::router::Router::apply`] and the registry route it: a follow
+    /// notifies `to`, an unfollow nobody, a broadcast everyone, a private
+    /// message `to`, a status update every follower of `from` after every
+    /// earlier event.
+    fn concerns(&mut self, seq: Seq, kind: EventKind) -> bool {
+        while let Some(&&(at, to, added)) = self.changes.peek() {
+            if at > seq {
+                break;
+            }
+            if added {
+                self.following.insert(to);
+            } else {
+                self.following.remove(&to);
+            }
+            self.changes.next();
+        }
+        match kind {
+            EventKind::Follow { to, .. } | EventKind::Private { to, .. } => to == self.user,
+            EventKind::Unfollow { .. } => false,
+            EventKind::Broadcast => true,
+            EventKind::Status { from } => self.following.contains(&from),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::Router;
+
+    /// The user's lines from replaying `kinds` through a real router,
+    /// against [`History::plan`] + [`UserRouter`] started at every `after`.
+    #[test]
+    fn planned_routing_matches_the_router_from_any_point() {
+        let mut state: u64 = 7;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let kinds: Vec<EventKind> = (0..400)
+            .map(|_| {
+                let (a, b) = (next() % 6 + 1, next() % 6 + 1);
+                match next() % 6 {
+                    0 | 1 => EventKind::Follow { from: a, to: b },
+                    2 => EventKind::Unfollow { from: a, to: b },
+                    3 => EventKind::Private { from: a, to: b },
+                    4 => EventKind::Broadcast,
+                    _ => EventKind::Status { from: a },
+                }
+            })
+            .collect();
+        let mut router = Router::new(1000);
+        let mut history = History::default();
+        // Per user, the seqs routed to it.
+        let mut routed: Vec<Vec<Seq>> = vec![Vec::new(); 7];
+        for (index, &kind) in kinds.iter().enumerate() {
+            let seq = index as Seq + 1;
+            history.message(seq, seq); // one message per event
+            let outcome = router.apply(kind);
+            for user in 1..=6u64 {
+                let to_user = match outcome.audience {
+                    crate::router::Audience::Nobody => false,
+                    crate::router::Audience::User(to) => to == user,
+                    crate::router::Audience::Everyone => true,
+                    crate::router::Audience::Followers(author) => router.follows(user, author),
+                };
+                if to_user {
+                    routed[user as usize].push(seq);
+                }
+            }
+            if let Some(edge) = outcome.edge {
+                history.edge(seq, edge);
+            }
+        }
+        let position = kinds.len() as Seq;
+        for user in 1..=6u64 {
+            for after in 0..position {
+                let plan = history
+                    .plan(user, after, position, router.following(user))
+                    .expect("covered");
+                assert_eq!(plan.first_message, after + 1);
+                let mut replay = UserRouter::new(user, &plan);
+                let got: Vec<Seq> = (after + 1..=position)
+                    .filter(|&seq| replay.concerns(seq, kinds[seq as usize - 1]))
+                    .collect();
+                let want: Vec<Seq> = routed[user as usize]
+                    .iter()
+                    .copied()
+                    .filter(|&seq| seq > after)
+                    .collect();
+                assert_eq!(got, want, "user {user} after {after}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_resume_below_the_floor_is_not_planned() {
+        let mut history = History::default();
+        history.reset(100);
+        history.message(101, 7);
+        assert!(history.plan(1, 99, 101, std::iter::empty()).is_none());
+        let plan = history.plan(1, 100, 101, std::iter::empty()).unwrap();
+        assert_eq!((plan.first_message, plan.last_message), (7, 7));
+        assert!(history.plan(1, 101, 101, std::iter::empty()).is_none());
+    }
+}
