@@ -722,11 +722,12 @@ impl Registry {
     /// sequence space), and resumable connections are closed after what
     /// they were sent, so they resume, with a `#GAP`, into the new one.
     fn end_sessions(&mut self) {
-        if self.sessions.len() == 0 {
-            return;
-        }
+        // Always a new id, sessions or not: a client of a session purged
+        // before the new stream must not find its old id still current.
         let ended = self.sessions.new_stream().len();
-        self.close_resumable(ended);
+        if ended > 0 {
+            self.close_resumable(ended);
+        }
     }
 
     /// The producer names the sequence space `stream` (see
@@ -1473,6 +1474,36 @@ mod tests {
             .unwrap();
         registry.run().await;
         assert_eq!(outbox.closed(), Some(Closed::Drain));
+    }
+
+    #[test]
+    fn a_new_stream_changes_the_stream_id_even_with_no_session_open() {
+        let (mut registry, _handle) = registry();
+        let before = registry.sessions.stream();
+        let event = |seq| Event {
+            seq,
+            kind: EventKind::Broadcast,
+            raw: bytes::Bytes::from(format!("{seq}|B\n")),
+        };
+        registry.deliver(&OrderedBatch::new(vec![event(20)], Instant::now()));
+        registry.deliver(&OrderedBatch::new(vec![event(1)], Instant::now()).starting_new_stream());
+        let after = registry.sessions.stream();
+        assert_ne!(before, after, "the old id must not stay current");
+        // A client of the old stream resumes with a gap, not a false #OK.
+        let outbox = Arc::new(Outbox::new());
+        let hello = Hello::Resumable {
+            user: 7,
+            stream: Some(before),
+            after: 1,
+        };
+        registry.register(hello, 1, outbox.clone());
+        let mut got = Vec::new();
+        outbox.take(&mut got);
+        assert!(
+            got.starts_with(b"#GAP|"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
     }
 
     #[test]
