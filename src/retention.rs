@@ -16,6 +16,13 @@
 //!   7/8 of the bound, so eviction runs in rounds, not per line), and every
 //!   session that referenced one drops it.
 //!
+//! Lines leave the log from its front. One old line that a session still
+//! holds would keep every later line in the log, referenced or not, so when
+//! at least half the logged lines (and at least [`COMPACT_MIN_DEAD`]) are
+//! referenced by no session, the log is **compacted**: the live lines are
+//! copied into fresh chunks and every reference renumbered, in time linear
+//! in the live lines, which the dead ones outnumber: O(1) per line overall.
+//!
 //! Each session has a **floor**: no line at or below it can be replayed. It
 //! starts at the position the session was opened at and rises to the
 //! sequence of the newest line the session lost to a bound. A resume from
@@ -46,6 +53,10 @@ pub(crate) const REF_BYTES: usize = std::mem::size_of::<Ref>();
 /// What one session costs beside its references, for the total bound (its
 /// map slot and bookkeeping, rounded up).
 pub(crate) const SESSION_BYTES: usize = 128;
+
+/// Compaction waits for at least this many unreferenced lines (and for
+/// them to be at least half the log), so it runs in rounds, not per line.
+const COMPACT_MIN_DEAD: usize = 4096;
 
 /// A total-bound round evicts down to this fraction of the bound (7/8).
 const EVICT_TO_EIGHTHS: usize = 7;
@@ -134,6 +145,12 @@ pub(crate) struct Retention {
     line_bytes: usize,
     /// References held by all sessions.
     refs: usize,
+    /// Entries no session references any more, still in the log (behind a
+    /// referenced one); see the module doc on compaction.
+    dead: usize,
+    /// Compaction waits for this many dead entries ([`COMPACT_MIN_DEAD`];
+    /// the tests lower it to compact often).
+    compact_min_dead: usize,
     /// Logged lines evicted by the total bound, ever (for metrics).
     evicted_total: u64,
     /// References dropped by the per-session bound, ever (for metrics).
@@ -153,6 +170,8 @@ impl Retention {
             sessions: HashMap::new(),
             line_bytes: 0,
             refs: 0,
+            dead: 0,
+            compact_min_dead: COMPACT_MIN_DEAD,
             evicted_total: 0,
             trimmed_total: 0,
         }
@@ -236,8 +255,12 @@ impl Retention {
             let entry = &mut self.entries[(oldest.id - self.first_entry) as usize];
             session.floor = session.floor.max(entry.seq);
             entry.refs -= 1;
+            if entry.refs == 0 {
+                self.dead += 1;
+            }
         }
         self.drop_unreferenced_front();
+        self.compact_if_mostly_dead();
         if self.retained_bytes() > self.limits.total_bytes {
             self.enforce_total();
         }
@@ -311,10 +334,15 @@ impl Retention {
             return;
         };
         for r in &session.refs {
-            self.entries[(r.id - self.first_entry) as usize].refs -= 1;
+            let entry = &mut self.entries[(r.id - self.first_entry) as usize];
+            entry.refs -= 1;
+            if entry.refs == 0 {
+                self.dead += 1;
+            }
         }
         self.refs -= session.refs.len();
         self.drop_unreferenced_front();
+        self.compact_if_mostly_dead();
     }
 
     /// Ends every session (a new stream: old positions mean nothing).
@@ -326,6 +354,7 @@ impl Retention {
         self.first_chunk = 0;
         self.line_bytes = 0;
         self.refs = 0;
+        self.dead = 0;
     }
 
     /// Drops the oldest entries while no session references them.
@@ -335,7 +364,60 @@ impl Retention {
                 break;
             }
             self.pop_entry();
+            self.dead -= 1;
         }
+    }
+
+    /// Compacts the log when unreferenced lines are at least half of it;
+    /// see the module doc.
+    fn compact_if_mostly_dead(&mut self) {
+        if self.dead < self.compact_min_dead || self.dead * 2 < self.entries.len() {
+            return;
+        }
+        // Fresh ids and chunk numbers after every old one, so ids keep
+        // increasing with sequence numbers.
+        let old_first = self.first_entry;
+        let base = old_first + self.entries.len() as u64;
+        let mut chunks = VecDeque::new();
+        let first_chunk = self.first_chunk + self.chunks.len() as u64;
+        let mut entries = VecDeque::with_capacity(self.entries.len() - self.dead);
+        let mut renumbered = vec![u64::MAX; self.entries.len()];
+        let mut line_bytes = 0;
+        let mut spare = self.spare.take();
+        for (index, entry) in self.entries.iter().enumerate() {
+            if entry.refs == 0 {
+                continue;
+            }
+            let chunk = &self.chunks[(entry.chunk - self.first_chunk) as usize];
+            let start = entry.start as usize;
+            let line = &chunk[start..start + entry.len as usize];
+            renumbered[index] = base + entries.len() as u64;
+            Self::log(
+                &mut chunks,
+                &first_chunk,
+                &mut spare,
+                &mut entries,
+                entry.seq,
+                line,
+            );
+            if let Some(copied) = entries.back_mut() {
+                copied.refs = entry.refs;
+            }
+            line_bytes += line.len();
+        }
+        for session in self.sessions.values_mut() {
+            for r in session.refs.iter_mut() {
+                r.id = renumbered[(r.id - old_first) as usize];
+                debug_assert_ne!(r.id, u64::MAX, "a referenced entry survives compaction");
+            }
+        }
+        self.entries = entries;
+        self.chunks = chunks;
+        self.first_entry = base;
+        self.first_chunk = first_chunk;
+        self.spare = spare;
+        self.line_bytes = line_bytes;
+        self.dead = 0;
     }
 
     /// Removes the oldest entry, and its chunk once no entry lives in it.
@@ -371,6 +453,9 @@ impl Retention {
             // Its references come off below; count them off now so the
             // loop sees what will remain.
             self.refs -= entry.refs as usize;
+            if entry.refs == 0 {
+                self.dead -= 1;
+            }
             self.pop_entry();
             self.evicted_total += 1;
             through = Some(entry.seq);
@@ -521,6 +606,34 @@ mod tests {
         assert_eq!(replayed(&retention, 2, 100), vec![line(101)]);
     }
 
+    #[test]
+    fn one_old_line_does_not_keep_the_whole_log() {
+        let line_cost = line(1).len() + REF_BYTES;
+        let mut retention = Retention::new(RetentionLimits {
+            per_session_bytes: 64 * line_cost,
+            total_bytes: 1 << 30,
+        });
+        // A quiet session holds line 1 for ever; a busy one trims its own.
+        retention.open(1, 0);
+        retention.open(2, 0);
+        retention.record(1, 1, &line(1));
+        retention.record(2, 1, &line(1));
+        for seq in 2..=200_000 {
+            retention.record(2, seq, &line(seq));
+            assert!(
+                retention.entries.len() <= 2 * COMPACT_MIN_DEAD + 200,
+                "at {seq}"
+            );
+        }
+        assert_eq!(replayed(&retention, 1, 0), vec![line(1)]);
+        assert_eq!(replayed(&retention, 2, 199_990).len(), 10);
+        assert!(
+            retention.retained_bytes() < 1 << 20,
+            "{}",
+            retention.retained_bytes()
+        );
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Open(UserId),
@@ -549,6 +662,8 @@ mod tests {
         ) {
             let limits = RetentionLimits { per_session_bytes: per_session, total_bytes: total };
             let mut retention = Retention::new(limits);
+            // Compact often, so renumbering is checked too.
+            retention.compact_min_dead = 2;
             let mut model: HashMap<UserId, Vec<(Seq, Vec<u8>)>> = HashMap::new();
             let mut seq = 0;
             for op in ops {
