@@ -321,14 +321,29 @@ impl Config {
                 ),
             ));
         }
-        if self.resume_buffer_bytes > self.max_client_buffer_bytes {
+        if self.resume_buffer_bytes > self.max_client_buffer_bytes / 2 {
             return Err(ConfigError::new(
                 "resumeBufferBytes",
                 self.resume_buffer_bytes,
                 format!(
-                    "must not exceed maxClientBufferBytes ({}): a full replay would cut the \
-                     client off as a slow consumer",
+                    "must be at most half of maxClientBufferBytes ({}): a full replay, then a \
+                     batch before the writer takes it, must not cut the client off as a slow \
+                     consumer",
                     self.max_client_buffer_bytes
+                ),
+            ));
+        }
+        let sessions_cost = self
+            .max_clients
+            .saturating_mul(crate::retention::SESSION_BYTES);
+        if self.resume_total_bytes < sessions_cost {
+            return Err(ConfigError::new(
+                "resumeTotalBytes",
+                self.resume_total_bytes,
+                format!(
+                    "must hold at least one session per client: maxClients ({}) x {} bytes",
+                    self.max_clients,
+                    crate::retention::SESSION_BYTES
                 ),
             ));
         }
@@ -449,6 +464,28 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!((config.metrics_port, config.summary_interval_secs), (0, 0));
+    }
+
+    #[test]
+    fn retention_must_fit_the_client_limits() {
+        let error = Config::from_vars(vars(&[
+            ("maxClientBufferBytes", "1000"),
+            ("resumeBufferBytes", "501"),
+        ]))
+        .unwrap_err();
+        assert!(
+            error.to_string().starts_with("resumeBufferBytes=501: "),
+            "{error}"
+        );
+        let error = Config::from_vars(vars(&[("maxClients", "10"), ("resumeTotalBytes", "1279")]))
+            .unwrap_err();
+        assert!(
+            error.to_string().starts_with("resumeTotalBytes=1279: "),
+            "{error}"
+        );
+        assert!(
+            Config::from_vars(vars(&[("maxClients", "10"), ("resumeTotalBytes", "1280")])).is_ok()
+        );
     }
 
     #[test]

@@ -55,6 +55,9 @@ struct Life {
     open: u32,
     /// When the last one closed (`None` while one is open).
     idle_since: Option<Instant>,
+    /// Whether an entry for this user is in `Sessions::idle`: at most one
+    /// is, so the purge queue never holds more entries than sessions.
+    queued: bool,
 }
 
 /// What [`Sessions::attach`] decided.
@@ -167,6 +170,7 @@ impl Sessions {
         let life = self.lives.entry(user).or_insert(Life {
             open: 0,
             idle_since: None,
+            queued: false,
         });
         life.open += 1;
         life.idle_since = None;
@@ -207,6 +211,7 @@ impl Sessions {
                 Life {
                     open: 0,
                     idle_since: Some(now),
+                    queued: true,
                 },
             );
             self.idle.push_back((now, user));
@@ -258,12 +263,11 @@ impl Sessions {
     /// Ends the session idle the longest, to make room; returns its user,
     /// or `None` if every session has a connection open.
     pub(crate) fn purge_oldest_idle(&mut self) -> Option<UserId> {
-        while let Some((since, user)) = self.idle.pop_front() {
-            let idle = self
-                .lives
-                .get(&user)
-                .is_some_and(|life| life.open == 0 && life.idle_since == Some(since));
-            if idle {
+        // Each entry is looked at once or re-queued once with a later time,
+        // so this ends within twice the queue's length.
+        for _ in 0..2 * self.idle.len() {
+            let (_, idle) = self.pop_idle()?;
+            if let Some(user) = idle {
                 self.lives.remove(&user);
                 self.retention.close(user);
                 return Some(user);
@@ -280,7 +284,33 @@ impl Sessions {
         life.open = life.open.saturating_sub(1);
         if life.open == 0 {
             life.idle_since = Some(now);
-            self.idle.push_back((now, user));
+            if !life.queued {
+                life.queued = true;
+                self.idle.push_back((now, user));
+            }
+        }
+    }
+
+    /// Takes the purge queue's front entry and says what it stands for:
+    /// `Some(user)` if that user has been idle since the entry's time
+    /// (the entry is spent), `None` otherwise. An entry for a user who
+    /// reconnected and went idle again later is queued again with the later
+    /// time (behind entries that may be later still: a purge can come
+    /// late, never early).
+    fn pop_idle(&mut self) -> Option<(Instant, Option<UserId>)> {
+        let (since, user) = self.idle.pop_front()?;
+        let Some(life) = self.lives.get_mut(&user) else {
+            return Some((since, None));
+        };
+        life.queued = false;
+        match life.idle_since {
+            Some(idle) if life.open == 0 && idle == since => Some((since, Some(user))),
+            Some(idle) if life.open == 0 => {
+                life.queued = true;
+                self.idle.push_back((idle, user));
+                Some((since, None))
+            }
+            _ => Some((since, None)),
         }
     }
 
@@ -288,16 +318,11 @@ impl Sessions {
     /// users.
     pub(crate) fn purge_expired(&mut self, now: Instant) -> Vec<UserId> {
         let mut purged = Vec::new();
-        while let Some(&(since, user)) = self.idle.front() {
+        while let Some(&(since, _)) = self.idle.front() {
             if now.saturating_duration_since(since) < self.settings.window {
                 break;
             }
-            self.idle.pop_front();
-            let expired = self
-                .lives
-                .get(&user)
-                .is_some_and(|life| life.open == 0 && life.idle_since == Some(since));
-            if expired {
+            if let Some((_, Some(user))) = self.pop_idle() {
                 self.lives.remove(&user);
                 self.retention.close(user);
                 purged.push(user);
@@ -532,6 +557,25 @@ mod tests {
         assert!(!sessions.is_full());
         assert_eq!(sessions.purge_oldest_idle(), Some(1));
         assert_eq!(sessions.purge_oldest_idle(), None);
+    }
+
+    #[test]
+    fn a_client_that_keeps_reconnecting_queues_one_purge_entry() {
+        let mut sessions = Sessions::new(SETTINGS);
+        let start = Instant::now();
+        for i in 0..1000 {
+            attach(&mut sessions, 1, None, 0, 0);
+            sessions.detach(1, start + Duration::from_millis(i));
+        }
+        assert_eq!(sessions.idle.len(), 1);
+        // Idle since the last detach, so purged a window after it.
+        let last = start + Duration::from_millis(999);
+        assert!(sessions
+            .purge_expired(last + SETTINGS.window / 2)
+            .is_empty());
+        assert!(sessions.purge_expired(start + SETTINGS.window).is_empty());
+        assert_eq!(sessions.purge_expired(last + SETTINGS.window), vec![1]);
+        assert!(sessions.idle.is_empty());
     }
 
     #[test]
