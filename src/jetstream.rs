@@ -119,7 +119,11 @@ impl Log {
                     0 => -1,
                     bytes => i64::try_from(bytes).unwrap_or(i64::MAX),
                 },
-                duplicate_window: Duration::from_secs(120),
+                // JetStream refuses a window longer than max_age (0 = none).
+                duplicate_window: match config.stream_max_age_secs {
+                    0 => Duration::from_secs(120),
+                    age => Duration::from_secs(age.min(120)),
+                },
                 ..Default::default()
             };
             js.create_or_update_stream(limits)
@@ -161,12 +165,18 @@ impl Log {
 
     /// The sequence of the last message in the stream (0 if empty).
     pub(crate) async fn last_sequence(&self) -> Result<u64, String> {
+        Ok(self.sequences().await?.1)
+    }
+
+    /// The first and last stream sequence the stream holds (first > last
+    /// when it holds no message: expired or purged).
+    pub(crate) async fn sequences(&self) -> Result<(u64, u64), String> {
         let stream = self.stream().await?;
         let info = stream
             .get_info()
             .await
             .map_err(|error| format!("stream {} info: {error}", self.name))?;
-        Ok(info.state.last_sequence)
+        Ok((info.state.first_sequence, info.state.last_sequence))
     }
 }
 

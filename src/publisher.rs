@@ -96,14 +96,42 @@ pub(crate) async fn recover(log: &Log, max_edges: usize) -> Result<Recovered, St
             stream: new_stream_id(),
         },
     };
-    let last = log.last_sequence().await?;
+    let (first, last) = log.sequences().await?;
     if last > state.stream_seq {
-        let mut messages = log.consume_from(state.stream_seq + 1).await?;
+        if first > last {
+            // Retention dropped everything after the snapshot: the position
+            // and the graph since are unknowable. Fail loudly rather than
+            // publish from a wrong position.
+            return Err(format!(
+                "the stream holds no message after the latest snapshot (snapshot at stream \
+                 sequence {}, stream at {last}, all expired or purged): cannot tell where the \
+                 sequence stands; restore the stream or start a new one (delete stream {})",
+                state.stream_seq, log.name
+            ));
+        }
+        let from = (state.stream_seq + 1).max(first);
+        if from > state.stream_seq + 1 {
+            tracing::error!(
+                snapshot_stream_seq = state.stream_seq,
+                first_retained = first,
+                "the stream no longer holds every message after the latest snapshot: \
+                 follows and unfollows in between are missing from the graph"
+            );
+        }
+        let mut messages = log.consume_from(from).await?;
         while state.stream_seq < last {
-            let message = match messages.next().await {
-                Some(Ok(message)) => message,
-                Some(Err(error)) => return Err(format!("replay: {error}")),
-                None => return Err("replay: the consumer ended".into()),
+            let next = tokio::time::timeout(REPLAY_PATIENCE, messages.next()).await;
+            let message = match next {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(error))) => return Err(format!("replay: {error}")),
+                Ok(None) => return Err("replay: the consumer ended".into()),
+                Err(_) => {
+                    return Err(format!(
+                        "replay: no message within {REPLAY_PATIENCE:?} after stream sequence {} \
+                         (the stream holds up to {last})",
+                        state.stream_seq
+                    ))
+                }
             };
             let stream_seq = message
                 .info()
@@ -129,6 +157,10 @@ pub(crate) async fn recover(log: &Log, max_edges: usize) -> Result<Recovered, St
     }
     Ok(state)
 }
+
+/// How long start-up recovery waits for the next message of its replay
+/// before it gives up with an error instead of hanging.
+const REPLAY_PATIENCE: Duration = Duration::from_secs(10);
 
 /// A publish's acknowledgement, awaited in order.
 type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
