@@ -153,15 +153,30 @@ pub async fn run_sequencer(
         Some(name) => failures.push(format!("{name} task ended early")),
     }
     stop_input.cancel();
-    failures.extend(sources.join().await);
-    failures.extend(sequencer.join().await);
+    // One deadline for the whole drain: with NATS away, the publisher
+    // cannot empty its window, the sequencer's queue to it stays full, and
+    // a source can wait on that queue for ever.
     let drain = Duration::from_millis(config.drain_timeout_ms);
-    match tokio::time::timeout(drain, publisher.join()).await {
-        Ok(failure) => failures.extend(failure),
-        Err(_) => failures.push(format!(
-            "publisher could not publish what it held within {} ms (NATS away?)",
-            drain.as_millis()
-        )),
+    let drained = tokio::time::timeout(drain, async {
+        let mut failures = Vec::new();
+        failures.extend(sources.join().await);
+        failures.extend(sequencer.join().await);
+        failures.extend(publisher.join().await);
+        failures
+    })
+    .await;
+    match drained {
+        Ok(drain_failures) => failures.extend(drain_failures),
+        Err(_) => {
+            for task in [&sources, &sequencer, &publisher] {
+                task.handle.abort();
+            }
+            failures.push(format!(
+                "could not publish what was released within drainTimeoutMs ({} ms; NATS away?): \
+                 a source that resends from the stream's last sequence loses nothing",
+                drain.as_millis()
+            ));
+        }
     }
     failures.extend(observers.stop().await);
     finish(failures)
