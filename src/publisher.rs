@@ -224,8 +224,9 @@ pub(crate) struct Publisher {
     snapshot_seq: Option<u64>,
     /// Between snapshots.
     snapshot_every: Duration,
-    /// A snapshot being written; at most one at a time.
-    snapshot_task: Option<tokio::task::JoinHandle<()>>,
+    /// A snapshot being written, at most one at a time; it answers with the
+    /// stream sequence it saved, or `None` if the save failed.
+    snapshot_task: Option<tokio::task::JoinHandle<Option<u64>>>,
     /// Counters.
     stats: Arc<Stats>,
     /// Rate limit for failure warnings.
@@ -318,7 +319,7 @@ impl Publisher {
             self.await_one().await?;
         }
         if let Some(task) = self.snapshot_task.take() {
-            let _ = task.await;
+            self.snapshot_seq = task.await.ok().flatten();
         }
         if self.snapshot_seq != Some(self.graph_seq) {
             if let Err(error) = self.initial_snapshot().await {
@@ -541,14 +542,22 @@ impl Publisher {
     /// Starts writing a snapshot if the graph moved since the last one and
     /// none is being written.
     fn snapshot(&mut self) {
-        if self.snapshot_seq == Some(self.graph_seq) {
-            return;
+        if let Some(task) = &mut self.snapshot_task {
+            if !task.is_finished() {
+                return;
+            }
+            // Finished: only a save that succeeded counts, so a failed one
+            // is tried again at the next tick.
+            let saved = match futures_util::FutureExt::now_or_never(task) {
+                Some(Ok(saved)) => saved,
+                _ => None,
+            };
+            self.snapshot_task = None;
+            if saved.is_none() {
+                self.snapshot_seq = None;
+            }
         }
-        if self
-            .snapshot_task
-            .as_ref()
-            .is_some_and(|task| !task.is_finished())
-        {
+        if self.snapshot_seq == Some(self.graph_seq) {
             return;
         }
         let bytes = snapshot::encode(self.graph_seq, self.position, self.stream, &self.graph);
@@ -559,8 +568,12 @@ impl Publisher {
                 Ok(()) => {
                     Stats::add(&stats.snapshots_written, 1);
                     tracing::debug!(stream_seq, "snapshot written");
+                    Some(stream_seq)
                 }
-                Err(error) => tracing::warn!(%error, stream_seq, "cannot write a snapshot"),
+                Err(error) => {
+                    tracing::warn!(%error, stream_seq, "cannot write a snapshot; retrying at the next tick");
+                    None
+                }
             }
         }));
     }
