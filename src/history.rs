@@ -295,7 +295,7 @@ pub(crate) async fn serve(
 /// stream, or the lines exceed `max_bytes`.
 async fn fetch(log: &Log, request: &FetchRequest) -> Result<Vec<u8>, String> {
     let plan = &request.plan;
-    let mut messages = log.consume_from(plan.first_message).await?;
+    let mut messages = log.read_from(plan.first_message).await?;
     let mut router = UserRouter::new(request.user, plan);
     let mut lines = Vec::new();
     let mut expected = plan.first_message;
@@ -310,6 +310,10 @@ async fn fetch(log: &Log, request: &FetchRequest) -> Result<Vec<u8>, String> {
             .info()
             .map_err(|error| format!("no JetStream metadata: {error}"))?
             .stream_sequence;
+        if stream_seq < expected {
+            // A redelivery of something already read: skip it.
+            continue;
+        }
         if stream_seq != expected {
             return Err(format!(
                 "the stream no longer holds message {expected} (the next is {stream_seq}): \

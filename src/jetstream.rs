@@ -281,6 +281,43 @@ impl Log {
     }
 }
 
+impl Log {
+    /// A plain (not ordered) pull consumer of the stream from stream
+    /// sequence `start` on, for bounded reads: a replay at start-up, a
+    /// resume's fetch. async-nats's ordered consumer recreates itself after
+    /// a missed heartbeat from the last message it delivered, and from
+    /// sequence 1 if it delivered none yet; on a busy machine that made a
+    /// read of a range start over at the stream's beginning. This one never
+    /// moves its start; the server drops it `READ_IDLE` after its last
+    /// fetch.
+    pub(crate) async fn read_from(
+        &self,
+        start: u64,
+    ) -> Result<jetstream::consumer::pull::Stream, String> {
+        use jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+        let stream = self.stream().await?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: self.subject.clone(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start.max(1),
+                },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: READ_IDLE,
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| format!("create consumer: {error}"))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|error| format!("consume: {error}"))
+    }
+}
+
+/// How long the server keeps an idle [`Log::read_from`] consumer.
+const READ_IDLE: Duration = Duration::from_secs(30);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,7 +118,7 @@ pub(crate) async fn recover(log: &Log, max_edges: usize) -> Result<Recovered, St
                  follows and unfollows in between are missing from the graph"
             );
         }
-        let mut messages = log.consume_from(from).await?;
+        let mut messages = log.read_from(from).await?;
         while state.stream_seq < last {
             let next = tokio::time::timeout(REPLAY_PATIENCE, messages.next()).await;
             let message = match next {
