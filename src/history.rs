@@ -289,6 +289,10 @@ pub(crate) async fn serve(
     while fetches.join_next().await.is_some() {}
 }
 
+/// How many times one fetch may start its read again after a lost batch
+/// or a failed pull before it gives up (and the client gets `#GAP`).
+const MAX_READ_RESTARTS: u32 = 8;
+
 /// Reads stream messages `first_message..=last_message` and returns the
 /// lines in (`after`, `upto`] concerning the user, in order. Fails if the
 /// stream no longer holds one of them, a message is not ours or of another
@@ -299,9 +303,19 @@ async fn fetch(log: &Log, request: &FetchRequest) -> Result<Vec<u8>, String> {
     let mut router = UserRouter::new(request.user, plan);
     let mut lines = Vec::new();
     let mut expected = plan.first_message;
+    let mut restarts = 0;
     while expected <= plan.last_message {
-        let message = match tokio::time::timeout(REQUEST_TIMEOUT, messages.next()).await {
+        let next = tokio::time::timeout(REQUEST_TIMEOUT, messages.next()).await;
+        let message = match next {
             Ok(Some(Ok(message))) => message,
+            // A pull that failed or came back short (a busy server, a lost
+            // batch): read again from where we are, a bounded number of
+            // times.
+            Ok(Some(Err(_))) | Ok(None) | Err(_) if restarts < MAX_READ_RESTARTS => {
+                restarts += 1;
+                messages = log.read_from(expected).await?;
+                continue;
+            }
             Ok(Some(Err(error))) => return Err(format!("consumer: {error}")),
             Ok(None) => return Err("the consumer ended".into()),
             Err(_) => return Err(format!("no message {expected} in time")),
@@ -313,6 +327,16 @@ async fn fetch(log: &Log, request: &FetchRequest) -> Result<Vec<u8>, String> {
         if stream_seq < expected {
             // A redelivery of something already read: skip it.
             continue;
+        }
+        if stream_seq > expected {
+            // Retention dropped `expected`, or a batch on its way was lost
+            // (the consumer does not ask for acks): the stream tells which.
+            let (first, _) = log.sequences().await?;
+            if first <= expected && restarts < MAX_READ_RESTARTS {
+                restarts += 1;
+                messages = log.read_from(expected).await?;
+                continue;
+            }
         }
         if stream_seq != expected {
             return Err(format!(
