@@ -118,8 +118,12 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(50);
 
 /// How long a gateway holds a resume whose `after` is ahead of it (the
 /// client was served by a gateway further along the same stream) before it
-/// answers `#GAP`: gateways lag one another by milliseconds.
-const AHEAD_WAIT: Duration = Duration::from_secs(2);
+/// gives up and closes the connection without a verdict, so the client
+/// retries (perhaps elsewhere). Gateways lag one another by milliseconds
+/// normally, by seconds when one gateway's clients all land on the others
+/// at once. Any verdict from behind `after` would be wrong: `#OK` would
+/// repeat lines the client has, `#GAP` would claim lines it has are lost.
+const AHEAD_WAIT: Duration = Duration::from_secs(10);
 
 /// The cloneable way to talk to the registry.
 #[derive(Debug, Clone)]
@@ -844,8 +848,8 @@ impl Registry {
         }
     }
 
-    /// Attaches the waiting resumes this gateway has now reached, and gives
-    /// those past their deadline their local verdict.
+    /// Attaches the waiting resumes this gateway has now reached, and closes
+    /// those past their deadline without a verdict (see [`AHEAD_WAIT`]).
     fn retry_waiting(&mut self, now: Instant) {
         let position = self.position();
         let (due, kept): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
@@ -864,7 +868,15 @@ impl Registry {
             if after <= position {
                 self.attach(user, Some(stream), after, conn, outbox);
             } else {
-                self.attach_local(user, Some(stream), after, conn, outbox);
+                tracing::info!(
+                    user,
+                    conn,
+                    after,
+                    position,
+                    "closing a resume from ahead of this gateway, still ahead after the wait: \
+                     the client retries"
+                );
+                outbox.close(Closed::Drain);
             }
         }
         Stats::set(&self.stats.clients_connected, self.connected() as u64);
