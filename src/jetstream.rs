@@ -279,9 +279,7 @@ impl Log {
             .await
             .map_err(|error| format!("consume: {error}"))
     }
-}
 
-impl Log {
     /// A plain (not ordered) pull consumer of the stream from stream
     /// sequence `start` on, for bounded reads: a replay at start-up, a
     /// resume's fetch. async-nats's ordered consumer recreates itself after
