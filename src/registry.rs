@@ -248,6 +248,58 @@ pub struct Registry {
     /// up (until their deadline, [`AHEAD_WAIT`]). At most one per client
     /// connection, so bounded by `maxClients`.
     waiting: Vec<Waiting>,
+    /// Stream fetches under way, by user and the position each fetches
+    /// from: the connections waiting for each (the one that asked, and any
+    /// of the same user from that position or later that came while it
+    /// ran), so a client that keeps reconnecting while a long fetch runs
+    /// does not start one per attempt. Bounded by the fetcher's queue.
+    fetching: HashMap<(UserId, Seq), Vec<Joiner>>,
+    /// The last fetch's lines for each user whose session it seeded, kept so
+    /// a client that dropped before its verdict (or after) resumes from
+    /// them without fetching again; see [`Parked`]. At most
+    /// [`MAX_PARKED_FETCHES`], oldest dropped first.
+    parked: HashMap<UserId, Parked>,
+    /// Users of `parked`, oldest first (at most one entry each).
+    parked_order: std::collections::VecDeque<UserId>,
+}
+
+/// A connection waiting for a stream fetch: its position, id and outbox.
+type Joiner = (Seq, ConnId, Arc<Outbox>);
+
+/// A completed fetch: the user's lines in (`after`, `upto`] of `stream`.
+/// With the session opened at `upto`, they serve any resume from
+/// `after..=upto`.
+#[derive(Debug)]
+struct Parked {
+    /// The stream they belong to.
+    stream: StreamId,
+    /// The position they start after.
+    after: Seq,
+    /// The position they reach (the session's opening position).
+    upto: Seq,
+    /// The lines, in order.
+    lines: Vec<u8>,
+}
+
+/// Most fetches kept in [`Registry::parked`]; each is at most
+/// `resumeBufferBytes`.
+const MAX_PARKED_FETCHES: usize = 64;
+
+/// The lines of `lines` (whole lines, in order) whose sequence is above
+/// `after`.
+fn lines_after(lines: &[u8], after: Seq) -> Vec<u8> {
+    let mut kept = Vec::new();
+    for line in lines.split_inclusive(|&byte| byte == b'\n') {
+        let bar = line
+            .iter()
+            .position(|&byte| byte == b'|')
+            .unwrap_or(line.len());
+        let seq = followermaze_protocol::parse_decimal(&line[..bar]).unwrap_or(0);
+        if seq > after {
+            kept.extend_from_slice(line);
+        }
+    }
+    kept
 }
 
 /// A resume held until the gateway reaches its `after`.
@@ -288,6 +340,9 @@ impl Registry {
             history: None,
             fetches: None,
             waiting: Vec::new(),
+            fetching: HashMap::new(),
+            parked: HashMap::new(),
+            parked_order: std::collections::VecDeque::new(),
         };
         (registry, RegistryHandle { commands: tx })
     }
@@ -331,7 +386,7 @@ impl Registry {
                     upto,
                     lines,
                 } => {
-                    self.resumed(user, (conn, outbox), stream, (after, upto), lines);
+                    self.fetched(user, (conn, outbox), stream, (after, upto), lines);
                     Stats::set(&self.stats.clients_connected, self.connected() as u64);
                 }
                 Command::Unregister { user, conn } => self.unregister(user, conn),
@@ -467,6 +522,21 @@ impl Registry {
             );
             return Ok(());
         }
+        if let Some(parked) = self.parked.get(&user) {
+            if parked.stream == current && parked.after <= after && after <= parked.upto {
+                let (upto, lines) = (parked.upto, lines_after(&parked.lines, after));
+                self.resumed(user, (id, outbox), current, (after, upto), Some(lines));
+                return Ok(());
+            }
+        }
+        let under_way = self
+            .fetching
+            .iter_mut()
+            .find(|((fetching_user, from), _)| *fetching_user == user && *from <= after);
+        if let Some((_, joiners)) = under_way {
+            joiners.push((after, id, outbox));
+            return Ok(());
+        }
         let Some(plan) = history.plan(user, after, position, self.router.following(user)) else {
             return Err((id, outbox));
         };
@@ -475,6 +545,10 @@ impl Registry {
             // Busy or gone: the local verdict, at once.
             Err(_) => return Err((id, outbox)),
         };
+        self.fetching
+            .entry((user, after))
+            .or_default()
+            .push((after, id, outbox.clone()));
         permit.send(FetchRequest {
             user,
             conn: id,
@@ -501,6 +575,59 @@ impl Registry {
             self.retainers.insert(user, key);
         }
         self.publish_session_gauges();
+    }
+
+    /// Drops every parked fetch (their sessions ended).
+    fn forget_parked(&mut self) {
+        self.parked.clear();
+        self.parked_order.clear();
+    }
+
+    /// A fetch is back: every connection that waited for it and is still
+    /// open is attached (each from its own position); the lines are parked
+    /// for the next resume of the same user.
+    fn fetched(
+        &mut self,
+        user: UserId,
+        (id, outbox): (ConnId, Arc<Outbox>),
+        stream: StreamId,
+        (after, upto): (Seq, Seq),
+        lines: Option<Vec<u8>>,
+    ) {
+        let mut joiners = self.fetching.remove(&(user, after)).unwrap_or_default();
+        if joiners.is_empty() {
+            joiners.push((after, id, outbox));
+        }
+        if let Some(lines) = &lines {
+            if self
+                .parked
+                .insert(
+                    user,
+                    Parked {
+                        stream,
+                        after,
+                        upto,
+                        lines: lines.clone(),
+                    },
+                )
+                .is_none()
+            {
+                self.parked_order.push_back(user);
+            }
+            while self.parked_order.len() > MAX_PARKED_FETCHES {
+                if let Some(oldest) = self.parked_order.pop_front() {
+                    self.parked.remove(&oldest);
+                }
+            }
+        }
+        for (from, conn, outbox) in joiners {
+            // A connection that ended while it waited has nobody to tell.
+            if outbox.closed().is_some() {
+                continue;
+            }
+            let owed = lines.as_deref().map(|lines| lines_after(lines, from));
+            self.resumed(user, (conn, outbox), stream, (from, upto), owed);
+        }
     }
 
     /// Step 3 of a resume from the shared stream: `lines` are the user's in
@@ -667,6 +794,9 @@ impl Registry {
         if let Some(key) = self.retainers.get(&user).copied() {
             self.remove(key);
         }
+        if self.parked.remove(&user).is_some() {
+            self.parked_order.retain(|parked| *parked != user);
+        }
         Stats::add(&self.stats.sessions_purged, 1);
         tracing::info!(user, why, "resumable session purged");
     }
@@ -729,6 +859,7 @@ impl Registry {
         // Always a new id, sessions or not: a client of a session purged
         // before the new stream must not find its old id still current.
         let ended = self.sessions.new_stream().len();
+        self.forget_parked();
         if ended > 0 {
             self.close_resumable(ended);
         }
@@ -740,6 +871,9 @@ impl Registry {
     fn adopt_stream(&mut self, stream: StreamId) {
         let ended = self.sessions.adopt_stream(stream).len();
         if ended > 0 {
+            self.forget_parked();
+        }
+        if ended > 0 {
             self.close_resumable(ended);
         }
     }
@@ -747,6 +881,7 @@ impl Registry {
     /// Replaces the graph with a snapshot's; see [`Command::Restore`].
     fn restore(&mut self, graph: Router, position: Seq, stream: StreamId) {
         let ended = self.sessions.new_stream().len();
+        self.forget_parked();
         self.sessions.adopt_stream(stream);
         if ended > 0 {
             self.close_resumable(ended);
@@ -1373,7 +1508,7 @@ mod tests {
                         .expect("within the bound");
                 }
                 let FetchRequest { user, conn, outbox, stream, after, upto, .. } = request;
-                registry.resumed(user, (conn, outbox), stream, (after, upto), Some(lines));
+                registry.fetched(user, (conn, outbox), stream, (after, upto), Some(lines));
             };
             for op in ops {
                 match op {

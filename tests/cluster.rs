@@ -756,12 +756,14 @@ async fn resumable_clients_hopping_between_gateways_get_everything_exactly() {
     let drops: u64 = stats.drops.iter().sum();
     assert!(drops >= 50, "{report}");
     assert_eq!(stats.resumes_gap, 0, "{report}");
-    // Each client's first resume lands on the gateway that never served
-    // it: its missed lines come from the stream. From then on both
-    // gateways hold a session for it (each retains while the client is on
-    // the other), so later resumes replay locally.
+    // A client's first resume on the gateway that never served it comes
+    // from the stream; from then on both gateways hold a session for it, so
+    // later resumes replay locally. How many of those first resumes get
+    // their verdict before the client drops again depends on timing (a
+    // connection that ended during its fetch is not counted), so only
+    // "some" is asserted.
     let from_stream = get(&first.stats.stream_resumes) + get(&second.stats.stream_resumes);
-    assert!(from_stream >= 10, "{from_stream} from the stream: {report}");
+    assert!(from_stream > 0, "{from_stream} from the stream: {report}");
     first.stop().await;
     second.stop().await;
     sequencer.kill();
