@@ -263,6 +263,42 @@ pub struct Registry {
     parked_order: std::collections::VecDeque<UserId>,
 }
 
+/// A resumable connection's first bytes being staged: its verdict, then the
+/// lines replayed to it, counted into its tally; fault injection may stop
+/// the replay early (the connection is then reset after what was staged).
+struct Replay {
+    /// The verdict line, then the replayed lines.
+    staged: Vec<u8>,
+    /// Count and CRC of the replayed lines.
+    tally: Tally,
+    /// Lines replayed.
+    lines: u64,
+    /// Fault injection asked for a reset: nothing more is staged.
+    resetting: bool,
+}
+
+impl Replay {
+    /// A replay after the verdict already in `staged`, whose `<seq>` is
+    /// `verdict_seq`.
+    fn new(staged: Vec<u8>, verdict_seq: Seq, fault_reset_every: u64) -> Replay {
+        Replay {
+            staged,
+            tally: Tally::new(verdict_seq, fault_reset_every),
+            lines: 0,
+            resetting: false,
+        }
+    }
+
+    /// Stages one replayed line, unless a reset is due.
+    fn line(&mut self, line: &[u8]) {
+        if !self.resetting {
+            self.staged.extend_from_slice(line);
+            self.resetting = self.tally.line(line);
+            self.lines += 1;
+        }
+    }
+}
+
 /// A connection waiting for a stream fetch: its position, id and outbox.
 type Joiner = (Seq, ConnId, Arc<Outbox>);
 
@@ -651,19 +687,12 @@ impl Registry {
             self.attach_local(user, Some(stream), after, id, outbox);
             return;
         };
-        let mut tally = Tally::new(after, self.sessions.settings().fault_reset_every);
-        let (mut replayed, mut resetting) = (0u64, false);
-        let mut each = |line: &[u8]| {
-            if !resetting {
-                staged.extend_from_slice(line);
-                resetting = tally.line(line);
-                replayed += 1;
-            }
-        };
+        let mut replay = Replay::new(staged, after, self.sessions.settings().fault_reset_every);
         for line in lines.split_inclusive(|&byte| byte == b'\n') {
-            each(line);
+            replay.line(line);
         }
-        self.sessions.replay(user, upto, each);
+        self.sessions.replay(user, upto, |line| replay.line(line));
+        let replayed = replay.lines;
         Stats::add(&self.stats.resumes_ok, 1);
         Stats::add(&self.stats.stream_resumes, 1);
         Stats::add(&self.stats.replayed_lines, replayed);
@@ -675,16 +704,7 @@ impl Registry {
             replayed,
             "resumable client attached from the stream"
         );
-        let sink = Sink::Resumable {
-            outbox,
-            tally,
-            resetting,
-        };
-        let key = self.insert(user, id, sink);
-        self.conns[key].staged = staged;
-        self.touched.push(key);
-        self.flush_touched(Instant::now());
-        self.publish_session_gauges();
+        self.go_live(user, id, outbox, replay);
     }
 
     /// Registers a resumable connection from this gateway's own sessions:
@@ -711,15 +731,14 @@ impl Registry {
             let key = self.insert(user, 0, Sink::Retainer);
             self.retainers.insert(user, key);
         }
-        let mut tally = Tally::new(attached.seq, self.sessions.settings().fault_reset_every);
-        let (mut replayed, mut resetting) = (0u64, false);
-        self.sessions.replay(user, attached.seq, |line| {
-            if !resetting {
-                staged.extend_from_slice(line);
-                resetting = tally.line(line);
-                replayed += 1;
-            }
-        });
+        let mut replay = Replay::new(
+            staged,
+            attached.seq,
+            self.sessions.settings().fault_reset_every,
+        );
+        self.sessions
+            .replay(user, attached.seq, |line| replay.line(line));
+        let replayed = replay.lines;
         if stream.is_some() {
             let counter = match attached.verdict {
                 Verdict::Ok => &self.stats.resumes_ok,
@@ -737,6 +756,19 @@ impl Registry {
             replayed,
             "resumable client attached"
         );
+        self.go_live(user, id, outbox, replay);
+    }
+
+    /// Adds a resumable connection whose verdict and replay are `replay`,
+    /// and flushes them now, between two batches: live lines from the next
+    /// batch on follow them exactly.
+    fn go_live(&mut self, user: UserId, id: ConnId, outbox: Arc<Outbox>, replay: Replay) {
+        let Replay {
+            staged,
+            tally,
+            resetting,
+            ..
+        } = replay;
         let sink = Sink::Resumable {
             outbox,
             tally,
