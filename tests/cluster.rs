@@ -572,6 +572,10 @@ async fn a_second_sequencer_fails_loudly_instead_of_interleaving() {
         error.to_string().contains("another sequencer"),
         "says why: {error}"
     );
+    // Nothing of the second reached the gateway: exactly the first's 2,000
+    // events, none skipped.
+    assert_eq!(get(&gateway.stats.events_delivered), 2_000);
+    assert_eq!(get(&gateway.stats.skipped_sequences), 0);
     gateway.stop().await;
     first.kill();
 }
