@@ -223,9 +223,13 @@ pub async fn run_gateway(
         async move {
             let work = async {
                 let log = Log::open(&config, false).await;
+                // Resume fetches read on a connection of their own: a burst
+                // of them must not push the live consumer's connection past
+                // nats-server's pending limit (it would drop both).
+                let fetch_log = Log::open(&config, false).await;
                 // Ends when the registry drops its sender.
                 tokio::spawn(crate::history::serve(
-                    log.clone(),
+                    fetch_log,
                     fetch_requests,
                     handle.clone(),
                 ));

@@ -307,6 +307,9 @@ impl Log {
             .await
             .map_err(|error| format!("create consumer: {error}"))?;
         consumer
+            .stream()
+            .max_messages_per_batch(READ_BATCH_MESSAGES)
+            .max_bytes_per_batch(READ_BATCH_BYTES)
             .messages()
             .await
             .map_err(|error| format!("consume: {error}"))
@@ -315,6 +318,19 @@ impl Log {
 
 /// How long the server keeps an idle [`Log::read_from`] consumer.
 const READ_IDLE: Duration = Duration::from_secs(30);
+
+/// Most bytes one [`Log::read_from`] pull asks for. The client asks for the
+/// next pull when half is consumed, so at most ~1.5× this is on its way per
+/// read. It must hold: every read at once (the fetcher's, plus a live
+/// consumer's ~48 MiB) stays well under nats-server's per-connection
+/// `max_pending` (64 MiB), or the server drops the whole connection as a
+/// slow consumer (seen with async-nats's unbounded default: 8 fetches of
+/// 200 × 64 KiB messages during a burst of resumes).
+const READ_BATCH_BYTES: usize = 2 << 20;
+
+/// Most messages one [`Log::read_from`] pull asks for (when messages are
+/// small, at a slow source, the byte bound is not what limits).
+const READ_BATCH_MESSAGES: usize = 256;
 
 #[cfg(test)]
 mod tests {
