@@ -65,11 +65,12 @@ pub(crate) const MESSAGE_INDEX_ENTRIES: usize = 1 << 16;
 /// its local verdict (`#GAP`) at once rather than wait.
 pub(crate) const FETCH_QUEUE: usize = 64;
 
-/// Fetches running at once, each reading the stream through its own
-/// ordered consumer.
-const CONCURRENT_FETCHES: usize = 8;
+/// Sweeps of the stream running at once, each through its own consumer.
+/// Every request that queued while they were busy joins the next sweep.
+const CONCURRENT_SWEEPS: usize = 4;
 
-/// Longest one fetch may take, all its messages included.
+/// Longest one sweep may take, all its messages included; the requests it
+/// has not answered by then get `#GAP`.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One edge change the router reported, packed into 16 bytes (twice the
@@ -255,86 +256,90 @@ pub(crate) struct FetchRequest {
     pub max_bytes: usize,
 }
 
-/// The fetcher task: serves requests (at most [`CONCURRENT_FETCHES`] at
-/// once) until the registry drops its sender, answering each with
-/// `Command::Resumed`. If the registry is gone by then (shutdown), the
-/// client's outbox is closed instead, so its writer ends at once.
+/// The fetcher task: serves requests until the registry drops its sender,
+/// answering each with `Command::Resumed`. Requests are served in
+/// *sweeps*: one read of the stream, from the earliest message any of them
+/// needs to the latest, shared by every request that was queued when the
+/// sweep began (a burst of resumes after a gateway's death reads the
+/// stream once, not once per client). At most [`CONCURRENT_SWEEPS`] run at
+/// once.
 pub(crate) async fn serve(
     log: Log,
     mut requests: mpsc::Receiver<FetchRequest>,
     registry: RegistryHandle,
 ) {
-    let slots = Arc::new(Semaphore::new(CONCURRENT_FETCHES));
-    let mut fetches = JoinSet::new();
-    while let Some(request) = requests.recv().await {
-        while fetches.try_join_next().is_some() {}
+    let slots = Arc::new(Semaphore::new(CONCURRENT_SWEEPS));
+    let mut sweeps = JoinSet::new();
+    while let Some(first) = requests.recv().await {
+        while sweeps.try_join_next().is_some() {}
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break; // Never closed; nothing to serve with.
         };
+        // What queued meanwhile joins: at most the queue's bound.
+        let mut group = vec![first];
+        while let Ok(request) = requests.try_recv() {
+            group.push(request);
+        }
         let (log, registry) = (log.clone(), registry.clone());
-        fetches.spawn(async move {
-            let fetched = tokio::time::timeout(FETCH_TIMEOUT, fetch(&log, &request))
-                .await
-                .unwrap_or_else(|_| Err("timed out".into()));
-            let lines = match fetched {
-                Ok(lines) => Some(lines),
-                Err(error) => {
-                    tracing::warn!(
-                        user = request.user,
-                        after = request.after,
-                        upto = request.upto,
-                        %error,
-                        "cannot resume from the stream: the client gets #GAP"
-                    );
-                    None
-                }
-            };
-            let FetchRequest {
-                user,
-                conn,
-                outbox,
-                stream,
-                after,
-                upto,
-                ..
-            } = request;
-            let writer = Arc::clone(&outbox);
-            let resumed = Command::Resumed {
-                user,
-                conn,
-                outbox,
-                stream,
-                after,
-                upto,
-                lines,
-            };
-            if registry.send(resumed).await.is_err() {
-                // Shutdown: nobody to resume; the writer drains nothing.
-                writer.close(Closed::Drain);
-            }
+        sweeps.spawn(async move {
+            sweep(&log, group, &registry).await;
             drop(slot);
         });
     }
-    // Each is bounded by FETCH_TIMEOUT, and closes its client's outbox.
-    while fetches.join_next().await.is_some() {}
+    // Each is bounded by FETCH_TIMEOUT, and answers or closes its clients.
+    while sweeps.join_next().await.is_some() {}
 }
 
-/// How many times one fetch may start its read again after a lost batch
-/// or a failed pull before it gives up (and the client gets `#GAP`).
+/// One request of a sweep, with what it has kept so far.
+struct Fetch {
+    request: FetchRequest,
+    router: UserRouter,
+    lines: Vec<u8>,
+}
+
+/// Reads the union of the group's ranges once and answers each request as
+/// soon as its last message is read, or as soon as it fails; whatever is
+/// left when [`FETCH_TIMEOUT`] passes gets `#GAP`.
+async fn sweep(log: &Log, group: Vec<FetchRequest>, registry: &RegistryHandle) {
+    let mut fetches: Vec<Fetch> = group
+        .into_iter()
+        .map(|request| Fetch {
+            router: UserRouter::new(request.user, &request.plan),
+            request,
+            lines: Vec::new(),
+        })
+        .collect();
+    let read = tokio::time::timeout(FETCH_TIMEOUT, read(log, &mut fetches, registry)).await;
+    let error = match read {
+        Ok(Ok(())) => return, // Every request answered.
+        Ok(Err(error)) => error,
+        Err(_) => "timed out".to_owned(),
+    };
+    for fetch in fetches {
+        fail(registry, fetch.request, &error).await;
+    }
+}
+
+/// How many times one sweep may start its read again after a lost batch
+/// or a failed pull before it gives up (and its clients get `#GAP`).
 const MAX_READ_RESTARTS: u32 = 8;
 
-/// Reads stream messages `first_message..=last_message` and returns the
-/// lines in (`after`, `upto`] concerning the user, in order. Fails if the
-/// stream no longer holds one of them, a message is not ours or of another
-/// stream, or the lines exceed `max_bytes`.
-async fn fetch(log: &Log, request: &FetchRequest) -> Result<Vec<u8>, String> {
-    let plan = &request.plan;
-    let mut messages = log.read_from(plan.first_message).await?;
-    let mut router = UserRouter::new(request.user, plan);
-    let mut lines = Vec::new();
-    let mut expected = plan.first_message;
+/// The sweep's read: answers and removes each request of `fetches` as it
+/// completes or fails; `Err` fails the rest.
+async fn read(
+    log: &Log,
+    fetches: &mut Vec<Fetch>,
+    registry: &RegistryHandle,
+) -> Result<(), String> {
+    let (Some(mut expected), Some(last)) = (
+        fetches.iter().map(|f| f.request.plan.first_message).min(),
+        fetches.iter().map(|f| f.request.plan.last_message).max(),
+    ) else {
+        return Ok(());
+    };
+    let mut messages = log.read_from(expected).await?;
     let mut restarts = 0;
-    while expected <= plan.last_message {
+    while expected <= last && !fetches.is_empty() {
         let next = tokio::time::timeout(REQUEST_TIMEOUT, messages.next()).await;
         let message = match next {
             Ok(Some(Ok(message))) => message,
@@ -367,28 +372,101 @@ async fn fetch(log: &Log, request: &FetchRequest) -> Result<Vec<u8>, String> {
                 messages = log.read_from(expected).await?;
                 continue;
             }
-        }
-        if stream_seq != expected {
-            return Err(format!(
+            // Gone for good: whoever needed one of them cannot be served.
+            let error = format!(
                 "the stream no longer holds message {expected} (the next is {stream_seq}): \
                  retention dropped it"
-            ));
+            );
+            for fetch in extract(fetches, |f| f.request.plan.first_message < stream_seq) {
+                fail(registry, fetch.request, &error).await;
+            }
+            expected = stream_seq;
         }
         expected += 1;
         let entry = jetstream::decode(message.headers.as_ref(), &message.payload)?;
-        if entry.stream != request.stream {
-            return Err(format!("message {stream_seq} is of another stream"));
+        let mut failed = Vec::new();
+        for (index, fetch) in fetches.iter_mut().enumerate() {
+            let plan = &fetch.request.plan;
+            if stream_seq < plan.first_message || stream_seq > plan.last_message {
+                continue;
+            }
+            let kept = if entry.stream != fetch.request.stream {
+                Err(format!("message {stream_seq} is of another stream"))
+            } else {
+                keep(
+                    &mut fetch.router,
+                    &entry.events,
+                    &fetch.request,
+                    &mut fetch.lines,
+                )
+            };
+            if let Err(error) = kept {
+                failed.push((index, error));
+            }
         }
-        keep(&mut router, &entry.events, request, &mut lines)?;
+        for (index, error) in failed.into_iter().rev() {
+            fail(registry, fetches.swap_remove(index).request, &error).await;
+        }
+        for fetch in extract(fetches, |f| f.request.plan.last_message <= stream_seq) {
+            answer(registry, fetch.request, Some(fetch.lines)).await;
+        }
     }
-    Ok(lines)
+    Ok(())
+}
+
+/// Removes and returns the fetches `done` picks.
+fn extract(fetches: &mut Vec<Fetch>, done: impl Fn(&Fetch) -> bool) -> Vec<Fetch> {
+    let (picked, kept): (Vec<Fetch>, Vec<Fetch>) =
+        std::mem::take(fetches).into_iter().partition(done);
+    *fetches = kept;
+    picked
+}
+
+/// Answers `request` with `#GAP`, saying why in the log.
+async fn fail(registry: &RegistryHandle, request: FetchRequest, error: &str) {
+    tracing::warn!(
+        user = request.user,
+        after = request.after,
+        upto = request.upto,
+        %error,
+        "cannot resume from the stream: the client gets #GAP"
+    );
+    answer(registry, request, None).await;
+}
+
+/// Hands the fetched lines (`None`: the fetch failed) back to the
+/// registry. If the registry is gone (shutdown), the client's outbox is
+/// closed instead, so its writer ends at once.
+async fn answer(registry: &RegistryHandle, request: FetchRequest, lines: Option<Vec<u8>>) {
+    let FetchRequest {
+        user,
+        conn,
+        outbox,
+        stream,
+        after,
+        upto,
+        ..
+    } = request;
+    let writer = Arc::clone(&outbox);
+    let resumed = Command::Resumed {
+        user,
+        conn,
+        outbox,
+        stream,
+        after,
+        upto,
+        lines,
+    };
+    if registry.send(resumed).await.is_err() {
+        writer.close(Closed::Drain);
+    }
 }
 
 /// Appends to `lines` those of `events` (one stream message's, in order)
 /// in (`after`, `upto`] that concern the request's user. Fails past
 /// `max_bytes`.
 pub(crate) fn keep(
-    router: &mut UserRouter<'_>,
+    router: &mut UserRouter,
     events: &[followermaze_protocol::Event],
     request: &FetchRequest,
     lines: &mut Vec<u8>,
@@ -415,21 +493,24 @@ pub(crate) fn keep(
 
 /// Routing for one user: whether each event concerns it, with its
 /// following set kept in step by its own edge changes.
-pub(crate) struct UserRouter<'a> {
+pub(crate) struct UserRouter {
     /// The user.
     user: UserId,
     /// Whom it follows at the current point.
     following: HashSet<UserId>,
-    /// Its edge changes not yet applied.
-    changes: std::iter::Peekable<std::slice::Iter<'a, (Seq, UserId, bool)>>,
+    /// Its edge changes above `after`, in order ...
+    changes: Vec<(Seq, UserId, bool)>,
+    /// ... of which those before this index are applied.
+    applied: usize,
 }
 
-impl<'a> UserRouter<'a> {
-    pub(crate) fn new(user: UserId, plan: &'a Plan) -> UserRouter<'a> {
+impl UserRouter {
+    pub(crate) fn new(user: UserId, plan: &Plan) -> UserRouter {
         UserRouter {
             user,
             following: plan.following.clone(),
-            changes: plan.changes.iter().peekable(),
+            changes: plan.changes.clone(),
+            applied: 0,
         }
     }
 
@@ -439,7 +520,7 @@ impl<'a> UserRouter<'a> {
     /// message `to`, a status update every follower of `from` after every
     /// earlier event.
     fn concerns(&mut self, seq: Seq, kind: EventKind) -> bool {
-        while let Some(&&(at, to, added)) = self.changes.peek() {
+        while let Some(&(at, to, added)) = self.changes.get(self.applied) {
             if at > seq {
                 break;
             }
@@ -448,7 +529,7 @@ impl<'a> UserRouter<'a> {
             } else {
                 self.following.remove(&to);
             }
-            self.changes.next();
+            self.applied += 1;
         }
         match kind {
             EventKind::Follow { to, .. } | EventKind::Private { to, .. } => to == self.user,
