@@ -21,6 +21,8 @@
 //!    message to it, a broadcast, a status update of someone it followed at
 //!    that point (the following set replayed forward with the same edge
 //!    changes). It sends them back in [`crate::registry::Command::Resumed`].
+//!    Requests queued together share one read of the stream (a *sweep*),
+//!    on the fetcher's own NATS connection.
 //! 3. **Registry, between two batches**: if the session is still open and
 //!    its retained lines reach back to `P`, the client gets `#OK|<stream>|
 //!    after`, the fetched lines, then the retained ones above `P`, then
