@@ -568,10 +568,17 @@ async fn a_second_sequencer_fails_loudly_instead_of_interleaving() {
         .ended()
         .await
         .expect_err("the second sequencer stops");
+    // The cause leads the error, named as such; the stop is no panic.
+    let message = error.to_string();
     assert!(
-        error.to_string().contains("another sequencer"),
-        "says why: {error}"
+        message.starts_with("another sequencer publishes to the stream, so this one stopped: "),
+        "says why: {message}"
     );
+    assert!(
+        message.contains("is not one this sequencer sent"),
+        "{message}"
+    );
+    assert!(!message.contains("panicked"), "{message}");
     // Nothing of the second reached the gateway: exactly the first's 2,000
     // events, none skipped.
     assert_eq!(get(&gateway.stats.events_delivered), 2_000);
