@@ -1038,7 +1038,8 @@ async fn a_killed_gateways_clients_resume_on_another_and_it_rejoins_from_a_snaps
     let mut received: Vec<String> = expected.iter().map(|o| between(o, 0, 1_500)).collect();
     expect_all(&mut clients, &received, "before the kill").await;
 
-    // Events keep flowing, a message at a time, while the gateway dies.
+    // Events keep flowing while the gateway dies: 50 at a time, each lot
+    // applied by the survivor before the next is sent.
     let flow = {
         let stats = survivor.stats.clone();
         let lines = lines[1_500..2_500].to_vec();
