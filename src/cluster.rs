@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::accept_clients;
@@ -24,7 +25,7 @@ use crate::gateway::Gateway;
 use crate::jetstream::Log;
 use crate::lines::MAX_LINE_BYTES;
 use crate::metrics::Health;
-use crate::publisher::{self, Publisher};
+use crate::publisher::{self, AnotherWriter, Publisher};
 use crate::registry::Registry;
 use crate::sequencer::Sequencer;
 use crate::server::{display_addr, finish, Observers, ServerError, Task};
@@ -99,11 +100,13 @@ pub async fn run_sequencer(
         tracing::warn!(%error, "cannot write the first snapshot yet; retrying");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // The one way a publisher fails: another sequencer wrote to the stream.
+    // Its reason comes back here, for the role's error and exit status.
+    let (another_writer_tx, mut another_writer) = oneshot::channel::<AnotherWriter>();
     let mut publisher = Task::spawn("publisher", async move {
-        if let Err(error) = publisher.run().await {
-            // Panicking makes the failure the task's outcome, reported by
-            // shutdown and the exit status.
-            panic!("another sequencer publishes to the stream: {}", error.0);
+        if let Err(another) = publisher.run().await {
+            // The receiver lives until the publisher has been joined below.
+            let _ = another_writer_tx.send(another);
         }
     });
 
@@ -178,6 +181,15 @@ pub async fn run_sequencer(
             ));
         }
     }
+    // The publisher has been joined by now, so an empty channel means it
+    // did not fail (unless the drain timed out: then the timeout says why).
+    if let Ok(AnotherWriter(why)) = another_writer.try_recv() {
+        // The cause first: the tasks that "ended early" ended because of it.
+        failures.insert(
+            0,
+            format!("another sequencer publishes to the stream, so this one stopped: {why}"),
+        );
+    }
     failures.extend(observers.stop().await);
     finish(failures)
 }
@@ -211,7 +223,7 @@ pub async fn run_gateway(
     // 2. Gateway.
     let ready = Arc::new(AtomicBool::new(false));
     let stop_consuming = CancellationToken::new();
-    let (restored_tx, restored_rx) = tokio::sync::oneshot::channel::<()>();
+    let (restored_tx, restored_rx) = oneshot::channel::<()>();
     let gateway = {
         let (config, handle, stats, ready) = (
             config.clone(),

@@ -1,7 +1,8 @@
 //! The cluster roles against a real `nats-server -js` on 127.0.0.1: a
 //! sequencer and gateways give each client, byte for byte, what a
-//! standalone server gives it, across a sequencer restart, a NATS restart
-//! and a gateway started late.
+//! standalone server gives it, across a sequencer restart, a NATS restart,
+//! a gateway started late and a gateway killed (a child process of the
+//! server binary, SIGKILLed mid-stream, then restarted).
 //!
 //! Each test starts its own nats-server (a free port, a fresh store
 //! directory) and kills it on drop. Without the `nats-server` binary the
@@ -286,6 +287,161 @@ impl GatewayNode {
     }
 }
 
+/// A gateway as a child process of the server binary, so it can die as a
+/// machine does: SIGKILL, nothing drained, connections cut. Killed on drop,
+/// so a failing test leaves no process behind; its log (a file, so a full
+/// pipe never blocks it) is shown when the test fails.
+struct GatewayProcess {
+    child: Child,
+    /// Where it serves clients.
+    clients: SocketAddr,
+    /// Its `/metrics` and `/readyz`.
+    metrics: SocketAddr,
+    /// Its stderr.
+    log: PathBuf,
+}
+
+impl GatewayProcess {
+    /// Starts `role=gateway` against `nats`, serving clients on `clients`
+    /// and metrics on `metrics` (loopback ports), with the settings the
+    /// in-process gateways of the resume tests use; waits until its
+    /// `/readyz` says 200 (snapshot loaded, stream caught up).
+    async fn start(
+        nats: &Nats,
+        name: &str,
+        clients: SocketAddr,
+        metrics: SocketAddr,
+    ) -> GatewayProcess {
+        let log =
+            std::env::temp_dir().join(format!("fm-cluster-{}-{name}.log", std::process::id()));
+        let stderr = std::fs::File::create(&log).expect("a log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_followermaze"))
+            .env_clear()
+            .env("role", "gateway")
+            .env("bindAddress", "127.0.0.1")
+            .env("clientListenerPort", clients.port().to_string())
+            .env("metricsPort", metrics.port().to_string())
+            .env("natsUrl", format!("nats://{}", nats.address()))
+            .env("checkpointIntervalMs", "0")
+            .env("summaryIntervalSecs", "0")
+            .env("logLevel", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("the server binary starts");
+        let mut gateway = GatewayProcess {
+            child,
+            clients,
+            metrics,
+            log,
+        };
+        within("the gateway process to be ready", async {
+            loop {
+                if let Some(status) = gateway.child.try_wait().expect("the child's status") {
+                    panic!("the gateway process exited before it was ready: {status}");
+                }
+                // Refused until it has bound; 503 until it has caught up.
+                if let Ok((200, _)) = http_get(gateway.metrics, "/readyz").await {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        gateway
+    }
+
+    /// Its counter or gauge `name` (without the `followermaze_` prefix).
+    async fn metric(&self, name: &str) -> u64 {
+        let (status, body) = within("/metrics", http_get(self.metrics, "/metrics"))
+            .await
+            .expect("/metrics answers");
+        assert_eq!(status, 200, "{body}");
+        let prefix = format!("followermaze_{name} ");
+        body.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {prefix:?} in {body}"))
+    }
+
+    /// Connects classic clients for `users`, waiting until each is
+    /// registered.
+    async fn clients(&self, users: &[u64]) -> Vec<Client> {
+        let mut clients = Vec::new();
+        for &user in users {
+            let before = self.metric("client_connects_total").await;
+            let mut stream = within("client connect", TcpStream::connect(self.clients))
+                .await
+                .expect("client connects");
+            within("hello", stream.write_all(format!("{user}\r\n").as_bytes()))
+                .await
+                .expect("hello sent");
+            within("client registered", async {
+                while self.metric("client_connects_total").await <= before {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+            clients.push(Client { stream });
+        }
+        clients
+    }
+
+    /// SIGKILL, and reaps it: it is gone when this returns.
+    fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL sent");
+        self.child.wait().expect("the killed gateway reaped");
+    }
+
+    /// SIGTERM, as an operator stops it; returns how it exited.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: `kill` on the pid of a child we spawned and have not
+        // reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        within("the gateway process to exit", async {
+            loop {
+                if let Some(status) = self.child.try_wait().expect("the child's status") {
+                    return status;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        // Both fail harmlessly if it has been reaped already.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- log of the gateway process {:?}:\n{log}", self.log);
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// `GET path` from `address` on a fresh connection: the status and body.
+/// An error if nothing listens there (yet).
+async fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(address).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let malformed = || std::io::Error::other(format!("not an HTTP response: {response:?}"));
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(malformed)?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(malformed)?;
+    Ok((status, body.to_owned()))
+}
+
 /// Deterministic events 1..=n over users 1..=20: follows, unfollows,
 /// broadcasts, private messages and status updates.
 fn events(n: u64) -> Vec<String> {
@@ -568,10 +724,17 @@ async fn a_second_sequencer_fails_loudly_instead_of_interleaving() {
         .ended()
         .await
         .expect_err("the second sequencer stops");
+    // The cause leads the error, named as such; the stop is no panic.
+    let message = error.to_string();
     assert!(
-        error.to_string().contains("another sequencer"),
-        "says why: {error}"
+        message.starts_with("another sequencer publishes to the stream, so this one stopped: "),
+        "says why: {message}"
     );
+    assert!(
+        message.contains("is not one this sequencer sent"),
+        "{message}"
+    );
+    assert!(!message.contains("panicked"), "{message}");
     // Nothing of the second reached the gateway: exactly the first's 2,000
     // events, none skipped.
     assert_eq!(get(&gateway.stats.events_delivered), 2_000);
@@ -638,9 +801,10 @@ async fn the_verifier_passes_with_clients_spread_over_two_gateways() {
     sequencer.kill();
 }
 
-/// A resumable client's connection: its handshake sent, its verdict read.
-async fn resumable(gateway: &GatewayNode, hello: &str) -> (Client, String) {
-    let mut stream = within("connect", TcpStream::connect(gateway.clients))
+/// A resumable client's connection to the gateway serving clients at
+/// `gateway`: its handshake sent, its verdict read.
+async fn resumable(gateway: SocketAddr, hello: &str) -> (Client, String) {
+    let mut stream = within("connect", TcpStream::connect(gateway))
         .await
         .expect("connect");
     within("hello", stream.write_all(hello.as_bytes()))
@@ -682,7 +846,7 @@ async fn a_session_resumes_exactly_on_another_gateway_after_its_own_stopped() {
     let mut clients = Vec::new();
     let mut stream_id = String::new();
     for user in USERS {
-        let (client, verdict) = resumable(&first, &format!("{user}||0\r\n")).await;
+        let (client, verdict) = resumable(first.clients, &format!("{user}||0\r\n")).await;
         let parts: Vec<&str> = verdict.trim_end().split('|').collect();
         assert_eq!((parts[0], parts[2]), ("#OK", "0"), "{verdict}");
         stream_id = parts[1].to_owned();
@@ -710,7 +874,7 @@ async fn a_session_resumes_exactly_on_another_gateway_after_its_own_stopped() {
     for (index, user) in USERS.iter().enumerate() {
         let after = afters[index];
         let hello = format!("{user}|{stream_id}|{after}\r\n");
-        let (client, verdict) = resumable(&second, &hello).await;
+        let (client, verdict) = resumable(second.clients, &hello).await;
         assert_eq!(
             verdict,
             format!("#OK|{stream_id}|{after}\r\n"),
@@ -791,7 +955,7 @@ async fn a_resume_the_stream_no_longer_holds_gets_a_gap_and_what_follows() {
     let first = GatewayNode::start(config.clone()).await;
     let second = GatewayNode::start(config).await;
     let user = USERS[0];
-    let (mut client, verdict) = resumable(&first, &format!("{user}||0\r\n")).await;
+    let (mut client, verdict) = resumable(first.clients, &format!("{user}||0\r\n")).await;
     let stream_id = verdict.split('|').nth(1).expect("a stream id").to_owned();
     let mut source = sequencer.source().await;
     // One message per chunk: each is applied before the next is sent.
@@ -810,7 +974,7 @@ async fn a_resume_the_stream_no_longer_holds_gets_a_gap_and_what_follows() {
     drop(client);
 
     let hello = format!("{user}|{stream_id}|{after}\r\n");
-    let (mut resumed, verdict) = resumable(&second, &hello).await;
+    let (mut resumed, verdict) = resumable(second.clients, &hello).await;
     assert_eq!(verdict, format!("#GAP|{stream_id}|2500\r\n"));
     common::send(&mut source, &lines[2_500..].concat()).await;
     let owed = between(&expected[0], 2_500, total);
@@ -823,5 +987,141 @@ async fn a_resume_the_stream_no_longer_holds_gets_a_gap_and_what_follows() {
     second.delivered(total).await;
     first.stop().await;
     second.stop().await;
+    sequencer.kill();
+}
+
+/// Reads what `client` gets until its connection ends, cleanly or not (a
+/// killed gateway's kernel may reset it).
+async fn read_until_cut(client: &mut Client) -> String {
+    let mut got = Vec::new();
+    let mut buffer = [0u8; 4096];
+    within("the connection to end", async {
+        while let Ok(read @ 1..) = client.stream.read(&mut buffer).await {
+            got.extend_from_slice(&buffer[..read]);
+        }
+    })
+    .await;
+    String::from_utf8(got).expect("ASCII lines")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateways_clients_resume_on_another_and_it_rejoins_from_a_snapshot() {
+    let Some(nats) = Nats::start("kill").await else {
+        return;
+    };
+    let total = 3_500;
+    let lines = events(total);
+    let expected = standalone(&lines.concat(), total).await;
+    // As the child gateway's environment says (`GatewayProcess::start`).
+    let config = Config {
+        checkpoint_interval_ms: 0,
+        ..nats.config()
+    };
+    let sequencer = SequencerNode::start(config.clone());
+    let survivor = GatewayNode::start(config).await;
+    let doomed_clients = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let doomed_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut doomed = GatewayProcess::start(&nats, "doomed", doomed_clients, doomed_metrics).await;
+    let mut clients = Vec::new();
+    let mut stream_id = String::new();
+    for user in USERS {
+        let (client, verdict) = resumable(doomed.clients, &format!("{user}||0\r\n")).await;
+        let parts: Vec<&str> = verdict.trim_end().split('|').collect();
+        assert_eq!((parts[0], parts[2]), ("#OK", "0"), "{verdict}");
+        stream_id = parts[1].to_owned();
+        clients.push(client);
+    }
+
+    // The first part, all of it on the doomed gateway.
+    let mut source = sequencer.source().await;
+    common::send(&mut source, &lines[..1_500].concat()).await;
+    let mut received: Vec<String> = expected.iter().map(|o| between(o, 0, 1_500)).collect();
+    expect_all(&mut clients, &received, "before the kill").await;
+
+    // Events keep flowing while the gateway dies: 50 at a time, each lot
+    // applied by the survivor before the next is sent.
+    let flow = {
+        let stats = survivor.stats.clone();
+        let lines = lines[1_500..2_500].to_vec();
+        tokio::spawn(async move {
+            for chunk in lines.chunks(50) {
+                common::send(&mut source, &chunk.concat()).await;
+                let last = chunk.last().map_or(0, |line| seq_of(line));
+                wait_until("the survivor applied the chunk", || {
+                    get(&stats.events_delivered) >= last
+                })
+                .await;
+            }
+            source
+        })
+    };
+    survivor.delivered(2_000).await;
+    doomed.kill();
+    let written_at_kill = get(&sequencer.stats.snapshots_written);
+    // Whatever each client got before its connection was cut is what a
+    // standalone server sends, possibly ending mid-line; it resumes after
+    // its last whole line.
+    let mut afters = Vec::new();
+    for (index, client) in clients.iter_mut().enumerate() {
+        received[index].push_str(&read_until_cut(client).await);
+        assert!(
+            expected[index].starts_with(&received[index]),
+            "user {}: got {:?}",
+            USERS[index],
+            received[index]
+        );
+        let whole = &received[index][..received[index].rfind('\n').map_or(0, |end| end + 1)];
+        afters.push(whole.split_inclusive('\n').next_back().map_or(0, seq_of));
+    }
+    let mut source = within("the flow", flow).await.expect("the flow task");
+
+    // Each resumes on the survivor, which never served it: from the stream.
+    let mut resumed = Vec::new();
+    for (user, &after) in USERS.iter().zip(&afters) {
+        let hello = format!("{user}|{stream_id}|{after}\r\n");
+        let (client, verdict) = resumable(survivor.clients, &hello).await;
+        assert_eq!(
+            verdict,
+            format!("#OK|{stream_id}|{after}\r\n"),
+            "user {user}"
+        );
+        resumed.push(client);
+    }
+    common::send(&mut source, &lines[2_500..3_000].concat()).await;
+    let owed: Vec<String> = expected
+        .iter()
+        .zip(&afters)
+        .map(|(output, &after)| between(output, after, 3_000))
+        .collect();
+    expect_all(&mut resumed, &owed, "resumed on the survivor").await;
+    assert_eq!(get(&survivor.stats.stream_resumes), USERS.len() as u64);
+
+    // The killed gateway restarts, from a snapshot taken after it died.
+    wait_until("a snapshot after the kill", || {
+        get(&sequencer.stats.snapshots_written) > written_at_kill
+    })
+    .await;
+    let mut rejoined =
+        GatewayProcess::start(&nats, "rejoined", doomed_clients, doomed_metrics).await;
+    assert_eq!(rejoined.metric("snapshots_loaded_total").await, 1);
+    let mut fresh = rejoined.clients(&USERS).await;
+    common::send(&mut source, &lines[3_000..].concat()).await;
+    // Routing the last part right needs the follows of the first parts,
+    // which reached the rejoined gateway only through its snapshot.
+    let last_part: Vec<String> = expected
+        .iter()
+        .map(|output| between(output, 3_000, total))
+        .collect();
+    expect_all(&mut fresh, &last_part, "rejoined gateway").await;
+    expect_all(&mut resumed, &last_part, "survivor, live").await;
+    assert!(
+        rejoined.metric("consumed_messages_total").await < get(&survivor.stats.consumed_messages),
+        "the rejoined gateway replayed only what followed its snapshot"
+    );
+
+    assert!(rejoined.terminate().await.success(), "a clean exit");
+    expect_end(&mut fresh).await;
+    survivor.stop().await;
+    expect_end(&mut resumed).await;
     sequencer.kill();
 }
