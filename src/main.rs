@@ -53,9 +53,12 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Before any port is bound: the "listening" line promises that a
+        // SIGTERM from then on drains.
+        let shutdown = shutdown_signal();
         let served = match config.role {
             Role::Standalone => match Listeners::bind(&config).await {
-                Ok(listeners) => followermaze::run(listeners, config, shutdown_signal()).await,
+                Ok(listeners) => followermaze::run(listeners, config, shutdown).await,
                 Err(error) => return bind_failed(error),
             },
             Role::Sequencer => {
@@ -64,7 +67,7 @@ fn main() -> ExitCode {
                     Err(error) => return bind_failed(error),
                 };
                 let stats = Arc::new(Stats::default());
-                followermaze::run_sequencer(listeners, config, stats, shutdown_signal()).await
+                followermaze::run_sequencer(listeners, config, stats, shutdown).await
             }
             Role::Gateway => {
                 let listeners = match bind_gateway(&config) {
@@ -72,7 +75,7 @@ fn main() -> ExitCode {
                     Err(error) => return bind_failed(error),
                 };
                 let stats = Arc::new(Stats::default());
-                followermaze::run_gateway(listeners, config, stats, shutdown_signal()).await
+                followermaze::run_gateway(listeners, config, stats, shutdown).await
             }
         };
         match served {
@@ -165,26 +168,36 @@ fn init_logging(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Watches SIGINT and SIGTERM from the call on (the handlers are installed
+/// at once, not when the future is first polled, which is only once the
+/// server is up), and completes on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
+        let watched = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        );
+        async move {
+            match watched {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
                 }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the server");
-                let _ = tokio::signal::ctrl_c().await;
+                (Err(error), _) | (_, Err(error)) => {
+                    tracing::warn!(%error, "cannot watch SIGINT and SIGTERM; only Ctrl-C stops the server");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
