@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::OrderedBatch;
 use crate::client::accept_clients;
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -73,33 +74,16 @@ pub async fn run_sequencer(
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    // 1. Stream.
-    let log = Log::open(&config, true).await;
-    let recovered = loop {
-        match publisher::recover(&log, config.max_follow_edges).await {
-            Ok(recovered) => break recovered,
-            Err(error) => {
-                tracing::warn!(%error, "cannot recover the stream's state yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+    // 1. and 2. wait for NATS as long as it takes, unless shutdown comes
+    // first: nothing was accepted yet, so there is nothing to drain.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let (publisher, to_publisher, position) = tokio::select! {
+        started = start_publisher(&config, &stats) => started,
+        () = &mut shutdown => {
+            tracing::info!("shutdown requested before the stream could be opened: nothing to drain");
+            return Ok(());
         }
     };
-    tracing::info!(
-        stream_seq = recovered.stream_seq,
-        position = recovered.position,
-        edges = recovered.graph.edges(),
-        stream = recovered.stream.as_str(),
-        "sequencer: carrying on after the stream's last event"
-    );
-    let position = recovered.position;
-
-    // 2. Publisher.
-    let every = Duration::from_secs(config.snapshot_interval_secs);
-    let (mut publisher, to_publisher) = Publisher::new(log, recovered, every, stats.clone());
-    while let Err(error) = publisher.initial_snapshot().await {
-        tracing::warn!(%error, "cannot write the first snapshot yet; retrying");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
     // The one way a publisher fails: another sequencer wrote to the stream.
     // Its reason comes back here, for the role's error and exit status.
     let (another_writer_tx, mut another_writer) = oneshot::channel::<AnotherWriter>();
@@ -146,7 +130,7 @@ pub async fn run_sequencer(
     // Shutdown.
     let mut failures = Vec::new();
     let ended_early = tokio::select! {
-        () = shutdown => None,
+        () = &mut shutdown => None,
         _ = sequencer.join() => Some(sequencer.name),
         _ = publisher.join() => Some(publisher.name),
     };
@@ -192,6 +176,43 @@ pub async fn run_sequencer(
     }
     failures.extend(observers.stop().await);
     finish(failures)
+}
+
+/// Steps 1 and 2 of [`run_sequencer`]: the stream opened and recovered, a
+/// first snapshot written, retrying each until NATS answers. Returns the
+/// publisher, its input, and the last event sequence in the stream.
+async fn start_publisher(
+    config: &Config,
+    stats: &Arc<Stats>,
+) -> (Publisher, mpsc::Sender<OrderedBatch>, u64) {
+    // 1. Stream.
+    let log = Log::open(config, true).await;
+    let recovered = loop {
+        match publisher::recover(&log, config.max_follow_edges).await {
+            Ok(recovered) => break recovered,
+            Err(error) => {
+                tracing::warn!(%error, "cannot recover the stream's state yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    tracing::info!(
+        stream_seq = recovered.stream_seq,
+        position = recovered.position,
+        edges = recovered.graph.edges(),
+        stream = recovered.stream.as_str(),
+        "sequencer: carrying on after the stream's last event"
+    );
+    let position = recovered.position;
+
+    // 2. Publisher.
+    let every = Duration::from_secs(config.snapshot_interval_secs);
+    let (mut publisher, to_publisher) = Publisher::new(log, recovered, every, stats.clone());
+    while let Err(error) = publisher.initial_snapshot().await {
+        tracing::warn!(%error, "cannot write the first snapshot yet; retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    (publisher, to_publisher, position)
 }
 
 /// Runs the gateway role until `shutdown` completes.

@@ -692,6 +692,37 @@ async fn a_late_gateway_catches_up_from_a_snapshot() {
     sequencer.kill();
 }
 
+/// No nats-server needed: nothing listens where the sequencer looks for
+/// NATS, so it waits (retrying) until shutdown, which must end it at once
+/// and cleanly, since nothing was accepted that could need a drain.
+#[tokio::test]
+async fn a_sequencer_still_waiting_for_nats_stops_on_shutdown() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let config = Config {
+        nats_url: format!("nats://127.0.0.1:{}", free_port()),
+        metrics_port: 0,
+        summary_interval_secs: 0,
+        ..Config::default()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let sequencer = tokio::spawn(followermaze::run_sequencer(
+        SequencerListeners {
+            events: listener,
+            metrics: None,
+        },
+        config,
+        Arc::new(Stats::default()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    stop.send(()).expect("sequencer waits for shutdown");
+    within("sequencer stops", sequencer)
+        .await
+        .expect("sequencer task")
+        .expect("a clean stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sequencer_fails_loudly_instead_of_interleaving() {
     let Some(nats) = Nats::start("second").await else {
