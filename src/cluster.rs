@@ -269,10 +269,14 @@ pub async fn run_gateway(
                 let snapshot = Gateway::first_snapshot(&log, config.max_follow_edges).await;
                 let mut gateway =
                     Gateway::new(log, handle.clone(), config.max_follow_edges, stats, ready);
-                let restored = gateway.restore(snapshot).await;
+                if !gateway.restore(snapshot).await {
+                    // The registry is gone: dropping `restored_tx` keeps
+                    // the client listener shut.
+                    return None;
+                }
                 // The client loop may have stopped already; then nobody waits.
                 let _ = restored_tx.send(());
-                restored.then_some(gateway)
+                Some(gateway)
             };
             let gateway = tokio::select! {
                 () = stop.cancelled() => None,
