@@ -215,9 +215,14 @@ pub(crate) struct Publisher {
     in_flight: VecDeque<Outgoing>,
     /// The stream sequence the next message will get minus one.
     next_expected_last: u64,
-    /// The graph after `graph_seq`, the last acked message.
+    /// The graph after `graph_seq`, the last acked message, ...
     graph: Router,
     graph_seq: u64,
+    /// ... and that message's sequence space: what a snapshot names.
+    /// `stream` runs ahead of it while a new stream's first message is
+    /// unacknowledged, and a snapshot naming the new id with the old
+    /// stream's graph and position would mislead every gateway loading it.
+    graph_stream: StreamId,
     /// The last event sequence stored.
     position: Seq,
     /// The stream sequence of the last snapshot written.
@@ -264,6 +269,7 @@ impl Publisher {
             next_expected_last: recovered.stream_seq,
             graph: recovered.graph,
             graph_seq: recovered.stream_seq,
+            graph_stream: recovered.stream,
             position: recovered.position,
             snapshot_seq: None,
             snapshot_every,
@@ -277,7 +283,12 @@ impl Publisher {
     /// Writes a snapshot of the recovered state now (gateways need one,
     /// with the stream id, before they serve anyone).
     pub(crate) async fn initial_snapshot(&mut self) -> Result<(), String> {
-        let bytes = snapshot::encode(self.graph_seq, self.position, self.stream, &self.graph);
+        let bytes = snapshot::encode(
+            self.graph_seq,
+            self.position,
+            self.graph_stream,
+            &self.graph,
+        );
         snapshot::save(&self.log, bytes).await?;
         self.snapshot_seq = Some(self.graph_seq);
         Stats::add(&self.stats.snapshots_written, 1);
@@ -452,6 +463,7 @@ impl Publisher {
             self.graph.apply(kind);
         }
         self.graph_seq = stream_seq;
+        self.graph_stream = message.stream;
         self.position = message.last_seq;
         Stats::add(&self.stats.published_messages, 1);
     }
@@ -560,7 +572,12 @@ impl Publisher {
         if self.snapshot_seq == Some(self.graph_seq) {
             return;
         }
-        let bytes = snapshot::encode(self.graph_seq, self.position, self.stream, &self.graph);
+        let bytes = snapshot::encode(
+            self.graph_seq,
+            self.position,
+            self.graph_stream,
+            &self.graph,
+        );
         self.snapshot_seq = Some(self.graph_seq);
         let (log, stats, stream_seq) = (self.log.clone(), self.stats.clone(), self.graph_seq);
         self.snapshot_task = Some(tokio::spawn(async move {

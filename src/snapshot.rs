@@ -125,7 +125,13 @@ pub(crate) async fn load(log: &Log, max_edges: usize) -> Result<Option<Snapshot>
     if bytes.len() as u64 > limit {
         return Err(format!("snapshot larger than {limit} bytes"));
     }
-    decode(&bytes, max_edges).map(Some)
+    // Rebuilding a graph of millions of edges takes a while: off the
+    // runtime's workers, which serve clients meanwhile (a gateway reloads
+    // a snapshot when it falls behind the stream).
+    tokio::task::spawn_blocking(move || decode(&bytes, max_edges))
+        .await
+        .map_err(|error| format!("decode snapshot: {error}"))?
+        .map(Some)
 }
 
 #[cfg(test)]
