@@ -448,7 +448,7 @@ impl Health {
 /// Everything a request needs; shared by the connections.
 #[derive(Debug)]
 struct Endpoint {
-    /// Holds the [`StatsCollector`].
+    /// Holds the [`StatsCollector`] and the process's own figures.
     registry: Registry,
     /// For `/healthz`.
     health: Health,
@@ -460,6 +460,9 @@ impl Endpoint {
         registry
             .register(Box::new(StatsCollector::new(stats)))
             .expect("one collector with unique, valid descriptors");
+        registry
+            .register(Box::new(crate::process::ProcessCollector::new()))
+            .expect("process metrics' names are not ours");
         Endpoint { registry, health }
     }
 

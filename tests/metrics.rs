@@ -141,6 +141,22 @@ async fn scraped_counters_match_what_was_sent() {
         value(&samples, "delivery_latency_seconds_bucket{le=\"+Inf\"}"),
         samples_count
     );
+    // The process's own figures (the test process is the server's).
+    if cfg!(target_os = "linux") {
+        let process = |name: &str| -> f64 {
+            let line = body
+                .lines()
+                .find(|line| line.split(' ').next() == Some(name))
+                .unwrap_or_else(|| panic!("no {name} in {body}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert!(process("process_cpu_seconds_total") > 0.0);
+        let (now, peak) = (
+            process("process_resident_memory_bytes"),
+            process("process_resident_memory_max_bytes"),
+        );
+        assert!(now > 0.0 && peak >= now, "{now} {peak}");
+    }
     server.stop().await.unwrap();
 }
 
