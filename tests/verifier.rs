@@ -47,6 +47,8 @@ fn small(events: SocketAddr, clients: SocketAddr) -> VerifyConfig {
         log_level: LogLevel::Warn,
         profile: Profile::Classic,
         rate: 0,
+        // Not whatever may listen on the default port of this machine.
+        metrics_port: 0,
         ..VerifyConfig::default()
     }
 }
@@ -1258,6 +1260,36 @@ async fn our_server_passes_classic_then_fanout_runs() {
     config.random_seed = 7;
     let fanout = verify(config).await.unwrap_or_else(|f| panic!("{f}"));
     assert!(fanout.notifications > classic.notifications);
+}
+
+/// With `metricsPort` naming our server's endpoint, the report gives the
+/// server's CPU time over the run, per event and per notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_gives_our_servers_cpu_per_event_from_its_metrics() {
+    let events = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let clients = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = small(events.local_addr().unwrap(), clients.local_addr().unwrap());
+    config.metrics_port = metrics.local_addr().unwrap().port();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(followermaze::run(
+        Listeners {
+            events,
+            clients,
+            metrics: Some(metrics),
+        },
+        followermaze::Config::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let report = verify(config).await.unwrap_or_else(|f| panic!("{f}"));
+    let server = report.server.clone().expect("our server's figures");
+    assert!(server.cpu_seconds > 0.0, "{server:?}");
+    assert!(server.resident_max_bytes.is_some_and(|peak| peak > 0));
+    let text = report.to_string();
+    assert!(text.contains("\nserver:        "), "{text}");
+    assert!(text.contains(" ns per event, "), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -125,6 +125,9 @@ pub struct VerifyConfig {
     /// server's name too): validated against what a client can be owed, so
     /// that a `#GAP` within the window is always a fault.
     pub resume_buffer_bytes: u64,
+    /// The server's metrics port (`metricsPort`, the server's name too),
+    /// scraped before and after the run for its CPU time; 0 for none.
+    pub metrics_port: u16,
 }
 
 impl Default for VerifyConfig {
@@ -280,6 +283,13 @@ pub const SETTINGS: &[Setting] = &[
          everything a client can be owed must fit in it, so a `#GAP` within the window is always a \
          fault",
     ),
+    Setting::new(
+        "metricsPort",
+        "9191",
+        "the server's metrics port (the server's variable too): if `serverHost:metricsPort/metrics` \
+         gives `process_cpu_seconds_total` (ours does), the report adds the server's CPU per event \
+         and per notification over the run and its peak memory; 0 = do not ask",
+    ),
 ];
 
 /// The variables as decoded, before the derived defaults and the units.
@@ -309,6 +319,7 @@ struct Variables {
     offline_ms: u64,
     resume_window_secs: u64,
     resume_buffer_bytes: u64,
+    metrics_port: u16,
 }
 
 impl VerifyConfig {
@@ -353,6 +364,7 @@ impl VerifyConfig {
             offline: Duration::from_millis(v.offline_ms),
             resume_window: Duration::from_secs(v.resume_window_secs),
             resume_buffer_bytes: v.resume_buffer_bytes,
+            metrics_port: v.metrics_port,
         };
         config.validate()?;
         Ok(config)

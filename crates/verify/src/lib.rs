@@ -36,7 +36,8 @@
 //!   verdicts, checkpoints.
 //! - [`drops`]: when and how a resumable client drops its connection.
 //! - [`latency`]: send times per chunk, latency histograms.
-//! - [`failure`], [`report`]: how a run ends.
+//! - [`failure`], [`report`]: how a run ends; [`server_usage`]: the
+//!   server's CPU time over it, when its `/metrics` tells.
 //!
 //! Threads, tasks and sockets:
 //! - [`source`]: the event source thread: opening, generate, write.
@@ -69,6 +70,7 @@ pub mod progress;
 pub mod reader;
 pub mod report;
 pub mod rng;
+pub mod server_usage;
 pub mod session;
 pub mod shared;
 pub mod sink;
@@ -97,6 +99,7 @@ use generator::{client_users, GeneratorSettings};
 use latency::Latencies;
 use probe::Opened;
 use reader::{read_client, ReaderOutcome, Resume};
+use server_usage::ServerUsage;
 use session::{Session, SessionSettings};
 use shared::Shared;
 use source::{Source, SourceOutcome, SourceSettings};
@@ -112,10 +115,24 @@ pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
         .validate()
         .map_err(|error| Failure::Config(error.to_string()))?;
     let started = Instant::now();
+    let usage_before = scrape_server(&config).await;
     let connected = connect(&config).await?;
     let running = start(&config, connected);
     let finished = join(running).await?;
-    report(&config, finished, started)
+    let mut report = report(&config, finished, started)?;
+    if let (Some(before), Some(after)) = (usage_before, scrape_server(&config).await) {
+        let endpoint = format!("{}:{}", config.host, config.metrics_port);
+        report.server = Some(ServerUsage::between(endpoint, before, after));
+    }
+    Ok(report)
+}
+
+/// The server's own figures, if `metricsPort` is set and it gives them.
+async fn scrape_server(config: &VerifyConfig) -> Option<server_usage::Usage> {
+    match config.metrics_port {
+        0 => None,
+        port => server_usage::scrape(&config.host, port).await,
+    }
 }
 
 /// Every socket open, nothing running yet (but a resumable run's probe).
@@ -509,6 +526,7 @@ fn report(config: &VerifyConfig, finished: Finished, started: Instant) -> Result
             stats,
             verdict_latency: resume_latency.summary(),
         }),
+        server: None,
     })
 }
 

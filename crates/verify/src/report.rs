@@ -6,6 +6,7 @@ use super::drops::DropKind;
 use super::generator::{MixCounts, Profile};
 use super::latency::LatencySummary;
 use super::line::Kind;
+use super::server_usage::ServerUsage;
 use super::session::ResumeStats;
 
 /// See the module doc. Every field is a measurement of this run.
@@ -53,6 +54,8 @@ pub struct Report {
     pub per_client: Vec<ClientSummary>,
     /// On a resumable run, its drops, resumes and replays.
     pub resume: Option<ResumeReport>,
+    /// The server's CPU time and peak memory, if its `/metrics` told them.
+    pub server: Option<ServerUsage>,
 }
 
 /// What a resumable run measured of its sessions.
@@ -188,6 +191,20 @@ impl std::fmt::Display for Report {
         if let Some(resume) = &self.resume {
             resume.fmt_with(f, self.elapsed)?;
         }
+        if let Some(server) = &self.server {
+            let per = |count: u64| grouped((server.cpu_seconds * 1e9 / count.max(1) as f64) as u64);
+            write!(
+                f,
+                "server:        {:.2} s CPU over the run, {} ns per event, {} ns per notification",
+                server.cpu_seconds,
+                per(self.events),
+                per(self.notifications),
+            )?;
+            if let Some(peak) = server.resident_max_bytes {
+                write!(f, "; peak RSS {:.1} MB", peak as f64 / 1e6)?;
+            }
+            writeln!(f, " (from {}/metrics)", server.endpoint)?;
+        }
         write!(
             f,
             "timing:        {} clients connected in {:.2} s, registered in {:.2} s; \
@@ -279,6 +296,7 @@ mod tests {
             latency: None,
             per_client: Vec::new(),
             resume: None,
+            server: None,
         };
         assert!(report.byte_exact());
         assert_eq!(
