@@ -572,6 +572,9 @@ impl Publisher {
         if self.snapshot_seq == Some(self.graph_seq) {
             return;
         }
+        // Encoded here, on the publisher's task: handing the work to a
+        // blocking thread would first need a copy of the graph, which is
+        // what encoding is (16 bytes an edge, a few ms per million edges).
         let bytes = snapshot::encode(
             self.graph_seq,
             self.position,
