@@ -19,18 +19,116 @@
 //! How large a batch is, is the producer's policy (the sequencer caps its
 //! batches at `MAX_DELIVER_EVENTS` to bound the
 //! registry's queue).
+//!
+//! A batch holds its lines in one buffer and each event names its line by
+//! offset ([`BatchEvent`]): one reference count per batch instead of one
+//! per event, and 40 bytes an event in the queues instead of 64. (The
+//! per-event counts were a tenth of the classic run's profile; the copies
+//! that replace them cost about the same, measured, and the queued
+//! batches take a fifth less memory.)
 
 use std::time::Instant;
 
+use bytes::{Bytes, BytesMut};
 use followermaze_protocol::resume::StreamId;
-use followermaze_protocol::{Event, Seq};
+use followermaze_protocol::{Event, EventKind, Seq};
+
+/// One event of an [`OrderedBatch`]; its line is in the batch's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchEvent {
+    /// Position in the stream.
+    pub seq: Seq,
+    /// What it does and who hears of it.
+    pub kind: EventKind,
+    /// Its line: `lines[start..start + len]`.
+    start: u32,
+    len: u32,
+}
+
+impl BatchEvent {
+    /// Event `seq` of `kind` whose line is `lines[start..start + len]` of
+    /// the buffer it will be read with (at most 4 GiB: read chunks and
+    /// batches are far smaller).
+    #[inline]
+    pub(crate) fn new(seq: Seq, kind: EventKind, start: usize, len: usize) -> BatchEvent {
+        BatchEvent {
+            seq,
+            kind,
+            start: start as u32,
+            len: len as u32,
+        }
+    }
+
+    /// Its line in `lines`, the buffer its offsets are in.
+    #[inline]
+    pub(crate) fn line<'a>(&self, lines: &'a [u8]) -> &'a [u8] {
+        &lines[self.start as usize..(self.start + self.len) as usize]
+    }
+}
+
+/// An event of a batch with its line, as [`OrderedBatch::events`] yields it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    /// Position in the stream.
+    pub seq: Seq,
+    /// What it does and who hears of it.
+    pub kind: EventKind,
+    /// The line exactly as read, terminator included.
+    pub raw: &'a [u8],
+}
+
+/// Builds the events and the line buffer of a batch, copying each line in.
+#[derive(Debug, Default)]
+pub struct BatchBuilder {
+    events: Vec<BatchEvent>,
+    lines: BytesMut,
+}
+
+impl BatchBuilder {
+    /// Room for `events` events of `line_bytes` bytes of lines in all.
+    pub fn with_capacity(events: usize, line_bytes: usize) -> BatchBuilder {
+        BatchBuilder {
+            events: Vec::with_capacity(events),
+            lines: BytesMut::with_capacity(line_bytes),
+        }
+    }
+
+    /// Appends an event and its line.
+    #[inline]
+    pub fn push(&mut self, seq: Seq, kind: EventKind, raw: &[u8]) {
+        // A batch's lines stay far below 4 GiB: the sequencer caps a batch
+        // at MAX_DELIVER_EVENTS lines of at most MAX_LINE_BYTES.
+        let start = self.lines.len();
+        self.lines.extend_from_slice(raw);
+        self.events
+            .push(BatchEvent::new(seq, kind, start, raw.len()));
+    }
+
+    /// Events pushed so far.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether nothing was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The batch of what was pushed (non-empty, strictly increasing),
+    /// made deliverable by a read at `read_at`.
+    pub fn finish(self, read_at: Instant) -> OrderedBatch {
+        OrderedBatch::from_parts(self.events, self.lines.freeze(), read_at)
+    }
+}
 
 /// Events in strictly increasing sequence order, ready to apply; see the
 /// module doc for what a producer promises.
 #[derive(Debug)]
 pub struct OrderedBatch {
-    /// The events, in the order they must be applied.
-    events: Vec<Event>,
+    /// The events, in the order they must be applied ...
+    events: Vec<BatchEvent>,
+    /// ... and their lines.
+    lines: Bytes,
     /// When the source read that made them deliverable; carried to the
     /// writers so the latency histogram measures read-to-write.
     read_at: Instant,
@@ -49,18 +147,34 @@ pub struct OrderedBatch {
 
 impl OrderedBatch {
     /// A batch of `events`, made deliverable by a read at `read_at`,
-    /// continuing the current stream.
+    /// continuing the current stream; their lines are copied into one
+    /// buffer (a convenience for tests and benches: producers build with
+    /// [`BatchBuilder`]).
     ///
     /// `events` must be non-empty and strictly increasing by sequence
     /// number (checked in debug builds).
     pub fn new(events: Vec<Event>, read_at: Instant) -> OrderedBatch {
+        let bytes = events.iter().map(|event| event.raw.len()).sum();
+        let mut builder = BatchBuilder::with_capacity(events.len(), bytes);
+        for event in &events {
+            builder.push(event.seq, event.kind, &event.raw);
+        }
+        builder.finish(read_at)
+    }
+
+    /// A batch of `events` whose lines are in `lines`.
+    fn from_parts(events: Vec<BatchEvent>, lines: Bytes, read_at: Instant) -> OrderedBatch {
         debug_assert!(!events.is_empty(), "an ordered batch is never empty");
         debug_assert!(
             events.windows(2).all(|pair| pair[0].seq < pair[1].seq),
             "an ordered batch strictly increases by sequence number"
         );
+        debug_assert!(events
+            .iter()
+            .all(|event| (event.start as usize + event.len as usize) <= lines.len()));
         OrderedBatch {
             events,
+            lines,
             read_at,
             new_stream: false,
             stream: None,
@@ -100,10 +214,26 @@ impl OrderedBatch {
         self.stream
     }
 
-    /// The events, in sequence order.
+    /// The events with their lines, in sequence order.
     #[inline]
-    pub fn events(&self) -> &[Event] {
-        &self.events
+    pub fn events(&self) -> impl ExactSizeIterator<Item = EventRef<'_>> + '_ {
+        self.events.iter().map(move |event| EventRef {
+            seq: event.seq,
+            kind: event.kind,
+            raw: event.line(&self.lines),
+        })
+    }
+
+    /// How many events the batch holds.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether it holds none (never, for a batch a producer sent).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
     }
 
     /// When the source read that made these events deliverable.
@@ -143,8 +273,6 @@ impl OrderedBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use followermaze_protocol::EventKind;
 
     fn events(seqs: &[Seq]) -> Vec<Event> {
         seqs.iter()
@@ -154,6 +282,17 @@ mod tests {
                 raw: Bytes::from(format!("{seq}|B\n")),
             })
             .collect()
+    }
+
+    #[test]
+    fn each_event_keeps_its_own_line() {
+        let batch = OrderedBatch::new(events(&[5, 6, 10]), Instant::now());
+        let lines: Vec<(Seq, &[u8])> = batch.events().map(|e| (e.seq, e.raw)).collect();
+        assert_eq!(
+            lines,
+            [(5, &b"5|B\n"[..]), (6, &b"6|B\n"[..]), (10, &b"10|B\n"[..])]
+        );
+        assert_eq!(batch.len(), 3);
     }
 
     #[test]

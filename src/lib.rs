@@ -86,6 +86,7 @@ mod history;
 mod jetstream;
 mod metrics;
 mod online;
+mod parked;
 mod process;
 mod publisher;
 mod reach;

@@ -2,8 +2,10 @@
 //!
 //! A line ends at `\n` (so `\r\n` lines end there too) and may arrive split
 //! across any number of reads; an incomplete line is a normal state meaning
-//! "read more", never an error. Complete lines come out as [`Bytes`] slices of
-//! the read buffer: one reference-count increment each, no copy.
+//! "read more", never an error. Complete lines come out of one chunk of the
+//! read buffer: as its spans ([`LineReader::drain_chunk`], the source's
+//! way: one reference count per read) or as [`Bytes`] slices of it
+//! ([`LineReader::drain`]: one each).
 //!
 //! A line longer than the configured limit is never buffered whole: once the
 //! unterminated tail passes the limit it is dropped, and every byte up to the
@@ -31,6 +33,16 @@ pub const COPY_CHUNKS_BELOW: usize = READ_CHUNK_BYTES / 4;
 pub enum Frame {
     /// A complete line, terminator included.
     Line(Bytes),
+    /// A line over the limit was dropped; `bytes` counts what was dropped,
+    /// terminator included.
+    TooLong { bytes: usize },
+}
+
+/// Where [`LineReader::drain_chunk`] found a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// A complete line, terminator included: `chunk[start..end]`.
+    Line { start: usize, end: usize },
     /// A line over the limit was dropped; `bytes` counts what was dropped,
     /// terminator included.
     TooLong { bytes: usize },
@@ -75,22 +87,39 @@ impl LineReader {
     /// Hands every complete line in the buffer to `on_frame`, in order, and
     /// keeps the incomplete tail for the next read.
     pub fn drain(&mut self, mut on_frame: impl FnMut(Frame)) {
+        self.drain_spans(|chunk, span| match span {
+            Span::Line { start, end } => on_frame(Frame::Line(chunk.slice(start..end))),
+            Span::TooLong { bytes } => on_frame(Frame::TooLong { bytes }),
+        });
+    }
+
+    /// Like [`LineReader::drain`], but each complete line is handed over as
+    /// its place in one chunk holding them all, which is returned (`None`
+    /// if no line was complete): a caller that keeps the chunk needs no
+    /// reference count per line.
+    pub fn drain_chunk(&mut self, mut on_span: impl FnMut(&[u8], Span)) -> Option<Bytes> {
+        self.drain_spans(|chunk, span| on_span(chunk, span))
+    }
+
+    /// The framing itself: `on_span` gets the chunk of complete lines (empty
+    /// for a line dropped before it) and each line's span in it.
+    fn drain_spans(&mut self, mut on_span: impl FnMut(&Bytes, Span)) -> Option<Bytes> {
         if let Some(dropped) = self.discarding {
             match memchr::memchr(b'\n', &self.buf) {
                 Some(newline) => {
                     self.buf.advance(newline + 1);
                     self.discarding = None;
-                    on_frame(Frame::TooLong {
-                        bytes: dropped + newline + 1,
-                    });
+                    let bytes = dropped + newline + 1;
+                    on_span(&Bytes::new(), Span::TooLong { bytes });
                 }
                 None => {
                     self.discarding = Some(dropped + self.buf.len());
                     self.buf.clear();
-                    return;
+                    return None;
                 }
             }
         }
+        let mut drained = None;
         if let Some(last_newline) = memchr::memrchr(b'\n', &self.buf) {
             let complete = last_newline + 1;
             // One chunk for all complete lines; each line is then a cheap
@@ -108,17 +137,19 @@ impl LineReader {
             for newline in memchr::memchr_iter(b'\n', &chunk) {
                 let end = newline + 1;
                 if end - start > self.max_line_bytes {
-                    on_frame(Frame::TooLong { bytes: end - start });
+                    on_span(&chunk, Span::TooLong { bytes: end - start });
                 } else {
-                    on_frame(Frame::Line(chunk.slice(start..end)));
+                    on_span(&chunk, Span::Line { start, end });
                 }
                 start = end;
             }
+            drained = Some(chunk);
         }
         if self.buf.len() > self.max_line_bytes {
             self.discarding = Some(self.buf.len());
             self.buf.clear();
         }
+        drained
     }
 }
 

@@ -47,7 +47,7 @@ use crate::snapshot;
 use crate::stats::{LogThrottle, Stats};
 
 /// Batches that may wait between the sequencer and the publisher; like
-/// the registry's queue (each batch at most ~320 KiB).
+/// the registry's queue (each batch at most ~230 KiB).
 pub(crate) const PUBLISH_QUEUE: usize = 8;
 
 /// Lines' bytes in one message, at most (one line over it closes it): big
@@ -373,7 +373,7 @@ impl Publisher {
                 self.building.first_seq = Some(event.seq);
                 self.building.deadline = Instant::now() + MAX_LINGER;
             }
-            self.building.payload.extend_from_slice(&event.raw);
+            self.building.payload.extend_from_slice(event.raw);
             self.building.last_seq = event.seq;
             if matches!(
                 event.kind,

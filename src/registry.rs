@@ -100,10 +100,9 @@ pub enum Command {
 
 /// How many commands may wait for the registry. Each `Deliver` holds at most
 /// [`crate::sequencer::MAX_DELIVER_EVENTS`] events (about one 64 KiB read's
-/// worth: ~320 KiB with their headers), so 8 bound the queue to ~2.5 MiB
-/// while leaving
-/// enough in flight to keep both sides busy; a slow registry pushes back on
-/// the sources.
+/// worth: ~230 KiB with their lines), so 8 bound the queue to ~1.8 MiB
+/// while leaving enough in flight to keep both sides busy; a slow registry
+/// pushes back on the sources.
 pub const COMMAND_QUEUE: usize = 8;
 
 /// Staging buffers larger than this after a flush are freed rather than kept
@@ -999,7 +998,7 @@ impl Registry {
         let mut notifications: u64 = 0;
         for event in batch.events() {
             let Routed { audience, edge } = self.router.apply(event.kind);
-            notifications += self.stage(audience, event.seq, &event.raw);
+            notifications += self.stage(audience, event.seq, event.raw);
             if let Some(edge) = edge {
                 self.follow_edge(edge);
                 if let Some(history) = &mut self.history {
@@ -1008,7 +1007,7 @@ impl Registry {
             }
         }
         self.last_seq = Some(batch.last_seq());
-        self.count(batch.events().len(), notifications);
+        self.count(batch.len(), notifications);
         self.flush_touched(batch.read_at());
         if !self.waiting.is_empty() {
             self.retry_waiting(Instant::now());

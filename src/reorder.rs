@@ -24,6 +24,21 @@ const INITIAL_RING_SLOTS: usize = 1024;
 /// Once empty, a ring longer than this is given back to the allocator.
 const SHRINK_ABOVE_SLOTS: usize = 64 * 1024;
 
+/// Where released items go, in sequence order: a `Vec`, or a consumer
+/// that builds its output as items come (the sequencer copies each line
+/// straight into the batch it will send).
+pub trait Release<T> {
+    /// Takes the next item in sequence order.
+    fn release(&mut self, item: T);
+}
+
+impl<T> Release<T> for Vec<T> {
+    #[inline]
+    fn release(&mut self, item: T) {
+        self.push(item);
+    }
+}
+
 /// Where an inserted item went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placement {
@@ -128,14 +143,14 @@ impl<T> ReorderBuffer<T> {
     /// sequence seen), nothing is skipped and the item is dropped as
     /// [`Placement::TooFarAhead`]: a jump that large is a broken source, not
     /// a lost event, and must not cost the events still being waited for.
-    pub fn insert(&mut self, seq: Seq, item: T, released: &mut Vec<T>) -> Placement {
+    pub fn insert(&mut self, seq: Seq, item: T, released: &mut impl Release<T>) -> Placement {
         if seq < self.next {
             self.stats.late += 1;
             return Placement::Late;
         }
         if seq == self.next {
             self.highest = self.highest.max(seq);
-            released.push(item);
+            released.release(item);
             self.next += 1;
             self.release_ready(released);
             return Placement::Released;
@@ -185,7 +200,7 @@ impl<T> ReorderBuffer<T> {
     /// Gives up on the missing run at the front of the window: moves `next`
     /// to the first parked sequence and releases from there. Returns the
     /// skipped sequences, an empty range if nothing is parked.
-    pub fn skip_gap(&mut self, released: &mut Vec<T>) -> std::ops::Range<Seq> {
+    pub fn skip_gap(&mut self, released: &mut impl Release<T>) -> std::ops::Range<Seq> {
         if self.parked == 0 {
             return self.next..self.next;
         }
@@ -205,7 +220,7 @@ impl<T> ReorderBuffer<T> {
 
     /// Releases everything parked, in order, skipping every gap; the window
     /// is empty afterwards. Returns how many sequences were skipped.
-    pub fn flush(&mut self, released: &mut Vec<T>) -> u64 {
+    pub fn flush(&mut self, released: &mut impl Release<T>) -> u64 {
         let mut skipped = 0;
         while self.parked > 0 {
             let gap = self.skip_gap(released);
@@ -233,13 +248,13 @@ impl<T> ReorderBuffer<T> {
     }
 
     /// Moves the contiguous run of parked items starting at `next` out.
-    fn release_ready(&mut self, released: &mut Vec<T>) {
+    fn release_ready(&mut self, released: &mut impl Release<T>) {
         if self.parked == 0 {
             return;
         }
         let mask = self.slots.len() - 1;
         while let Some(item) = self.slots[(self.next as usize) & mask].take() {
-            released.push(item);
+            released.release(item);
             self.next += 1;
             self.parked -= 1;
         }

@@ -23,12 +23,14 @@ use hashbrown::HashMap;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::batch::OrderedBatch;
+use crate::batch::{BatchBuilder, BatchEvent};
 use crate::gap::GapPolicy;
-use crate::reorder::ReorderBuffer;
+use crate::parked::Parked;
+use crate::reorder::{Release, ReorderBuffer};
 use crate::sink::{BatchSink, SinkGone};
 use crate::stats::{LogThrottle, Stats};
-use followermaze_protocol::{Event, Seq};
+use bytes::Bytes;
+use followermaze_protocol::Seq;
 
 /// Identifies one source connection.
 pub type SourceId = u64;
@@ -39,19 +41,70 @@ pub enum SourceMsg {
     /// A source connected.
     Opened(SourceId),
     /// Events parsed from one read, in arrival order, and when it was read.
-    Events(SourceId, Vec<Event>, std::time::Instant),
+    Events(SourceId, ReadEvents, std::time::Instant),
     /// A source disconnected.
     Closed(SourceId),
 }
 
+/// The events of one read, in arrival order, and the chunk their lines
+/// are in: one reference count for the read, none per event.
+#[derive(Debug)]
+pub struct ReadEvents {
+    /// The read's complete lines.
+    pub chunk: Bytes,
+    /// Each event, its line a span of `chunk`.
+    pub events: Vec<BatchEvent>,
+}
+
+/// What the window releases, copied straight into the batches to send, at
+/// most [`MAX_DELIVER_EVENTS`] each: a filled or skipped gap can release
+/// the whole window at once, and one huge batch would hold up the registry
+/// and land in every client's outbox in one piece.
+struct Releases {
+    /// Full batches, in order.
+    full: Vec<BatchBuilder>,
+    /// The batch being filled, after them.
+    filling: BatchBuilder,
+}
+
+impl Releases {
+    /// Room for about one read's worth: `events` events, `bytes` of lines.
+    fn with_capacity(events: usize, bytes: usize) -> Releases {
+        Releases {
+            full: Vec::new(),
+            filling: BatchBuilder::with_capacity(events.min(MAX_DELIVER_EVENTS), bytes),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.full.len() * MAX_DELIVER_EVENTS + self.filling.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Release<Parked> for Releases {
+    #[inline]
+    fn release(&mut self, event: Parked) {
+        self.filling.push(event.seq, event.kind, event.raw());
+        if self.filling.len() == MAX_DELIVER_EVENTS {
+            let next = BatchBuilder::with_capacity(MAX_DELIVER_EVENTS, 16 * MAX_DELIVER_EVENTS);
+            self.full.push(std::mem::replace(&mut self.filling, next));
+        }
+    }
+}
+
 /// How many parsed reads may wait for the sequencer. Each is at most one
-/// 64 KiB read's worth of events (~320 KiB with their `Event` headers); the
+/// 64 KiB read's worth of events (~220 KiB with their headers); the
 /// bound makes a slow pipeline push back on the source's TCP window instead
 /// of buffering.
 pub const SOURCE_QUEUE: usize = 8;
 
 /// Most events in one `Deliver` to the registry: about one 64 KiB read's
-/// worth, which keeps each queued batch near 320 KiB.
+/// worth, which keeps each queued batch near 230 KiB (40 bytes an event
+/// and its line).
 pub const MAX_DELIVER_EVENTS: usize = 4096;
 
 /// A new connection's first event opens a new stream only if its sequence
@@ -91,7 +144,7 @@ pub struct Sequencer {
     /// Ordered events out: the registry, or the cluster's publisher.
     sink: BatchSink,
     /// The window.
-    buffer: ReorderBuffer<Event>,
+    buffer: ReorderBuffer<Parked>,
     /// The skip deadline.
     policy: GapPolicy,
     /// The gap being waited on, if any.
@@ -168,7 +221,7 @@ impl Sequencer {
                 }
             }
         }
-        let mut released = Vec::new();
+        let mut released = Releases::with_capacity(0, 0);
         let skipped = self.buffer.flush(&mut released);
         if !released.is_empty() {
             tracing::info!(
@@ -229,14 +282,15 @@ impl Sequencer {
     async fn place(
         &mut self,
         source: SourceId,
-        events: Vec<Event>,
+        read: ReadEvents,
         read_at: std::time::Instant,
     ) -> Result<(), SinkGone> {
+        let ReadEvents { chunk, events } = read;
         let now = Instant::now();
         // When the source read them, not when they got here: the rate is
         // the stream's, not the sequencer's.
         self.policy.observe(events.len(), read_at);
-        let mut released = Vec::with_capacity(events.len());
+        let mut released = Releases::with_capacity(events.len(), chunk.len());
         let events = events.into_iter();
         if self.sources.get(&source) == Some(&true) {
             self.sources.insert(source, false);
@@ -253,8 +307,8 @@ impl Sequencer {
         }
         let before = self.buffer.stats();
         for event in events {
-            let seq = event.seq;
-            self.buffer.insert(seq, event, &mut released);
+            let parked = Parked::new(event.seq, event.kind, event.line(&chunk));
+            self.buffer.insert(event.seq, parked, &mut released);
         }
         let after = self.buffer.stats();
         let (late, duplicate, too_far, skipped) = (
@@ -307,7 +361,7 @@ impl Sequencer {
             .gap
             .map(|gap| now.saturating_duration_since(gap.since))
             .unwrap_or_default();
-        let mut released = Vec::new();
+        let mut released = Releases::with_capacity(0, 0);
         let skipped = self.buffer.skip_gap(&mut released);
         tracing::warn!(
             first = skipped.start,
@@ -355,33 +409,25 @@ impl Sequencer {
     /// land in every client's outbox in one piece.
     async fn send(
         &mut self,
-        released: Vec<Event>,
+        released: Releases,
         read_at: std::time::Instant,
     ) -> Result<(), SinkGone> {
-        if released.len() <= MAX_DELIVER_EVENTS {
-            if !released.is_empty() {
-                self.deliver(released, read_at).await?;
+        for batch in released.full.into_iter().chain([released.filling]) {
+            if !batch.is_empty() {
+                self.deliver(batch, read_at).await?;
             }
-            return Ok(());
         }
-        let mut events = released.into_iter();
-        loop {
-            let batch: Vec<Event> = events.by_ref().take(MAX_DELIVER_EVENTS).collect();
-            if batch.is_empty() {
-                return Ok(());
-            }
-            self.deliver(batch, read_at).await?;
-        }
+        Ok(())
     }
 
     /// Sends `events` (non-empty, released in order by the window) as one
     /// batch, marked if it is the first of a new stream.
     async fn deliver(
         &mut self,
-        events: Vec<Event>,
+        events: BatchBuilder,
         read_at: std::time::Instant,
     ) -> Result<(), SinkGone> {
-        let mut batch = OrderedBatch::new(events, read_at);
+        let mut batch = events.finish(read_at);
         if std::mem::take(&mut self.new_stream) {
             batch = batch.starting_new_stream();
         }
@@ -430,14 +476,19 @@ mod tests {
     }
 
     /// Broadcasts with these sequence numbers, as one read.
-    fn broadcasts(seqs: impl IntoIterator<Item = Seq>) -> Vec<Event> {
-        seqs.into_iter()
-            .map(|seq| {
-                let raw = Bytes::from(format!("{seq}|B\r\n"));
-                let (seq, kind) = parse_event(&raw).expect("a valid broadcast");
-                Event { seq, kind, raw }
-            })
-            .collect()
+    fn broadcasts(seqs: impl IntoIterator<Item = Seq>) -> ReadEvents {
+        let mut chunk = Vec::new();
+        let mut events = Vec::new();
+        for seq in seqs {
+            let start = chunk.len();
+            chunk.extend_from_slice(format!("{seq}|B\r\n").as_bytes());
+            let (seq, kind) = parse_event(&chunk[start..]).expect("a valid broadcast");
+            events.push(BatchEvent::new(seq, kind, start, chunk.len() - start));
+        }
+        ReadEvents {
+            chunk: Bytes::from(chunk),
+            events,
+        }
     }
 
     /// The open gap's deadline, as an offset from when its wait started.

@@ -17,10 +17,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::accept;
-use crate::lines::{Frame, LineReader};
-use crate::sequencer::{SourceId, SourceMsg};
+use crate::batch::BatchEvent;
+use crate::lines::{LineReader, Span};
+use crate::sequencer::{ReadEvents, SourceId, SourceMsg};
 use crate::stats::{LogThrottle, Stats};
-use followermaze_protocol::{parse_event, Event};
+use followermaze_protocol::parse_event;
 
 /// How often a repeating bad-input warning may be logged, per connection.
 const WARN_EVERY: Duration = Duration::from_secs(5);
@@ -90,23 +91,25 @@ async fn serve_source(
             Ok(bytes) => {
                 let read_at = std::time::Instant::now();
                 let mut events = Vec::with_capacity(bytes / 16);
-                reader.drain(|frame| match frame {
-                    Frame::Line(raw) => match parse_event(&raw) {
-                        Ok((seq, kind)) => events.push(Event { seq, kind, raw }),
+                let chunk = reader.drain_chunk(|chunk, span| match span {
+                    Span::Line { start, end } => match parse_event(&chunk[start..end]) {
+                        Ok((seq, kind)) => {
+                            events.push(BatchEvent::new(seq, kind, start, end - start))
+                        }
                         Err(error) => {
                             Stats::add(&stats.malformed_lines, 1);
                             if let Some(suppressed) = bad_lines.allow() {
                                 tracing::warn!(
                                     source = id,
                                     %error,
-                                    line = %quote(&raw),
+                                    line = %quote(&chunk[start..end]),
                                     suppressed,
                                     "skipped a malformed event line"
                                 );
                             }
                         }
                     },
-                    Frame::TooLong { bytes } => {
+                    Span::TooLong { bytes } => {
                         Stats::add(&stats.oversized_lines, 1);
                         if let Some(suppressed) = bad_lines.allow() {
                             tracing::warn!(
@@ -119,13 +122,14 @@ async fn serve_source(
                         }
                     }
                 });
-                if events.is_empty() {
+                // Events come from complete lines, so there is a chunk.
+                let Some(chunk) = chunk.filter(|_| !events.is_empty()) else {
                     continue;
-                }
+                };
                 events_read += events.len() as u64;
                 Stats::add(&stats.events_received, events.len() as u64);
                 if sequencer
-                    .send(SourceMsg::Events(id, events, read_at))
+                    .send(SourceMsg::Events(id, ReadEvents { chunk, events }, read_at))
                     .await
                     .is_err()
                 {
