@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::jetstream::Log;
 use crate::lines::MAX_LINE_BYTES;
-use crate::metrics::Health;
+use crate::metrics::{Health, WatchedTasks};
 use crate::publisher::{self, AnotherWriter, Publisher};
 use crate::registry::Registry;
 use crate::sequencer::Sequencer;
@@ -54,7 +54,8 @@ pub struct GatewayListeners {
 
 /// Runs the sequencer role until `shutdown` completes.
 ///
-/// Start:
+/// Start (the observers first: `/healthz` 200 and `/readyz` 503 until step
+/// 4, so a sequencer waiting for NATS says so):
 /// 1. **Stream**: connect to NATS (waiting for it), create or update the
 ///    stream and the snapshot bucket, and recover: the latest snapshot
 ///    plus the stream after it give the graph, the last event sequence and
@@ -63,7 +64,8 @@ pub struct GatewayListeners {
 ///    then publishes what the sequencer sends.
 /// 3. **Sequencer**: carries on after the stream's last event; its sink is
 ///    the publisher.
-/// 4. **Sources** are accepted; **observers** start.
+/// 4. **Sources** are accepted; the observers watch the tasks, and
+///    `/readyz` says 200.
 ///
 /// Shutdown: stop input, wait for the sources, the sequencer (it releases
 /// what is parked), then the publisher (it publishes what it holds and
@@ -74,6 +76,16 @@ pub async fn run_sequencer(
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    // The endpoint first, so that while NATS is awaited `/healthz` says
+    // the process is alive and `/readyz` that it takes no source yet.
+    let ready = Arc::new(AtomicBool::new(false));
+    let watched = WatchedTasks::default();
+    let health = Health {
+        tasks: watched.clone(),
+        ready: ready.clone(),
+    };
+    let observers = Observers::start(listeners.metrics, &config, &stats, health);
+
     // 1. and 2. wait for NATS as long as it takes, unless shutdown comes
     // first: nothing was accepted yet, so there is nothing to drain.
     let mut shutdown = std::pin::pin!(shutdown);
@@ -81,7 +93,7 @@ pub async fn run_sequencer(
         started = start_publisher(&config, &stats) => started,
         () = &mut shutdown => {
             tracing::info!("shutdown requested before the stream could be opened: nothing to drain");
-            return Ok(());
+            return finish(observers.stop().await);
         }
     };
     // The one way a publisher fails: another sequencer wrote to the stream.
@@ -116,16 +128,12 @@ pub async fn run_sequencer(
         ),
     );
     tracing::info!(events = %address, "followermaze sequencer listening");
-    let ready = Arc::new(AtomicBool::new(true));
-    let health = Health {
-        tasks: vec![
-            ("sources", sources.handle.abort_handle()),
-            ("sequencer", sequencer.handle.abort_handle()),
-            ("publisher", publisher.handle.abort_handle()),
-        ],
-        ready: ready.clone(),
-    };
-    let observers = Observers::start(listeners.metrics, &config, &stats, health);
+    let _ = watched.set(vec![
+        ("sources", sources.handle.abort_handle()),
+        ("sequencer", sequencer.handle.abort_handle()),
+        ("publisher", publisher.handle.abort_handle()),
+    ]);
+    ready.store(true, Ordering::Relaxed);
 
     // Shutdown.
     let mut failures = Vec::new();
@@ -309,14 +317,14 @@ pub async fn run_gateway(
     tracing::info!(clients = %address, "followermaze gateway listening");
 
     // 4. Observers.
-    let health = Health {
-        tasks: vec![
+    let health = Health::watching(
+        vec![
             ("clients", clients.handle.abort_handle()),
             ("gateway", gateway.handle.abort_handle()),
             ("registry", registry.handle.abort_handle()),
         ],
-        ready: ready.clone(),
-    };
+        ready.clone(),
+    );
     let observers = Observers::start(listeners.metrics, &config, &stats, health);
 
     // Shutdown.

@@ -17,7 +17,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -420,6 +420,12 @@ fn histogram(latency: &LatencyHistogram) -> proto::Histogram {
     histogram
 }
 
+/// The tasks `/healthz` watches, by name. Set once: at once by a role
+/// that starts them before its endpoint, or once started by a role that
+/// serves its endpoint while it waits for something first (a sequencer
+/// waiting for NATS: alive, so healthy, but not ready).
+pub type WatchedTasks = Arc<OnceLock<Vec<(&'static str, AbortHandle)>>>;
+
 /// What `/healthz` and `/readyz` look at. Each task runs for the life of
 /// the server and ends only at shutdown (or if it panicked), so the server
 /// is healthy exactly while none has finished.
@@ -427,16 +433,29 @@ fn histogram(latency: &LatencyHistogram) -> proto::Histogram {
 pub struct Health {
     /// The tasks that take events and clients in this role, by name:
     /// standalone, both accept loops, the sequencer and the registry.
-    pub tasks: Vec<(&'static str, AbortHandle)>,
-    /// Set while the server should get traffic: cleared while a gateway
-    /// catches up with the stream and once shutdown starts (draining).
+    pub tasks: WatchedTasks,
+    /// Set while the server should get traffic: cleared while a role is
+    /// still starting (a gateway catching up with the stream, a sequencer
+    /// waiting for NATS) and once shutdown starts (draining).
     pub ready: Arc<AtomicBool>,
 }
 
 impl Health {
-    /// Whether the server can take events and clients now.
+    /// Health over `tasks`, all started already.
+    pub fn watching(tasks: Vec<(&'static str, AbortHandle)>, ready: Arc<AtomicBool>) -> Health {
+        Health {
+            tasks: Arc::new(OnceLock::from(tasks)),
+            ready,
+        }
+    }
+
+    /// Whether the server can take events and clients now (or, before its
+    /// tasks are set, is still starting them).
     pub fn is_healthy(&self) -> bool {
-        self.tasks.iter().all(|(_, task)| !task.is_finished())
+        match self.tasks.get() {
+            None => true,
+            Some(tasks) => tasks.iter().all(|(_, task)| !task.is_finished()),
+        }
     }
 
     /// Whether it is healthy, caught up and not draining.
@@ -699,14 +718,14 @@ mod tests {
     fn health() -> (Health, [tokio::task::JoinHandle<()>; 4]) {
         let tasks = [running(), running(), running(), running()];
         let names = ["sources", "clients", "sequencer", "registry"];
-        let health = Health {
-            tasks: names
+        let health = Health::watching(
+            names
                 .into_iter()
                 .zip(&tasks)
                 .map(|(name, task)| (name, task.abort_handle()))
                 .collect(),
-            ready: Arc::new(AtomicBool::new(true)),
-        };
+            Arc::new(AtomicBool::new(true)),
+        );
         (health, tasks)
     }
 

@@ -269,15 +269,15 @@ impl Pipeline {
     /// What `/healthz` watches: every task of start steps 1 to 3; and
     /// `/readyz`, ready until shutdown starts.
     fn health(&self) -> Health {
-        Health {
-            tasks: vec![
+        Health::watching(
+            vec![
                 ("sources", self.sources.handle.abort_handle()),
                 ("clients", self.clients.handle.abort_handle()),
                 ("sequencer", self.sequencer.handle.abort_handle()),
                 ("registry", self.registry.handle.abort_handle()),
             ],
-            ready: self.ready.clone(),
-        }
+            self.ready.clone(),
+        )
     }
 
     /// Shutdown steps 1 to 4; returns what went wrong.

@@ -693,11 +693,14 @@ async fn a_late_gateway_catches_up_from_a_snapshot() {
 }
 
 /// No nats-server needed: nothing listens where the sequencer looks for
-/// NATS, so it waits (retrying) until shutdown, which must end it at once
-/// and cleanly, since nothing was accepted that could need a drain.
+/// NATS, so it waits (retrying), alive (`/healthz` 200) but not ready
+/// (`/readyz` 503), until shutdown, which must end it at once and cleanly,
+/// since nothing was accepted that could need a drain.
 #[tokio::test]
 async fn a_sequencer_still_waiting_for_nats_stops_on_shutdown() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let metrics_address = metrics.local_addr().expect("bound");
     let config = Config {
         nats_url: format!("nats://127.0.0.1:{}", free_port()),
         metrics_port: 0,
@@ -708,7 +711,7 @@ async fn a_sequencer_still_waiting_for_nats_stops_on_shutdown() {
     let sequencer = tokio::spawn(followermaze::run_sequencer(
         SequencerListeners {
             events: listener,
-            metrics: None,
+            metrics: Some(metrics),
         },
         config,
         Arc::new(Stats::default()),
@@ -716,6 +719,13 @@ async fn a_sequencer_still_waiting_for_nats_stops_on_shutdown() {
             let _ = stopped.await;
         },
     ));
+    let (healthz, _) = within("healthz", http_get(metrics_address, "/healthz"))
+        .await
+        .expect("the endpoint answers while NATS is awaited");
+    let (readyz, _) = within("readyz", http_get(metrics_address, "/readyz"))
+        .await
+        .expect("the endpoint answers");
+    assert_eq!((healthz, readyz), (200, 503));
     stop.send(()).expect("sequencer waits for shutdown");
     within("sequencer stops", sequencer)
         .await
