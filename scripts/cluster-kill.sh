@@ -24,27 +24,12 @@ kill_after_ms="${killAfterMs:-1000}"
 base="${basePort:-29090}"
 export totalEvents="${totalEvents:-10000000}" killswitchMs="${killswitchMs:-200}"
 
-command -v nats-server >/dev/null 2>&1 || {
-    echo "cluster-kill.sh: nats-server is not installed (apt-get install -y nats-server)" >&2
-    exit 2
-}
 cargo build --release --quiet --manifest-path "$here/Cargo.toml" \
     -p followermaze -p followermaze-verify
-
-work="$(mktemp -d -t followermaze-kill.XXXXXX)"
-nats_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-pids=()
-cleanup() {
-    trap - INT TERM EXIT
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup INT TERM EXIT
-
-nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$work/store" >"$work/nats.log" 2>&1 &
-pids+=($!)
-node=(env natsUrl="nats://127.0.0.1:$nats_port" bindAddress=127.0.0.1 summaryIntervalSecs=0
+name=cluster-kill.sh
+# shellcheck source=scripts/nats-local.sh
+source "$here/scripts/nats-local.sh"
+node=(env natsUrl="$nats_url" bindAddress=127.0.0.1 summaryIntervalSecs=0
       logLevel=warn "$target/followermaze")
 env role=sequencer eventListenerPort="$base" metricsPort=$((base + 101)) "${node[@]}" \
     2>"$work/sequencer.log" &

@@ -21,26 +21,11 @@ events_port="${eventListenerPort:-9090}"
 clients_port="${clientListenerPort:-9099}"
 metrics_port="${metricsPort:-9191}"
 
-command -v nats-server >/dev/null 2>&1 || {
-    echo "cluster.sh: nats-server is not installed (apt-get install -y nats-server)" >&2
-    exit 2
-}
 cargo build --release --quiet --manifest-path "$here/Cargo.toml" --bin followermaze
-
-store="$(mktemp -d -t followermaze-js.XXXXXX)"
-nats_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-pids=()
-cleanup() {
-    trap - INT TERM EXIT
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$store"
-}
-trap cleanup INT TERM EXIT
-
-nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$store" >"$store/nats.log" 2>&1 &
-pids+=($!)
-export natsUrl="nats://127.0.0.1:$nats_port" bindAddress=127.0.0.1
+name=cluster.sh
+# shellcheck source=scripts/nats-local.sh
+source "$here/scripts/nats-local.sh"
+export natsUrl="$nats_url" bindAddress=127.0.0.1
 
 role=sequencer eventListenerPort="$events_port" metricsPort="$metrics_port" "$bin" &
 pids+=($!)
@@ -49,7 +34,7 @@ for ((i = 0; i < gateways; i++)); do
     pids+=($!)
 done
 
-echo "cluster.sh: nats on $natsUrl (store $store); sequencer events :$events_port;" \
+echo "cluster.sh: nats on $natsUrl (store $work/store); sequencer events :$events_port;" \
      "gateways clients :$clients_port..:$((clients_port + gateways - 1));" \
      "readiness: curl 127.0.0.1:$((metrics_port + 1))/readyz. Ctrl-C stops all." >&2
 # Any process ending ends the cluster (a second sequencer, a busy port...).
