@@ -861,6 +861,21 @@ async fn resumable(gateway: SocketAddr, hello: &str) -> (Client, String) {
     (Client { stream }, verdict)
 }
 
+/// A resumable session for each of `USERS` at `address` (first
+/// handshakes, each answered `#OK|<stream>|0`), and the stream id.
+async fn open_sessions(address: SocketAddr) -> (Vec<Client>, String) {
+    let mut clients = Vec::new();
+    let mut stream_id = String::new();
+    for user in USERS {
+        let (client, verdict) = resumable(address, &format!("{user}||0\r\n")).await;
+        let parts: Vec<&str> = verdict.trim_end().split('|').collect();
+        assert_eq!((parts[0], parts[2]), ("#OK", "0"), "{verdict}");
+        stream_id = parts[1].to_owned();
+        clients.push(client);
+    }
+    (clients, stream_id)
+}
+
 /// The lines of `output` with a sequence in (`after`, `upto`].
 fn between(output: &str, after: u64, upto: u64) -> String {
     output
@@ -884,15 +899,7 @@ async fn a_session_resumes_exactly_on_another_gateway_after_its_own_stopped() {
     let sequencer = SequencerNode::start(config.clone());
     let first = GatewayNode::start(config.clone()).await;
     let second = GatewayNode::start(config.clone()).await;
-    let mut clients = Vec::new();
-    let mut stream_id = String::new();
-    for user in USERS {
-        let (client, verdict) = resumable(first.clients, &format!("{user}||0\r\n")).await;
-        let parts: Vec<&str> = verdict.trim_end().split('|').collect();
-        assert_eq!((parts[0], parts[2]), ("#OK", "0"), "{verdict}");
-        stream_id = parts[1].to_owned();
-        clients.push(client);
-    }
+    let (mut clients, stream_id) = open_sessions(first.clients).await;
 
     // The first part on the first gateway; each client notes the last
     // position it received.
@@ -1063,15 +1070,7 @@ async fn a_killed_gateways_clients_resume_on_another_and_it_rejoins_from_a_snaps
     let doomed_clients = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let doomed_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut doomed = GatewayProcess::start(&nats, "doomed", doomed_clients, doomed_metrics).await;
-    let mut clients = Vec::new();
-    let mut stream_id = String::new();
-    for user in USERS {
-        let (client, verdict) = resumable(doomed.clients, &format!("{user}||0\r\n")).await;
-        let parts: Vec<&str> = verdict.trim_end().split('|').collect();
-        assert_eq!((parts[0], parts[2]), ("#OK", "0"), "{verdict}");
-        stream_id = parts[1].to_owned();
-        clients.push(client);
-    }
+    let (mut clients, stream_id) = open_sessions(doomed.clients).await;
 
     // The first part, all of it on the doomed gateway.
     let mut source = sequencer.source().await;
