@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accept::accept;
 use crate::batch::BatchEvent;
-use crate::lines::{LineReader, Span};
+use crate::lines::{read_events, LineReader, Skipped};
 use crate::sequencer::{ReadEvents, SourceId, SourceMsg};
 use crate::stats::{LogThrottle, Stats};
-use followermaze_protocol::parse_event;
+use followermaze_protocol::ParseError;
 
 /// How often a repeating bad-input warning may be logged, per connection.
 const WARN_EVERY: Duration = Duration::from_secs(5);
@@ -79,7 +79,12 @@ async fn serve_source(
         return;
     }
     let mut reader = LineReader::new(max_line_bytes);
-    let mut bad_lines = LogThrottle::new(WARN_EVERY);
+    let mut parser = LineParser {
+        id,
+        max_line_bytes,
+        stats: stats.clone(),
+        bad_lines: LogThrottle::new(WARN_EVERY),
+    };
     let mut events_read: u64 = 0;
     let ending = loop {
         let read = tokio::select! {
@@ -91,37 +96,10 @@ async fn serve_source(
             Ok(bytes) => {
                 let read_at = std::time::Instant::now();
                 let mut events = Vec::with_capacity(bytes / 16);
-                let chunk = reader.drain_chunk(|chunk, span| match span {
-                    Span::Line { start, end } => match parse_event(&chunk[start..end]) {
-                        Ok((seq, kind)) => {
-                            events.push(BatchEvent::new(seq, kind, start, end - start))
-                        }
-                        Err(error) => {
-                            Stats::add(&stats.malformed_lines, 1);
-                            if let Some(suppressed) = bad_lines.allow() {
-                                tracing::warn!(
-                                    source = id,
-                                    %error,
-                                    line = %quote(&chunk[start..end]),
-                                    suppressed,
-                                    "skipped a malformed event line"
-                                );
-                            }
-                        }
-                    },
-                    Span::TooLong { bytes } => {
-                        Stats::add(&stats.oversized_lines, 1);
-                        if let Some(suppressed) = bad_lines.allow() {
-                            tracing::warn!(
-                                source = id,
-                                bytes,
-                                limit = max_line_bytes,
-                                suppressed,
-                                "skipped an over-long event line"
-                            );
-                        }
-                    }
-                });
+                let chunk = reader.take_lines(|bytes| parser.too_long(bytes));
+                if let Some(chunk) = &chunk {
+                    parser.parse(chunk, &mut events);
+                }
                 // Events come from complete lines, so there is a chunk.
                 let Some(chunk) = chunk.filter(|_| !events.is_empty()) else {
                     continue;
@@ -156,6 +134,57 @@ async fn serve_source(
     tracing::info!(%peer, source = id, events = events_read, reason = ending, "event source disconnected");
     // If the sequencer is gone the server is stopping; nothing to tell.
     let _ = sequencer.send(SourceMsg::Closed(id)).await;
+}
+
+/// Turns one source connection's lines into events, and counts and logs
+/// (throttled) the lines it skips.
+struct LineParser {
+    id: SourceId,
+    max_line_bytes: usize,
+    stats: Arc<Stats>,
+    bad_lines: LogThrottle,
+}
+
+impl LineParser {
+    /// Appends the events of `chunk`'s complete lines to `events`, each
+    /// naming its line by offset in `chunk`.
+    fn parse(&mut self, chunk: &[u8], events: &mut Vec<BatchEvent>) {
+        read_events(
+            chunk,
+            self.max_line_bytes,
+            events,
+            |skipped| match skipped {
+                Skipped::Malformed { line, error } => self.malformed(line, error),
+                Skipped::TooLong { bytes } => self.too_long(bytes),
+            },
+        );
+    }
+
+    fn malformed(&mut self, line: &[u8], error: ParseError) {
+        Stats::add(&self.stats.malformed_lines, 1);
+        if let Some(suppressed) = self.bad_lines.allow() {
+            tracing::warn!(
+                source = self.id,
+                %error,
+                line = %quote(line),
+                suppressed,
+                "skipped a malformed event line"
+            );
+        }
+    }
+
+    fn too_long(&mut self, bytes: usize) {
+        Stats::add(&self.stats.oversized_lines, 1);
+        if let Some(suppressed) = self.bad_lines.allow() {
+            tracing::warn!(
+                source = self.id,
+                bytes,
+                limit = self.max_line_bytes,
+                suppressed,
+                "skipped an over-long event line"
+            );
+        }
+    }
 }
 
 /// A printable, bounded rendering of a bad line for a log message.

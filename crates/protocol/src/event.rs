@@ -252,6 +252,158 @@ pub fn parse_user_id(line: &[u8]) -> Result<UserId, ParseError> {
     parse_decimal(line)
 }
 
+/// How much of the text [`parse_event_at`] looks at from a line's start:
+/// more than the longest line it accepts (51 bytes: three 15-digit numbers,
+/// four separators, `\r\n`) plus the eight bytes a word load may see past
+/// a number.
+const WINDOW: usize = 64;
+
+/// `'0'` in every byte lane: a digit's lane XORed with it holds 0 to 9.
+const ZEROS: u64 = u64::from_le_bytes([b'0'; 8]);
+
+/// The top bit of each lane of `digits` (a word XORed with [`ZEROS`]) that
+/// does not hold a digit, i.e. whose value is not 0 to 9. Adding 0x76 to a
+/// lane's low seven bits sets its top bit exactly when they are 10 or more,
+/// and cannot carry into the next lane; a lane whose own top bit was set is
+/// kept by the OR.
+#[inline(always)]
+fn non_digit_lanes(digits: u64) -> u64 {
+    const LOW_SEVEN: u64 = u64::from_le_bytes([0x7f; 8]);
+    const TO_TOP_BIT: u64 = u64::from_le_bytes([0x76; 8]);
+    const TOP_BITS: u64 = u64::from_le_bytes([0x80; 8]);
+    (((digits & LOW_SEVEN) + TO_TOP_BIT) | digits) & TOP_BITS
+}
+
+/// The number eight digit lanes spell, the first (most significant) digit
+/// in the lowest lane: adjacent lanes are combined into 2-, then 4-, then
+/// the 8-digit value, three multiplies in all. Every lane must hold 0 to 9.
+#[inline(always)]
+fn eight_digits(digits: u64) -> u64 {
+    // Each 16-bit lane's low byte becomes its two digits' value, 0 to 99.
+    let pairs = digits.wrapping_mul(10).wrapping_add(digits >> 8);
+    const PAIR: u64 = 0x0000_00ff_0000_00ff;
+    // 100 and 10^6 for pairs 0 and 2, 1 and 10^4 for pairs 1 and 3, summed
+    // into the top half of the word.
+    const HIGH_PAIRS: u64 = 100 + (1_000_000 << 32);
+    const LOW_PAIRS: u64 = 1 + (10_000 << 32);
+    ((pairs & PAIR)
+        .wrapping_mul(HIGH_PAIRS)
+        .wrapping_add(((pairs >> 16) & PAIR).wrapping_mul(LOW_PAIRS)))
+        >> 32
+}
+
+/// The number spelt by the lanes of `digits` below `count` (0 to 8), with
+/// no branch: 0 when `count` is 0.
+#[inline(always)]
+fn leading_digits(digits: u64, count: u32) -> u64 {
+    // Shifted up so the digits fill the top lanes, zero lanes (leading zero
+    // digits) below them. A count of 0 would shift by 64, which wraps to no
+    // shift at all; the mask then clears the result.
+    let shifted = digits.wrapping_shl(64 - 8 * count);
+    eight_digits(shifted) & 0u64.wrapping_sub(u64::from(count != 0))
+}
+
+/// The decimal number at `at` in `window` (0 if none is there) and how
+/// many digits it has, eight bytes at a time. A count of 16 means 16 *or
+/// more*, with a value not to be used. `at + 16` must be within `window`.
+#[inline(always)]
+fn number_at(window: &[u8; WINDOW], at: usize) -> (u64, u32) {
+    let word = |at: usize| {
+        let bytes: [u8; 8] = window[at..at + 8].try_into().unwrap_or_default();
+        u64::from_le_bytes(bytes) ^ ZEROS
+    };
+    let first = word(at);
+    let stops = non_digit_lanes(first);
+    if stops != 0 {
+        let count = stops.trailing_zeros() / 8;
+        return (leading_digits(first, count), count);
+    }
+    // Eight digits and more: a long sequence number.
+    let second = word(at + 8);
+    let count = non_digit_lanes(second).trailing_zeros().min(64) / 8;
+    let value = eight_digits(first)
+        .wrapping_mul(10u64.pow(count))
+        .wrapping_add(leading_digits(second, count));
+    (value, 8 + count)
+}
+
+/// How many user fields each event type takes, by type byte; anything
+/// else is not a type.
+const USER_FIELDS: [u8; 256] = {
+    let mut fields = [u8::MAX; 256];
+    fields[b'B' as usize] = 0;
+    fields[b'S' as usize] = 1;
+    fields[b'F' as usize] = 2;
+    fields[b'U' as usize] = 2;
+    fields[b'P' as usize] = 2;
+    fields
+};
+
+/// Frames and parses the event line that starts at `start` in `text` in
+/// one pass, if it is well formed with numbers of at most 15 digits (every
+/// line a real source sends): returns where the line ends (after its
+/// `\n`), its sequence number and kind. Returns `None` for any other line,
+/// and for a line that starts within 64 bytes of the end of `text`: the
+/// caller then finds the line's end and reads it with [`parse_event`],
+/// which accepts the rest of the grammar and says what is wrong. Whatever
+/// this accepts, [`parse_event`] reads the same (property-tested).
+///
+/// Why a second reader: this is the server's hottest loop. It loads eight
+/// bytes at a time (which may look past the line, never past `text`), and
+/// reads every line as one shape, `seq|T` then up to two `|user` fields,
+/// checking the type against a table last. So the branches it takes depend
+/// on the line being well formed, not on its type, which is random from
+/// line to line: branching on the type first, as [`parse_event`] does,
+/// mispredicts about every other line and cost half of the parse
+/// (`benches/parse.rs`).
+#[inline]
+pub fn parse_event_at(text: &[u8], start: usize) -> Option<(usize, Seq, EventKind)> {
+    let window: &[u8; WINDOW] = text
+        .get(start..start.checked_add(WINDOW)?)?
+        .try_into()
+        .ok()?;
+    // Every position below is at most 53 (fields of at most 16 digits),
+    // and each number's loads end within 16 bytes of its start.
+    let (seq, seq_digits) = number_at(window, 0);
+    let at = seq_digits as usize;
+    let bar = window[at];
+    let kind = window[at + 1];
+    let at = at + 2;
+    let first_bar = window[at] == b'|';
+    let (from, from_digits) = number_at(window, at + 1);
+    let after_from = at + 1 + from_digits as usize;
+    let second_bar = first_bar & (window[after_from] == b'|');
+    let (to, to_digits) = number_at(window, after_from + 1);
+    let after_to = after_from + 1 + to_digits as usize;
+    let end = if second_bar {
+        after_to
+    } else if first_bar {
+        after_from
+    } else {
+        at
+    };
+    let carriage_return = window[end] == b'\r';
+    let newline = end + usize::from(carriage_return);
+    let fields = u8::from(first_bar) + u8::from(second_bar);
+    let well_formed = (1..16).contains(&seq_digits)
+        & (!first_bar | (1..16).contains(&from_digits))
+        & (!second_bar | (1..16).contains(&to_digits))
+        & (bar == b'|')
+        & (fields == USER_FIELDS[usize::from(kind)])
+        & (window[newline] == b'\n');
+    if !well_formed {
+        return None;
+    }
+    let kind = match kind {
+        b'F' => EventKind::Follow { from, to },
+        b'U' => EventKind::Unfollow { from, to },
+        b'P' => EventKind::Private { from, to },
+        b'S' => EventKind::Status { from },
+        _ => EventKind::Broadcast,
+    };
+    Some((start + newline + 1, seq, kind))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +463,73 @@ mod tests {
                 String::from_utf8_lossy(line)
             );
         }
+    }
+
+    #[test]
+    fn numbers_of_every_length_at_every_offset() {
+        // 1 to 20 digits, as each field, so a number starts at every offset
+        // and ends at every lane of the word it is read in, with the line
+        // shorter and longer than a word.
+        for digits in 1..=20usize {
+            let number: String = "12345678909876543210"[..digits].to_string();
+            let value: u64 = number.parse().unwrap();
+            let cases = [
+                (format!("{number}|B\r\n"), (value, EventKind::Broadcast)),
+                (
+                    format!("{number}|S|7\n"),
+                    (value, EventKind::Status { from: 7 }),
+                ),
+                (
+                    format!("1|S|{number}"),
+                    (1, EventKind::Status { from: value }),
+                ),
+                (
+                    format!("2|P|{number}|3\r\n"),
+                    (2, EventKind::Private { from: value, to: 3 }),
+                ),
+                (
+                    format!("3|F|4|{number}\n"),
+                    (3, EventKind::Follow { from: 4, to: value }),
+                ),
+            ];
+            for (line, expected) in cases {
+                assert_eq!(parse_event(line.as_bytes()), Ok(expected), "{line:?}");
+            }
+        }
+        // The one-pass reader, on the same lines with text after them: 16
+        // digits and more are left to `parse_event`.
+        for digits in 1..=20usize {
+            let number = &"12345678909876543210"[..digits];
+            let value: u64 = number.parse().unwrap();
+            for (line, expected) in [
+                (format!("{number}|B\r\n"), (value, EventKind::Broadcast)),
+                (
+                    format!("1|S|{number}\n"),
+                    (1, EventKind::Status { from: value }),
+                ),
+                (
+                    format!("3|F|4|{number}\r\n"),
+                    (3, EventKind::Follow { from: 4, to: value }),
+                ),
+            ] {
+                let text = format!("{line}{}", "9|B\r\n".repeat(13));
+                let read = parse_event_at(text.as_bytes(), 0);
+                if digits <= 15 {
+                    assert_eq!(read, Some((line.len(), expected.0, expected.1)), "{line:?}");
+                } else {
+                    assert_eq!(read, None, "{line:?}");
+                }
+            }
+        }
+        assert_eq!(parse_event(b"1|B"), Ok((1, EventKind::Broadcast)));
+        assert_eq!(
+            parse_event(b"0|S|0"),
+            Ok((0, EventKind::Status { from: 0 }))
+        );
+        assert_eq!(
+            parse_event(b"00000000000000000000001|B"),
+            Err(ParseError::BadNumber)
+        );
     }
 
     #[test]
@@ -400,6 +619,21 @@ mod tests {
             let _ = parse_user_id(line.as_bytes());
         }
 
+        /// Digits next to the bytes that sit closest to them, in value or
+        /// in a lane's top bit (`/` and `:` either side of `0`..`9`, and the
+        /// digits with their top bit set), in lines of every length, short
+        /// ones included: the word-at-a-time number reader must see exactly
+        /// where each number stops.
+        #[test]
+        fn prop_digits_beside_their_neighbours_agree_with_the_reference(
+            line in prop::collection::vec(
+                prop::sample::select(&b"0123456789/:|FS\r\n\xb0\xb9\x00"[..]),
+                0..32,
+            ),
+        ) {
+            prop_assert_eq!(parse_event(&line), reference(&line));
+        }
+
         #[test]
         fn prop_arbitrary_bytes_agree_with_the_reference(line in prop::collection::vec(any::<u8>(), 0..48)) {
             prop_assert_eq!(parse_event(&line), reference(&line));
@@ -415,6 +649,47 @@ mod tests {
             prop_assert_eq!(parse_event(line.as_bytes()), reference(line.as_bytes()));
             let line = format!("{digits}|S|{digits}");
             prop_assert_eq!(parse_event(line.as_bytes()), reference(line.as_bytes()));
+        }
+
+        /// Every well-formed line with numbers under 10^15 is read by the
+        /// one-pass reader (the property below would hold with it always
+        /// declining, only slower), ending where its terminator does.
+        #[test]
+        fn prop_common_lines_are_read_in_one_pass(
+            seq in 0..1_000_000_000_000_000u64,
+            from in 0..1_000_000_000_000_000u64,
+            to in 0..1_000_000_000_000_000u64,
+            shape in 0..5u8,
+            crlf in any::<bool>(),
+        ) {
+            let kind = match shape {
+                0 => EventKind::Follow { from, to },
+                1 => EventKind::Unfollow { from, to },
+                2 => EventKind::Broadcast,
+                3 => EventKind::Private { from, to },
+                _ => EventKind::Status { from },
+            };
+            let mut line = canonical(seq, kind);
+            line.push_str(if crlf { "\r\n" } else { "\n" });
+            let text = format!("{line}{}", "7|S|1\n".repeat(11));
+            prop_assert_eq!(parse_event_at(text.as_bytes(), 0), Some((line.len(), seq, kind)));
+        }
+
+        /// Wherever it starts in near-miss text, whatever the one-pass
+        /// reader accepts is one whole line that `parse_event` reads the
+        /// same.
+        #[test]
+        fn prop_one_pass_reads_agree_with_parse_event(
+            text in "([0-9]{0,17}\\|?[FUBPSX|]?(\\|[0-9/:]{0,17}){0,3}\r?\r?\n){1,12}",
+        ) {
+            let text = text.as_bytes();
+            for start in 0..text.len() {
+                if let Some((end, seq, kind)) = parse_event_at(text, start) {
+                    let line = &text[start..end];
+                    prop_assert_eq!(line.iter().position(|&byte| byte == b'\n'), Some(line.len() - 1));
+                    prop_assert_eq!(parse_event(line), Ok((seq, kind)));
+                }
+            }
         }
 
         #[test]

@@ -22,6 +22,6 @@ pub mod resume;
 pub mod settings;
 
 pub use event::{
-    parse_decimal, parse_event, parse_user_id, strip_terminator, Event, EventKind, ParseError, Seq,
-    UserId,
+    parse_decimal, parse_event, parse_event_at, parse_user_id, strip_terminator, Event, EventKind,
+    ParseError, Seq, UserId,
 };
