@@ -7,6 +7,9 @@
 
 use followermaze_protocol::{EventKind, Seq};
 
+use crate::batch::EventRef;
+use crate::reorder::Arrival;
+
 /// Line bytes held inline: the slot is then 80 bytes in all.
 const INLINE_BYTES: usize = 46;
 
@@ -45,6 +48,29 @@ impl Parked {
         Parked { seq, kind, line }
     }
 
+    /// Parks event `seq` of `kind` in `slot`, its line `raw` copied there
+    /// in place: built on the stack and moved in, its bytes were written at
+    /// one width and read back at another, which stalls on store
+    /// forwarding (a third of the sequencer's time in the classic profile).
+    #[inline]
+    pub(crate) fn park(slot: &mut Option<Parked>, seq: Seq, kind: EventKind, raw: &[u8]) {
+        if raw.len() > INLINE_BYTES {
+            *slot = Some(Parked::new(seq, kind, raw));
+            return;
+        }
+        let parked = slot.insert(Parked {
+            seq,
+            kind,
+            line: Line::Inline {
+                len: raw.len() as u8,
+                bytes: [0; INLINE_BYTES],
+            },
+        });
+        if let Line::Inline { bytes, .. } = &mut parked.line {
+            copy_short(bytes, raw);
+        }
+    }
+
     /// The line, terminator included.
     #[inline]
     pub(crate) fn raw(&self) -> &[u8] {
@@ -52,6 +78,14 @@ impl Parked {
             Line::Inline { len, bytes } => &bytes[..*len as usize],
             Line::Heap(bytes) => bytes,
         }
+    }
+}
+
+/// An arriving event parks as a copy of its line.
+impl Arrival<Parked> for EventRef<'_> {
+    #[inline]
+    fn park(self, slot: &mut Option<Parked>) {
+        Parked::park(slot, self.seq, self.kind, self.raw);
     }
 }
 

@@ -27,15 +27,35 @@ const SHRINK_ABOVE_SLOTS: usize = 64 * 1024;
 /// Where released items go, in sequence order: a `Vec`, or a consumer
 /// that builds its output as items come (the sequencer copies each line
 /// straight into the batch it will send).
+///
+/// An item is released by reference, from its slot (or as it arrived), and
+/// only then cleared: moving it out first would copy it through the stack,
+/// and for the sequencer's 80-byte parked lines that copy, read back at
+/// other widths than it was written, stalled on store forwarding.
 pub trait Release<T> {
     /// Takes the next item in sequence order.
-    fn release(&mut self, item: T);
+    fn release(&mut self, item: &T);
 }
 
-impl<T> Release<T> for Vec<T> {
+impl<T: Clone> Release<T> for Vec<T> {
     #[inline]
-    fn release(&mut self, item: T) {
-        self.push(item);
+    fn release(&mut self, item: &T) {
+        self.push(item.clone());
+    }
+}
+
+/// What arrives to be placed: the item itself, or a cheaper view of it
+/// that becomes one only if it has to wait (the sequencer's arriving
+/// events name their line in the read's chunk and copy it only to park).
+pub trait Arrival<T> {
+    /// Stores it in `slot`, which is empty, to be released later.
+    fn park(self, slot: &mut Option<T>);
+}
+
+impl<T> Arrival<T> for T {
+    #[inline]
+    fn park(self, slot: &mut Option<T>) {
+        *slot = Some(self);
     }
 }
 
@@ -143,14 +163,19 @@ impl<T> ReorderBuffer<T> {
     /// sequence seen), nothing is skipped and the item is dropped as
     /// [`Placement::TooFarAhead`]: a jump that large is a broken source, not
     /// a lost event, and must not cost the events still being waited for.
-    pub fn insert(&mut self, seq: Seq, item: T, released: &mut impl Release<T>) -> Placement {
+    pub fn insert<A: Arrival<T>>(
+        &mut self,
+        seq: Seq,
+        item: A,
+        released: &mut (impl Release<T> + Release<A>),
+    ) -> Placement {
         if seq < self.next {
             self.stats.late += 1;
             return Placement::Late;
         }
         if seq == self.next {
             self.highest = self.highest.max(seq);
-            released.release(item);
+            released.release(&item);
             self.next += 1;
             self.release_ready(released);
             return Placement::Released;
@@ -191,7 +216,7 @@ impl<T> ReorderBuffer<T> {
             self.stats.duplicate += 1;
             return Placement::Duplicate;
         }
-        *slot = Some(item);
+        item.park(slot);
         self.parked += 1;
         self.highest = self.highest.max(seq);
         Placement::Parked
@@ -253,8 +278,13 @@ impl<T> ReorderBuffer<T> {
             return;
         }
         let mask = self.slots.len() - 1;
-        while let Some(item) = self.slots[(self.next as usize) & mask].take() {
+        loop {
+            let slot = &mut self.slots[(self.next as usize) & mask];
+            let Some(item) = slot.as_ref() else {
+                break;
+            };
             released.release(item);
+            *slot = None;
             self.next += 1;
             self.parked -= 1;
         }

@@ -23,14 +23,14 @@ use hashbrown::HashMap;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::batch::{BatchBuilder, BatchEvent};
+use crate::batch::{BatchBuilder, BatchEvent, EventRef};
 use crate::gap::GapPolicy;
 use crate::parked::Parked;
 use crate::reorder::{Release, ReorderBuffer};
 use crate::sink::{BatchSink, SinkGone};
 use crate::stats::{LogThrottle, Stats};
 use bytes::Bytes;
-use followermaze_protocol::Seq;
+use followermaze_protocol::{EventKind, Seq};
 
 /// Identifies one source connection.
 pub type SourceId = u64;
@@ -85,14 +85,30 @@ impl Releases {
     }
 }
 
-impl Release<Parked> for Releases {
+impl Releases {
     #[inline]
-    fn release(&mut self, event: Parked) {
-        self.filling.push(event.seq, event.kind, event.raw());
+    fn push(&mut self, seq: Seq, kind: EventKind, raw: &[u8]) {
+        self.filling.push(seq, kind, raw);
         if self.filling.len() == MAX_DELIVER_EVENTS {
             let next = BatchBuilder::with_capacity(MAX_DELIVER_EVENTS, 16 * MAX_DELIVER_EVENTS);
             self.full.push(std::mem::replace(&mut self.filling, next));
         }
+    }
+}
+
+/// An event that waited in the window.
+impl Release<Parked> for Releases {
+    #[inline]
+    fn release(&mut self, event: &Parked) {
+        self.push(event.seq, event.kind, event.raw());
+    }
+}
+
+/// An event that arrived in order, its line copied from the read's chunk.
+impl Release<EventRef<'_>> for Releases {
+    #[inline]
+    fn release(&mut self, event: &EventRef<'_>) {
+        self.push(event.seq, event.kind, event.raw);
     }
 }
 
@@ -307,8 +323,12 @@ impl Sequencer {
         }
         let before = self.buffer.stats();
         for event in events {
-            let parked = Parked::new(event.seq, event.kind, event.line(&chunk));
-            self.buffer.insert(event.seq, parked, &mut released);
+            let arrival = EventRef {
+                seq: event.seq,
+                kind: event.kind,
+                raw: event.line(&chunk),
+            };
+            self.buffer.insert(event.seq, arrival, &mut released);
         }
         let after = self.buffer.stats();
         let (late, duplicate, too_far, skipped) = (
