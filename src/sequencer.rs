@@ -88,9 +88,18 @@ impl Releases {
 impl Releases {
     #[inline]
     fn push(&mut self, seq: Seq, kind: EventKind, raw: &[u8]) {
+        if self.filling.events_full() {
+            // Sized for one read and the window released more: twice the
+            // room, but never past a full batch's (Vec's doubling would
+            // make a 4096-event batch of a 3800-event read 7600 events' room).
+            let room = (2 * self.filling.len()).clamp(256, MAX_DELIVER_EVENTS);
+            self.filling.reserve_events_to(room);
+        }
         self.filling.push(seq, kind, raw);
         if self.filling.len() == MAX_DELIVER_EVENTS {
-            let next = BatchBuilder::with_capacity(MAX_DELIVER_EVENTS, 16 * MAX_DELIVER_EVENTS);
+            // The next batch's lines are about as long as this one's.
+            let bytes = self.filling.line_bytes();
+            let next = BatchBuilder::with_capacity(MAX_DELIVER_EVENTS, bytes + bytes / 16);
             self.full.push(std::mem::replace(&mut self.filling, next));
         }
     }
