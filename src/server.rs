@@ -96,7 +96,7 @@ impl Listeners {
 pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds `address` with `SO_REUSEADDR` (a restarted server need not wait
-/// out `TIME_WAIT`) and [`LISTEN_BACKLOG`].
+/// out `TIME_WAIT`) and a backlog of `LISTEN_BACKLOG` (4096).
 pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if address.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
