@@ -26,7 +26,8 @@
 //!
 //! Pure logic (no I/O, unit-tested and benchmarked directly):
 //! - [`batch`]: the seam: ordered batches, and what a producer promises.
-//! - [`lines`]: line framing over a read buffer, with a line-length bound.
+//! - [`lines`]: line framing over a read buffer, with a line-length bound,
+//!   and `read_events`, where framing meets parsing (one pass a line).
 //! - [`reorder`]: the sliding window that puts sequence numbers in order.
 //! - `gap`: how long to wait for a missing event before skipping it.
 //! - [`router`]: the follower graph; apply an event, get its audience.

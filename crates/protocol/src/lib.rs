@@ -9,7 +9,8 @@
 //! # Layout
 //!
 //! - [`event`]: event lines from the source and the user id a client sends
-//!   first, bytes to values.
+//!   first, bytes to values: the exact grammar (`parse_event`) and the
+//!   server's one-pass reader for the common line (`parse_event_at`).
 //! - [`resume`]: the resumable-session handshake and control lines (`#OK`,
 //!   `#GAP`, `#AT`).
 //! - [`settings`]: settings from environment variables, one table per
