@@ -39,13 +39,14 @@
 //! Neither half alone did it: keeping emptied sets alone 0.999 / 1.011
 //! (noise, 12 pairs each); the words freeing emptied entries 0.945 (7 of
 //! 12) / 1.034 (4 of 12), and with the reuse classic goes 0.945 (8 of 12)
-//! against that. Peak RSS: fan-out 20.0 -> 19.4 MiB, classic 14.1 -> 14.9
-//! MiB (VmHWM medians; heaptrack's heap peak only 7.41 -> 7.56 MiB; the
-//! words without the reuse, or keeping only 4-bucket tables, showed the
-//! same RSS, so it is not the kept tables; not explained). Rejected
-//! without building into
-//! the server, on a replay of the fan-out and classic follow/unfollow
-//! streams (ns per op, fan-out / classic, base 55-65 / 60-80): one flat
+//! against that. A second series (20 fan-out pairs, 10 classic): 0.981
+//! (13 of 20) and 0.980 (6 of 10). Peak RSS (VmHWM medians): fan-out
+//! 20.0 -> 19.4 MiB; classic 14.1 -> 14.9 MiB in the first series and
+//! 14.2 -> 13.3 MiB in the second, so within the runs' spread
+//! (heaptrack's heap peak 7.41 -> 7.56 MiB).
+//!
+//! Rejected without building into the server, on a replay of the fan-out
+//! and classic follow/unfollow streams (ns per op, fan-out / classic, base 55-65 / 60-80): one flat
 //! `(from, to)` set plus a per-user `Vec` storing each edge's index, 65-85 /
 //! 55-70 (an unfollow's swap-remove must re-index the moved edge: two more
 //! misses). hashbrown 0.17 already hashes with foldhash, so a faster u64
@@ -121,8 +122,10 @@ pub struct Router {
     empty: usize,
 }
 
-/// Most emptied entries kept for reuse (each a few dozen bytes plus its
-/// small table: a few hundred KiB at most).
+/// Most emptied entries kept for reuse: each is its map entry (40 bytes)
+/// and a table of at most 16 buckets (about 300 bytes with its control
+/// bytes), so about 1.4 MiB at most; the classic run keeps one per user
+/// who ever followed anyone, about 1,000.
 const KEEP_EMPTY: usize = 4096;
 
 /// Only entries whose table holds at most this many words are kept once
