@@ -876,6 +876,33 @@ async fn open_sessions(address: SocketAddr) -> (Vec<Client>, String) {
     (clients, stream_id)
 }
 
+/// Resumes each of [`USERS`] at `gateway` in stream `stream_id` after its
+/// entry in `afters`, asserting `#OK` at exactly that position.
+async fn resume_sessions(gateway: SocketAddr, stream_id: &str, afters: &[u64]) -> Vec<Client> {
+    let mut resumed = Vec::new();
+    for (user, &after) in USERS.iter().zip(afters) {
+        let hello = format!("{user}|{stream_id}|{after}\r\n");
+        let (client, verdict) = resumable(gateway, &hello).await;
+        assert_eq!(
+            verdict,
+            format!("#OK|{stream_id}|{after}\r\n"),
+            "user {user}"
+        );
+        resumed.push(client);
+    }
+    resumed
+}
+
+/// What each user is owed on resuming after its entry in `afters`: its
+/// expected lines above that, up to `upto`.
+fn owed_after(expected: &[String], afters: &[u64], upto: u64) -> Vec<String> {
+    expected
+        .iter()
+        .zip(afters)
+        .map(|(output, &after)| between(output, after, upto))
+        .collect()
+}
+
 /// The lines of `output` with a sequence in (`after`, `upto`].
 fn between(output: &str, after: u64, upto: u64) -> String {
     output
@@ -918,25 +945,10 @@ async fn a_session_resumes_exactly_on_another_gateway_after_its_own_stopped() {
     // Events keep flowing while the clients are away.
     common::send(&mut source, &lines[1_500..2_500].concat()).await;
     second.delivered(2_500).await;
-    let mut resumed = Vec::new();
-    for (index, user) in USERS.iter().enumerate() {
-        let after = afters[index];
-        let hello = format!("{user}|{stream_id}|{after}\r\n");
-        let (client, verdict) = resumable(second.clients, &hello).await;
-        assert_eq!(
-            verdict,
-            format!("#OK|{stream_id}|{after}\r\n"),
-            "user {user}"
-        );
-        resumed.push(client);
-    }
+    let mut resumed = resume_sessions(second.clients, &stream_id, &afters).await;
     // Exactly what each missed, then live lines.
     common::send(&mut source, &lines[2_500..].concat()).await;
-    let owed: Vec<String> = expected
-        .iter()
-        .zip(&afters)
-        .map(|(output, &after)| between(output, after, total))
-        .collect();
+    let owed = owed_after(&expected, &afters, total);
     expect_all(&mut resumed, &owed, "second gateway").await;
     assert_eq!(get(&second.stats.stream_resumes), USERS.len() as u64);
     second.delivered(total).await;
@@ -1116,23 +1128,9 @@ async fn a_killed_gateways_clients_resume_on_another_and_it_rejoins_from_a_snaps
     let mut source = within("the flow", flow).await.expect("the flow task");
 
     // Each resumes on the survivor, which never served it: from the stream.
-    let mut resumed = Vec::new();
-    for (user, &after) in USERS.iter().zip(&afters) {
-        let hello = format!("{user}|{stream_id}|{after}\r\n");
-        let (client, verdict) = resumable(survivor.clients, &hello).await;
-        assert_eq!(
-            verdict,
-            format!("#OK|{stream_id}|{after}\r\n"),
-            "user {user}"
-        );
-        resumed.push(client);
-    }
+    let mut resumed = resume_sessions(survivor.clients, &stream_id, &afters).await;
     common::send(&mut source, &lines[2_500..3_000].concat()).await;
-    let owed: Vec<String> = expected
-        .iter()
-        .zip(&afters)
-        .map(|(output, &after)| between(output, after, 3_000))
-        .collect();
+    let owed = owed_after(&expected, &afters, 3_000);
     expect_all(&mut resumed, &owed, "resumed on the survivor").await;
     assert_eq!(get(&survivor.stats.stream_resumes), USERS.len() as u64);
 
