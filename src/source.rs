@@ -96,11 +96,10 @@ async fn serve_source(
             Ok(0) => break "source closed the connection",
             Ok(_) => {
                 let read_at = std::time::Instant::now();
-                let mut events = Vec::new();
                 let chunk = reader.take_lines(|bytes| parser.too_long(bytes));
-                if let Some(chunk) = &chunk {
-                    events = parser.parse(chunk);
-                }
+                let events = chunk
+                    .as_ref()
+                    .map_or_else(Vec::new, |chunk| parser.parse(chunk));
                 // Events come from complete lines, so there is a chunk.
                 let Some(chunk) = chunk.filter(|_| !events.is_empty()) else {
                     continue;
