@@ -8,9 +8,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use followermaze::batch::OrderedBatch;
-use followermaze::outbox::Outbox;
+use followermaze::fanout::outbox::Outbox;
 use followermaze::Stats;
-use followermaze::{Registry, RegistryHandle, RegistrySettings};
+use followermaze::{Config, Registry, RegistryHandle};
 use followermaze_protocol::resume::Hello;
 use followermaze_protocol::{Event, EventKind};
 
@@ -33,7 +33,9 @@ fn event(seq: u64, kind: EventKind) -> Event {
 /// A registry with `clients` connected users 1..=clients, and the outboxes
 /// (drained by the benchmark loop, standing in for writers).
 fn registry_with(clients: u64) -> (Registry, RegistryHandle, Vec<Arc<Outbox>>) {
-    let settings = RegistrySettings::new(usize::MAX, usize::MAX);
+    let mut settings = Config::default().registry();
+    settings.max_client_pending_bytes = usize::MAX;
+    settings.max_follow_edges = usize::MAX;
     // The handle is the channel's sender, unused here: benchmarks call in
     // directly. It is returned only to keep the channel open.
     let (mut registry, handle) = Registry::new(settings, Arc::new(Stats::default()));

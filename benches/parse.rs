@@ -4,7 +4,9 @@
 //! parser alone over lines already framed.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use followermaze::lines::{read_events, Frame, LineReader, MAX_LINE_BYTES, READ_CHUNK_BYTES};
+use followermaze::ingest::lines::{
+    read_events, Frame, LineReader, MAX_LINE_BYTES, READ_CHUNK_BYTES,
+};
 use followermaze_protocol::{parse_event, parse_event_at};
 
 /// 200,000 lines in the classic mix: 55% status, 15% each follow, unfollow,

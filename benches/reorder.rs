@@ -5,7 +5,7 @@
 use hashbrown::HashMap;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use followermaze::reorder::ReorderBuffer;
+use followermaze::order::reorder::ReorderBuffer;
 
 const EVENTS: u64 = 1_000_000;
 

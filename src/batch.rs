@@ -16,9 +16,8 @@
 //!   the consumer forgets the follower graph before applying it, and its
 //!   sequence numbers may start again from 1.
 //!
-//! How large a batch is, is the producer's policy (the sequencer caps its
-//! batches at `MAX_DELIVER_EVENTS` to bound the
-//! registry's queue).
+//! Every producer caps its batches at [`MAX_DELIVER_EVENTS`], which bounds
+//! the registry's queue; how it fills them below that is its own policy.
 //!
 //! A batch holds its lines in one buffer and each event names its line by
 //! offset ([`BatchEvent`]): one reference count per batch instead of one
@@ -32,6 +31,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use followermaze_protocol::resume::StreamId;
 use followermaze_protocol::{Event, EventKind, Seq};
+
+/// Most events in one batch: about one 64 KiB read's worth, which keeps
+/// each queued batch near 230 KiB (40 bytes an event and its line).
+pub const MAX_DELIVER_EVENTS: usize = 4096;
 
 /// One event of an [`OrderedBatch`]; its line is in the batch's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,11 +13,10 @@ use std::time::Duration;
 use followermaze_protocol::settings::{self, ConfigError, Setting};
 use serde::Deserialize;
 
-use crate::client::ClientSettings;
-use crate::registry::RegistrySettings;
-use crate::retention::RetentionLimits;
-use crate::sequencer::SequencerSettings;
-use crate::session::SessionSettings;
+use crate::settings::{
+    ClientSettings, RegistrySettings, RetentionLimits, SequencerSettings, SessionSettings,
+    StreamSettings, SESSION_BYTES,
+};
 
 /// Every variable the server reads, in the README's order.
 pub const SETTINGS: &[Setting] = &[
@@ -333,17 +332,14 @@ impl Config {
                 ),
             ));
         }
-        let sessions_cost = self
-            .max_clients
-            .saturating_mul(crate::retention::SESSION_BYTES);
+        let sessions_cost = self.max_clients.saturating_mul(SESSION_BYTES);
         if self.resume_total_bytes < sessions_cost {
             return Err(ConfigError::new(
                 "resumeTotalBytes",
                 self.resume_total_bytes,
                 format!(
                     "must hold at least one session per client: maxClients ({}) x {} bytes",
-                    self.max_clients,
-                    crate::retention::SESSION_BYTES
+                    self.max_clients, SESSION_BYTES
                 ),
             ));
         }
@@ -369,6 +365,7 @@ impl Config {
         Ok(())
     }
 
+    /// The sequencer's settings.
     pub(crate) fn sequencer(&self) -> SequencerSettings {
         SequencerSettings {
             max_window: self.reorder_window,
@@ -377,7 +374,9 @@ impl Config {
         }
     }
 
-    pub(crate) fn registry(&self) -> RegistrySettings {
+    /// The registry's settings (sessions and retention included); public
+    /// for benchmarks that drive a [`crate::Registry`] directly.
+    pub fn registry(&self) -> RegistrySettings {
         RegistrySettings {
             max_client_pending_bytes: self.max_client_buffer_bytes,
             max_follow_edges: self.max_follow_edges,
@@ -393,12 +392,24 @@ impl Config {
         }
     }
 
+    /// The client connections' settings.
     pub(crate) fn clients(&self) -> ClientSettings {
         ClientSettings {
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             max_clients: self.max_clients,
             send_buffer_bytes: self.client_send_buffer_bytes,
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+        }
+    }
+
+    /// Where the cluster's stream is, and its limits.
+    pub(crate) fn stream(&self) -> StreamSettings {
+        StreamSettings {
+            nats_url: self.nats_url.clone(),
+            name: self.nats_stream.clone(),
+            max_age: Duration::from_secs(self.stream_max_age_secs),
+            max_bytes: self.stream_max_bytes,
+            client_name: format!("followermaze-{:?}", self.role).to_lowercase(),
         }
     }
 }

@@ -6,8 +6,12 @@
 //! the stream runs.
 //!
 //! ```text
-//! source sockets --> source --> sequencer --> registry --> outbox --> client sockets
-//!                  (parse)   (reorder, gaps)  (graph, fan-out)     (one writer each)
+//! source sockets --> ingest --> order --> fanout --> client sockets
+//!                   (frame,   (reorder,  (graph, sessions,
+//!                    parse)    gaps)      one writer each)
+//!                               |            ^
+//!                               +-> cluster -+   role=sequencer | gateway
+//!                                  (JetStream)
 //! ```
 //!
 //! The registry consumes one thing from upstream: [`batch::OrderedBatch`],
@@ -18,93 +22,63 @@
 //!
 //! # Layout
 //!
-//! Linked modules are public: the pure logic that the benchmarks, the fuzz
-//! target and the tests drive directly, and the settings table. The rest is
-//! private; the crate root re-exports the few types a user needs: [`run`],
-//! [`run_with_stats`], [`Listeners`], [`Config`], [`Stats`] (and
-//! [`Registry`] for the dispatch benchmark).
+//! Top to bottom. A module uses only modules of its own folder and of the
+//! folders and files below it: data flows down the list (the source's
+//! events are handed from `ingest` to `order` to `fanout`), and so do
+//! imports. `tests/layout.rs` reads this list and fails on an import
+//! against it or on any cycle among modules.
 //!
-//! Pure logic (no I/O, unit-tested and benchmarked directly):
-//! - [`batch`]: the seam: ordered batches, and what a producer promises.
-//! - [`lines`]: line framing over a read buffer, with a line-length bound,
-//!   and `read_events`, where framing meets parsing (one pass a line).
-//! - [`reorder`]: the sliding window that puts sequence numbers in order.
-//! - `gap`: how long to wait for a missing event before skipping it.
-//! - [`router`]: the follower graph; apply an event, get its audience.
-//! - `online`: who is connected, with a filter for fast "no".
-//! - `reach`: each user's online followers, the audience of its status
-//!   updates in one lookup.
-//! - `retention`: resumable sessions' retained lines, stored once, bounded
-//!   per session and in total.
-//! - [`outbox`]: the byte hand-off between the registry and one writer.
-//! - `stats`: shared counters ([`Stats`]) and a log-line rate limiter.
+//! 1. `server`: the standalone server's wiring, [`run`], and its numbered
+//!    start and shutdown steps.
+//! 2. `roles`: the cluster roles' wiring, [`run_sequencer`] and
+//!    [`run_gateway`].
+//! 3. `tasks`: what the three wirings share: a named task, the observers,
+//!    the shutdown wait, and how a run ends ([`ServerError`]).
+//! 4. [`config`]: environment variables into [`Config`], which hands each
+//!    component its own settings; imports no component.
+//! 5. `ingest`: event source connections: read, frame, parse.
+//! 6. `order`: the sequencer task, the reorder window, the gap deadline,
+//!    parked lines, and where ordered batches go (the sink).
+//! 7. `cluster`: NATS JetStream: the log, the sequencer role's publisher,
+//!    the gateway's consumer, and the fetcher that reads a resume's lines.
+//! 8. `fanout`: the registry actor (its `Command`, handle and connection
+//!    table), client connections and their outboxes.
+//! 9. `resume`: resumable sessions, retention, replay, the history
+//!    recorder and the plan of a resume from the stream; pure, no channels.
+//! 10. `graph`: the follower graph (router), who is online, each user's
+//!     online followers (reach), the snapshot codec; pure.
+//! 11. `ops`: counters ([`Stats`]), the metrics endpoint, the log summary,
+//!     process figures, and the accept loop every listener shares.
+//! 12. [`batch`]: the seam: ordered batches, and what a producer promises.
+//! 13. `settings`: each component's settings struct; imports nothing.
 //!
-//! Tasks and sockets:
-//! - `source`: event source connections: read, frame, parse.
-//! - `sequencer`: owns the reorder window and the gap deadline; produces
-//!   the ordered batches.
-//! - `registry`: the actor that owns the graph and the connected clients;
-//!   consumes the ordered batches.
-//! - `session`: resumable sessions: verdicts, lifetimes, checkpoints.
-//! - `client`: client handshakes and per-connection writers.
-//! - `accept`: accept loops that survive running out of descriptors.
-//! - `server`: wiring, [`run`], and orderly shutdown, step by step.
-//!
-//! Cluster roles (`role=sequencer|gateway`, over NATS JetStream):
-//! - `sink`: where the sequencer's batches go: the registry, or the
-//!   publisher. The seam seen from upstream.
-//! - `jetstream`: the stream, its message format, the snapshot bucket.
-//! - `publisher`: the sequencer role's sink: batches into acked messages,
-//!   a bounded window, recovery after NATS failures, snapshots.
-//! - `snapshot`: the follower graph after one stream message, encoded.
-//! - `gateway`: the gateway role's producer: stream messages back into
-//!   ordered batches for the registry.
-//! - `history`: resuming a session on another gateway: what the registry
-//!   records to plan it, and the task that reads the missed lines from the
-//!   stream.
-//! - `cluster`: wiring of the two roles, [`run_sequencer`] and
-//!   [`run_gateway`].
-//! - `metrics`: the HTTP endpoint: `/metrics` (Prometheus), `/healthz` and
-//!   `/readyz`.
-//! - `summary`: a periodic one-line summary of the counters in the log.
-//! - [`config`]: settings from environment variables.
+//! Public: the crate root re-exports the few types a user needs ([`run`],
+//! [`run_with_stats`], [`Listeners`], [`Config`], [`Stats`], the cluster
+//! roles, and [`Registry`] for the dispatch benchmark); the pure modules
+//! that benchmarks, the fuzz target and tests drive directly are public
+//! where they live: [`ingest::lines`], [`order::reorder`],
+//! [`graph::router`], [`fanout::outbox`], [`batch`], [`config`].
 
-// Public: the pure logic that the benches, the fuzz target and the tests
-// drive directly, and the settings table the binary prints.
 pub mod batch;
 pub mod config;
-pub mod lines;
-pub mod outbox;
-pub mod reorder;
-pub mod router;
+pub mod fanout;
+pub mod graph;
+pub mod ingest;
+pub mod order;
 
-mod accept;
-mod client;
 mod cluster;
-mod gap;
-mod gateway;
-mod history;
-mod jetstream;
-mod metrics;
-mod online;
-mod parked;
-mod process;
-mod publisher;
-mod reach;
-mod registry;
-mod retention;
-mod sequencer;
+mod ops;
+mod resume;
+mod roles;
 mod server;
-mod session;
-mod sink;
-mod snapshot;
-mod source;
-mod stats;
-mod summary;
+mod settings;
+mod tasks;
 
-pub use accept::ACCEPT_BACKOFF;
-pub use cluster::{run_gateway, run_sequencer, GatewayListeners, SequencerListeners};
 pub use config::{Config, Role};
-pub use registry::{Registry, RegistryHandle, RegistrySettings};
-pub use server::{listen, run, run_with_stats, BindError, Listeners, ServerError};
-pub use stats::{DisconnectReason, Stats};
+pub use fanout::{Registry, RegistryHandle};
+pub use ops::accept::ACCEPT_BACKOFF;
+pub use ops::stats::{DisconnectReason, Stats};
+pub use roles::{run_gateway, run_sequencer, GatewayListeners, SequencerListeners};
+pub use server::{listen, run, run_with_stats, BindError, Listeners};
+pub use settings::RegistrySettings;
+pub use tasks::ServerError;

@@ -4,22 +4,24 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::accept_clients;
 use crate::config::Config;
-use crate::lines::MAX_LINE_BYTES;
-use crate::metrics::Health;
-use crate::registry::Registry;
-use crate::sequencer::Sequencer;
-use crate::sink::BatchSink;
-use crate::source::accept_sources;
-use crate::stats::Stats;
+use crate::fanout::client::accept_clients;
+use crate::fanout::Registry;
+use crate::ingest::lines::MAX_LINE_BYTES;
+use crate::ingest::source::accept_sources;
+use crate::ops::metrics::Health;
+use crate::ops::stats::Stats;
+use crate::order::sequencer::Sequencer;
+use crate::order::sink::BatchSink;
+use crate::tasks::{
+    display_addr, finish, wait_for_shutdown, Failure, Observers, ServerError, Task,
+};
 
 /// The listening sockets the server serves.
 #[derive(Debug)]
@@ -93,7 +95,7 @@ impl Listeners {
 /// standard library's 128 overflows when a few hundred clients connect at
 /// once (each overflow costs the client a one-second SYN retry); the kernel
 /// caps this at `net.core.somaxconn`.
-pub const LISTEN_BACKLOG: u32 = 4096;
+pub(crate) const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds `address` with `SO_REUSEADDR` (a restarted server need not wait
 /// out `TIME_WAIT`) and a backlog of `LISTEN_BACKLOG` (4096).
@@ -107,20 +109,6 @@ pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(address)?;
     socket.listen(LISTEN_BACKLOG)
 }
-
-/// The server stopped abnormally (a bug): a task panicked, or the registry
-/// or the sequencer ended before shutdown was requested. Says every failure
-/// seen, in shutdown order.
-#[derive(Debug)]
-pub struct ServerError(pub String);
-
-impl std::fmt::Display for ServerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ServerError {}
 
 /// Serves until `shutdown` completes, then drains and returns. See
 /// [`run_with_stats`] to watch the counters.
@@ -168,24 +156,12 @@ pub async fn run_with_stats(
     } = listeners;
     // Start steps 1 to 3, then 4.
     let pipeline = Pipeline::start(events, clients, &config, &stats);
-    let observers = Observers::start(metrics, &config, &stats, pipeline.health());
+    let health = pipeline.health();
+    let observers = Observers::start(metrics, config.summary_interval_secs, &stats, health);
     // Shutdown steps 1 to 4, then 5.
     let mut failures = pipeline.shut_down(shutdown).await;
     failures.extend(observers.stop().await);
     finish(failures)
-}
-
-/// How a role's run ends, logged: `Ok` if nothing failed, else every
-/// failure in one [`ServerError`].
-pub(crate) fn finish(failures: Vec<String>) -> Result<(), ServerError> {
-    if failures.is_empty() {
-        tracing::info!("server stopped");
-        Ok(())
-    } else {
-        let message = failures.join("; ");
-        tracing::error!(%message, "server stopped abnormally");
-        Err(ServerError(message))
-    }
 }
 
 /// The tasks of start steps 1 to 3, each waited for in its shutdown step.
@@ -281,20 +257,10 @@ impl Pipeline {
     }
 
     /// Shutdown steps 1 to 4; returns what went wrong.
-    async fn shut_down(mut self, shutdown: impl Future<Output = ()>) -> Vec<String> {
-        let mut failures = Vec::new();
-
+    async fn shut_down(mut self, shutdown: impl Future<Output = ()>) -> Vec<Failure> {
         // 1. Wait.
-        let ended_early = tokio::select! {
-            () = shutdown => None,
-            _ = self.registry.join() => Some(self.registry.name),
-            _ = self.sequencer.join() => Some(self.sequencer.name),
-        };
-        self.ready.store(false, Ordering::Relaxed);
-        match ended_early {
-            None => tracing::info!("shutdown requested: draining"),
-            Some(name) => failures.push(format!("{name} task ended early")),
-        }
+        let core = (&mut self.registry, &mut self.sequencer);
+        let mut failures = wait_for_shutdown(shutdown, core, &self.ready).await;
 
         // 2. Stop input.
         self.stop_input.cancel();
@@ -309,96 +275,4 @@ impl Pipeline {
 
         failures
     }
-}
-
-/// Start step 4 and shutdown step 5: the tasks that only read `stats`.
-pub(crate) struct Observers {
-    /// The metrics endpoint and the log summary, whichever are on.
-    tasks: JoinSet<()>,
-    /// Cancelled in shutdown step 5.
-    stop: CancellationToken,
-}
-
-impl Observers {
-    /// Start step 4: the metrics endpoint if it has a listener, the summary
-    /// if it has an interval.
-    pub(crate) fn start(
-        metrics: Option<TcpListener>,
-        config: &Config,
-        stats: &Arc<Stats>,
-        health: Health,
-    ) -> Observers {
-        let stop = CancellationToken::new();
-        let mut tasks = JoinSet::new();
-        if let Some(listener) = metrics {
-            tasks.spawn(crate::metrics::serve(
-                listener,
-                stats.clone(),
-                health,
-                stop.clone(),
-            ));
-        }
-        if config.summary_interval_secs > 0 {
-            let every = std::time::Duration::from_secs(config.summary_interval_secs);
-            tasks.spawn(crate::summary::run(stats.clone(), every, stop.clone()));
-        }
-        Observers { tasks, stop }
-    }
-
-    /// Shutdown step 5; returns what went wrong.
-    pub(crate) async fn stop(mut self) -> Vec<String> {
-        self.stop.cancel();
-        let mut failures = Vec::new();
-        while let Some(outcome) = self.tasks.join_next().await {
-            if let Err(error) = outcome {
-                failures.push(format!("observer task failed: {error}"));
-            }
-        }
-        failures
-    }
-}
-
-/// A task of the pipeline, and how it ended once it has: shutdown step 1
-/// may see a core task end before that task's own step comes, and a
-/// `JoinHandle` can be awaited to its end only once.
-pub(crate) struct Task {
-    /// Names the task in errors.
-    pub(crate) name: &'static str,
-    /// The spawned task.
-    pub(crate) handle: JoinHandle<()>,
-    /// How it ended; `None` until [`Task::join`] has seen it end.
-    ended: Option<Result<(), JoinError>>,
-}
-
-impl Task {
-    pub(crate) fn spawn(
-        name: &'static str,
-        task: impl Future<Output = ()> + Send + 'static,
-    ) -> Task {
-        Task {
-            name,
-            handle: tokio::spawn(task),
-            ended: None,
-        }
-    }
-
-    /// Waits until the task has ended (at once if it already has; cancel
-    /// safe); returns what went wrong if it panicked or was aborted.
-    pub(crate) async fn join(&mut self) -> Option<String> {
-        if self.ended.is_none() {
-            self.ended = Some((&mut self.handle).await);
-        }
-        match &self.ended {
-            Some(Err(error)) => Some(format!("{} task failed: {error}", self.name)),
-            _ => None,
-        }
-    }
-}
-
-/// A listener's bound address for the startup line.
-pub(crate) fn display_addr(listener: &TcpListener) -> String {
-    listener.local_addr().map_or_else(
-        |error| format!("<unknown: {error}>"),
-        |addr| addr.to_string(),
-    )
 }

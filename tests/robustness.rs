@@ -55,7 +55,7 @@ async fn an_over_long_line_is_dropped_and_the_stream_goes_on() {
     let server = TestServer::start().await;
     let mut client = server.client(1).await;
     let mut source = server.source().await;
-    let long = "7".repeat(followermaze::lines::MAX_LINE_BYTES * 3);
+    let long = "7".repeat(followermaze::ingest::lines::MAX_LINE_BYTES * 3);
     // Sent in pieces so the reader sees it grow past the limit.
     send(&mut source, "1|B\r\n").await;
     for piece in long.as_bytes().chunks(1000) {

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use followermaze::router::{Audience, Router};
+use followermaze::graph::router::{Audience, Router};
 use followermaze::{Config, Listeners};
 use followermaze_protocol::resume::{
     parse_hello, write_checkpoint, write_verdict, Hello, StreamId, Verdict,

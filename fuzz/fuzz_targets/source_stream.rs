@@ -7,7 +7,7 @@
 //! behaviour" section).
 #![no_main]
 
-use followermaze::lines::{Frame, LineReader};
+use followermaze::ingest::lines::{Frame, LineReader};
 use followermaze_protocol::{parse_event, parse_user_id};
 use libfuzzer_sys::fuzz_target;
 

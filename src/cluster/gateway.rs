@@ -1,0 +1,284 @@
+//! The gateway role's producer of ordered batches: a JetStream consumer
+//! that turns each stream message back into [`OrderedBatch`]es for the
+//! registry, the same `Command::Deliver` the standalone sequencer sends.
+//!
+//! At start the gateway loads the latest snapshot (the sequencer writes
+//! one as it starts, so it exists once the stream does), restores the
+//! registry's graph, position and stream id from it, and consumes from the
+//! next stream sequence; it is *ready* (`/readyz`) once it has consumed
+//! everything the stream held. A message's stream sequence is checked
+//! against the one expected: a jump means the stream's retention dropped
+//! messages this gateway had not consumed (it fell behind), so it reloads
+//! the latest snapshot and carries on after it, and says so. If even the
+//! latest snapshot is older than what the stream retains, the graph may
+//! miss the dropped follows: logged as an error, and the gateway carries on.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use followermaze_protocol::resume::StreamId;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::OrderedBatch;
+use crate::batch::MAX_DELIVER_EVENTS;
+use crate::cluster::jetstream::{self, Log};
+use crate::cluster::snapshots;
+use crate::fanout::command::Command;
+use crate::fanout::RegistryHandle;
+use crate::graph::snapshot::Snapshot;
+use crate::ops::stats::Stats;
+
+/// See the module doc.
+pub(crate) struct Gateway {
+    /// The stream.
+    log: Log,
+    /// Where the batches go.
+    registry: RegistryHandle,
+    /// Follow edges a restored graph may hold.
+    max_edges: usize,
+    /// Counters.
+    stats: Arc<Stats>,
+    /// `/readyz`: set once caught up.
+    ready: Arc<AtomicBool>,
+    /// The next stream sequence to apply.
+    next: u64,
+}
+
+/// The registry is gone: nothing more to feed.
+struct Stopped;
+
+impl Gateway {
+    /// Waits for the latest snapshot (retrying while there is none, or
+    /// NATS is away), so that the registry knows the cluster's stream id
+    /// before any client registers.
+    pub(crate) async fn first_snapshot(log: &Log, max_edges: usize) -> Snapshot {
+        let mut attempt = 0u32;
+        loop {
+            match snapshots::load(log, max_edges).await {
+                Ok(Some(snapshot)) => return snapshot,
+                Ok(None) => tracing::info!("no snapshot yet: waiting for the sequencer"),
+                Err(error) => tracing::warn!(%error, attempt, "cannot load a snapshot yet"),
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// A gateway feeding `registry`, not yet started.
+    pub(crate) fn new(
+        log: Log,
+        registry: RegistryHandle,
+        max_edges: usize,
+        stats: Arc<Stats>,
+        ready: Arc<AtomicBool>,
+    ) -> Gateway {
+        Gateway {
+            log,
+            registry,
+            max_edges,
+            stats,
+            ready,
+            next: 1,
+        }
+    }
+
+    /// Restores the registry from `snapshot`; queued before any client's
+    /// registration, since the client listener starts after this.
+    pub(crate) async fn restore(&mut self, snapshot: Snapshot) -> bool {
+        self.next = snapshot.stream_seq + 1;
+        Stats::add(&self.stats.snapshots_loaded, 1);
+        Stats::set(&self.stats.next_sequence, snapshot.position + 1);
+        tracing::info!(
+            stream_seq = snapshot.stream_seq,
+            position = snapshot.position,
+            edges = snapshot.graph.edges(),
+            "gateway: loaded the follower graph snapshot"
+        );
+        let command = Command::Restore {
+            graph: snapshot.graph,
+            position: snapshot.position,
+            stream: snapshot.stream,
+        };
+        self.registry.send(command).await.is_ok()
+    }
+
+    /// Consumes until `stop` is cancelled, then stops the registry.
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
+        let started = Instant::now();
+        match self.log.last_sequence().await {
+            Ok(last) if last < self.next => self.caught_up(started),
+            _ => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => {}
+            _ = self.consume(started) => {}
+        }
+        // If the registry is already gone there is nobody left to stop.
+        let _ = self.registry.send(Command::Shutdown).await;
+    }
+
+    /// Consumes for ever (retrying after NATS failures); ends only if the
+    /// registry is gone.
+    async fn consume(&mut self, started: Instant) -> Stopped {
+        loop {
+            let mut messages = match self.log.consume_from(self.next).await {
+                Ok(messages) => messages,
+                Err(error) => {
+                    tracing::warn!(%error, next = self.next, "gateway: cannot consume yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+            };
+            // The first connection stores a permit too: one needless
+            // recreation at start, never a missed one.
+            let reconnected = self.log.reconnected.clone();
+            loop {
+                let next = tokio::select! {
+                    next = messages.next() => next,
+                    () = reconnected.notified() => {
+                        tracing::info!(next = self.next, "gateway: reconnected to NATS; recreating the consumer");
+                        break;
+                    }
+                };
+                let message = match next {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, next = self.next, "gateway: consumer failed; recreating it");
+                        break;
+                    }
+                    None => break,
+                };
+                let (stream_seq, pending) = match message.info() {
+                    Ok(info) => (info.stream_sequence, info.pending),
+                    Err(error) => {
+                        tracing::warn!(%error, "gateway: a message without JetStream metadata; skipped");
+                        continue;
+                    }
+                };
+                if stream_seq < self.next {
+                    continue; // Already applied (a recreated consumer's overlap).
+                }
+                if stream_seq > self.next {
+                    match self.fell_behind(stream_seq).await {
+                        Ok(true) => break, // Restored: consume after the snapshot.
+                        Ok(false) => {}    // Accept the hole; apply this one.
+                        Err(stopped) => return stopped,
+                    }
+                }
+                if let Err(stopped) = self.apply(stream_seq, &message).await {
+                    return stopped;
+                }
+                if pending == 0 && !self.ready.load(Ordering::Relaxed) {
+                    self.caught_up(started);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Decodes stream message `stream_seq` and hands its events to the
+    /// registry in batches of at most [`MAX_DELIVER_EVENTS`].
+    async fn apply(
+        &mut self,
+        stream_seq: u64,
+        message: &async_nats::jetstream::Message,
+    ) -> Result<(), Stopped> {
+        self.next = stream_seq + 1;
+        Stats::add(&self.stats.consumed_messages, 1);
+        let entry = match jetstream::decode(message.headers.as_ref(), &message.payload) {
+            Ok(entry) => entry,
+            Err(error) => {
+                tracing::error!(stream_seq, %error, "gateway: not a followermaze message; skipped");
+                return Ok(());
+            }
+        };
+        let read_at = Instant::now();
+        let (stream, mut new_stream) = (entry.stream, entry.new_stream);
+        let count = entry.events.len() as u64;
+        let last = entry.events.last().map_or(0, |event| event.seq);
+        let mut events = entry.events;
+        while !events.is_empty() {
+            let rest = events.split_off(events.len().min(MAX_DELIVER_EVENTS));
+            let new_stream = std::mem::take(&mut new_stream);
+            self.deliver(events, read_at, (stream, stream_seq), new_stream)
+                .await?;
+            events = rest;
+        }
+        Stats::add(&self.stats.events_received, count);
+        Stats::set(&self.stats.next_sequence, last + 1);
+        Ok(())
+    }
+
+    async fn deliver(
+        &self,
+        events: Vec<followermaze_protocol::Event>,
+        read_at: Instant,
+        (stream, stream_seq): (StreamId, u64),
+        new_stream: bool,
+    ) -> Result<(), Stopped> {
+        let mut batch = OrderedBatch::new(events, read_at)
+            .in_stream(stream)
+            .in_message(stream_seq);
+        if new_stream {
+            batch = batch.starting_new_stream();
+        }
+        self.registry
+            .send(Command::Deliver(batch))
+            .await
+            .map_err(|_| Stopped)
+    }
+
+    /// Message `stream_seq` came when `self.next` was expected: the stream
+    /// no longer holds what lies between. Reloads the latest snapshot if it
+    /// is newer than what was applied; returns whether it did (then the
+    /// consumer is recreated after it).
+    async fn fell_behind(&mut self, stream_seq: u64) -> Result<bool, Stopped> {
+        let applied = self.next - 1;
+        tracing::warn!(
+            expected = self.next,
+            got = stream_seq,
+            "gateway fell behind the stream's retention: reloading a snapshot"
+        );
+        match snapshots::load(&self.log, self.max_edges).await {
+            Ok(Some(snapshot)) if snapshot.stream_seq > applied => {
+                let covers = snapshot.stream_seq + 1 >= stream_seq;
+                if !covers {
+                    tracing::error!(
+                        snapshot = snapshot.stream_seq,
+                        first_retained = stream_seq,
+                        "the latest snapshot is older than the retained stream: the follower graph may miss follows (snapshotIntervalSecs too long for streamMaxAgeSecs / streamMaxBytes?)"
+                    );
+                }
+                if self.restore(snapshot).await {
+                    Ok(true)
+                } else {
+                    Err(Stopped)
+                }
+            }
+            Ok(_) => {
+                tracing::error!(
+                    applied,
+                    first_retained = stream_seq,
+                    "no snapshot newer than this gateway's state: carrying on; the follower graph may miss follows"
+                );
+                Ok(false)
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot load a snapshot: carrying on with a hole");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Everything the stream held at start is applied.
+    fn caught_up(&self, started: Instant) {
+        self.ready.store(true, Ordering::Relaxed);
+        tracing::info!(
+            next = self.next,
+            took_ms = started.elapsed().as_millis() as u64,
+            "gateway caught up with the stream: ready"
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! The follower-graph snapshot in the cluster's object-store bucket: the
+//! sequencer saves one every `snapshotIntervalSecs`, a gateway loads the
+//! latest to start from. The format is `graph::snapshot`'s.
+
+use async_nats::jetstream::object_store::{GetError, PutError};
+use tokio::io::AsyncReadExt;
+
+use crate::cluster::jetstream::{Log, SNAPSHOT_OBJECT};
+use crate::graph::snapshot::{decode, DecodeError, Snapshot, HEADER_BYTES};
+
+/// Why a snapshot could not be saved or loaded.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SnapshotError {
+    /// Writing it failed.
+    #[error("put snapshot: {0}")]
+    Put(#[source] PutError),
+    /// Opening it failed.
+    #[error("get snapshot: {0}")]
+    Get(#[source] GetError),
+    /// Reading it failed.
+    #[error("read snapshot: {0}")]
+    Read(#[source] std::io::Error),
+    /// It is larger than a graph of `maxFollowEdges` edges.
+    #[error("snapshot larger than {0} bytes")]
+    TooLarge(u64),
+    /// It is not a snapshot.
+    #[error("decode snapshot: {0}")]
+    Decode(#[source] DecodeError),
+    /// The decoding thread failed.
+    #[error("decode snapshot: {0}")]
+    Decoder(#[source] tokio::task::JoinError),
+}
+
+/// Writes `bytes` as the latest snapshot.
+pub(crate) async fn save(log: &Log, bytes: Vec<u8>) -> Result<(), SnapshotError> {
+    log.snapshots
+        .put(SNAPSHOT_OBJECT, &mut bytes.as_slice())
+        .await
+        .map(|_| ())
+        .map_err(SnapshotError::Put)
+}
+
+/// Reads the latest snapshot, `None` if there is none yet. Reads at most
+/// what a graph of `max_edges` edges takes, so a foreign object cannot
+/// make us buffer without bound.
+pub(crate) async fn load(log: &Log, max_edges: usize) -> Result<Option<Snapshot>, SnapshotError> {
+    use async_nats::jetstream::object_store::GetErrorKind;
+    let object = match log.snapshots.get(SNAPSHOT_OBJECT).await {
+        Ok(object) => object,
+        Err(error) if error.kind() == GetErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(SnapshotError::Get(error)),
+    };
+    let limit = (HEADER_BYTES + max_edges.saturating_mul(16)) as u64;
+    let mut bytes = Vec::new();
+    object
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(SnapshotError::Read)?;
+    if bytes.len() as u64 > limit {
+        return Err(SnapshotError::TooLarge(limit));
+    }
+    // Rebuilding a graph of millions of edges takes a while: off the
+    // runtime's workers, which serve clients meanwhile (a gateway reloads
+    // a snapshot when it falls behind the stream).
+    tokio::task::spawn_blocking(move || decode(&bytes, max_edges))
+        .await
+        .map_err(SnapshotError::Decoder)?
+        .map(Some)
+        .map_err(SnapshotError::Decode)
+}

@@ -1,0 +1,212 @@
+//! Event source connections: read, frame, parse, and pass events to the
+//! sequencer, one read's worth at a time.
+//!
+//! Bad lines are skipped (logged at most every few seconds, always counted)
+//! and the connection carries on; a source that disconnects mid-line loses
+//! only that incomplete line. Reading stops at shutdown; what was read whole
+//! is still passed on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::BatchEvent;
+use crate::ingest::lines::{read_events, LineReader, Skipped};
+use crate::ops::accept::accept;
+use crate::ops::stats::{LogThrottle, Stats};
+use crate::order::sequencer::{ReadEvents, SourceId, SourceMsg};
+use followermaze_protocol::ParseError;
+
+/// How often a repeating bad-input warning may be logged, per connection.
+const WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// How many bytes of a bad line a warning quotes.
+const QUOTE_BYTES: usize = 64;
+
+/// Accepts event sources until shutdown, then waits for their last events to
+/// reach the sequencer.
+pub(crate) async fn accept_sources(
+    listener: TcpListener,
+    sequencer: mpsc::Sender<SourceMsg>,
+    stats: Arc<Stats>,
+    max_line_bytes: usize,
+    shutdown: CancellationToken,
+) {
+    let mut connections = JoinSet::new();
+    let mut errors = LogThrottle::new(WARN_EVERY);
+    let mut next_id: SourceId = 0;
+    while let Some((stream, peer)) =
+        accept(&listener, &shutdown, "event source", &mut errors, &stats).await
+    {
+        next_id += 1;
+        Stats::add(&stats.source_connections, 1);
+        connections.spawn(serve_source(
+            stream,
+            peer,
+            next_id,
+            sequencer.clone(),
+            stats.clone(),
+            max_line_bytes,
+            shutdown.clone(),
+        ));
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_source(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    id: SourceId,
+    sequencer: mpsc::Sender<SourceMsg>,
+    stats: Arc<Stats>,
+    max_line_bytes: usize,
+    shutdown: CancellationToken,
+) {
+    let open = stats
+        .sources_connected
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        + 1;
+    tracing::info!(%peer, source = id, open, "event source connected");
+    if sequencer.send(SourceMsg::Opened(id)).await.is_err() {
+        return;
+    }
+    let mut reader = LineReader::new(max_line_bytes);
+    let mut parser = LineParser {
+        id,
+        max_line_bytes,
+        bytes_per_event: 16,
+        stats: stats.clone(),
+        bad_lines: LogThrottle::new(WARN_EVERY),
+    };
+    let mut events_read: u64 = 0;
+    let ending = loop {
+        let read = tokio::select! {
+            () = shutdown.cancelled() => break "server shutting down",
+            read = stream.read_buf(reader.read_buf()) => read,
+        };
+        match read {
+            Ok(0) => break "source closed the connection",
+            Ok(_) => {
+                let read_at = std::time::Instant::now();
+                let chunk = reader.take_lines(|bytes| parser.too_long(bytes));
+                let events = chunk
+                    .as_ref()
+                    .map_or_else(Vec::new, |chunk| parser.parse(chunk));
+                // Events come from complete lines, so there is a chunk.
+                let Some(chunk) = chunk.filter(|_| !events.is_empty()) else {
+                    continue;
+                };
+                events_read += events.len() as u64;
+                Stats::add(&stats.events_received, events.len() as u64);
+                if sequencer
+                    .send(SourceMsg::Events(id, ReadEvents { chunk, events }, read_at))
+                    .await
+                    .is_err()
+                {
+                    break "server shutting down";
+                }
+            }
+            Err(error) => {
+                tracing::warn!(source = id, %error, "event source read failed");
+                break "read error";
+            }
+        }
+    };
+    let partial = reader.partial_len();
+    if partial > 0 {
+        tracing::warn!(
+            source = id,
+            bytes = partial,
+            "event source ended mid-line; the incomplete line is dropped"
+        );
+    }
+    stats
+        .sources_connected
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(%peer, source = id, events = events_read, reason = ending, "event source disconnected");
+    // If the sequencer is gone the server is stopping; nothing to tell.
+    let _ = sequencer.send(SourceMsg::Closed(id)).await;
+}
+
+/// Turns one source connection's lines into events, and counts and logs
+/// (throttled) the lines it skips.
+struct LineParser {
+    id: SourceId,
+    max_line_bytes: usize,
+    /// Bytes a line in the last read that had events.
+    bytes_per_event: usize,
+    stats: Arc<Stats>,
+    bad_lines: LogThrottle,
+}
+
+impl LineParser {
+    /// The events of `chunk`'s complete lines, each naming its line by
+    /// offset in `chunk`.
+    ///
+    /// The events wait in the sequencer's queue at their `Vec`'s capacity,
+    /// so it is sized from the last read's bytes per event, plus an eighth:
+    /// a fixed guess of 16 bytes a line made it double, to twice what it
+    /// held, for the short lines of a stream's first million events.
+    fn parse(&mut self, chunk: &[u8]) -> Vec<BatchEvent> {
+        let expected = chunk.len() / self.bytes_per_event;
+        let mut events = Vec::with_capacity(expected + expected / 8 + 1);
+        read_events(
+            chunk,
+            self.max_line_bytes,
+            &mut events,
+            |skipped| match skipped {
+                Skipped::Malformed { line, error } => self.malformed(line, error),
+                Skipped::TooLong { bytes } => self.too_long(bytes),
+            },
+        );
+        if let Some(per_event) = chunk.len().checked_div(events.len()) {
+            // The shortest event line, `1|B\n`, is 4 bytes.
+            self.bytes_per_event = per_event.max(4);
+        }
+        events
+    }
+
+    fn malformed(&mut self, line: &[u8], error: ParseError) {
+        Stats::add(&self.stats.malformed_lines, 1);
+        if let Some(suppressed) = self.bad_lines.allow() {
+            tracing::warn!(
+                source = self.id,
+                %error,
+                line = %quote(line),
+                suppressed,
+                "skipped a malformed event line"
+            );
+        }
+    }
+
+    fn too_long(&mut self, bytes: usize) {
+        Stats::add(&self.stats.oversized_lines, 1);
+        if let Some(suppressed) = self.bad_lines.allow() {
+            tracing::warn!(
+                source = self.id,
+                bytes,
+                limit = self.max_line_bytes,
+                suppressed,
+                "skipped an over-long event line"
+            );
+        }
+    }
+}
+
+/// A printable, bounded rendering of a bad line for a log message.
+fn quote(raw: &[u8]) -> String {
+    let shown = &raw[..raw.len().min(QUOTE_BYTES)];
+    let mut text = String::from_utf8_lossy(shown).escape_debug().to_string();
+    if raw.len() > QUOTE_BYTES {
+        text.push('…');
+    }
+    text
+}

@@ -1,0 +1,354 @@
+//! What a cluster gateway's registry does with a resume that names the
+//! cluster's stream: the pure state machine of a resume from the stream
+//! (the steps are in [`crate::resume::history`]).
+//!
+//! [`StreamResumes::decide`] answers one resumable handshake, between two
+//! batches:
+//!
+//! 1. Another stream id (or none): the **local verdict**.
+//! 2. `after` ahead of this gateway (the client was served by a gateway
+//!    further along): **wait** until this one gets there, at most
+//!    [`AHEAD_WAIT`]; then decide again, or close without a verdict so the
+//!    client retries. Any verdict from behind `after` would be wrong.
+//! 3. A local session replays from `after`: the **local verdict**.
+//! 4. `after` is the position: **attach now**, nothing to fetch (the
+//!    session opens here).
+//! 5. The last fetch for this user covers `after`: **attach now** from its
+//!    parked lines.
+//! 6. A fetch for this user from `after` or before is under way: **join**
+//!    it.
+//! 7. The history plans it: **fetch**; else (below the floor) the local
+//!    verdict, a `#GAP`.
+//!
+//! The connection handle `C` is whatever the registry needs to reach the
+//! client again; this file never looks inside it.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use followermaze_protocol::resume::StreamId;
+use followermaze_protocol::{Seq, UserId};
+use hashbrown::HashMap;
+
+use crate::resume::history::{History, Plan};
+
+/// How long a gateway holds a resume whose `after` is ahead of it (the
+/// client was served by a gateway further along the same stream) before it
+/// gives up and closes the connection without a verdict, so the client
+/// retries (perhaps elsewhere). Gateways lag one another by milliseconds
+/// normally, by seconds when one gateway's clients all land on the others
+/// at once.
+pub(crate) const AHEAD_WAIT: Duration = Duration::from_secs(10);
+
+/// Most fetches kept parked; each is at most `resumeBufferBytes`.
+pub(crate) const MAX_PARKED_FETCHES: usize = 64;
+
+/// A resumable handshake, as the registry received it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ask {
+    /// The user resuming.
+    pub(crate) user: UserId,
+    /// The stream id it named, if any.
+    pub(crate) stream: Option<StreamId>,
+    /// What it received up to.
+    pub(crate) after: Seq,
+}
+
+/// Where the registry stands when it decides.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Position {
+    /// The last sequence applied (0 before any).
+    pub(crate) seq: Seq,
+    /// The current stream id.
+    pub(crate) stream: StreamId,
+    /// The time now.
+    pub(crate) now: Instant,
+}
+
+/// What to do with a resume; see the module doc.
+#[derive(Debug)]
+pub(crate) enum Decision<C> {
+    /// The registry's own sessions answer it (their verdict).
+    Local(C),
+    /// Kept here: waiting for this gateway to reach `after`, or joined a
+    /// fetch under way. It comes back from [`StreamResumes::due`] or
+    /// [`StreamResumes::fetched`].
+    Held,
+    /// Attach now: `lines` are the user's in (`after`, `upto`], and the
+    /// session must be open at `upto` (`open` says whether to open it).
+    Attach(Attach<C>),
+    /// Ask the fetcher with `plan`, then call
+    /// [`StreamResumes::fetch_started`] (and open the session at the
+    /// position); if it cannot be asked, the local verdict.
+    Fetch {
+        /// The connection.
+        conn: C,
+        /// Where to read, and how to route.
+        plan: Plan,
+    },
+}
+
+/// A resume ready to attach, with its lines from the stream.
+#[derive(Debug)]
+pub(crate) struct Attach<C> {
+    /// The connection.
+    pub(crate) conn: C,
+    /// What it received up to.
+    pub(crate) after: Seq,
+    /// The position the lines reach: the session's opening position.
+    pub(crate) upto: Seq,
+    /// The user's lines in (`after`, `upto`], or `None` if they could not
+    /// be fetched (the local verdict then).
+    pub(crate) lines: Option<Vec<u8>>,
+    /// Whether the session must be opened at `upto` first.
+    pub(crate) open: bool,
+}
+
+/// A resume held until the gateway reaches its `after`.
+#[derive(Debug)]
+struct Waiting<C> {
+    /// When it is closed without a verdict instead.
+    deadline: Instant,
+    /// The handshake.
+    ask: Ask,
+    /// Its connection.
+    conn: C,
+}
+
+/// A completed fetch: the user's lines in (`after`, `upto`] of `stream`.
+/// With the session opened at `upto`, they serve any resume from
+/// `after..=upto` without fetching again (a client that dropped before its
+/// verdict, or after, and comes back).
+#[derive(Debug)]
+struct Parked {
+    /// The stream they belong to.
+    stream: StreamId,
+    /// The position they start after.
+    after: Seq,
+    /// The position they reach (the session's opening position).
+    upto: Seq,
+    /// The lines, in order.
+    lines: Vec<u8>,
+}
+
+/// The resumes from the stream a gateway's registry is serving, and the
+/// history it plans them from; see the module doc.
+#[derive(Debug)]
+pub(crate) struct StreamResumes<C> {
+    /// What the registry applied: edge changes and stream messages.
+    pub(crate) history: History,
+    /// Resumes ahead of this gateway's position, waiting for it (until
+    /// their deadline, [`AHEAD_WAIT`]). At most one per client connection,
+    /// so bounded by `maxClients`.
+    waiting: Vec<Waiting<C>>,
+    /// Fetches under way, by user and the position each fetches from: the
+    /// connections waiting for each (the one that asked, and any of the
+    /// same user from that position or later that came while it ran), so a
+    /// client that keeps reconnecting while a long fetch runs does not
+    /// start one per attempt. Bounded by the fetcher's queue.
+    fetching: HashMap<(UserId, Seq), Vec<(Seq, C)>>,
+    /// The last fetch's lines for each user whose session it seeded. At
+    /// most [`MAX_PARKED_FETCHES`], oldest dropped first.
+    parked: HashMap<UserId, Parked>,
+    /// Users of `parked`, oldest first (at most one entry each).
+    parked_order: VecDeque<UserId>,
+}
+
+impl<C> Default for StreamResumes<C> {
+    fn default() -> StreamResumes<C> {
+        StreamResumes {
+            history: History::default(),
+            waiting: Vec::new(),
+            fetching: HashMap::new(),
+            parked: HashMap::new(),
+            parked_order: VecDeque::new(),
+        }
+    }
+}
+
+impl<C> StreamResumes<C> {
+    /// Decides what to do with `ask` on connection `conn`; see the module
+    /// doc. `can_replay` says whether a local session replays from
+    /// `ask.after`; `following` is the user's following set now.
+    pub(crate) fn decide(
+        &mut self,
+        ask: Ask,
+        conn: C,
+        at: Position,
+        can_replay: bool,
+        following: impl Iterator<Item = UserId>,
+    ) -> Decision<C> {
+        let Ask { user, after, .. } = ask;
+        if ask.stream != Some(at.stream) {
+            return Decision::Local(conn);
+        }
+        if after > at.seq {
+            let deadline = at.now + AHEAD_WAIT;
+            self.waiting.push(Waiting {
+                deadline,
+                ask,
+                conn,
+            });
+            return Decision::Held;
+        }
+        if can_replay {
+            return Decision::Local(conn);
+        }
+        if after == at.seq {
+            let (upto, lines, open) = (at.seq, Some(Vec::new()), true);
+            return Decision::Attach(Attach {
+                conn,
+                after,
+                upto,
+                lines,
+                open,
+            });
+        }
+        if let Some(parked) = self.parked.get(&user) {
+            if parked.stream == at.stream && parked.after <= after && after <= parked.upto {
+                let lines = Some(lines_after(&parked.lines, after));
+                let (upto, open) = (parked.upto, false);
+                return Decision::Attach(Attach {
+                    conn,
+                    after,
+                    upto,
+                    lines,
+                    open,
+                });
+            }
+        }
+        let under_way = self
+            .fetching
+            .iter_mut()
+            .find(|((fetching_user, from), _)| *fetching_user == user && *from <= after);
+        if let Some((_, joiners)) = under_way {
+            joiners.push((after, conn));
+            return Decision::Held;
+        }
+        match self.history.plan(user, after, at.seq, following) {
+            Some(plan) => Decision::Fetch { conn, plan },
+            None => Decision::Local(conn),
+        }
+    }
+
+    /// The fetch a [`Decision::Fetch`] asked for is under way: `conn`
+    /// waits for it.
+    pub(crate) fn fetch_started(&mut self, user: UserId, after: Seq, conn: C) {
+        self.fetching
+            .entry((user, after))
+            .or_default()
+            .push((after, conn));
+    }
+
+    /// The fetch for `user` from `after` is back with the lines in
+    /// (`after`, `upto`] of `stream` (`None`: it failed): every connection
+    /// that waited for it, each with the lines above its own position (or
+    /// `asker` alone, if none waited). The lines are parked for the next
+    /// resume of the same user.
+    pub(crate) fn fetched(
+        &mut self,
+        user: UserId,
+        (after, upto): (Seq, Seq),
+        stream: StreamId,
+        lines: Option<Vec<u8>>,
+        asker: C,
+    ) -> Vec<Attach<C>> {
+        let mut joiners = self.fetching.remove(&(user, after)).unwrap_or_default();
+        if joiners.is_empty() {
+            joiners.push((after, asker));
+        }
+        let attach = |(from, conn): (Seq, C)| Attach {
+            conn,
+            after: from,
+            upto,
+            lines: lines.as_deref().map(|lines| lines_after(lines, from)),
+            open: false,
+        };
+        let attaches = joiners.into_iter().map(attach).collect();
+        if let Some(lines) = lines {
+            self.park(
+                user,
+                Parked {
+                    stream,
+                    after,
+                    upto,
+                    lines,
+                },
+            );
+        }
+        attaches
+    }
+
+    /// Keeps `parked` as the last fetch of `user`, within
+    /// [`MAX_PARKED_FETCHES`].
+    fn park(&mut self, user: UserId, parked: Parked) {
+        if self.parked.insert(user, parked).is_none() {
+            self.parked_order.push_back(user);
+        }
+        while self.parked_order.len() > MAX_PARKED_FETCHES {
+            if let Some(oldest) = self.parked_order.pop_front() {
+                self.parked.remove(&oldest);
+            }
+        }
+    }
+
+    /// Whether resumes wait for this gateway to move on.
+    pub(crate) fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// The waiting resumes that are due at `at`: those this gateway has
+    /// now reached (`Ok`: decide them again) and those past their deadline
+    /// (`Err`: close them without a verdict, the client retries).
+    pub(crate) fn due(&mut self, at: Position) -> Vec<Result<(Ask, C), (Ask, C)>> {
+        let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|waiting| waiting.ask.after <= at.seq || waiting.deadline <= at.now);
+        self.waiting = kept;
+        due.into_iter()
+            .map(|Waiting { ask, conn, .. }| {
+                if ask.after <= at.seq {
+                    Ok((ask, conn))
+                } else {
+                    Err((ask, conn))
+                }
+            })
+            .collect()
+    }
+
+    /// Every connection still waiting, for shutdown.
+    pub(crate) fn waiting(&self) -> impl Iterator<Item = &C> {
+        self.waiting.iter().map(|waiting| &waiting.conn)
+    }
+
+    /// `user`'s session ended: its parked lines serve nobody.
+    pub(crate) fn session_ended(&mut self, user: UserId) {
+        if self.parked.remove(&user).is_some() {
+            self.parked_order.retain(|parked| *parked != user);
+        }
+    }
+
+    /// Every session ended (a new stream, another stream id, a restored
+    /// snapshot): no parked lines serve anyone.
+    pub(crate) fn sessions_ended(&mut self) {
+        self.parked.clear();
+        self.parked_order.clear();
+    }
+}
+
+/// The lines of `lines` (whole lines, in order) whose sequence is above
+/// `after`.
+fn lines_after(lines: &[u8], after: Seq) -> Vec<u8> {
+    let mut kept = Vec::new();
+    for line in lines.split_inclusive(|&byte| byte == b'\n') {
+        let bar = line
+            .iter()
+            .position(|&byte| byte == b'|')
+            .unwrap_or(line.len());
+        let seq = followermaze_protocol::parse_decimal(&line[..bar]).unwrap_or(0);
+        if seq > after {
+            kept.extend_from_slice(line);
+        }
+    }
+    kept
+}

@@ -1,0 +1,107 @@
+//! Each component's settings, as [`crate::config`] hands them out: a
+//! component takes its own struct, never the whole `Config`, and this file
+//! imports nothing of the crate's, so settings stay a leaf of the layout.
+
+use std::time::Duration;
+
+/// Settings the sequencer needs.
+#[derive(Debug, Clone)]
+pub(crate) struct SequencerSettings {
+    /// Most sequences the reorder window may span (`reorderWindow`).
+    pub(crate) max_window: usize,
+    /// Shortest wait for a missing event (`gapTimeoutMinMs`).
+    pub(crate) gap_floor: Duration,
+    /// Longest wait for a missing event (`gapTimeoutMaxMs`).
+    pub(crate) gap_ceiling: Duration,
+}
+
+/// Settings the registry needs.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// A client with more than this many bytes pending is disconnected
+    /// (`maxClientBufferBytes`).
+    pub max_client_pending_bytes: usize,
+    /// Follow edges the graph may hold (`maxFollowEdges`).
+    pub max_follow_edges: usize,
+    /// Resumable sessions: window, retention bounds, checkpoints.
+    pub(crate) sessions: SessionSettings,
+}
+
+#[cfg(test)]
+impl RegistrySettings {
+    /// The default settings with these bounds, for tests.
+    pub(crate) fn with_bounds(
+        max_client_pending_bytes: usize,
+        max_follow_edges: usize,
+    ) -> RegistrySettings {
+        RegistrySettings {
+            max_client_pending_bytes,
+            max_follow_edges,
+            ..crate::Config::default().registry()
+        }
+    }
+}
+
+/// Settings for resumable sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SessionSettings {
+    /// How long a session outlives its last connection
+    /// (`resumeWindowSecs`).
+    pub(crate) window: Duration,
+    /// Bounds on retained lines.
+    pub(crate) limits: RetentionLimits,
+    /// Time between checkpoints; zero for none (`checkpointIntervalMs`).
+    pub(crate) checkpoint_interval: Duration,
+    /// Reset a resumable connection after each this many event lines; 0 =
+    /// never (`faultResetEvery`).
+    pub(crate) fault_reset_every: u64,
+}
+
+/// The two bounds on retained lines; see `resume::retention`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RetentionLimits {
+    /// Most bytes one session may hold (`resumeBufferBytes`).
+    pub(crate) per_session_bytes: usize,
+    /// Most bytes all sessions together may hold (`resumeTotalBytes`).
+    pub(crate) total_bytes: usize,
+}
+
+/// What one session costs beside its references, for the total retention
+/// bound (its map slot and bookkeeping, rounded up). Here rather than in
+/// `resume::retention`, which counts with it, because the configuration
+/// checks `resumeTotalBytes` against it too.
+pub(crate) const SESSION_BYTES: usize = 128;
+
+/// Settings for client connections.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientSettings {
+    /// A client must send its id within this time (`handshakeTimeoutMs`).
+    pub(crate) handshake_timeout: Duration,
+    /// Connections (handshaking or registered) beyond this are refused
+    /// (`maxClients`).
+    pub(crate) max_clients: usize,
+    /// `SO_SNDBUF` for client sockets; 0 leaves the OS default
+    /// (`clientSendBufferBytes`).
+    pub(crate) send_buffer_bytes: usize,
+    /// At shutdown, how long writers may take to flush before they are cut
+    /// (`drainTimeoutMs`).
+    pub(crate) drain_timeout: Duration,
+}
+
+/// Where the cluster's stream lives and how long it keeps events.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamSettings {
+    /// The NATS server (`natsUrl`).
+    pub(crate) nats_url: String,
+    /// The JetStream stream's name (`natsStream`); the snapshot bucket is
+    /// `<name>_SNAPSHOTS`.
+    pub(crate) name: String,
+    /// The stream keeps events at most this long; zero for no limit
+    /// (`streamMaxAgeSecs`).
+    pub(crate) max_age: Duration,
+    /// The stream keeps at most this many bytes; 0 for no limit
+    /// (`streamMaxBytes`).
+    pub(crate) max_bytes: u64,
+    /// Names this process's NATS connections (`followermaze-<role>`).
+    pub(crate) client_name: String,
+}
