@@ -2,6 +2,9 @@
 //! and stage their bytes into clients' outboxes. Status updates to N
 //! followers, and broadcasts to N clients.
 
+// `criterion_group!` defines an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 use std::sync::Arc;
 use std::time::Instant;
 

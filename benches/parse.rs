@@ -3,6 +3,9 @@
 //! line), framing then `parse_event` per line (the way before it), and each
 //! parser alone over lines already framed.
 
+// `criterion_group!` defines an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use followermaze::ingest::lines::{
     read_events, Frame, LineReader, MAX_LINE_BYTES, READ_CHUNK_BYTES,

@@ -2,6 +2,9 @@
 //! verifier, and of 10,000), against the hash-map window the design card
 //! describes, to show which is faster.
 
+// `criterion_group!` defines an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 use hashbrown::HashMap;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

@@ -27,21 +27,6 @@ pub struct RegistrySettings {
     pub(crate) sessions: SessionSettings,
 }
 
-#[cfg(test)]
-impl RegistrySettings {
-    /// The default settings with these bounds, for tests.
-    pub(crate) fn with_bounds(
-        max_client_pending_bytes: usize,
-        max_follow_edges: usize,
-    ) -> RegistrySettings {
-        RegistrySettings {
-            max_client_pending_bytes,
-            max_follow_edges,
-            ..crate::Config::default().registry()
-        }
-    }
-}
-
 /// Settings for resumable sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SessionSettings {
@@ -104,4 +89,19 @@ pub(crate) struct StreamSettings {
     pub(crate) max_bytes: u64,
     /// Names this process's NATS connections (`followermaze-<role>`).
     pub(crate) client_name: String,
+}
+
+#[cfg(test)]
+impl RegistrySettings {
+    /// The default settings with these bounds, for tests.
+    pub(crate) fn with_bounds(
+        max_client_pending_bytes: usize,
+        max_follow_edges: usize,
+    ) -> RegistrySettings {
+        RegistrySettings {
+            max_client_pending_bytes,
+            max_follow_edges,
+            ..crate::Config::default().registry()
+        }
+    }
 }

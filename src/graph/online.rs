@@ -76,7 +76,7 @@ impl Online {
 
     /// How many distinct users are connected.
     #[cfg(test)]
-    pub fn users(&self) -> usize {
+    pub(crate) fn users(&self) -> usize {
         self.keys.len()
     }
 }

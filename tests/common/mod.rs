@@ -16,11 +16,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Every wait in these tests gives up after this long.
-pub const PATIENCE: Duration = Duration::from_secs(10);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Awaits `future`, failing the test with `what` if it takes longer than
 /// [`PATIENCE`].
-pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+pub(crate) async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     match tokio::time::timeout(PATIENCE, future).await {
         Ok(value) => value,
         Err(_) => panic!("timed out waiting for {what}"),
@@ -28,7 +28,7 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 }
 
 /// Polls `condition` until it holds, failing the test after [`PATIENCE`].
-pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     within(what, async {
         while !condition() {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -38,12 +38,12 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 /// Reads a counter.
-pub fn get(counter: &AtomicU64) -> u64 {
+pub(crate) fn get(counter: &AtomicU64) -> u64 {
     Stats::get(counter)
 }
 
 /// A server running in this process.
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub events: SocketAddr,
     pub clients: SocketAddr,
     pub stats: Arc<Stats>,
@@ -53,13 +53,13 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts the server with test-friendly defaults.
-    pub async fn start() -> TestServer {
+    pub(crate) async fn start() -> TestServer {
         TestServer::start_with(Config::default()).await
     }
 
     /// Starts the server with `config` on loopback ephemeral ports (the
     /// ports and address in `config` are not used), without metrics.
-    pub async fn start_with(config: Config) -> TestServer {
+    pub(crate) async fn start_with(config: Config) -> TestServer {
         let listeners = Listeners {
             events: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             clients: TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -70,7 +70,7 @@ impl TestServer {
 
     /// Starts the server with `config` and a metrics listener on
     /// 127.0.0.1:0; returns it with the metrics address.
-    pub async fn start_with_metrics(config: Config) -> (TestServer, SocketAddr) {
+    pub(crate) async fn start_with_metrics(config: Config) -> (TestServer, SocketAddr) {
         let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = metrics.local_addr().unwrap();
         let listeners = Listeners {
@@ -82,7 +82,7 @@ impl TestServer {
     }
 
     /// Starts the server on `listeners` with `config`.
-    pub fn start_on(listeners: Listeners, config: Config) -> TestServer {
+    pub(crate) fn start_on(listeners: Listeners, config: Config) -> TestServer {
         let events = listeners.events.local_addr().unwrap();
         let clients = listeners.clients.local_addr().unwrap();
         let stats = Arc::new(Stats::default());
@@ -105,14 +105,14 @@ impl TestServer {
     }
 
     /// Opens an event source connection.
-    pub async fn source(&self) -> TcpStream {
+    pub(crate) async fn source(&self) -> TcpStream {
         within("source connect", TcpStream::connect(self.events))
             .await
             .unwrap()
     }
 
     /// Connects a client for `user` and waits until the registry has it.
-    pub async fn client(&self, user: u64) -> Client {
+    pub(crate) async fn client(&self, user: u64) -> Client {
         let before = get(&self.stats.client_connects);
         let client = self.client_unregistered(user).await;
         wait_until("client registration", || {
@@ -123,7 +123,7 @@ impl TestServer {
     }
 
     /// Connects a client for `user` without waiting for its registration.
-    pub async fn client_unregistered(&self, user: u64) -> Client {
+    pub(crate) async fn client_unregistered(&self, user: u64) -> Client {
         let mut stream = within("client connect", TcpStream::connect(self.clients))
             .await
             .unwrap();
@@ -135,12 +135,12 @@ impl TestServer {
     }
 
     /// Waits until every source connection has been closed and noticed.
-    pub async fn sources_gone(&self) {
+    pub(crate) async fn sources_gone(&self) {
         wait_until("sources gone", || get(&self.stats.sources_connected) == 0).await;
     }
 
     /// Waits until `n` events have been applied in order.
-    pub async fn delivered(&self, n: u64) {
+    pub(crate) async fn delivered(&self, n: u64) {
         wait_until("events delivered", || {
             get(&self.stats.events_delivered) >= n
         })
@@ -148,7 +148,7 @@ impl TestServer {
     }
 
     /// Asks the server to stop, without waiting: it drains meanwhile.
-    pub fn request_stop(&mut self) {
+    pub(crate) fn request_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -156,20 +156,20 @@ impl TestServer {
 
     /// Asks the server to stop (if not asked yet) and waits for `run` to
     /// return.
-    pub async fn stop(mut self) -> Result<(), followermaze::ServerError> {
+    pub(crate) async fn stop(mut self) -> Result<(), followermaze::ServerError> {
         self.request_stop();
         within("server shutdown", &mut self.task).await.unwrap()
     }
 }
 
 /// A connected user client.
-pub struct Client {
+pub(crate) struct Client {
     pub stream: TcpStream,
 }
 
 impl Client {
     /// Reads exactly `expected.len()` bytes and asserts they are `expected`.
-    pub async fn expect(&mut self, expected: &str) {
+    pub(crate) async fn expect(&mut self, expected: &str) {
         let mut got = vec![0u8; expected.len()];
         within(
             &format!("notifications {expected:?}"),
@@ -181,7 +181,7 @@ impl Client {
     }
 
     /// Reads until the server closes the connection; returns what came.
-    pub async fn read_to_end(&mut self) -> String {
+    pub(crate) async fn read_to_end(&mut self) -> String {
         let mut got = Vec::new();
         within("end of stream", self.stream.read_to_end(&mut got))
             .await
@@ -191,7 +191,7 @@ impl Client {
 }
 
 /// Writes `bytes` to a source connection.
-pub async fn send(source: &mut TcpStream, bytes: &str) {
+pub(crate) async fn send(source: &mut TcpStream, bytes: &str) {
     within("source write", source.write_all(bytes.as_bytes()))
         .await
         .unwrap();
