@@ -2,7 +2,9 @@
 //! stream, driven through the actor's own methods.
 
 use super::*;
+use crate::fanout::command::Resumed;
 use crate::resume::history::{keep, UserRouter};
+use followermaze_protocol::resume::Verdict;
 use followermaze_protocol::{Event, EventKind};
 use proptest::prelude::*;
 
