@@ -320,6 +320,12 @@ impl Config {
                 ),
             ));
         }
+        self.validate_resume()?;
+        self.validate_names()
+    }
+
+    /// The resume settings against the client limits.
+    fn validate_resume(&self) -> Result<(), ConfigError> {
         if self.resume_buffer_bytes > self.max_client_buffer_bytes / 2 {
             return Err(ConfigError::new(
                 "resumeBufferBytes",
@@ -350,6 +356,11 @@ impl Config {
                 format!("must be at most {}", tokio::sync::Semaphore::MAX_PERMITS),
             ));
         }
+        Ok(())
+    }
+
+    /// Names that must be of a given form.
+    fn validate_names(&self) -> Result<(), ConfigError> {
         let stream_name_ok = !self.nats_stream.is_empty()
             && self
                 .nats_stream

@@ -148,14 +148,29 @@ fn one_malloc_arena() {
 
 /// Logs to stderr in `config.log_format`, filtered by `RUST_LOG` when set,
 /// else by `logLevel`.
-fn init_logging(config: &Config) -> Result<(), String> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(filter) if !filter.is_empty() => {
-            EnvFilter::try_new(&filter).map_err(|error| format!("RUST_LOG={filter}: {error}"))?
-        }
-        _ => EnvFilter::try_new(&config.log_level)
-            .map_err(|error| format!("logLevel={}: {error}", config.log_level))?,
+/// A log filter that does not parse, and the variable that named it.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}={filter}: {source}")]
+struct BadLogFilter {
+    /// `RUST_LOG` or `logLevel`.
+    variable: &'static str,
+    /// Its value.
+    filter: String,
+    /// Why it does not parse.
+    #[source]
+    source: tracing_subscriber::filter::ParseError,
+}
+
+fn init_logging(config: &Config) -> Result<(), BadLogFilter> {
+    let (variable, filter) = match std::env::var("RUST_LOG") {
+        Ok(filter) if !filter.is_empty() => ("RUST_LOG", filter),
+        _ => ("logLevel", config.log_level.clone()),
     };
+    let filter = EnvFilter::try_new(&filter).map_err(|source| BadLogFilter {
+        variable,
+        filter,
+        source,
+    })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -170,44 +170,57 @@ pub(crate) async fn recover(log: &Log, max_edges: usize) -> Result<Recovered, Re
             );
         }
         let mut messages = log.read_from(from).await?;
-        while state.stream_seq < last {
-            let next = tokio::time::timeout(REPLAY_PATIENCE, messages.next()).await;
-            let message = match next {
-                Ok(Some(Ok(message))) => message,
-                Ok(Some(Err(error))) => return Err(RecoverError::Replay(error.into())),
-                Ok(None) => return Err(RecoverError::ConsumerEnded),
-                Err(_) => {
-                    let after = state.stream_seq;
-                    return Err(RecoverError::Late { after, last });
-                }
-            };
-            let stream_seq = message
-                .info()
-                .map_err(RecoverError::Replay)?
-                .stream_sequence;
-            let entry = jetstream::decode(message.headers.as_ref(), &message.payload).map_err(
-                |source| RecoverError::Decode {
-                    seq: stream_seq,
-                    source,
-                },
-            )?;
-            if entry.new_stream {
-                state.graph.clear();
-            }
-            for event in &entry.events {
-                if matches!(
-                    event.kind,
-                    EventKind::Follow { .. } | EventKind::Unfollow { .. }
-                ) {
-                    state.graph.apply(event.kind);
-                }
-            }
-            state.stream = entry.stream;
-            state.position = entry.events.last().map_or(state.position, |e| e.seq);
-            state.stream_seq = stream_seq;
-        }
+        replay(&mut state, &mut messages, last).await?;
     }
     Ok(state)
+}
+
+/// Applies the stream's messages from `messages` to `state` up to stream
+/// sequence `last`: the follows and unfollows to the graph, and where the
+/// stream stands.
+async fn replay(
+    state: &mut Recovered,
+    messages: &mut async_nats::jetstream::consumer::pull::Stream,
+    last: u64,
+) -> Result<(), RecoverError> {
+    while state.stream_seq < last {
+        let next = tokio::time::timeout(REPLAY_PATIENCE, messages.next()).await;
+        let message = match next {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(error))) => return Err(RecoverError::Replay(error.into())),
+            Ok(None) => return Err(RecoverError::ConsumerEnded),
+            Err(_) => {
+                let after = state.stream_seq;
+                return Err(RecoverError::Late { after, last });
+            }
+        };
+        let stream_seq = message
+            .info()
+            .map_err(RecoverError::Replay)?
+            .stream_sequence;
+        let entry =
+            jetstream::decode(message.headers.as_ref(), &message.payload).map_err(|source| {
+                RecoverError::Decode {
+                    seq: stream_seq,
+                    source,
+                }
+            })?;
+        if entry.new_stream {
+            state.graph.clear();
+        }
+        for event in &entry.events {
+            if matches!(
+                event.kind,
+                EventKind::Follow { .. } | EventKind::Unfollow { .. }
+            ) {
+                state.graph.apply(event.kind);
+            }
+        }
+        state.stream = entry.stream;
+        state.position = entry.events.last().map_or(state.position, |e| e.seq);
+        state.stream_seq = stream_seq;
+    }
+    Ok(())
 }
 
 /// How long start-up recovery waits for the next message of its replay

@@ -86,6 +86,35 @@ async fn serve_source(
         stats: stats.clone(),
         bad_lines: LogThrottle::new(WARN_EVERY),
     };
+    let (ending, events_read) =
+        read_until_end(&mut stream, &mut reader, &mut parser, &sequencer, &shutdown).await;
+    let partial = reader.partial_len();
+    if partial > 0 {
+        tracing::warn!(
+            source = id,
+            bytes = partial,
+            "event source ended mid-line; the incomplete line is dropped"
+        );
+    }
+    stats
+        .sources_connected
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(%peer, source = id, events = events_read, reason = ending, "event source disconnected");
+    // If the sequencer is gone the server is stopping; nothing to tell.
+    let _ = sequencer.send(SourceMsg::Closed(id)).await;
+}
+
+/// Reads, frames and parses until the connection ends or `shutdown`, and
+/// sends each read's events to the sequencer; returns why it ended and
+/// how many events it read.
+async fn read_until_end(
+    stream: &mut TcpStream,
+    reader: &mut LineReader,
+    parser: &mut LineParser,
+    sequencer: &mpsc::Sender<SourceMsg>,
+    shutdown: &CancellationToken,
+) -> (&'static str, u64) {
+    let (id, stats) = (parser.id, parser.stats.clone());
     let mut events_read: u64 = 0;
     let ending = loop {
         let read = tokio::select! {
@@ -120,20 +149,7 @@ async fn serve_source(
             }
         }
     };
-    let partial = reader.partial_len();
-    if partial > 0 {
-        tracing::warn!(
-            source = id,
-            bytes = partial,
-            "event source ended mid-line; the incomplete line is dropped"
-        );
-    }
-    stats
-        .sources_connected
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(%peer, source = id, events = events_read, reason = ending, "event source disconnected");
-    // If the sequencer is gone the server is stopping; nothing to tell.
-    let _ = sequencer.send(SourceMsg::Closed(id)).await;
+    (ending, events_read)
 }
 
 /// Turns one source connection's lines into events, and counts and logs
