@@ -352,3 +352,273 @@ fn lines_after(lines: &[u8], after: Seq) -> Vec<u8> {
     }
     kept
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::router::{Audience, Router};
+    use crate::resume::history::{keep, UserRouter};
+    use followermaze_protocol::{Event, EventKind};
+    use proptest::prelude::*;
+    use std::collections::HashMap as Map;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Event(EventKind),
+        /// A client of this user resumes from this many events back.
+        Resume(UserId, u64),
+        /// ... or from this many events ahead of the gateway.
+        Ahead(UserId, u64),
+        /// The oldest pending fetch is answered.
+        Serve,
+        /// This many seconds pass.
+        Tick(u64),
+    }
+
+    fn any_op() -> impl Strategy<Value = Op> {
+        let user = 1u64..5;
+        let kind = prop_oneof![
+            (user.clone(), user.clone()).prop_map(|(from, to)| EventKind::Follow { from, to }),
+            (user.clone(), user.clone()).prop_map(|(from, to)| EventKind::Unfollow { from, to }),
+            (user.clone(), user.clone()).prop_map(|(from, to)| EventKind::Private { from, to }),
+            user.clone().prop_map(|from| EventKind::Status { from }),
+            Just(EventKind::Broadcast),
+        ];
+        prop_oneof![
+            8 => kind.prop_map(Op::Event),
+            2 => (user.clone(), 0u64..30).prop_map(|(user, back)| Op::Resume(user, back)),
+            1 => (user, 1u64..4).prop_map(|(user, ahead)| Op::Ahead(user, ahead)),
+            2 => Just(Op::Serve),
+            1 => (1u64..8).prop_map(Op::Tick),
+        ]
+    }
+
+    /// What became of a connection.
+    #[derive(Debug, PartialEq)]
+    enum Outcome {
+        /// The registry's own session answered.
+        Local,
+        /// Attached with the right lines from the stream.
+        Attached,
+        /// Closed without a verdict: still ahead after [`AHEAD_WAIT`].
+        Closed,
+    }
+
+    /// The model: every event with the users it concerns, the sessions
+    /// the registry would have opened (user -> opening position), and each
+    /// connection's handshake and outcome.
+    struct Model {
+        router: Router,
+        log: Vec<(Event, Vec<UserId>)>,
+        sessions: Map<UserId, Seq>,
+        asks: Vec<Ask>,
+        outcomes: Map<usize, Outcome>,
+        /// Fetches asked for: the handshake, its connection, the plan,
+        /// and the position it was planned at.
+        pending: VecDeque<(Ask, usize, Plan, Seq)>,
+        now: Instant,
+        stream: StreamId,
+    }
+
+    impl Model {
+        fn position(&self) -> Position {
+            let seq = self.log.len() as Seq;
+            Position {
+                seq,
+                stream: self.stream,
+                now: self.now,
+            }
+        }
+
+        /// The lines of `user` in (`after`, `upto`], from the model's log.
+        fn owed(&self, user: UserId, after: Seq, upto: Seq) -> Vec<u8> {
+            let mut owed = Vec::new();
+            for (event, concerned) in &self.log {
+                if event.seq > after && event.seq <= upto && concerned.contains(&user) {
+                    owed.extend_from_slice(&event.raw);
+                }
+            }
+            owed
+        }
+
+        /// Applies `decision` for connection `conn`, as the registry would,
+        /// checking what it can.
+        fn apply(
+            &mut self,
+            resumes: &mut StreamResumes<usize>,
+            conn: usize,
+            decision: Decision<usize>,
+        ) {
+            let ask = self.asks[conn];
+            match decision {
+                Decision::Local(id) => {
+                    assert_eq!(id, conn);
+                    let replayable = self
+                        .sessions
+                        .get(&ask.user)
+                        .is_some_and(|&s| s <= ask.after);
+                    assert!(
+                        replayable,
+                        "local verdict for {ask:?} with no session to replay it"
+                    );
+                    self.outcomes.insert(conn, Outcome::Local);
+                }
+                Decision::Held => {}
+                Decision::Attach(attach) => self.attached(attach),
+                Decision::Fetch { conn: id, plan } => {
+                    assert_eq!(id, conn);
+                    resumes.fetch_started(ask.user, ask.after, conn);
+                    let position = self.position().seq;
+                    self.sessions.entry(ask.user).or_insert(position);
+                    self.pending.push_back((ask, conn, plan, position));
+                }
+            }
+        }
+
+        fn attached(&mut self, attach: Attach<usize>) {
+            let ask = self.asks[attach.conn];
+            assert_eq!(attach.after, ask.after, "connection {}", attach.conn);
+            if attach.open {
+                self.sessions.entry(ask.user).or_insert(attach.upto);
+            }
+            let lines = attach.lines.expect("every fetch succeeds here");
+            assert_eq!(
+                String::from_utf8_lossy(&lines),
+                String::from_utf8_lossy(&self.owed(ask.user, attach.after, attach.upto)),
+                "connection {} of {ask:?} up to {}",
+                attach.conn,
+                attach.upto
+            );
+            assert!(self
+                .sessions
+                .get(&ask.user)
+                .is_some_and(|&s| s <= attach.upto));
+            let previous = self.outcomes.insert(attach.conn, Outcome::Attached);
+            assert_eq!(previous, None, "connection {} attached twice", attach.conn);
+        }
+
+        /// Answers the oldest pending fetch from the log, as the fetcher does.
+        fn serve(&mut self, resumes: &mut StreamResumes<usize>) {
+            let Some((ask, conn, plan, upto)) = self.pending.pop_front() else {
+                return;
+            };
+            let mut router = UserRouter::new(ask.user, &plan);
+            let mut lines = Vec::new();
+            for message in plan.first_message..=plan.last_message {
+                let event = std::slice::from_ref(&self.log[message as usize - 1].0);
+                keep(
+                    &mut router,
+                    event,
+                    (ask.after, upto),
+                    usize::MAX,
+                    &mut lines,
+                )
+                .expect("no bound");
+            }
+            for attach in
+                resumes.fetched(ask.user, (ask.after, upto), self.stream, Some(lines), conn)
+            {
+                self.attached(attach);
+            }
+        }
+    }
+
+    proptest! {
+        /// Every resume from the stream ends exactly once: the local
+        /// verdict only when a session replays it, else attached with
+        /// exactly its user's lines in (`after`, `upto`] (fetched, joined,
+        /// parked or none), or closed when still ahead after the wait.
+        #[test]
+        fn prop_resumes_match_a_model(ops in prop::collection::vec(any_op(), 0..200)) {
+            let mut resumes: StreamResumes<usize> = StreamResumes::default();
+            let mut model = Model {
+                router: Router::new(1000),
+                log: Vec::new(),
+                sessions: Map::new(),
+                asks: Vec::new(),
+                outcomes: Map::new(),
+                pending: VecDeque::new(),
+                now: Instant::now(),
+                stream: StreamId::parse(b"model").expect("an id"),
+            };
+            for op in ops {
+                match op {
+                    Op::Event(kind) => {
+                        let seq = model.log.len() as Seq + 1;
+                        let routed = model.router.apply(kind);
+                        if let Some(edge) = routed.edge {
+                            resumes.history.edge(seq, edge);
+                        }
+                        resumes.history.message(seq, seq);
+                        let concerned = (1..5).filter(|&user| match routed.audience {
+                            Audience::Nobody => false,
+                            Audience::User(to) => to == user,
+                            Audience::Everyone => true,
+                            Audience::Followers(author) => model.router.follows(user, author),
+                        }).collect();
+                        let raw = bytes::Bytes::from(format!("{seq}|{kind:?}\n"));
+                        model.log.push((Event { seq, kind, raw }, concerned));
+                    }
+                    Op::Resume(user, back) | Op::Ahead(user, back) => {
+                        let position = model.position();
+                        let after = match op {
+                            Op::Resume(..) => position.seq.saturating_sub(back),
+                            _ => position.seq + back,
+                        };
+                        let ask = Ask { user, stream: Some(model.stream), after };
+                        let conn = model.asks.len();
+                        model.asks.push(ask);
+                        let can_replay = model.sessions.get(&user).is_some_and(|&s| s <= after);
+                        let following: Vec<UserId> = model.router.following(user).collect();
+                        let decision = resumes.decide(ask, conn, position, can_replay, following.into_iter());
+                        model.apply(&mut resumes, conn, decision);
+                    }
+                    Op::Serve => model.serve(&mut resumes),
+                    Op::Tick(secs) => model.now += Duration::from_secs(secs),
+                }
+                let position = model.position();
+                for due in resumes.due(position) {
+                    match due {
+                        Ok((ask, conn)) => {
+                            let can_replay = model.sessions.get(&ask.user).is_some_and(|&s| s <= ask.after);
+                            let following: Vec<UserId> = model.router.following(ask.user).collect();
+                            let decision = resumes.decide(ask, conn, position, can_replay, following.into_iter());
+                            model.apply(&mut resumes, conn, decision);
+                        }
+                        Err((ask, conn)) => {
+                            prop_assert!(ask.after > position.seq);
+                            model.outcomes.insert(conn, Outcome::Closed);
+                        }
+                    }
+                }
+            }
+            while !model.pending.is_empty() {
+                model.serve(&mut resumes);
+            }
+            let waiting: Vec<usize> = resumes.waiting().copied().collect();
+            for conn in 0..model.asks.len() {
+                prop_assert!(
+                    model.outcomes.contains_key(&conn) || waiting.contains(&conn),
+                    "connection {} ({:?}) was lost", conn, model.asks[conn]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn another_stream_id_gets_the_local_verdict() {
+        let mut resumes: StreamResumes<u8> = StreamResumes::default();
+        let at = Position {
+            seq: 10,
+            stream: StreamId::parse(b"ours").expect("an id"),
+            now: Instant::now(),
+        };
+        let ask = Ask {
+            user: 1,
+            stream: Some(StreamId::parse(b"theirs").expect("an id")),
+            after: 5,
+        };
+        let decision = resumes.decide(ask, 7, at, false, std::iter::empty());
+        assert!(matches!(decision, Decision::Local(7)), "{decision:?}");
+    }
+}
