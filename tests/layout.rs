@@ -289,3 +289,18 @@ fn the_checks_see_an_import_against_the_order_and_a_cycle() {
     let lib = "//! # Layout\n//!\n//! 1. `top`: x\n//! 2. [`config`]: y\n//!    3. not\n//! # Next";
     assert_eq!(layout_order(lib), ["top", "config"]);
 }
+
+#[test]
+fn settings_are_a_leaf_and_config_imports_no_component() {
+    let imports = imports(&manifest_dir().join("src"));
+    let config: Vec<&String> = imports["config"].iter().collect();
+    assert!(
+        config.iter().all(|module| *module == "settings"),
+        "config uses more than settings: {config:?}"
+    );
+    assert!(
+        imports["settings"].is_empty(),
+        "settings uses {:?}",
+        imports["settings"]
+    );
+}

@@ -4,7 +4,10 @@ use tokio::sync::mpsc;
 
 use crate::fanout::command::Command;
 
-/// The cloneable way to talk to the registry.
+/// The cloneable way to talk to the registry. Its commands are the crate's
+/// own; outside the crate a handle is only held (a benchmark driving a
+/// [`crate::Registry`] directly), and the registry stops once every handle
+/// is dropped.
 #[derive(Debug, Clone)]
 pub struct RegistryHandle {
     /// The registry's bounded queue ([`crate::fanout::command::COMMAND_QUEUE`]).
