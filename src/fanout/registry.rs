@@ -393,8 +393,8 @@ impl Registry {
         }
     }
 
-    /// Applies `batch` in order (see [`Registry::enter_stream`] for what
-    /// comes first), stages each notification, then moves each touched
+    /// Applies `batch` in order (a new stream or another stream id first, see
+    /// `enter_stream`), stages each notification, then moves each touched
     /// client's staged bytes to its outbox. Normally reached through
     /// `Command::Deliver`; public so benchmarks can measure dispatch alone.
     ///

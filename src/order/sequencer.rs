@@ -1,6 +1,6 @@
 //! The sequencer task: merges what every source connection parsed, puts it
 //! in order with the reorder buffer, decides when a gap is lost, and hands
-//! [`OrderedBatch`]es to the registry.
+//! [`OrderedBatch`](crate::batch::OrderedBatch)es to the registry.
 //!
 //! It owns the [`ReorderBuffer`] and the gap deadline, so sequence state
 //! outlives any one source connection: a source may disconnect and another
