@@ -194,27 +194,24 @@ impl<C> StreamResumes<C> {
         if can_replay {
             return Decision::Local(conn);
         }
-        if after == at.seq {
-            let (upto, lines, open) = (at.seq, Some(Vec::new()), true);
-            return Decision::Attach(Attach {
+        let attach_now = |conn, upto, lines, open| {
+            let lines = Some(lines);
+            Decision::Attach(Attach {
                 conn,
                 after,
                 upto,
                 lines,
                 open,
-            });
+            })
+        };
+        if after == at.seq {
+            // Nothing to fetch: the session opened now replays the rest.
+            return attach_now(conn, at.seq, Vec::new(), true);
         }
         if let Some(parked) = self.parked.get(&user) {
             if parked.stream == at.stream && parked.after <= after && after <= parked.upto {
-                let lines = Some(lines_after(&parked.lines, after));
-                let (upto, open) = (parked.upto, false);
-                return Decision::Attach(Attach {
-                    conn,
-                    after,
-                    upto,
-                    lines,
-                    open,
-                });
+                let lines = lines_after(&parked.lines, after);
+                return attach_now(conn, parked.upto, lines, false);
             }
         }
         let under_way = self
