@@ -41,9 +41,10 @@
 //!
 //! # Resumable connections
 //!
-//! On a resumable run the reader hands control lines to the session
-//! ([`super::session`]) and only event lines here; the session tells the
-//! checker what the server's verdicts and checkpoints mean for the queue:
+//! On a resumable run the reader hands control lines to the client's
+//! session (the `session` module, which uses this one) and only event
+//! lines here; the session tells the checker what the server's verdicts
+//! and checkpoints mean for the queue:
 //!
 //! - The first verdict `#OK|stream|P` registers the client at `P`
 //!   ([`Checker::registered_at`]): nothing at or below `P` is owed on that

@@ -22,7 +22,7 @@ pub use followermaze_protocol::settings::ConfigError;
 use super::expect::queue_capacity;
 use super::generator::Profile;
 use super::line::MAX_LINE_BYTES;
-use super::source::OPENING_TICK;
+use super::opening::OPENING_TICK;
 
 /// Most client connections one run may open. Each costs a read buffer and an
 /// expectation queue (about 160 KiB) and a file descriptor.

@@ -29,6 +29,7 @@
 //! - [`rng`]: the deterministic random numbers.
 //! - [`line`](mod@line): generated events and their exact wire bytes.
 //! - [`graph`]: the model of who follows whom and who is connected.
+//! - [`opening`]: the opening broadcasts' tick, and how far a probe got.
 //! - [`generator`]: the stream: batches, their shuffle, who is owed what.
 //! - [`expect`]: per-client tallies and the expectation entries.
 //! - [`check`]: one client's received lines against what it is owed.
@@ -65,6 +66,7 @@ pub mod generator;
 pub mod graph;
 pub mod latency;
 pub mod line;
+pub mod opening;
 pub mod probe;
 pub mod progress;
 pub mod reader;
@@ -97,7 +99,7 @@ use drops::DropSchedule;
 use expect::queue_capacity;
 use generator::{client_users, GeneratorSettings};
 use latency::Latencies;
-use probe::Opened;
+use opening::Opened;
 use reader::{read_client, ReaderOutcome, Resume};
 use server_usage::ServerUsage;
 use session::{Session, SessionSettings};

@@ -27,21 +27,12 @@ use tokio::net::TcpStream;
 
 use super::failure::Failure;
 use super::line::{format_line, Event, MAX_LINE_BYTES};
+use super::opening::{Opened, OPENING_TICK};
 use super::shared::Shared;
-use super::source::OPENING_TICK;
 use followermaze_protocol::{parse_event, EventKind, Seq};
 
 /// Bytes the probe reads at a time; it needs one line.
 const PROBE_BUFFER_BYTES: usize = 4096;
-
-/// What the probe phase sent, for the source to carry on from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Opened {
-    /// Opening broadcasts written, `1..=broadcasts`, one chunk each.
-    pub broadcasts: Seq,
-    /// Their bytes.
-    pub bytes: u64,
-}
 
 /// Sends opening broadcasts on `source` until a probe connection to each of
 /// `clients` in turn (a cluster's gateways each apply the stream on their

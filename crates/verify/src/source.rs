@@ -31,16 +31,13 @@ use super::expect::{line_hash, Expected, Tally};
 use super::failure::{ClientRef, Failure};
 use super::generator::{Batch, Generator, GeneratorSettings, MixCounts};
 use super::line::{format_line, Event, MAX_LINE_BYTES};
-use super::probe::Opened;
+use super::opening::{Opened, OPENING_TICK};
 use super::shared::{Plan, Shared};
 use followermaze_protocol::Seq;
 
 /// Bytes buffered before a write: large writes keep the syscall count (and
 /// the server's read count) low; 256 KiB is about 16,000 classic events.
 pub const CHUNK_BYTES: usize = 256 * 1024;
-
-/// Time between opening broadcasts while clients are still registering.
-pub const OPENING_TICK: Duration = Duration::from_millis(2);
 
 /// Longest single park while waiting for queue room; the wait itself is
 /// unbounded (a stuck client fails by its own timeout, which wakes us).
