@@ -211,39 +211,13 @@ async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
     let shared = Arc::new(Shared::new(users.len()));
 
     let mut source_stream = connect_to(event_addr, "eventListenerPort", config.timeout).await?;
-    let opened = if config.resumable && !users.is_empty() {
-        // A user no event names: it is owed broadcasts only.
-        let probe_user = config.number_of_users + 1;
-        probe::start_stream(
-            &mut source_stream,
-            &client_addrs,
-            probe_user,
-            &shared,
-            config.timeout,
-        )
-        .await?
-    } else {
-        Opened::default()
+    let opened = match config.resumable && !users.is_empty() {
+        true => open_stream(config, &mut source_stream, &client_addrs, &shared).await?,
+        false => Opened::default(),
     };
-    let source_stream = source_stream
-        .into_std()
-        .and_then(|stream| stream.set_nonblocking(false).map(|()| stream))
-        .map_err(|error| Failure::SourceIo {
-            error: error.to_string(),
-        })?;
+    let source_stream = into_blocking(source_stream)?;
 
-    let mut sessions: Vec<Session> = match config.resumable {
-        true => {
-            let settings = SessionSettings {
-                window: config.resume_window,
-            };
-            users
-                .iter()
-                .map(|&user| Session::new(user, settings))
-                .collect()
-        }
-        false => Vec::new(),
-    };
+    let mut sessions = first_sessions(config, &users);
     let connecting = Instant::now();
     let client_streams =
         connect_clients(&client_addrs, &users, &mut sessions, config.timeout).await?;
@@ -251,25 +225,7 @@ async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
     if config.log_level >= LogLevel::Info {
         // Only once connected: a server that is not running gets exactly
         // one line, the failure.
-        println!(
-            "verifying {event_addr} (events) and {} (clients): {} events, {} clients \
-             of {} users, {} profile, seed {}{}{}",
-            client_addrs
-                .iter()
-                .map(SocketAddr::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-            config.total_events,
-            config.concurrency_level,
-            config.number_of_users,
-            config.profile.name(),
-            config.random_seed,
-            match config.rate {
-                0 => String::new(),
-                rate => format!(", {rate} events/s"),
-            },
-            resume_banner(config),
-        );
+        println!("{}", run_banner(config, event_addr, &client_addrs));
     }
     Ok(Connected {
         users,
@@ -281,6 +237,71 @@ async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
         opened,
         connect_time,
     })
+}
+
+/// A resumable run's probe: opening broadcasts on `source` until the
+/// server is on this run's stream at every one of `client_addrs`.
+async fn open_stream(
+    config: &VerifyConfig,
+    source: &mut TcpStream,
+    client_addrs: &[SocketAddr],
+    shared: &Shared,
+) -> Result<Opened, Failure> {
+    // A user no event names: it is owed broadcasts only.
+    let probe_user = config.number_of_users + 1;
+    probe::start_stream(source, client_addrs, probe_user, shared, config.timeout).await
+}
+
+/// The source's socket as a blocking std stream, for its thread.
+fn into_blocking(stream: TcpStream) -> Result<std::net::TcpStream, Failure> {
+    stream
+        .into_std()
+        .and_then(|stream| stream.set_nonblocking(false).map(|()| stream))
+        .map_err(|error| Failure::SourceIo {
+            error: error.to_string(),
+        })
+}
+
+/// On a resumable run, one session per client, in client order, before its
+/// first connection; none on a plain run.
+fn first_sessions(config: &VerifyConfig, users: &[u32]) -> Vec<Session> {
+    if !config.resumable {
+        return Vec::new();
+    }
+    let settings = SessionSettings {
+        window: config.resume_window,
+    };
+    users
+        .iter()
+        .map(|&user| Session::new(user, settings))
+        .collect()
+}
+
+/// The line that announces the run, once every client is connected.
+fn run_banner(
+    config: &VerifyConfig,
+    event_addr: SocketAddr,
+    client_addrs: &[SocketAddr],
+) -> String {
+    format!(
+        "verifying {event_addr} (events) and {} (clients): {} events, {} clients \
+         of {} users, {} profile, seed {}{}{}",
+        client_addrs
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        config.total_events,
+        config.concurrency_level,
+        config.number_of_users,
+        config.profile.name(),
+        config.random_seed,
+        match config.rate {
+            0 => String::new(),
+            rate => format!(", {rate} events/s"),
+        },
+        resume_banner(config),
+    )
 }
 
 /// How the banner describes a resumable run (empty for a plain one).
@@ -325,59 +346,14 @@ fn start(config: &VerifyConfig, connected: Connected) -> Running {
         let mut checker = Checker::new(client, consumer, shared.clone(), config.line_endings);
         let resume = sessions.next().map(|session| {
             checker.set_connection(Some(session.connection()));
-            Resume {
-                addresses: client_addrs.clone(),
-                at: index % client_addrs.len(),
-                session,
-                drops: DropSchedule::new(
-                    config.random_seed,
-                    index,
-                    config.killswitch,
-                    config.offline,
-                ),
-            }
+            resume_for(config, index, &client_addrs, session)
         });
+        let (shared, timeout) = (shared.clone(), config.timeout);
         readers.spawn(read_client(
-            client,
-            stream,
-            checker,
-            shared.clone(),
-            config.timeout,
-            resume,
+            client, stream, checker, shared, timeout, resume,
         ));
     }
-
-    let source = Source::new(
-        source_stream,
-        SourceSettings {
-            generator: GeneratorSettings {
-                seed: config.random_seed,
-                users: config.number_of_users,
-                client_users: users.clone(),
-                max_batch: config.max_event_source_batch_size,
-                profile: config.profile,
-            },
-            total_events: config.total_events,
-            rate: config.rate,
-            timeout: config.timeout,
-            opened,
-        },
-        shared.clone(),
-        producers,
-    );
-    let (source_done, source_result) = oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name("followermaze-source".into())
-        .spawn(move || {
-            // The receiver only goes away if the run was dropped.
-            let _ = source_done.send(source.run());
-        });
-    if let Err(error) = spawned {
-        shared.fail(Failure::Internal(format!(
-            "cannot start the source thread: {error}"
-        )));
-    }
-
+    let source_result = start_source(config, source_stream, &users, opened, &shared, producers);
     let progress_finished = CancellationToken::new();
     let progress = tokio::spawn(progress::show(
         shared.clone(),
@@ -396,6 +372,63 @@ fn start(config: &VerifyConfig, connected: Connected) -> Running {
         progress,
         progress_finished,
     }
+}
+
+/// What client `index`'s reader needs to resume: where to reconnect
+/// (starting from its own address), its session, its drop schedule.
+fn resume_for(
+    config: &VerifyConfig,
+    index: usize,
+    client_addrs: &Arc<[SocketAddr]>,
+    session: Session,
+) -> Resume {
+    Resume {
+        addresses: client_addrs.clone(),
+        at: index % client_addrs.len(),
+        session,
+        drops: DropSchedule::new(config.random_seed, index, config.killswitch, config.offline),
+    }
+}
+
+/// Starts the source thread on `stream`, feeding `producers` (one per
+/// client, in client order) and carrying on from `opened`. Returns where
+/// its result will come; a thread that cannot start is recorded in
+/// `shared` (and the receiver closes without a result).
+fn start_source(
+    config: &VerifyConfig,
+    stream: std::net::TcpStream,
+    users: &[u32],
+    opened: Opened,
+    shared: &Arc<Shared>,
+    producers: Vec<rtrb::Producer<expect::Expected>>,
+) -> oneshot::Receiver<Result<SourceOutcome, source::Stopped>> {
+    let settings = SourceSettings {
+        generator: GeneratorSettings {
+            seed: config.random_seed,
+            users: config.number_of_users,
+            client_users: users.to_vec(),
+            max_batch: config.max_event_source_batch_size,
+            profile: config.profile,
+        },
+        total_events: config.total_events,
+        rate: config.rate,
+        timeout: config.timeout,
+        opened,
+    };
+    let source = Source::new(stream, settings, shared.clone(), producers);
+    let (source_done, source_result) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("followermaze-source".into())
+        .spawn(move || {
+            // The receiver only goes away if the run was dropped.
+            let _ = source_done.send(source.run());
+        });
+    if let Err(error) = spawned {
+        shared.fail(Failure::Internal(format!(
+            "cannot start the source thread: {error}"
+        )));
+    }
+    source_result
 }
 
 /// Waits for every reader, then the source (unblocking its write first if
