@@ -362,7 +362,7 @@ async fn clients_a_server_never_registers_are_named() {
     let clients = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut config = small(events.local_addr().unwrap(), clients.local_addr().unwrap());
     config.timeout = Duration::from_millis(300);
-    let sink = tokio::spawn(followermaze_verify::sink::sink(
+    let sink = tokio::spawn(followermaze_verify::sink(
         events,
         clients,
         Duration::from_secs(10),
@@ -1116,7 +1116,7 @@ async fn a_correct_resumable_server_passes_with_the_killswitch() {
     eprintln!("{report}");
     let own: u64 = stats.drops.iter().sum();
     assert!(own >= 50, "{report}");
-    for kind in followermaze_verify::drops::DropKind::ALL {
+    for kind in followermaze_verify::DropKind::ALL {
         assert!(stats.drops[kind.index()] > 0, "no {kind:?}: {report}");
     }
     // Every drop reconnected and resumed with #OK (but a drop that came

@@ -110,7 +110,7 @@ pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 /// `totalEvents` -> `total_events`: the field a variable fills.
-pub fn snake_case(camel: &str) -> String {
+pub(crate) fn snake_case(camel: &str) -> String {
     let mut out = String::with_capacity(camel.len() + 4);
     for ch in camel.chars() {
         if ch.is_ascii_uppercase() {

@@ -20,36 +20,46 @@
 //! With `resumable=true` every client speaks the resumable protocol: its
 //! reader drops the connection now and then (`killswitchMs`), stays away
 //! (`offlineMs`), reconnects and checks the verdict, the replay and every
-//! checkpoint against what it was owed (see [`session`] and [`reader`]).
+//! checkpoint against what it was owed (see `session` and `reader`).
+//!
+//! # API
+//!
+//! [`run`] takes a [`VerifyConfig`] (read from the environment with
+//! [`VerifyConfig::from_env`]'s table, [`SETTINGS`]) and returns a
+//! [`Report`] or the first [`Failure`]; the types those carry are exported
+//! beside them. [`sink()`] is the discard server. Everything else is
+//! private to the crate.
 //!
 //! # Layout
 //!
 //! Pure logic (no I/O):
-//! - [`config`]: settings from the classic environment variables.
-//! - [`rng`]: the deterministic random numbers.
-//! - [`line`](mod@line): generated events and their exact wire bytes.
-//! - [`graph`]: the model of who follows whom and who is connected.
-//! - [`opening`]: the opening broadcasts' tick, and how far a probe got.
-//! - [`generator`]: the stream: batches, their shuffle, who is owed what.
-//! - [`expect`]: per-client tallies and the expectation entries.
-//! - [`check`]: one client's received lines against what it is owed.
-//! - [`session`]: a resumable client's side of the protocol: handshakes,
+//! - `config`: settings from the classic environment variables.
+//! - `rng`: the deterministic random numbers.
+//! - `line`: generated events and their exact wire bytes.
+//! - `graph`: the model of who follows whom and who is connected.
+//! - `opening`: the opening broadcasts' tick, and how far a probe got.
+//! - `generator`: the stream: batches, their shuffle, who is owed what.
+//! - `expect`: per-client tallies and the expectation entries.
+//! - `check`: one client's received lines against what it is owed.
+//! - `session`: a resumable client's side of the protocol: handshakes,
 //!   verdicts, checkpoints.
-//! - [`drops`]: when and how a resumable client drops its connection.
-//! - [`latency`]: send times per chunk, latency histograms.
-//! - [`failure`], [`report`]: how a run ends; [`server_usage`]: the
-//!   server's CPU time over it, when its `/metrics` tells.
+//! - `drops`: when and how a resumable client drops its connection.
+//! - `latency`: send times per chunk, latency histograms.
+//! - `failure`, `report`: how a run ends; `server_usage`: the server's CPU
+//!   time over it, when its `/metrics` tells.
 //!
 //! Threads, tasks and sockets:
-//! - [`source`]: the event source thread: opening, generate, write.
-//! - [`probe`]: a resumable run opens its stream before its clients
-//!   connect.
-//! - [`reader`]: one task per client connection.
-//! - [`shared`]: the state they share (first failure, plan, counters).
-//! - [`progress`]: progress lines or a progress bar.
-//! - [`sink`]: a discard server, to measure the verifier's own ceiling.
-//! - [`run`]: connects everything, starts it, waits for it and reports:
-//!   four stages, one function each.
+//! - `source`: the event source thread: opening, generate, write.
+//! - `probe`: a resumable run opens its stream before its clients connect.
+//! - `reader`: one task per client connection.
+//! - `shared`: the state they share (first failure, plan, counters).
+//! - `progress`: progress lines or a progress bar.
+//! - `sink`: a discard server, to measure the verifier's own ceiling.
+//! - [`run`] (here): connects everything, starts it, waits for it and
+//!   reports: four stages, one function each.
+//!
+//! Imports between these modules go one way: no two use each other, even
+//! through a third (`tests/layout.rs` checks it).
 
 // A `Failure` names the client and, on a resumable run, its connection,
 // which makes it larger than clippy likes in a `Result`. It is built once,
@@ -57,26 +67,26 @@
 // `Result`s an indirection (STYLE: hot paths do not box errors).
 #![allow(clippy::result_large_err)]
 
-pub mod check;
-pub mod config;
-pub mod drops;
-pub mod expect;
-pub mod failure;
-pub mod generator;
-pub mod graph;
-pub mod latency;
-pub mod line;
-pub mod opening;
-pub mod probe;
-pub mod progress;
-pub mod reader;
-pub mod report;
-pub mod rng;
-pub mod server_usage;
-pub mod session;
-pub mod shared;
-pub mod sink;
-pub mod source;
+mod check;
+mod config;
+mod drops;
+mod expect;
+mod failure;
+mod generator;
+mod graph;
+mod latency;
+mod line;
+mod opening;
+mod probe;
+mod progress;
+mod reader;
+mod report;
+mod rng;
+mod server_usage;
+mod session;
+mod shared;
+mod sink;
+mod source;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,11 +98,20 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{ConfigError, LineEndings, LogLevel, VerifyConfig};
-pub use failure::{ByteDiff, CheckpointProblem, ClientRef, ConnectionRef, Failure, VerdictProblem};
-pub use generator::Profile;
+// The crate's API: everything a caller needs to run a verification and read
+// its outcome, and the sink. The modules themselves are private.
+pub use config::{ConfigError, LineEndings, LogLevel, VerifyConfig, SETTINGS};
+pub use drops::DropKind;
+pub use expect::Tally;
+pub use failure::{
+    ByteDiff, CheckpointProblem, ClientRef, ConnectionRef, Failure, Progress, VerdictProblem,
+};
+pub use generator::{MixCounts, Profile};
+pub use latency::LatencySummary;
 pub use report::{ClientSummary, Report, ResumeReport};
+pub use server_usage::ServerUsage;
 pub use session::ResumeStats;
+pub use sink::{sink, SinkReport};
 
 use check::Checker;
 use drops::DropSchedule;
@@ -101,7 +120,6 @@ use generator::{client_users, GeneratorSettings};
 use latency::Latencies;
 use opening::Opened;
 use reader::{read_client, ReaderOutcome, Resume};
-use server_usage::ServerUsage;
 use session::{Session, SessionSettings};
 use shared::Shared;
 use source::{Source, SourceOutcome, SourceSettings};

@@ -14,13 +14,13 @@ use std::time::Duration;
 use followermaze_protocol::Seq;
 
 /// Time between opening broadcasts while clients are still registering.
-pub const OPENING_TICK: Duration = Duration::from_millis(2);
+pub(crate) const OPENING_TICK: Duration = Duration::from_millis(2);
 
 /// What the probe phase sent, for the source to carry on from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Opened {
+pub(crate) struct Opened {
     /// Opening broadcasts written, `1..=broadcasts`, one chunk each.
-    pub broadcasts: Seq,
+    pub(crate) broadcasts: Seq,
     /// Their bytes.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }

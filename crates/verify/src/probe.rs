@@ -39,7 +39,7 @@ const PROBE_BUFFER_BYTES: usize = 4096;
 /// own) for `probe_user` receives one; stamps each on `shared`'s send clock
 /// (broadcast `n` is chunk `n - 1`, as the source's opening numbers them).
 /// Fails after `timeout` in all.
-pub async fn start_stream(
+pub(crate) async fn start_stream(
     source: &mut TcpStream,
     clients: &[SocketAddr],
     probe_user: u32,

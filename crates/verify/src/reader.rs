@@ -48,7 +48,7 @@ use followermaze_protocol::Seq;
 
 /// Bytes one read may take. A line longer than this (no `\n` in a full
 /// buffer) is reported as malformed: real lines are under 50 bytes.
-pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+pub(crate) const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The least time to wait before re-checking for an overdue notification,
 /// so a deadline a few microseconds away does not spin.
@@ -56,39 +56,39 @@ const MIN_RECHECK: Duration = Duration::from_millis(1);
 
 /// What a client that got everything reports.
 #[derive(Debug)]
-pub struct ReaderOutcome {
+pub(crate) struct ReaderOutcome {
     /// Which client.
-    pub client: ClientRef,
+    pub(crate) client: ClientRef,
     /// What it received of the main stream (and gave up to `#GAP`s).
-    pub tally: Tally,
+    pub(crate) tally: Tally,
     /// What it received of the opening broadcasts.
-    pub opening: Tally,
+    pub(crate) opening: Tally,
     /// Its latency samples.
-    pub latencies: Latencies,
+    pub(crate) latencies: Latencies,
     /// The first opening broadcast it received.
-    pub first_broadcast: Option<Seq>,
+    pub(crate) first_broadcast: Option<Seq>,
     /// Notification bytes it received, as received: the tallies count
     /// re-terminated lines as the lines they stand for.
-    pub bytes_received: u64,
+    pub(crate) bytes_received: u64,
     /// Notifications whose terminator differed from the one sent (accepted
     /// with `lineEndings=any` only).
-    pub reterminated: u64,
+    pub(crate) reterminated: u64,
     /// On a resumable run, its drops, resumes and replays.
-    pub resume: Option<ResumeStats>,
+    pub(crate) resume: Option<ResumeStats>,
 }
 
 /// What a resumable client needs beside its checker.
 #[derive(Debug)]
-pub struct Resume {
+pub(crate) struct Resume {
     /// Where clients connect (`clientAddresses`, or the one client port).
-    pub addresses: Arc<[SocketAddr]>,
+    pub(crate) addresses: Arc<[SocketAddr]>,
     /// The index in `addresses` of the current connection's; each reconnect
     /// attempt moves to the next (a cluster's other gateway).
-    pub at: usize,
+    pub(crate) at: usize,
     /// Its side of the protocol.
-    pub session: Session,
+    pub(crate) session: Session,
     /// When it drops, for how long, and how it backs off.
-    pub drops: DropSchedule,
+    pub(crate) drops: DropSchedule,
 }
 
 /// Why a reader stopped early.
@@ -128,7 +128,7 @@ enum End {
 /// Reads `client`'s notifications until the final broadcast, a failure
 /// (recorded in `shared`, and then `None`), or cancellation. `stream` has
 /// sent its handshake already; `resume` makes the client resumable.
-pub async fn read_client(
+pub(crate) async fn read_client(
     client: ClientRef,
     stream: TcpStream,
     checker: Checker,

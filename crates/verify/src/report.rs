@@ -21,7 +21,7 @@ pub struct Report {
     /// Opening broadcasts (sent one at a time until every client was
     /// registered).
     pub opening_broadcasts: u64,
-    /// Main-stream events by kind, in [`Kind::ALL`] order.
+    /// Main-stream events by kind, in [`MixCounts`]' order.
     pub mix: MixCounts,
     /// Follow edges in the model at the end.
     pub edges: usize,
@@ -70,7 +70,7 @@ pub struct ResumeReport {
 
 impl ResumeReport {
     /// Drops the clients made themselves.
-    pub fn own_drops(&self) -> u64 {
+    pub(crate) fn own_drops(&self) -> u64 {
         self.stats.drops.iter().sum()
     }
 }
