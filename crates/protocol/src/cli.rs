@@ -33,7 +33,7 @@ pub struct About {
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Invocation {
+pub(crate) enum Invocation {
     /// Run, in the named mode (`None`: the default one).
     Run(Option<String>),
     /// Print [`usage`] and exit 0.
@@ -46,7 +46,10 @@ pub enum Invocation {
 ///
 /// Returns the invocation, or a one-line error for an unknown argument, a
 /// mode the binary does not have, or more than one argument.
-pub fn parse(about: &About, args: impl IntoIterator<Item = String>) -> Result<Invocation, String> {
+pub(crate) fn parse(
+    about: &About,
+    args: impl IntoIterator<Item = String>,
+) -> Result<Invocation, String> {
     let mut args = args.into_iter();
     let Some(first) = args.next() else {
         return Ok(Invocation::Run(None));

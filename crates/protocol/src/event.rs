@@ -31,15 +31,33 @@ const MAX_DIGITS: usize = 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {
     /// `from` starts following `to`; `to` is notified.
-    Follow { from: UserId, to: UserId },
+    Follow {
+        /// The new follower.
+        from: UserId,
+        /// The user followed, and notified.
+        to: UserId,
+    },
     /// `from` stops following `to`; nobody is notified.
-    Unfollow { from: UserId, to: UserId },
+    Unfollow {
+        /// The follower leaving.
+        from: UserId,
+        /// The user no longer followed.
+        to: UserId,
+    },
     /// Every connected client is notified.
     Broadcast,
     /// `to` is notified.
-    Private { from: UserId, to: UserId },
+    Private {
+        /// The sender.
+        from: UserId,
+        /// The one recipient, notified.
+        to: UserId,
+    },
     /// Every current follower of `from` is notified.
-    Status { from: UserId },
+    Status {
+        /// The author, whose followers are notified.
+        from: UserId,
+    },
 }
 
 /// One event as read from the source: its parsed header and the exact bytes

@@ -7,9 +7,9 @@
 //!
 //! - Each binary declares its variables once, as a table of [`Setting`]s:
 //!   the classic camelCase name, the default, and a one-line meaning. The
-//!   same table produces `--help` ([`crate::cli::usage`]) and the README's
-//!   table ([`markdown_table`]); a test in each binary compares the README
-//!   with it, so the two cannot drift.
+//!   same table produces `--help` (`cli::usage`, built on this module) and
+//!   the README's table ([`markdown_table`]); a test in each binary
+//!   compares the README with it, so the two cannot drift.
 //! - A variable is accepted under its classic name (`eventListenerPort`) or
 //!   in upper snake case (`EVENT_LISTENER_PORT`), both matched without
 //!   regard to case. Names not in the table are ignored: the other binary's
@@ -110,7 +110,7 @@ pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 /// `totalEvents` -> `total_events`: the field a variable fills.
-pub fn snake_case(camel: &str) -> String {
+pub(crate) fn snake_case(camel: &str) -> String {
     let mut out = String::with_capacity(camel.len() + 4);
     for ch in camel.chars() {
         if ch.is_ascii_uppercase() {

@@ -41,9 +41,10 @@
 //!
 //! # Resumable connections
 //!
-//! On a resumable run the reader hands control lines to the session
-//! ([`super::session`]) and only event lines here; the session tells the
-//! checker what the server's verdicts and checkpoints mean for the queue:
+//! On a resumable run the reader hands control lines to the client's
+//! session (the `session` module, which uses this one) and only event
+//! lines here; the session tells the checker what the server's verdicts
+//! and checkpoints mean for the queue:
 //!
 //! - The first verdict `#OK|stream|P` registers the client at `P`
 //!   ([`Checker::registered_at`]): nothing at or below `P` is owed on that
@@ -94,7 +95,7 @@ use followermaze_protocol::{parse_event, strip_terminator, EventKind, Seq};
 
 /// What the checker wants next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// More lines.
     More,
     /// The final broadcast arrived: this client has everything.
@@ -160,7 +161,7 @@ struct Suspect {
 
 /// See the module doc.
 #[derive(Debug)]
-pub struct Checker {
+pub(crate) struct Checker {
     /// Who this is, for failures.
     client: ClientRef,
     /// Main-stream entries, queued by the source.
@@ -219,7 +220,7 @@ fn is_broadcast(line: &[u8]) -> bool {
 impl Checker {
     /// A checker for `client`, reading its entries from `queue`, judging
     /// terminators as `line_endings` says.
-    pub fn new(
+    pub(crate) fn new(
         client: ClientRef,
         queue: Consumer<Expected>,
         shared: Arc<Shared>,
@@ -243,36 +244,38 @@ impl Checker {
     }
 
     /// Who this is, with the connection failures should name.
-    pub fn client(&self) -> ClientRef {
+    pub(crate) fn client(&self) -> ClientRef {
         self.client
     }
 
     /// Names `connection` in the failures from now on.
-    pub fn set_connection(&mut self, connection: Option<super::failure::ConnectionRef>) {
+    pub(crate) fn set_connection(&mut self, connection: Option<super::failure::ConnectionRef>) {
         self.client.connection = connection;
     }
 
     /// The highest position received: the last line's sequence number, or
     /// the position a verdict put the client at.
-    pub fn last_seq(&self) -> Seq {
+    pub(crate) fn last_seq(&self) -> Seq {
         self.last_seq
     }
 
     /// Whether the final broadcast has arrived (or was given up to a
     /// `#GAP`): nothing more is owed.
-    pub fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         matches!(self.phase, Phase::Done)
     }
 
-    /// Main-stream notifications given up to `#GAP` verdicts.
-    pub fn lost(&self) -> u64 {
+    /// Main-stream notifications given up to `#GAP` verdicts (the run
+    /// counts them from [`Checker::gap`]'s answers; the tests ask here).
+    #[cfg(test)]
+    pub(crate) fn lost(&self) -> u64 {
         self.lost
     }
 
     /// A first resumable verdict `#OK|stream|seq`: from now on exactly the
     /// lines above `seq` are owed (see the module doc). Does nothing once
     /// the client has a position.
-    pub fn registered_at(&mut self, seq: Seq) {
+    pub(crate) fn registered_at(&mut self, seq: Seq) {
         if matches!(self.phase, Phase::Unregistered) {
             self.plan();
             self.last_seq = seq;
@@ -282,7 +285,7 @@ impl Checker {
 
     /// A `#GAP|stream|seq` verdict: every line up to `seq` not yet received
     /// is given up. Returns how many main-stream entries that was.
-    pub fn gap(&mut self, seq: Seq) -> u64 {
+    pub(crate) fn gap(&mut self, seq: Seq) -> u64 {
         let mut lost = 0;
         while let Ok(front) = self.queue.peek() {
             if front.seq > seq {
@@ -305,7 +308,7 @@ impl Checker {
 
     /// A checkpoint `line` saying every line up to `seq` was sent: fails if
     /// one owed at or below it has not arrived.
-    pub fn checkpoint(&mut self, seq: Seq, line: &[u8]) -> Result<(), Failure> {
+    pub(crate) fn checkpoint(&mut self, seq: Seq, line: &[u8]) -> Result<(), Failure> {
         if let Some(suspect) = self.take_suspect() {
             return Err(self.resolve(suspect, None));
         }
@@ -326,34 +329,34 @@ impl Checker {
 
     /// The connection dropped: a pending divergence is a failure now (see
     /// the module doc).
-    pub fn interrupted(&mut self) -> Option<Failure> {
+    pub(crate) fn interrupted(&mut self) -> Option<Failure> {
         let suspect = self.take_suspect()?;
         Some(self.resolve(suspect, None))
     }
 
     /// What arrived correctly so far of the main stream.
-    pub fn tally(&self) -> Tally {
+    pub(crate) fn tally(&self) -> Tally {
         self.tally
     }
 
     /// What arrived correctly of the opening broadcasts.
-    pub fn opening_tally(&self) -> Tally {
+    pub(crate) fn opening_tally(&self) -> Tally {
         self.opening
     }
 
     /// The latency samples so far.
-    pub fn latencies(&self) -> &Latencies {
+    pub(crate) fn latencies(&self) -> &Latencies {
         &self.latencies
     }
 
     /// The first opening broadcast this client received.
-    pub fn first_broadcast(&self) -> Option<Seq> {
+    pub(crate) fn first_broadcast(&self) -> Option<Seq> {
         self.first_broadcast
     }
 
     /// Notifications so far whose payload matched but whose terminator did
     /// not (counted with [`LineEndings::Any`] only).
-    pub fn reterminated(&self) -> u64 {
+    pub(crate) fn reterminated(&self) -> u64 {
         self.reterminated
     }
 
@@ -424,7 +427,7 @@ impl Checker {
 
     /// Checks one complete line (terminator included) received at `now_us`
     /// on the send clock.
-    pub fn check(&mut self, line: &[u8], now_us: u64) -> Result<Verdict, Failure> {
+    pub(crate) fn check(&mut self, line: &[u8], now_us: u64) -> Result<Verdict, Failure> {
         // The fast path, nearly every line: the main stream's next entry,
         // rendered and compared byte for byte. No parsing.
         if matches!(self.phase, Phase::Main) {
@@ -604,7 +607,7 @@ impl Checker {
 
     /// The failure for bytes that cannot be a notification (a line longer
     /// than any event, or a fragment).
-    pub fn malformed(&mut self, bytes: &[u8]) -> Failure {
+    pub(crate) fn malformed(&mut self, bytes: &[u8]) -> Failure {
         Failure::Malformed {
             client: self.client,
             received: quote(bytes),
@@ -678,7 +681,7 @@ impl Checker {
     /// Called when nothing arrived for a while: fails if the notification
     /// owed next was sent more than `timeout` ago. Otherwise returns how
     /// long to wait before asking again.
-    pub fn overdue(&mut self, now_us: u64, timeout: Duration) -> Result<Duration, Failure> {
+    pub(crate) fn overdue(&mut self, now_us: u64, timeout: Duration) -> Result<Duration, Failure> {
         let owed = match &self.phase {
             Phase::Diverged(suspect) => suspect.missing,
             _ => match self.next_owed() {
@@ -710,7 +713,7 @@ impl Checker {
 
     /// The failure to report when the server closes the connection before
     /// the final broadcast.
-    pub fn closed(&mut self) -> Failure {
+    pub(crate) fn closed(&mut self) -> Failure {
         if let Some(suspect) = self.take_suspect() {
             return self.resolve(suspect, None);
         }

@@ -22,25 +22,25 @@ pub use followermaze_protocol::settings::ConfigError;
 use super::expect::queue_capacity;
 use super::generator::Profile;
 use super::line::MAX_LINE_BYTES;
-use super::source::OPENING_TICK;
+use super::opening::OPENING_TICK;
 
 /// Most client connections one run may open. Each costs a read buffer and an
 /// expectation queue (about 160 KiB) and a file descriptor.
-pub const MAX_CONCURRENCY: usize = 10_000;
+pub(crate) const MAX_CONCURRENCY: usize = 10_000;
 
 /// Largest `maxEventSourceBatchSize`: a batch is shuffled in memory and every
 /// client's expectation queue must hold one whole batch.
-pub const MAX_BATCH: u32 = 65_536;
+pub(crate) const MAX_BATCH: u32 = 65_536;
 
 /// Most expectation entries all client queues together may be sized for
 /// (24 bytes each: 1.5 GiB).
-pub const MAX_QUEUED_ENTRIES: u64 = 1 << 26;
+pub(crate) const MAX_QUEUED_ENTRIES: u64 = 1 << 26;
 
 /// What a server may count per retained line beside its bytes (its index
 /// entry and one session's reference to it), for
 /// [`VerifyConfig::max_owed_retained_bytes`]. Generous on purpose: ours
 /// counts a 16-byte reference per line against `resumeBufferBytes`.
-pub const RETAINED_LINE_OVERHEAD_BYTES: usize = 64;
+pub(crate) const RETAINED_LINE_OVERHEAD_BYTES: usize = 64;
 
 /// How chatty the verifier is on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -330,7 +330,7 @@ impl VerifyConfig {
 
     /// Reads the settings from `(name, value)` pairs; other names are
     /// ignored (the server's variables share the environment).
-    pub fn from_vars(
+    pub(crate) fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<VerifyConfig, ConfigError> {
         let v: Variables = settings::from_vars(SETTINGS, vars)?;
@@ -371,7 +371,7 @@ impl VerifyConfig {
     }
 
     /// Checks the ranges a run relies on.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let fail = |name: &str, value: &dyn std::fmt::Display, why: String| {
             Err(ConfigError::new(name, value, why))
         };
@@ -468,7 +468,7 @@ impl VerifyConfig {
     /// expectation queue can hold (nothing more can be owed: the source
     /// waits for room), plus the opening broadcasts sent while it is away,
     /// each at the longest line plus [`RETAINED_LINE_OVERHEAD_BYTES`].
-    pub fn max_owed_retained_bytes(&self) -> u64 {
+    pub(crate) fn max_owed_retained_bytes(&self) -> u64 {
         let queued = queue_capacity(self.max_event_source_batch_size, self.concurrency_level);
         let opening = self.offline.as_millis() as u64 / OPENING_TICK.as_millis() as u64 + 1;
         (queued as u64 + opening) * (MAX_LINE_BYTES + RETAINED_LINE_OVERHEAD_BYTES) as u64

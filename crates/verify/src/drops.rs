@@ -30,13 +30,13 @@ const OFFLINE_STREAM: u64 = 2 << 32;
 const BACKOFF_STREAM: u64 = 3 << 32;
 
 /// A drop comes at most this many means after its connection began.
-pub const MAX_DELAY_MEANS: f64 = 20.0;
+pub(crate) const MAX_DELAY_MEANS: f64 = 20.0;
 
 /// The wait after the first failed reconnect.
-pub const BACKOFF_FIRST: Duration = Duration::from_millis(1);
+pub(crate) const BACKOFF_FIRST: Duration = Duration::from_millis(1);
 
 /// The longest wait between two reconnect attempts.
-pub const BACKOFF_MAX: Duration = Duration::from_millis(250);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// How a client drops its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,7 +60,7 @@ impl DropKind {
     }
 
     /// A plural noun for reports.
-    pub fn plural(self) -> &'static str {
+    pub(crate) fn plural(self) -> &'static str {
         match self {
             DropKind::Close => "clean closes",
             DropKind::Reset => "resets",
@@ -71,7 +71,7 @@ impl DropKind {
 
 /// One client's drops; see the module doc.
 #[derive(Debug, Clone)]
-pub struct DropSchedule {
+pub(crate) struct DropSchedule {
     /// Delays and kinds of drops.
     drops: Rng,
     /// Offline waits.
@@ -87,7 +87,12 @@ pub struct DropSchedule {
 impl DropSchedule {
     /// The schedule of client `client` for `seed`, dropping on average
     /// every `mean` (never if zero) and staying away up to `offline_max`.
-    pub fn new(seed: u64, client: usize, mean: Duration, offline_max: Duration) -> DropSchedule {
+    pub(crate) fn new(
+        seed: u64,
+        client: usize,
+        mean: Duration,
+        offline_max: Duration,
+    ) -> DropSchedule {
         let client = client as u64;
         DropSchedule {
             drops: Rng::for_stream(seed, DROPS_STREAM + client),
@@ -100,7 +105,7 @@ impl DropSchedule {
 
     /// The next drop: how long after its connection began, and how. `None`
     /// when the client never drops on its own.
-    pub fn next_drop(&mut self) -> Option<(Duration, DropKind)> {
+    pub(crate) fn next_drop(&mut self) -> Option<(Duration, DropKind)> {
         if self.mean.is_zero() {
             return None;
         }
@@ -114,14 +119,14 @@ impl DropSchedule {
     }
 
     /// How long to stay away after a drop.
-    pub fn offline(&mut self) -> Duration {
+    pub(crate) fn offline(&mut self) -> Duration {
         let max_us = self.offline_max.as_micros() as u64;
         Duration::from_micros(self.offline.below(max_us + 1))
     }
 
     /// How long to wait after the `failures`-th failed reconnect in a row
     /// (1 for the first).
-    pub fn backoff(&mut self, failures: u32) -> Duration {
+    pub(crate) fn backoff(&mut self, failures: u32) -> Duration {
         let doubled = BACKOFF_FIRST.saturating_mul(1 << failures.saturating_sub(1).min(20));
         let base = doubled.min(BACKOFF_MAX);
         let jitter = 0.5 + 0.5 * (self.backoff.below(1 << 20) as f64 / (1 << 20) as f64);

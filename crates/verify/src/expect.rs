@@ -31,10 +31,10 @@ const DIGEST_START: u64 = 0x243F_6A88_85A3_08D3;
 /// Entries per client queue unless a batch needs more, or there are so many
 /// clients that [`QUEUE_BUDGET_ENTRIES`] runs out first: 96 KiB per client,
 /// and at the classic mix several million events of lead.
-pub const DEFAULT_QUEUE_ENTRIES: usize = 4096;
+pub(crate) const DEFAULT_QUEUE_ENTRIES: usize = 4096;
 
 /// Entries all client queues together may hold by default (24 MiB).
-pub const QUEUE_BUDGET_ENTRIES: usize = 1 << 20;
+pub(crate) const QUEUE_BUDGET_ENTRIES: usize = 1 << 20;
 
 /// The per-client queue length for `clients` clients and batches of up to
 /// `max_batch` events: [`DEFAULT_QUEUE_ENTRIES`], less when many clients
@@ -42,7 +42,7 @@ pub const QUEUE_BUDGET_ENTRIES: usize = 1 << 20;
 /// can owe one client at most one notification per event, and the source
 /// reserves a whole batch's entries at once, so the queue must hold at
 /// least one batch or the source could never make progress.
-pub fn queue_capacity(max_batch: u32, clients: usize) -> usize {
+pub(crate) fn queue_capacity(max_batch: u32, clients: usize) -> usize {
     let share = (QUEUE_BUDGET_ENTRIES / clients.max(1)).min(DEFAULT_QUEUE_ENTRIES);
     share.max((max_batch as usize).next_power_of_two())
 }
@@ -57,7 +57,7 @@ fn mix(x: u64) -> u64 {
 /// so a 20-byte line costs three multiplications; not for adversaries, but
 /// a changed, dropped or added byte changes it.
 #[inline]
-pub fn line_hash(line: &[u8]) -> u64 {
+pub(crate) fn line_hash(line: &[u8]) -> u64 {
     let len = line.len();
     let mut hash = (len as u64).wrapping_mul(MIX_B);
     if len >= 8 {
@@ -106,14 +106,14 @@ impl Default for Tally {
 impl Tally {
     /// Adds one line.
     #[inline]
-    pub fn add(&mut self, line: &[u8]) {
+    pub(crate) fn add(&mut self, line: &[u8]) {
         self.add_hashed(line_hash(line), line.len());
     }
 
     /// Adds one line whose [`line_hash`] is already known (the source hashes
     /// a broadcast once for all its recipients).
     #[inline]
-    pub fn add_hashed(&mut self, hash: u64, len: usize) {
+    pub(crate) fn add_hashed(&mut self, hash: u64, len: usize) {
         self.count += 1;
         self.bytes += len as u64;
         self.digest = (self.digest ^ hash).wrapping_mul(MIX_B).rotate_left(31);
@@ -121,20 +121,20 @@ impl Tally {
 }
 
 /// A chunk number meaning "no send time recorded" (latency not sampled).
-pub const UNTIMED: u32 = u32::MAX;
+pub(crate) const UNTIMED: u32 = u32::MAX;
 
 /// One notification a client is owed, as queued by the source. 24 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Expected {
+pub(crate) struct Expected {
     /// The event's sequence number.
-    pub seq: Seq,
+    pub(crate) seq: Seq,
     /// Its acting user.
     from: u32,
     /// Its target user.
     to: u32,
     /// The source chunk that carries it (see [`super::latency::SendClock`]),
     /// or [`UNTIMED`].
-    pub chunk: u32,
+    pub(crate) chunk: u32,
     /// Its type.
     kind: Kind,
 }
@@ -142,7 +142,7 @@ pub struct Expected {
 impl Expected {
     /// The entry for `event`, sent in chunk `chunk`.
     #[inline]
-    pub fn new(event: &Event, chunk: u32) -> Expected {
+    pub(crate) fn new(event: &Event, chunk: u32) -> Expected {
         Expected {
             seq: event.seq,
             from: event.from,
@@ -154,7 +154,7 @@ impl Expected {
 
     /// The event this entry stands for.
     #[inline]
-    pub fn event(&self) -> Event {
+    pub(crate) fn event(&self) -> Event {
         Event {
             seq: self.seq,
             kind: self.kind,
@@ -166,7 +166,7 @@ impl Expected {
     /// The line the source wrote for it, rendered by the same formatter:
     /// `&buf[..len]`.
     #[inline]
-    pub fn render(&self) -> ([u8; MAX_LINE_BYTES], usize) {
+    pub(crate) fn render(&self) -> ([u8; MAX_LINE_BYTES], usize) {
         let mut buf = [0u8; MAX_LINE_BYTES];
         let len = format_line(&self.event(), &mut buf);
         (buf, len)

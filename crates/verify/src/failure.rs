@@ -23,7 +23,7 @@ pub struct ClientRef {
 
 impl ClientRef {
     /// Client `index` of user `user`, before any resumable connection.
-    pub const fn new(index: usize, user: u32) -> ClientRef {
+    pub(crate) const fn new(index: usize, user: u32) -> ClientRef {
         ClientRef {
             index,
             user,
@@ -69,7 +69,7 @@ impl std::fmt::Display for ConnectionRef {
 }
 
 /// `#OK` or `#GAP`.
-pub fn verdict_tag(verdict: Verdict) -> &'static str {
+pub(crate) fn verdict_tag(verdict: Verdict) -> &'static str {
     match verdict {
         Verdict::Ok => "#OK",
         Verdict::Gap => "#GAP",

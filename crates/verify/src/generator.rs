@@ -70,7 +70,7 @@ impl std::str::FromStr for Profile {
 /// The users the client connections announce, deterministic from `seed`:
 /// distinct users drawn from `1..=users` while there are enough, and every
 /// user in turn again beyond that (several connections per user).
-pub fn client_users(seed: u64, users: u32, clients: usize) -> Vec<u32> {
+pub(crate) fn client_users(seed: u64, users: u32, clients: usize) -> Vec<u32> {
     let mut rng = Rng::for_stream(seed, USERS_STREAM);
     let mut pool: Vec<u32> = (1..=users).collect();
     let mut chosen = Vec::with_capacity(clients);
@@ -90,23 +90,23 @@ pub fn client_users(seed: u64, users: u32, clients: usize) -> Vec<u32> {
 /// One notification a correct server must send: event `event` of the batch
 /// goes to client connection `client`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Note {
+pub(crate) struct Note {
     /// The client connection's index.
-    pub client: u32,
+    pub(crate) client: u32,
     /// Index into [`Batch::events`].
-    pub event: u32,
+    pub(crate) event: u32,
 }
 
 /// One batch: a contiguous range of sequence numbers.
 #[derive(Debug, Default, Clone)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// The events, in sequence order.
-    pub events: Vec<Event>,
+    pub(crate) events: Vec<Event>,
     /// Who must be notified, in sequence order (for each client, the order
     /// its notifications must arrive in).
-    pub notes: Vec<Note>,
+    pub(crate) notes: Vec<Note>,
     /// The send order: indexes into `events`, shuffled.
-    pub order: Vec<u32>,
+    pub(crate) order: Vec<u32>,
 }
 
 impl Batch {
@@ -117,27 +117,28 @@ impl Batch {
     }
 }
 
-/// Events generated so far, by kind, in [`Kind::ALL`] order.
+/// Events generated so far, by kind: follow, unfollow, broadcast, private,
+/// status (the protocol's `F`, `U`, `B`, `P`, `S`), in that order.
 pub type MixCounts = [u64; 5];
 
 /// What the generator needs to know.
 #[derive(Debug, Clone)]
-pub struct GeneratorSettings {
+pub(crate) struct GeneratorSettings {
     /// Decides everything.
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Users are `1..=users`.
-    pub users: u32,
+    pub(crate) users: u32,
     /// The user of each client connection (see [`client_users`]).
-    pub client_users: Vec<u32>,
+    pub(crate) client_users: Vec<u32>,
     /// Batches are `1..=max_batch` events.
-    pub max_batch: u32,
+    pub(crate) max_batch: u32,
     /// The event mix.
-    pub profile: Profile,
+    pub(crate) profile: Profile,
 }
 
 /// See the module doc.
 #[derive(Debug)]
-pub struct Generator {
+pub(crate) struct Generator {
     /// Draws for events, batch sizes and shuffles.
     rng: Rng,
     /// The model of who follows whom and who is connected.
@@ -163,7 +164,7 @@ impl Generator {
     /// A generator for sequence numbers `first_seq..=last_seq`. Events
     /// depend on their position after `first_seq`, not on `first_seq`
     /// itself, so streams that start later are the same events renumbered.
-    pub fn new(settings: &GeneratorSettings, first_seq: Seq, last_seq: Seq) -> Generator {
+    pub(crate) fn new(settings: &GeneratorSettings, first_seq: Seq, last_seq: Seq) -> Generator {
         assert!(first_seq >= 1 && first_seq <= last_seq, "a non-empty range");
         let mut thresholds = settings.profile.weights();
         for i in 1..thresholds.len() {
@@ -185,7 +186,7 @@ impl Generator {
 
     /// Fills `batch` with the next batch; false (and an empty batch) once
     /// every sequence number has been generated.
-    pub fn next_batch(&mut self, batch: &mut Batch) -> bool {
+    pub(crate) fn next_batch(&mut self, batch: &mut Batch) -> bool {
         batch.clear();
         if self.next_seq > self.last_seq {
             return false;
@@ -287,12 +288,12 @@ impl Generator {
     }
 
     /// Events generated so far, by kind.
-    pub fn mix(&self) -> MixCounts {
+    pub(crate) fn mix(&self) -> MixCounts {
         self.mix
     }
 
     /// Follow edges in the model now.
-    pub fn edges(&self) -> usize {
+    pub(crate) fn edges(&self) -> usize {
         self.graph.edges()
     }
 }

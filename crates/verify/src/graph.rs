@@ -22,7 +22,7 @@ const NO_CLIENT: u32 = u32::MAX;
 
 /// See the module doc.
 #[derive(Debug)]
-pub struct Graph {
+pub(crate) struct Graph {
     /// Every follow edge as `(from, to)`, in no particular order.
     edges: Vec<(u32, u32)>,
     /// The same edges, keyed `from << 32 | to`, for membership.
@@ -45,7 +45,7 @@ fn edge_key(from: u32, to: u32) -> u64 {
 impl Graph {
     /// An empty graph over users `1..=users`, where client connection `c`
     /// belongs to user `client_users[c]` (a user may have several).
-    pub fn new(users: u32, client_users: &[u32]) -> Graph {
+    pub(crate) fn new(users: u32, client_users: &[u32]) -> Graph {
         let slots = users as usize + 1;
         let mut first_client = vec![NO_CLIENT; slots];
         let mut next_client = vec![NO_CLIENT; client_users.len()];
@@ -69,13 +69,13 @@ impl Graph {
 
     /// Whether `user` has a connection.
     #[inline]
-    pub fn is_connected(&self, user: u32) -> bool {
+    pub(crate) fn is_connected(&self, user: u32) -> bool {
         self.first_client[user as usize] != NO_CLIENT
     }
 
     /// Calls `notify` with every client connection of `user`.
     #[inline]
-    pub fn for_each_client(&self, user: u32, mut notify: impl FnMut(u32)) {
+    pub(crate) fn for_each_client(&self, user: u32, mut notify: impl FnMut(u32)) {
         let mut client = self.first_client[user as usize];
         while client != NO_CLIENT {
             notify(client);
@@ -86,14 +86,14 @@ impl Graph {
     /// Calls `notify` with every client connection of every follower of
     /// `user`: the audience of `user`'s status update.
     #[inline]
-    pub fn for_each_follower_client(&self, user: u32, mut notify: impl FnMut(u32)) {
+    pub(crate) fn for_each_follower_client(&self, user: u32, mut notify: impl FnMut(u32)) {
         for &follower in &self.connected_followers[user as usize] {
             self.for_each_client(follower, &mut notify);
         }
     }
 
     /// Records that `from` follows `to`; false if it already did.
-    pub fn follow(&mut self, from: u32, to: u32) -> bool {
+    pub(crate) fn follow(&mut self, from: u32, to: u32) -> bool {
         if !self.edge_set.insert(edge_key(from, to)) {
             return false;
         }
@@ -106,7 +106,7 @@ impl Graph {
 
     /// Removes an existing edge chosen uniformly with `rng` and returns it,
     /// or `None` (drawing nothing) when there are no edges.
-    pub fn unfollow_any(&mut self, rng: &mut Rng) -> Option<(u32, u32)> {
+    pub(crate) fn unfollow_any(&mut self, rng: &mut Rng) -> Option<(u32, u32)> {
         if self.edges.is_empty() {
             return None;
         }
@@ -125,12 +125,12 @@ impl Graph {
 
     /// Whether `from` follows `to` (for tests: the generator never asks).
     #[cfg(test)]
-    pub fn follows(&self, from: u32, to: u32) -> bool {
+    pub(crate) fn follows(&self, from: u32, to: u32) -> bool {
         self.edge_set.contains(&edge_key(from, to))
     }
 
     /// The number of follow edges.
-    pub fn edges(&self) -> usize {
+    pub(crate) fn edges(&self) -> usize {
         self.edges.len()
     }
 }

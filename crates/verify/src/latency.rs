@@ -33,7 +33,7 @@ const MAX_TRACKED_US: u64 = 3_600_000_000;
 
 /// See the module doc.
 #[derive(Debug)]
-pub struct SendClock {
+pub(crate) struct SendClock {
     /// Time zero.
     start: Instant,
     /// `slots[chunk % SLOTS]`: tag (chunk's high bits) and send time.
@@ -48,7 +48,7 @@ impl Default for SendClock {
 
 impl SendClock {
     /// A clock starting now, with no chunk stamped.
-    pub fn new() -> SendClock {
+    pub(crate) fn new() -> SendClock {
         SendClock {
             start: Instant::now(),
             slots: (0..SLOTS).map(|_| AtomicU64::new(EMPTY)).collect(),
@@ -57,12 +57,12 @@ impl SendClock {
 
     /// Microseconds since the clock started.
     #[inline]
-    pub fn now_us(&self) -> u64 {
+    pub(crate) fn now_us(&self) -> u64 {
         self.start.elapsed().as_micros() as u64 & TIME_MASK
     }
 
     /// Records that `chunk` is being sent now.
-    pub fn stamp(&self, chunk: u32) {
+    pub(crate) fn stamp(&self, chunk: u32) {
         let slot = &self.slots[chunk as usize % SLOTS];
         // Relaxed: a reader only ever looks at a chunk after reading bytes
         // that the kernel received after this store.
@@ -75,7 +75,7 @@ impl SendClock {
     /// When `chunk` was sent (microseconds since start), if it has been and
     /// its slot still holds it.
     #[inline]
-    pub fn sent_at(&self, chunk: u32) -> Option<u64> {
+    pub(crate) fn sent_at(&self, chunk: u32) -> Option<u64> {
         let value = self.slots[chunk as usize % SLOTS].load(Ordering::Relaxed);
         let tag = u64::from(chunk) >> SLOTS.trailing_zeros();
         (value != EMPTY && value >> TIME_BITS == tag).then_some(value & TIME_MASK)
@@ -85,7 +85,7 @@ impl SendClock {
 /// A latency histogram in microseconds; one per client reader, merged at
 /// the end.
 #[derive(Debug, Clone)]
-pub struct Latencies {
+pub(crate) struct Latencies {
     /// Two significant digits: about 1% error, 30 KiB per histogram.
     histogram: Histogram<u64>,
 }
@@ -102,20 +102,20 @@ impl Default for Latencies {
 impl Latencies {
     /// Records one latency.
     #[inline]
-    pub fn record(&mut self, micros: u64) {
+    pub(crate) fn record(&mut self, micros: u64) {
         self.histogram
             .saturating_record(micros.clamp(1, MAX_TRACKED_US));
     }
 
     /// Adds every sample of `other`.
-    pub fn merge(&mut self, other: &Latencies) {
+    pub(crate) fn merge(&mut self, other: &Latencies) {
         // Same bounds on both sides, so this cannot fail; if it somehow did,
         // the report would just have fewer samples.
         let _ = self.histogram.add(&other.histogram);
     }
 
     /// Percentiles, or `None` with no samples.
-    pub fn summary(&self) -> Option<LatencySummary> {
+    pub(crate) fn summary(&self) -> Option<LatencySummary> {
         let h = &self.histogram;
         if h.is_empty() {
             return None;

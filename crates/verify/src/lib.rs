@@ -20,35 +20,46 @@
 //! With `resumable=true` every client speaks the resumable protocol: its
 //! reader drops the connection now and then (`killswitchMs`), stays away
 //! (`offlineMs`), reconnects and checks the verdict, the replay and every
-//! checkpoint against what it was owed (see [`session`] and [`reader`]).
+//! checkpoint against what it was owed (see `session` and `reader`).
+//!
+//! # API
+//!
+//! [`run`] takes a [`VerifyConfig`] (read from the environment with
+//! [`VerifyConfig::from_env`]'s table, [`SETTINGS`]) and returns a
+//! [`Report`] or the first [`Failure`]; the types those carry are exported
+//! beside them. [`sink()`] is the discard server. Everything else is
+//! private to the crate.
 //!
 //! # Layout
 //!
 //! Pure logic (no I/O):
-//! - [`config`]: settings from the classic environment variables.
-//! - [`rng`]: the deterministic random numbers.
-//! - [`line`](mod@line): generated events and their exact wire bytes.
-//! - [`graph`]: the model of who follows whom and who is connected.
-//! - [`generator`]: the stream: batches, their shuffle, who is owed what.
-//! - [`expect`]: per-client tallies and the expectation entries.
-//! - [`check`]: one client's received lines against what it is owed.
-//! - [`session`]: a resumable client's side of the protocol: handshakes,
+//! - `config`: settings from the classic environment variables.
+//! - `rng`: the deterministic random numbers.
+//! - `line`: generated events and their exact wire bytes.
+//! - `graph`: the model of who follows whom and who is connected.
+//! - `opening`: the opening broadcasts' tick, and how far a probe got.
+//! - `generator`: the stream: batches, their shuffle, who is owed what.
+//! - `expect`: per-client tallies and the expectation entries.
+//! - `check`: one client's received lines against what it is owed.
+//! - `session`: a resumable client's side of the protocol: handshakes,
 //!   verdicts, checkpoints.
-//! - [`drops`]: when and how a resumable client drops its connection.
-//! - [`latency`]: send times per chunk, latency histograms.
-//! - [`failure`], [`report`]: how a run ends; [`server_usage`]: the
-//!   server's CPU time over it, when its `/metrics` tells.
+//! - `drops`: when and how a resumable client drops its connection.
+//! - `latency`: send times per chunk, latency histograms.
+//! - `failure`, `report`: how a run ends; `server_usage`: the server's CPU
+//!   time over it, when its `/metrics` tells.
 //!
 //! Threads, tasks and sockets:
-//! - [`source`]: the event source thread: opening, generate, write.
-//! - [`probe`]: a resumable run opens its stream before its clients
-//!   connect.
-//! - [`reader`]: one task per client connection.
-//! - [`shared`]: the state they share (first failure, plan, counters).
-//! - [`progress`]: progress lines or a progress bar.
-//! - [`sink`]: a discard server, to measure the verifier's own ceiling.
-//! - [`run`]: connects everything, starts it, waits for it and reports:
-//!   four stages, one function each.
+//! - `source`: the event source thread: opening, generate, write.
+//! - `probe`: a resumable run opens its stream before its clients connect.
+//! - `reader`: one task per client connection.
+//! - `shared`: the state they share (first failure, plan, counters).
+//! - `progress`: progress lines or a progress bar.
+//! - `sink`: a discard server, to measure the verifier's own ceiling.
+//! - [`run`] (here): connects everything, starts it, waits for it and
+//!   reports: four stages, one function each.
+//!
+//! Imports between these modules go one way: no two use each other, even
+//! through a third (`tests/layout.rs` checks it).
 
 // A `Failure` names the client and, on a resumable run, its connection,
 // which makes it larger than clippy likes in a `Result`. It is built once,
@@ -56,25 +67,26 @@
 // `Result`s an indirection (STYLE: hot paths do not box errors).
 #![allow(clippy::result_large_err)]
 
-pub mod check;
-pub mod config;
-pub mod drops;
-pub mod expect;
-pub mod failure;
-pub mod generator;
-pub mod graph;
-pub mod latency;
-pub mod line;
-pub mod probe;
-pub mod progress;
-pub mod reader;
-pub mod report;
-pub mod rng;
-pub mod server_usage;
-pub mod session;
-pub mod shared;
-pub mod sink;
-pub mod source;
+mod check;
+mod config;
+mod drops;
+mod expect;
+mod failure;
+mod generator;
+mod graph;
+mod latency;
+mod line;
+mod opening;
+mod probe;
+mod progress;
+mod reader;
+mod report;
+mod rng;
+mod server_usage;
+mod session;
+mod shared;
+mod sink;
+mod source;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -86,20 +98,28 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{ConfigError, LineEndings, LogLevel, VerifyConfig};
-pub use failure::{ByteDiff, CheckpointProblem, ClientRef, ConnectionRef, Failure, VerdictProblem};
-pub use generator::Profile;
+// The crate's API: everything a caller needs to run a verification and read
+// its outcome, and the sink. The modules themselves are private.
+pub use config::{ConfigError, LineEndings, LogLevel, VerifyConfig, SETTINGS};
+pub use drops::DropKind;
+pub use expect::Tally;
+pub use failure::{
+    ByteDiff, CheckpointProblem, ClientRef, ConnectionRef, Failure, Progress, VerdictProblem,
+};
+pub use generator::{MixCounts, Profile};
+pub use latency::LatencySummary;
 pub use report::{ClientSummary, Report, ResumeReport};
+pub use server_usage::ServerUsage;
 pub use session::ResumeStats;
+pub use sink::{sink, SinkReport};
 
 use check::Checker;
 use drops::DropSchedule;
 use expect::queue_capacity;
 use generator::{client_users, GeneratorSettings};
 use latency::Latencies;
-use probe::Opened;
+use opening::Opened;
 use reader::{read_client, ReaderOutcome, Resume};
-use server_usage::ServerUsage;
 use session::{Session, SessionSettings};
 use shared::Shared;
 use source::{Source, SourceOutcome, SourceSettings};
@@ -209,39 +229,13 @@ async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
     let shared = Arc::new(Shared::new(users.len()));
 
     let mut source_stream = connect_to(event_addr, "eventListenerPort", config.timeout).await?;
-    let opened = if config.resumable && !users.is_empty() {
-        // A user no event names: it is owed broadcasts only.
-        let probe_user = config.number_of_users + 1;
-        probe::start_stream(
-            &mut source_stream,
-            &client_addrs,
-            probe_user,
-            &shared,
-            config.timeout,
-        )
-        .await?
-    } else {
-        Opened::default()
+    let opened = match config.resumable && !users.is_empty() {
+        true => open_stream(config, &mut source_stream, &client_addrs, &shared).await?,
+        false => Opened::default(),
     };
-    let source_stream = source_stream
-        .into_std()
-        .and_then(|stream| stream.set_nonblocking(false).map(|()| stream))
-        .map_err(|error| Failure::SourceIo {
-            error: error.to_string(),
-        })?;
+    let source_stream = into_blocking(source_stream)?;
 
-    let mut sessions: Vec<Session> = match config.resumable {
-        true => {
-            let settings = SessionSettings {
-                window: config.resume_window,
-            };
-            users
-                .iter()
-                .map(|&user| Session::new(user, settings))
-                .collect()
-        }
-        false => Vec::new(),
-    };
+    let mut sessions = first_sessions(config, &users);
     let connecting = Instant::now();
     let client_streams =
         connect_clients(&client_addrs, &users, &mut sessions, config.timeout).await?;
@@ -249,25 +243,7 @@ async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
     if config.log_level >= LogLevel::Info {
         // Only once connected: a server that is not running gets exactly
         // one line, the failure.
-        println!(
-            "verifying {event_addr} (events) and {} (clients): {} events, {} clients \
-             of {} users, {} profile, seed {}{}{}",
-            client_addrs
-                .iter()
-                .map(SocketAddr::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-            config.total_events,
-            config.concurrency_level,
-            config.number_of_users,
-            config.profile.name(),
-            config.random_seed,
-            match config.rate {
-                0 => String::new(),
-                rate => format!(", {rate} events/s"),
-            },
-            resume_banner(config),
-        );
+        println!("{}", run_banner(config, event_addr, &client_addrs));
     }
     Ok(Connected {
         users,
@@ -279,6 +255,71 @@ async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
         opened,
         connect_time,
     })
+}
+
+/// A resumable run's probe: opening broadcasts on `source` until the
+/// server is on this run's stream at every one of `client_addrs`.
+async fn open_stream(
+    config: &VerifyConfig,
+    source: &mut TcpStream,
+    client_addrs: &[SocketAddr],
+    shared: &Shared,
+) -> Result<Opened, Failure> {
+    // A user no event names: it is owed broadcasts only.
+    let probe_user = config.number_of_users + 1;
+    probe::start_stream(source, client_addrs, probe_user, shared, config.timeout).await
+}
+
+/// The source's socket as a blocking std stream, for its thread.
+fn into_blocking(stream: TcpStream) -> Result<std::net::TcpStream, Failure> {
+    stream
+        .into_std()
+        .and_then(|stream| stream.set_nonblocking(false).map(|()| stream))
+        .map_err(|error| Failure::SourceIo {
+            error: error.to_string(),
+        })
+}
+
+/// On a resumable run, one session per client, in client order, before its
+/// first connection; none on a plain run.
+fn first_sessions(config: &VerifyConfig, users: &[u32]) -> Vec<Session> {
+    if !config.resumable {
+        return Vec::new();
+    }
+    let settings = SessionSettings {
+        window: config.resume_window,
+    };
+    users
+        .iter()
+        .map(|&user| Session::new(user, settings))
+        .collect()
+}
+
+/// The line that announces the run, once every client is connected.
+fn run_banner(
+    config: &VerifyConfig,
+    event_addr: SocketAddr,
+    client_addrs: &[SocketAddr],
+) -> String {
+    format!(
+        "verifying {event_addr} (events) and {} (clients): {} events, {} clients \
+         of {} users, {} profile, seed {}{}{}",
+        client_addrs
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        config.total_events,
+        config.concurrency_level,
+        config.number_of_users,
+        config.profile.name(),
+        config.random_seed,
+        match config.rate {
+            0 => String::new(),
+            rate => format!(", {rate} events/s"),
+        },
+        resume_banner(config),
+    )
 }
 
 /// How the banner describes a resumable run (empty for a plain one).
@@ -323,59 +364,14 @@ fn start(config: &VerifyConfig, connected: Connected) -> Running {
         let mut checker = Checker::new(client, consumer, shared.clone(), config.line_endings);
         let resume = sessions.next().map(|session| {
             checker.set_connection(Some(session.connection()));
-            Resume {
-                addresses: client_addrs.clone(),
-                at: index % client_addrs.len(),
-                session,
-                drops: DropSchedule::new(
-                    config.random_seed,
-                    index,
-                    config.killswitch,
-                    config.offline,
-                ),
-            }
+            resume_for(config, index, &client_addrs, session)
         });
+        let (shared, timeout) = (shared.clone(), config.timeout);
         readers.spawn(read_client(
-            client,
-            stream,
-            checker,
-            shared.clone(),
-            config.timeout,
-            resume,
+            client, stream, checker, shared, timeout, resume,
         ));
     }
-
-    let source = Source::new(
-        source_stream,
-        SourceSettings {
-            generator: GeneratorSettings {
-                seed: config.random_seed,
-                users: config.number_of_users,
-                client_users: users.clone(),
-                max_batch: config.max_event_source_batch_size,
-                profile: config.profile,
-            },
-            total_events: config.total_events,
-            rate: config.rate,
-            timeout: config.timeout,
-            opened,
-        },
-        shared.clone(),
-        producers,
-    );
-    let (source_done, source_result) = oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name("followermaze-source".into())
-        .spawn(move || {
-            // The receiver only goes away if the run was dropped.
-            let _ = source_done.send(source.run());
-        });
-    if let Err(error) = spawned {
-        shared.fail(Failure::Internal(format!(
-            "cannot start the source thread: {error}"
-        )));
-    }
-
+    let source_result = start_source(config, source_stream, &users, opened, &shared, producers);
     let progress_finished = CancellationToken::new();
     let progress = tokio::spawn(progress::show(
         shared.clone(),
@@ -394,6 +390,63 @@ fn start(config: &VerifyConfig, connected: Connected) -> Running {
         progress,
         progress_finished,
     }
+}
+
+/// What client `index`'s reader needs to resume: where to reconnect
+/// (starting from its own address), its session, its drop schedule.
+fn resume_for(
+    config: &VerifyConfig,
+    index: usize,
+    client_addrs: &Arc<[SocketAddr]>,
+    session: Session,
+) -> Resume {
+    Resume {
+        addresses: client_addrs.clone(),
+        at: index % client_addrs.len(),
+        session,
+        drops: DropSchedule::new(config.random_seed, index, config.killswitch, config.offline),
+    }
+}
+
+/// Starts the source thread on `stream`, feeding `producers` (one per
+/// client, in client order) and carrying on from `opened`. Returns where
+/// its result will come; a thread that cannot start is recorded in
+/// `shared` (and the receiver closes without a result).
+fn start_source(
+    config: &VerifyConfig,
+    stream: std::net::TcpStream,
+    users: &[u32],
+    opened: Opened,
+    shared: &Arc<Shared>,
+    producers: Vec<rtrb::Producer<expect::Expected>>,
+) -> oneshot::Receiver<Result<SourceOutcome, source::Stopped>> {
+    let settings = SourceSettings {
+        generator: GeneratorSettings {
+            seed: config.random_seed,
+            users: config.number_of_users,
+            client_users: users.to_vec(),
+            max_batch: config.max_event_source_batch_size,
+            profile: config.profile,
+        },
+        total_events: config.total_events,
+        rate: config.rate,
+        timeout: config.timeout,
+        opened,
+    };
+    let source = Source::new(stream, settings, shared.clone(), producers);
+    let (source_done, source_result) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("followermaze-source".into())
+        .spawn(move || {
+            // The receiver only goes away if the run was dropped.
+            let _ = source_done.send(source.run());
+        });
+    if let Err(error) = spawned {
+        shared.fail(Failure::Internal(format!(
+            "cannot start the source thread: {error}"
+        )));
+    }
+    source_result
 }
 
 /// Waits for every reader, then the source (unblocking its write first if

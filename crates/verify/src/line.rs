@@ -8,16 +8,16 @@
 use followermaze_protocol::Seq;
 
 /// Every line the verifier sends ends with this, as the protocol says.
-pub const TERMINATOR: &[u8] = b"\r\n";
+pub(crate) const TERMINATOR: &[u8] = b"\r\n";
 
 /// The longest line [`format_line`] can produce: a 20-digit sequence, two
 /// 10-digit user ids, three separators, a type letter and the terminator.
-pub const MAX_LINE_BYTES: usize = 20 + 10 + 10 + 3 + 1 + TERMINATOR.len();
+pub(crate) const MAX_LINE_BYTES: usize = 20 + 10 + 10 + 3 + 1 + TERMINATOR.len();
 
 /// What an event does; the protocol's type letter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// `F`: `from` follows `to`; `to` is notified.
     Follow,
     /// `U`: `from` unfollows `to`; nobody is notified.
@@ -32,7 +32,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in discriminant order (for per-kind counters).
-    pub const ALL: [Kind; 5] = [
+    pub(crate) const ALL: [Kind; 5] = [
         Kind::Follow,
         Kind::Unfollow,
         Kind::Broadcast,
@@ -42,7 +42,7 @@ impl Kind {
 
     /// The type letter on the wire.
     #[inline]
-    pub fn letter(self) -> u8 {
+    pub(crate) fn letter(self) -> u8 {
         match self {
             Kind::Follow => b'F',
             Kind::Unfollow => b'U',
@@ -53,7 +53,7 @@ impl Kind {
     }
 
     /// A plural noun for reports ("status updates").
-    pub fn plural(self) -> &'static str {
+    pub(crate) fn plural(self) -> &'static str {
         match self {
             Kind::Follow => "follows",
             Kind::Unfollow => "unfollows",
@@ -68,21 +68,21 @@ impl Kind {
 /// `1..=numberOfUsers`, and half the width keeps the per-client expectation
 /// queues small.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Event {
+pub(crate) struct Event {
     /// Its sequence number.
-    pub seq: Seq,
+    pub(crate) seq: Seq,
     /// Its type.
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// The acting user (unused by broadcasts, which have none).
-    pub from: u32,
+    pub(crate) from: u32,
     /// The target user (used by follows, unfollows and private messages).
-    pub to: u32,
+    pub(crate) to: u32,
 }
 
 impl Event {
     /// Broadcast `seq` (a broadcast names no users).
     #[inline]
-    pub fn broadcast(seq: Seq) -> Event {
+    pub(crate) fn broadcast(seq: Seq) -> Event {
         Event {
             seq,
             kind: Kind::Broadcast,
@@ -94,7 +94,7 @@ impl Event {
     /// The protocol module's view of this event, for tests comparing it
     /// with what [`followermaze_protocol::parse_event`] reads back.
     #[cfg(test)]
-    pub fn protocol_kind(&self) -> followermaze_protocol::EventKind {
+    pub(crate) fn protocol_kind(&self) -> followermaze_protocol::EventKind {
         use followermaze_protocol::EventKind;
         let (from, to) = (u64::from(self.from), u64::from(self.to));
         match self.kind {
@@ -141,7 +141,7 @@ fn put_decimal(buf: &mut [u8; MAX_LINE_BYTES], at: usize, mut n: u64) -> usize {
 /// Writes `event`'s line, terminator included, at the start of `buf` and
 /// returns its length.
 #[inline]
-pub fn format_line(event: &Event, buf: &mut [u8; MAX_LINE_BYTES]) -> usize {
+pub(crate) fn format_line(event: &Event, buf: &mut [u8; MAX_LINE_BYTES]) -> usize {
     let mut at = put_decimal(buf, 0, event.seq);
     buf[at] = b'|';
     buf[at + 1] = event.kind.letter();
@@ -166,7 +166,7 @@ pub fn format_line(event: &Event, buf: &mut [u8; MAX_LINE_BYTES]) -> usize {
 /// Appends `event`'s line to `out` and returns its length (for tests: the
 /// source formats straight into its buffer with [`format_line`]).
 #[cfg(test)]
-pub fn push_line(event: &Event, out: &mut Vec<u8>) -> usize {
+pub(crate) fn push_line(event: &Event, out: &mut Vec<u8>) -> usize {
     let mut line = [0u8; MAX_LINE_BYTES];
     let len = format_line(event, &mut line);
     out.extend_from_slice(&line[..len]);
@@ -177,14 +177,14 @@ pub fn push_line(event: &Event, out: &mut Vec<u8>) -> usize {
 /// the first `|`), or `None` if there is none. Cheaper than a full parse for
 /// the fast path, where the bytes are then compared whole anyway.
 #[inline]
-pub fn leading_seq(line: &[u8]) -> Option<Seq> {
+pub(crate) fn leading_seq(line: &[u8]) -> Option<Seq> {
     let bar = memchr::memchr(b'|', line)?;
     followermaze_protocol::parse_decimal(&line[..bar]).ok()
 }
 
 /// A short printable rendering of a line for failure messages: escapes
 /// `\r`, `\n` and anything not printable, and cuts long lines.
-pub fn quote(line: &[u8]) -> String {
+pub(crate) fn quote(line: &[u8]) -> String {
     const SHOWN: usize = 64;
     let shown = &line[..line.len().min(SHOWN)];
     let mut text = String::with_capacity(shown.len() + 8);

@@ -12,8 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use followermaze_protocol::cli::{self, About, EXIT_USAGE};
-use followermaze_verify::config::SETTINGS;
-use followermaze_verify::{run, sink::sink, Failure, LogLevel, VerifyConfig};
+use followermaze_verify::{run, sink, Failure, LogLevel, VerifyConfig, SETTINGS};
 
 /// What `--help` and `--version` say.
 const ABOUT: About = About {

@@ -27,28 +27,19 @@ use tokio::net::TcpStream;
 
 use super::failure::Failure;
 use super::line::{format_line, Event, MAX_LINE_BYTES};
+use super::opening::{Opened, OPENING_TICK};
 use super::shared::Shared;
-use super::source::OPENING_TICK;
 use followermaze_protocol::{parse_event, EventKind, Seq};
 
 /// Bytes the probe reads at a time; it needs one line.
 const PROBE_BUFFER_BYTES: usize = 4096;
-
-/// What the probe phase sent, for the source to carry on from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Opened {
-    /// Opening broadcasts written, `1..=broadcasts`, one chunk each.
-    pub broadcasts: Seq,
-    /// Their bytes.
-    pub bytes: u64,
-}
 
 /// Sends opening broadcasts on `source` until a probe connection to each of
 /// `clients` in turn (a cluster's gateways each apply the stream on their
 /// own) for `probe_user` receives one; stamps each on `shared`'s send clock
 /// (broadcast `n` is chunk `n - 1`, as the source's opening numbers them).
 /// Fails after `timeout` in all.
-pub async fn start_stream(
+pub(crate) async fn start_stream(
     source: &mut TcpStream,
     clients: &[SocketAddr],
     probe_user: u32,
@@ -85,8 +76,10 @@ async fn probe_one(
         .write_all(format!("{probe_user}\r\n").as_bytes())
         .await
         .map_err(|error| connect_failure(clients, error.to_string()))?;
-    let mut buf = vec![0u8; PROBE_BUFFER_BYTES];
-    let mut filled = 0;
+    let mut received = ProbeBuffer {
+        buf: vec![0u8; PROBE_BUFFER_BYTES],
+        filled: 0,
+    };
     loop {
         let waited = started.elapsed();
         if waited >= timeout {
@@ -95,32 +88,75 @@ async fn probe_one(
                 waited,
             });
         }
-        let seq = opened.broadcasts + 1;
-        let mut line = [0u8; MAX_LINE_BYTES];
-        let len = format_line(&Event::broadcast(seq), &mut line);
-        let chunk = u32::try_from(seq - 1).expect("far fewer opening broadcasts than 2^32");
-        shared.clock.stamp(chunk);
-        shared.events_handed.store(seq, Ordering::Release);
-        match tokio::time::timeout(timeout - waited, source.write_all(&line[..len])).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                return Err(Failure::SourceIo {
-                    error: error.to_string(),
-                })
-            }
-            Err(_) => {
-                return Err(Failure::SourceStalled {
-                    events_sent: opened.broadcasts,
-                    waited: timeout,
-                })
-            }
-        }
-        opened.broadcasts = seq;
-        opened.bytes += len as u64;
-        shared.events_sent.store(seq, Ordering::Relaxed);
+        send_broadcast(source, shared, (timeout - waited, timeout), opened).await?;
         let tick = Instant::now() + OPENING_TICK;
+        if received
+            .broadcast_by(&mut probe, clients, opened.broadcasts, tick)
+            .await?
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes the next opening broadcast to `source` within `remaining` (of
+/// `timeout` in all), stamped on `shared`'s send clock first (broadcast `n`
+/// is chunk `n - 1`), and counts it in `opened`.
+async fn send_broadcast(
+    source: &mut TcpStream,
+    shared: &Shared,
+    (remaining, timeout): (Duration, Duration),
+    opened: &mut Opened,
+) -> Result<(), Failure> {
+    let seq = opened.broadcasts + 1;
+    let mut line = [0u8; MAX_LINE_BYTES];
+    let len = format_line(&Event::broadcast(seq), &mut line);
+    let chunk = u32::try_from(seq - 1).expect("far fewer opening broadcasts than 2^32");
+    shared.clock.stamp(chunk);
+    shared.events_handed.store(seq, Ordering::Release);
+    match tokio::time::timeout(remaining, source.write_all(&line[..len])).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            return Err(Failure::SourceIo {
+                error: error.to_string(),
+            })
+        }
+        Err(_) => {
+            return Err(Failure::SourceStalled {
+                events_sent: opened.broadcasts,
+                waited: timeout,
+            })
+        }
+    }
+    opened.broadcasts = seq;
+    opened.bytes += len as u64;
+    shared.events_sent.store(seq, Ordering::Relaxed);
+    Ok(())
+}
+
+/// What the probe connection has read: `buf[..filled]` is the start of a
+/// line not yet complete.
+struct ProbeBuffer {
+    /// [`PROBE_BUFFER_BYTES`] long.
+    buf: Vec<u8>,
+    /// Bytes of `buf` in use.
+    filled: usize,
+}
+
+impl ProbeBuffer {
+    /// Reads `probe` (a connection to `clients`) until `tick`; returns
+    /// whether one of our broadcasts, at or below `seq`, arrived by then.
+    /// Anything else is not ours and is skipped; a line longer than the
+    /// buffer is thrown away whole.
+    async fn broadcast_by(
+        &mut self,
+        probe: &mut TcpStream,
+        clients: SocketAddr,
+        seq: Seq,
+        tick: Instant,
+    ) -> Result<bool, Failure> {
         while let Ok(read) =
-            tokio::time::timeout_at(tick.into(), probe.read(&mut buf[filled..])).await
+            tokio::time::timeout_at(tick.into(), probe.read(&mut self.buf[self.filled..])).await
         {
             let n = match read {
                 Ok(0) | Err(_) => {
@@ -129,20 +165,21 @@ async fn probe_one(
                 }
                 Ok(n) => n,
             };
-            filled += n;
-            while let Some(newline) = memchr::memchr(b'\n', &buf[..filled]) {
-                let line = &buf[..=newline];
+            self.filled += n;
+            while let Some(newline) = memchr::memchr(b'\n', &self.buf[..self.filled]) {
+                let line = &self.buf[..=newline];
                 if matches!(parse_event(line), Ok((got, EventKind::Broadcast)) if got <= seq) {
-                    return Ok(());
+                    return Ok(true);
                 }
                 // Anything else is not ours; wait for one of ours.
-                buf.copy_within(newline + 1..filled, 0);
-                filled -= newline + 1;
+                self.buf.copy_within(newline + 1..self.filled, 0);
+                self.filled -= newline + 1;
             }
-            if filled == buf.len() {
-                filled = 0;
+            if self.filled == self.buf.len() {
+                self.filled = 0;
             }
         }
+        Ok(false)
     }
 }
 

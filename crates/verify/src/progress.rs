@@ -17,7 +17,7 @@ const BAR_TICK: Duration = Duration::from_millis(100);
 
 /// Shows progress until `finished` or a failure; prints nothing below
 /// `info` or with a zero `interval`.
-pub async fn show(
+pub(crate) async fn show(
     shared: Arc<Shared>,
     total: u64,
     interval: Duration,

@@ -48,7 +48,7 @@ use followermaze_protocol::Seq;
 
 /// Bytes one read may take. A line longer than this (no `\n` in a full
 /// buffer) is reported as malformed: real lines are under 50 bytes.
-pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+pub(crate) const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The least time to wait before re-checking for an overdue notification,
 /// so a deadline a few microseconds away does not spin.
@@ -56,39 +56,39 @@ const MIN_RECHECK: Duration = Duration::from_millis(1);
 
 /// What a client that got everything reports.
 #[derive(Debug)]
-pub struct ReaderOutcome {
+pub(crate) struct ReaderOutcome {
     /// Which client.
-    pub client: ClientRef,
+    pub(crate) client: ClientRef,
     /// What it received of the main stream (and gave up to `#GAP`s).
-    pub tally: Tally,
+    pub(crate) tally: Tally,
     /// What it received of the opening broadcasts.
-    pub opening: Tally,
+    pub(crate) opening: Tally,
     /// Its latency samples.
-    pub latencies: Latencies,
+    pub(crate) latencies: Latencies,
     /// The first opening broadcast it received.
-    pub first_broadcast: Option<Seq>,
+    pub(crate) first_broadcast: Option<Seq>,
     /// Notification bytes it received, as received: the tallies count
     /// re-terminated lines as the lines they stand for.
-    pub bytes_received: u64,
+    pub(crate) bytes_received: u64,
     /// Notifications whose terminator differed from the one sent (accepted
     /// with `lineEndings=any` only).
-    pub reterminated: u64,
+    pub(crate) reterminated: u64,
     /// On a resumable run, its drops, resumes and replays.
-    pub resume: Option<ResumeStats>,
+    pub(crate) resume: Option<ResumeStats>,
 }
 
 /// What a resumable client needs beside its checker.
 #[derive(Debug)]
-pub struct Resume {
+pub(crate) struct Resume {
     /// Where clients connect (`clientAddresses`, or the one client port).
-    pub addresses: Arc<[SocketAddr]>,
+    pub(crate) addresses: Arc<[SocketAddr]>,
     /// The index in `addresses` of the current connection's; each reconnect
     /// attempt moves to the next (a cluster's other gateway).
-    pub at: usize,
+    pub(crate) at: usize,
     /// Its side of the protocol.
-    pub session: Session,
+    pub(crate) session: Session,
     /// When it drops, for how long, and how it backs off.
-    pub drops: DropSchedule,
+    pub(crate) drops: DropSchedule,
 }
 
 /// Why a reader stopped early.
@@ -128,7 +128,7 @@ enum End {
 /// Reads `client`'s notifications until the final broadcast, a failure
 /// (recorded in `shared`, and then `None`), or cancellation. `stream` has
 /// sent its handshake already; `resume` makes the client resumable.
-pub async fn read_client(
+pub(crate) async fn read_client(
     client: ClientRef,
     stream: TcpStream,
     checker: Checker,
@@ -259,18 +259,9 @@ impl Reader {
                 () = self.shared.cancel.cancelled() => return Err(Stop::Cancelled),
                 () = &mut kill, if kill_armed => {
                     kill_armed = false;
-                    match planned.map(|(_, kind)| kind) {
-                        Some(DropKind::Close) => {
-                            // FIN first; the kernel may still reset if
-                            // lines were in flight.
-                            let _ = stream.shutdown().await;
-                            return Ok(End::DroppedByUs(DropKind::Close));
-                        }
-                        Some(DropKind::Reset) => {
-                            let _ = socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO));
-                            return Ok(End::DroppedByUs(DropKind::Reset));
-                        }
-                        Some(DropKind::MidLine) | None => {
+                    match drop_connection(stream, planned.map(|(_, kind)| kind)).await {
+                        Some(end) => return Ok(end),
+                        None => {
                             cut = true;
                             continue;
                         }
@@ -280,24 +271,7 @@ impl Reader {
             };
             let n = match read {
                 Err(_elapsed) => {
-                    let next = self
-                        .checker
-                        .overdue(self.shared.clock.now_us(), self.timeout)?;
-                    wait = next.max(MIN_RECHECK);
-                    if let Some(resume) = &self.resume {
-                        if !resume.session.has_verdict() {
-                            let waited = connected.elapsed();
-                            if waited >= self.timeout {
-                                return Err(Failure::BadVerdict {
-                                    client: self.checker.client(),
-                                    problem: VerdictProblem::Never { waited },
-                                    received: "nothing".into(),
-                                }
-                                .into());
-                            }
-                            wait = wait.min(self.timeout - waited).max(MIN_RECHECK);
-                        }
-                    }
+                    wait = self.wait_after_silence(connected)?;
                     continue;
                 }
                 Ok(Ok(0)) if resumable => return Ok(End::DroppedByServer),
@@ -313,16 +287,55 @@ impl Reader {
                 Ok(Ok(n)) => n,
             };
             wait = self.timeout;
-            let end = filled + n;
-            let start = self.lines(end, &mut done)?;
-            // Lines taken off the queue may be what the source is waiting for.
-            self.shared.wake_source();
-            self.buf.copy_within(start..end, 0);
-            filled = end - start;
-            if filled == self.buf.len() {
-                return Err(self.checker.malformed(&self.buf[..filled]).into());
+            filled = self.take_lines(filled + n, &mut done)?;
+        }
+        self.check_after_final(stream, filled)?;
+        Ok(End::Done)
+    }
+
+    /// Nothing arrived within the last wait: fails if a notification is
+    /// overdue, or on a resumable connection (opened at `connected`) if its
+    /// verdict is. Otherwise returns how long the next read may wait.
+    fn wait_after_silence(&mut self, connected: Instant) -> Result<Duration, Failure> {
+        let next = self
+            .checker
+            .overdue(self.shared.clock.now_us(), self.timeout)?;
+        let mut wait = next.max(MIN_RECHECK);
+        if let Some(resume) = &self.resume {
+            if !resume.session.has_verdict() {
+                let waited = connected.elapsed();
+                if waited >= self.timeout {
+                    return Err(Failure::BadVerdict {
+                        client: self.checker.client(),
+                        problem: VerdictProblem::Never { waited },
+                        received: "nothing".into(),
+                    });
+                }
+                wait = wait.min(self.timeout - waited).max(MIN_RECHECK);
             }
         }
+        Ok(wait)
+    }
+
+    /// Checks the complete lines in `buf[..end]` and moves the incomplete
+    /// rest to the start of the buffer; returns its length. Sets `done`
+    /// when the final broadcast came.
+    fn take_lines(&mut self, end: usize, done: &mut bool) -> Result<usize, Failure> {
+        let start = self.lines(end, done)?;
+        // Lines taken off the queue may be what the source is waiting for.
+        self.shared.wake_source();
+        self.buf.copy_within(start..end, 0);
+        let filled = end - start;
+        if filled == self.buf.len() {
+            return Err(self.checker.malformed(&self.buf[..filled]));
+        }
+        Ok(filled)
+    }
+
+    /// After the final broadcast: checks the rest of the buffer
+    /// (`buf[..filled]`, part of a line) and whatever `stream` already
+    /// holds, neither of which is owed.
+    fn check_after_final(&mut self, stream: &TcpStream, filled: usize) -> Result<(), Failure> {
         if filled > 0 {
             // Part of a line after the final broadcast.
             let tail = self.buf[..filled].to_vec();
@@ -335,7 +348,7 @@ impl Reader {
             let extra = self.buf[..extra].to_vec();
             self.after_final(&extra)?;
         }
-        Ok(End::Done)
+        Ok(())
     }
 
     /// Checks the complete lines in `buf[..end]`; returns where the
@@ -461,10 +474,7 @@ impl Reader {
             pause = pause.max(resume.drops.backoff(streak.failures));
         }
         if !pause.is_zero() {
-            tokio::select! {
-                () = shared.cancel.cancelled() => return Err(Stop::Cancelled),
-                () = tokio::time::sleep(pause) => {}
-            }
+            pause_unless_cancelled(shared, pause).await?;
         }
         let started = Instant::now();
         let mut error = String::from("the server closed the connection before its verdict");
@@ -512,11 +522,34 @@ impl Reader {
             };
             streak.failures += 1;
             resume.session.stats_mut().retries += 1;
-            let backoff = resume.drops.backoff(streak.failures);
-            tokio::select! {
-                () = shared.cancel.cancelled() => return Err(Stop::Cancelled),
-                () = tokio::time::sleep(backoff) => {}
-            }
+            pause_unless_cancelled(shared, resume.drops.backoff(streak.failures)).await?;
         }
+    }
+}
+
+/// Drops `stream` the way `kind` says, its time having come: a clean close
+/// or a reset, and the connection's end; `None` for a mid-line drop, which
+/// waits for the first byte of a line.
+async fn drop_connection(stream: &mut TcpStream, kind: Option<DropKind>) -> Option<End> {
+    match kind {
+        Some(DropKind::Close) => {
+            // FIN first; the kernel may still reset if lines were in
+            // flight.
+            let _ = stream.shutdown().await;
+            Some(End::DroppedByUs(DropKind::Close))
+        }
+        Some(DropKind::Reset) => {
+            let _ = socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO));
+            Some(End::DroppedByUs(DropKind::Reset))
+        }
+        Some(DropKind::MidLine) | None => None,
+    }
+}
+
+/// Sleeps for `pause`, unless the run is cancelled first.
+async fn pause_unless_cancelled(shared: &Shared, pause: Duration) -> Result<(), Stop> {
+    tokio::select! {
+        () = shared.cancel.cancelled() => Err(Stop::Cancelled),
+        () = tokio::time::sleep(pause) => Ok(()),
     }
 }

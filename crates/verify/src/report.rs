@@ -21,7 +21,7 @@ pub struct Report {
     /// Opening broadcasts (sent one at a time until every client was
     /// registered).
     pub opening_broadcasts: u64,
-    /// Main-stream events by kind, in [`Kind::ALL`] order.
+    /// Main-stream events by kind, in [`MixCounts`]' order.
     pub mix: MixCounts,
     /// Follow edges in the model at the end.
     pub edges: usize,
@@ -70,7 +70,7 @@ pub struct ResumeReport {
 
 impl ResumeReport {
     /// Drops the clients made themselves.
-    pub fn own_drops(&self) -> u64 {
+    pub(crate) fn own_drops(&self) -> u64 {
         self.stats.drops.iter().sum()
     }
 }
@@ -144,7 +144,34 @@ fn millis(d: Duration) -> String {
 }
 
 impl std::fmt::Display for Report {
+    /// The report, one line per subject: the stream, the notifications,
+    /// the latency, the resumes and the server (when there are any), the
+    /// timing.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.fmt_stream(f)?;
+        self.fmt_notifications(f)?;
+        if let Some(resume) = &self.resume {
+            resume.fmt_with(f, self.elapsed)?;
+        }
+        if let Some(server) = &self.server {
+            self.fmt_server(f, server)?;
+        }
+        write!(
+            f,
+            "timing:        {} clients connected in {:.2} s, registered in {:.2} s; \
+             first event to last notification in {:.2} s",
+            self.clients,
+            self.connect_time.as_secs_f64(),
+            self.opening_time.as_secs_f64(),
+            self.stream_time.as_secs_f64()
+        )
+    }
+}
+
+/// The report's lines, one subject each, for [`Report`]'s `Display`.
+impl Report {
+    /// The `events sent` and `event mix` lines.
+    fn fmt_stream(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
             "events sent:   {} ({} opening broadcasts), {:.1} MB, in {:.2} s: {} events/s",
@@ -164,7 +191,11 @@ impl std::fmt::Display for Report {
             mix.join(", "),
             self.profile.name(),
             grouped(self.edges as u64)
-        )?;
+        )
+    }
+
+    /// The `notifications` and `latency` lines.
+    fn fmt_notifications(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
             "notifications: {} ({:.1} MB) to {} clients, {}",
@@ -185,35 +216,30 @@ impl std::fmt::Display for Report {
                 millis(latency.p999),
                 millis(latency.max),
                 grouped(latency.samples)
-            )?,
-            None => writeln!(f, "latency:       no notifications to time")?,
+            ),
+            None => writeln!(f, "latency:       no notifications to time"),
         }
-        if let Some(resume) = &self.resume {
-            resume.fmt_with(f, self.elapsed)?;
-        }
-        if let Some(server) = &self.server {
-            let per = |count: u64| grouped((server.cpu_seconds * 1e9 / count.max(1) as f64) as u64);
-            write!(
-                f,
-                "server:        {:.2} s CPU over the run, {} ns per event, {} ns per notification",
-                server.cpu_seconds,
-                per(self.events),
-                per(self.notifications),
-            )?;
-            if let Some(peak) = server.resident_max_bytes {
-                write!(f, "; peak RSS {:.1} MB", peak as f64 / 1e6)?;
-            }
-            writeln!(f, " (from {}/metrics)", server.endpoint)?;
-        }
+    }
+
+    /// The `server` line: its CPU time over the run, per event and per
+    /// notification, and its peak memory if told.
+    fn fmt_server(
+        &self,
+        f: &mut std::fmt::Formatter<'_>,
+        server: &ServerUsage,
+    ) -> std::fmt::Result {
+        let per = |count: u64| grouped((server.cpu_seconds * 1e9 / count.max(1) as f64) as u64);
         write!(
             f,
-            "timing:        {} clients connected in {:.2} s, registered in {:.2} s; \
-             first event to last notification in {:.2} s",
-            self.clients,
-            self.connect_time.as_secs_f64(),
-            self.opening_time.as_secs_f64(),
-            self.stream_time.as_secs_f64()
-        )
+            "server:        {:.2} s CPU over the run, {} ns per event, {} ns per notification",
+            server.cpu_seconds,
+            per(self.events),
+            per(self.notifications),
+        )?;
+        if let Some(peak) = server.resident_max_bytes {
+            write!(f, "; peak RSS {:.1} MB", peak as f64 / 1e6)?;
+        }
+        writeln!(f, " (from {}/metrics)", server.endpoint)
     }
 }
 

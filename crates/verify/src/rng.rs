@@ -10,7 +10,7 @@ const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// A deterministic pseudo-random generator; see the module doc.
 #[derive(Debug, Clone)]
-pub struct Rng {
+pub(crate) struct Rng {
     /// xoshiro256** state; never all zero (SplitMix64 cannot produce four
     /// zero words in a row).
     state: [u64; 4],
@@ -18,7 +18,7 @@ pub struct Rng {
 
 impl Rng {
     /// A generator whose whole output is decided by `seed`.
-    pub fn new(seed: u64) -> Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
         let mut mixer = seed;
         let mut next = || {
             mixer = mixer.wrapping_add(GOLDEN_GAMMA);
@@ -35,13 +35,13 @@ impl Rng {
     /// A generator for one purpose (`stream`) derived from `seed`, so that
     /// drawing more numbers for one purpose (say, the events) never shifts
     /// another (say, which users connect).
-    pub fn for_stream(seed: u64, stream: u64) -> Rng {
+    pub(crate) fn for_stream(seed: u64, stream: u64) -> Rng {
         Rng::new(seed ^ stream.wrapping_mul(GOLDEN_GAMMA).rotate_left(17))
     }
 
     /// The next 64 random bits.
     #[inline]
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         let s = &mut self.state;
         let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
         let t = s[1] << 17;
@@ -59,7 +59,7 @@ impl Rng {
     /// sizes, and unlike rejection it draws exactly one number, which keeps
     /// the stream easy to reason about.
     #[inline]
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 }

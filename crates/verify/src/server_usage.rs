@@ -18,11 +18,11 @@ const MAX_RESPONSE_BYTES: u64 = 1 << 20;
 
 /// One scrape's figures.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Usage {
+pub(crate) struct Usage {
     /// `process_cpu_seconds_total`.
-    pub cpu_seconds: f64,
+    pub(crate) cpu_seconds: f64,
     /// `process_resident_memory_max_bytes`, if given.
-    pub resident_max_bytes: Option<u64>,
+    pub(crate) resident_max_bytes: Option<u64>,
 }
 
 /// The server's figures over a run: the difference of two scrapes.
@@ -38,7 +38,7 @@ pub struct ServerUsage {
 
 impl ServerUsage {
     /// From the scrapes before and after a run.
-    pub fn between(endpoint: String, before: Usage, after: Usage) -> ServerUsage {
+    pub(crate) fn between(endpoint: String, before: Usage, after: Usage) -> ServerUsage {
         ServerUsage {
             endpoint,
             cpu_seconds: (after.cpu_seconds - before.cpu_seconds).max(0.0),
@@ -49,7 +49,7 @@ impl ServerUsage {
 
 /// Reads `http://host:port/metrics`; `None` if nothing answers there in
 /// time or the answer has no `process_cpu_seconds_total`.
-pub async fn scrape(host: &str, port: u16) -> Option<Usage> {
+pub(crate) async fn scrape(host: &str, port: u16) -> Option<Usage> {
     let body = tokio::time::timeout(SCRAPE_TIMEOUT, get(host, port))
         .await
         .ok()??;

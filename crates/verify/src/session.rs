@@ -38,24 +38,24 @@ use super::line::quote;
 
 /// A `#GAP` is accepted from a client away at least the window less this
 /// fraction of it (a tenth).
-pub const WINDOW_TOLERANCE_DIVISOR: u32 = 10;
+pub(crate) const WINDOW_TOLERANCE_DIVISOR: u32 = 10;
 
 /// What a session needs to know of the server.
 #[derive(Debug, Clone, Copy)]
-pub struct SessionSettings {
+pub(crate) struct SessionSettings {
     /// The server's `resumeWindowSecs`.
-    pub window: Duration,
+    pub(crate) window: Duration,
 }
 
 /// How a reconnect came about, for [`Session::hello`].
 #[derive(Debug, Clone, Copy)]
-pub struct Reconnect {
+pub(crate) struct Reconnect {
     /// When the connection dropped.
-    pub dropped: Instant,
+    pub(crate) dropped: Instant,
     /// When the reconnect began (after the offline wait).
-    pub started: Instant,
+    pub(crate) started: Instant,
     /// Events the source had written by the drop.
-    pub written: Seq,
+    pub(crate) written: Seq,
 }
 
 /// A resumable client's counters, summed over its connections.
@@ -87,7 +87,7 @@ pub struct ResumeStats {
 
 impl ResumeStats {
     /// Adds `other`'s counts to these.
-    pub fn merge(&mut self, other: &ResumeStats) {
+    pub(crate) fn merge(&mut self, other: &ResumeStats) {
         self.connections += other.connections;
         for (mine, theirs) in self.drops.iter_mut().zip(other.drops) {
             *mine += theirs;
@@ -110,7 +110,7 @@ impl ResumeStats {
 
 /// See the module doc.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     /// The user id.
     user: u32,
     /// The server's settings.
@@ -143,7 +143,7 @@ pub struct Session {
 
 impl Session {
     /// A session for `user` that has not connected yet.
-    pub fn new(user: u32, settings: SessionSettings) -> Session {
+    pub(crate) fn new(user: u32, settings: SessionSettings) -> Session {
         Session {
             user,
             settings,
@@ -169,7 +169,7 @@ impl Session {
     /// `reconnect` says when the connection dropped, when the reconnect
     /// began, and how many events the source had written at the drop:
     /// lines up to those that arrive on this connection count as replayed.
-    pub fn hello(&mut self, last_seq: Seq, reconnect: Option<Reconnect>) -> Vec<u8> {
+    pub(crate) fn hello(&mut self, last_seq: Seq, reconnect: Option<Reconnect>) -> Vec<u8> {
         self.connection.number += 1;
         self.connection.verdict = None;
         self.stats.connections += 1;
@@ -199,36 +199,36 @@ impl Session {
     }
 
     /// The connection now, for failures.
-    pub fn connection(&self) -> ConnectionRef {
+    pub(crate) fn connection(&self) -> ConnectionRef {
         self.connection
     }
 
     /// Whether this connection's verdict has arrived.
-    pub fn has_verdict(&self) -> bool {
+    pub(crate) fn has_verdict(&self) -> bool {
         self.connection.verdict.is_some()
     }
 
     /// The counters so far.
-    pub fn stats(&self) -> &ResumeStats {
+    pub(crate) fn stats(&self) -> &ResumeStats {
         &self.stats
     }
 
     /// The counters, to add drops and retries to.
-    pub fn stats_mut(&mut self) -> &mut ResumeStats {
+    pub(crate) fn stats_mut(&mut self) -> &mut ResumeStats {
         &mut self.stats
     }
 
     /// Counts `lines` event lines received on this connection, `bytes`
     /// being all of them back to back, terminators included.
     #[inline]
-    pub fn event_lines(&mut self, bytes: &[u8], lines: u64) {
+    pub(crate) fn event_lines(&mut self, bytes: &[u8], lines: u64) {
         self.crc.update(bytes);
         self.count += lines;
     }
 
     /// An event line at `seq` was accepted by the checker.
     #[inline]
-    pub fn accepted(&mut self, seq: Seq) {
+    pub(crate) fn accepted(&mut self, seq: Seq) {
         if self.replay_mark > 0 {
             if seq <= self.replay_mark {
                 self.stats.replayed += 1;
@@ -243,7 +243,7 @@ impl Session {
     /// `handed` the last sequence number the source had written by then (no
     /// position can be beyond it). Returns, for a resume's verdict, the time
     /// from the start of the reconnect to it.
-    pub fn control(
+    pub(crate) fn control(
         &mut self,
         line: &[u8],
         checker: &mut Checker,

@@ -18,23 +18,23 @@ use followermaze_protocol::Seq;
 
 /// The stream's numbering, fixed when the opening broadcasts end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The last opening broadcast (0 when there was no opening: no clients).
-    pub opening_end: Seq,
+    pub(crate) opening_end: Seq,
     /// The last sequence number; a broadcast every client must receive.
-    pub final_seq: Seq,
+    pub(crate) final_seq: Seq,
 }
 
 /// See the module doc.
 #[derive(Debug, Default)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// Chunk send times, for latency and for timeouts.
-    pub clock: SendClock,
+    pub(crate) clock: SendClock,
     /// The first failure; later ones are consequences and are dropped.
     failure: Mutex<Option<Failure>>,
     /// Cancelled on the first failure (and when the run ends), so every
     /// task stops waiting at once.
-    pub cancel: CancellationToken,
+    pub(crate) cancel: CancellationToken,
     /// Set exactly when `failure` is, readable without the lock.
     aborted: AtomicBool,
     /// Set once, before any entry of the main stream is queued.
@@ -44,15 +44,15 @@ pub struct Shared {
     /// Which ones, by client index.
     registered_clients: Box<[AtomicBool]>,
     /// Events written to the server so far.
-    pub events_sent: AtomicU64,
+    pub(crate) events_sent: AtomicU64,
     /// Every sequence number up to this has been handed to the event
     /// socket: stored (release) before each write, so a server can never be
     /// at a later position (read with acquire).
-    pub events_handed: AtomicU64,
+    pub(crate) events_handed: AtomicU64,
     /// Notifications received so far, all clients.
-    pub notifications: AtomicU64,
+    pub(crate) notifications: AtomicU64,
     /// Notification bytes received so far, all clients.
-    pub bytes_received: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
     /// The source thread, to wake it.
     source: OnceLock<Thread>,
     /// True while the source is parked waiting for a reader.
@@ -65,7 +65,7 @@ pub struct Shared {
 
 impl Shared {
     /// State for a run with `clients` client connections.
-    pub fn new(clients: usize) -> Shared {
+    pub(crate) fn new(clients: usize) -> Shared {
         Shared {
             registered_clients: (0..clients).map(|_| AtomicBool::new(false)).collect(),
             ..Shared::default()
@@ -74,7 +74,7 @@ impl Shared {
 
     /// Records that client `index` received its first opening broadcast,
     /// and wakes the source, which waits for everyone.
-    pub fn mark_registered(&self, index: usize) {
+    pub(crate) fn mark_registered(&self, index: usize) {
         if let Some(flag) = self.registered_clients.get(index) {
             if !flag.swap(true, Ordering::SeqCst) {
                 self.registered.fetch_add(1, Ordering::SeqCst);
@@ -84,7 +84,7 @@ impl Shared {
     }
 
     /// Records one resume's reconnect-to-verdict time.
-    pub fn record_resume(&self, latency: Duration) {
+    pub(crate) fn record_resume(&self, latency: Duration) {
         self.resume_latency
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -92,7 +92,7 @@ impl Shared {
     }
 
     /// Every resume's reconnect-to-verdict time so far.
-    pub fn resume_latency(&self) -> Latencies {
+    pub(crate) fn resume_latency(&self) -> Latencies {
         self.resume_latency
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -100,19 +100,19 @@ impl Shared {
     }
 
     /// How many clients have received an opening broadcast.
-    pub fn registered(&self) -> usize {
+    pub(crate) fn registered(&self) -> usize {
         self.registered.load(Ordering::SeqCst)
     }
 
     /// The first client that has not received an opening broadcast.
-    pub fn first_unregistered(&self) -> Option<usize> {
+    pub(crate) fn first_unregistered(&self) -> Option<usize> {
         self.registered_clients
             .iter()
             .position(|flag| !flag.load(Ordering::SeqCst))
     }
 
     /// Records `failure` if it is the first, and stops everything.
-    pub fn fail(&self, failure: Failure) {
+    pub(crate) fn fail(&self, failure: Failure) {
         {
             let mut slot = self
                 .failure
@@ -131,12 +131,12 @@ impl Shared {
 
     /// Whether a failure has been recorded.
     #[inline]
-    pub fn aborted(&self) -> bool {
+    pub(crate) fn aborted(&self) -> bool {
         self.aborted.load(Ordering::Relaxed)
     }
 
     /// The first failure, if any.
-    pub fn failure(&self) -> Option<Failure> {
+    pub(crate) fn failure(&self) -> Option<Failure> {
         self.failure
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -145,26 +145,26 @@ impl Shared {
 
     /// Fixes the plan; the source calls this once, before queueing any
     /// entry of the main stream.
-    pub fn set_plan(&self, plan: Plan) {
+    pub(crate) fn set_plan(&self, plan: Plan) {
         let fresh = self.plan.set(plan).is_ok();
         debug_assert!(fresh, "the plan is set once");
     }
 
     /// The plan, once the opening is over.
     #[inline]
-    pub fn plan(&self) -> Option<Plan> {
+    pub(crate) fn plan(&self) -> Option<Plan> {
         self.plan.get().copied()
     }
 
     /// Registers the calling thread as the source (to be woken).
-    pub fn register_source_thread(&self) {
+    pub(crate) fn register_source_thread(&self) {
         let _ = self.source.set(std::thread::current());
     }
 
     /// Source side: parks until `ready()` holds, a failure, or `max` passes;
     /// returns `ready()`. Spurious and timed-out wake-ups are harmless: the
     /// caller loops.
-    pub fn park_source(&self, ready: impl Fn() -> bool, max: Duration) -> bool {
+    pub(crate) fn park_source(&self, ready: impl Fn() -> bool, max: Duration) -> bool {
         self.source_parked.store(true, Ordering::SeqCst);
         // Pairs with the fence in `wake_source`: either the reader sees
         // `source_parked` and unparks, or we see what it freed.
@@ -179,7 +179,7 @@ impl Shared {
     /// Reader side: wakes the source if it is parked (after freeing queue
     /// room or registering).
     #[inline]
-    pub fn wake_source(&self) {
+    pub(crate) fn wake_source(&self) {
         fence(Ordering::SeqCst);
         if self.source_parked.load(Ordering::Relaxed) {
             if let Some(source) = self.source.get() {

@@ -31,16 +31,13 @@ use super::expect::{line_hash, Expected, Tally};
 use super::failure::{ClientRef, Failure};
 use super::generator::{Batch, Generator, GeneratorSettings, MixCounts};
 use super::line::{format_line, Event, MAX_LINE_BYTES};
-use super::probe::Opened;
+use super::opening::{Opened, OPENING_TICK};
 use super::shared::{Plan, Shared};
 use followermaze_protocol::Seq;
 
 /// Bytes buffered before a write: large writes keep the syscall count (and
 /// the server's read count) low; 256 KiB is about 16,000 classic events.
-pub const CHUNK_BYTES: usize = 256 * 1024;
-
-/// Time between opening broadcasts while clients are still registering.
-pub const OPENING_TICK: Duration = Duration::from_millis(2);
+pub(crate) const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Longest single park while waiting for queue room; the wait itself is
 /// unbounded (a stuck client fails by its own timeout, which wakes us).
@@ -51,51 +48,51 @@ const PACE_TICK: Duration = Duration::from_millis(50);
 
 /// The source stopped because a failure was recorded in [`Shared`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stopped;
+pub(crate) struct Stopped;
 
 /// What the source did, for the report and the final comparison.
 #[derive(Debug, Clone)]
-pub struct SourceOutcome {
+pub(crate) struct SourceOutcome {
     /// Per client: the exact notification bytes it is owed, folded.
-    pub tallies: Vec<Tally>,
+    pub(crate) tallies: Vec<Tally>,
     /// Events written, opening included.
-    pub events: u64,
+    pub(crate) events: u64,
     /// Opening broadcasts among them.
-    pub opening: u64,
+    pub(crate) opening: u64,
     /// Bytes written.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Main-stream events by kind.
-    pub mix: MixCounts,
+    pub(crate) mix: MixCounts,
     /// Follow edges in the model at the end.
-    pub edges: usize,
+    pub(crate) edges: usize,
     /// How long the main stream took to generate and write.
-    pub send_time: Duration,
+    pub(crate) send_time: Duration,
     /// When the main stream started (the opening was over).
-    pub main_started: Instant,
+    pub(crate) main_started: Instant,
     /// How long the opening took (until every client was registered).
-    pub opening_time: Duration,
+    pub(crate) opening_time: Duration,
 }
 
 /// What the source needs besides its socket.
 #[derive(Debug, Clone)]
-pub struct SourceSettings {
+pub(crate) struct SourceSettings {
     /// The stream to generate.
-    pub generator: GeneratorSettings,
+    pub(crate) generator: GeneratorSettings,
     /// Total events, opening included (unless the opening needs more).
-    pub total_events: u64,
+    pub(crate) total_events: u64,
     /// Events per second, 0 for unlimited.
-    pub rate: u64,
+    pub(crate) rate: u64,
     /// How long a write may block, and how long clients may take to
     /// register.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Opening broadcasts already written before the source started (a
     /// resumable run's probe, [`super::probe`]): the opening carries on
     /// after them.
-    pub opened: Opened,
+    pub(crate) opened: Opened,
 }
 
 /// See the module doc.
-pub struct Source {
+pub(crate) struct Source {
     /// To the server's event port; blocking, with a write timeout.
     stream: TcpStream,
     /// Settings.
@@ -132,7 +129,7 @@ pub struct Source {
 impl Source {
     /// A source writing to `stream`, queueing into `queues` (one per client,
     /// in client order).
-    pub fn new(
+    pub(crate) fn new(
         stream: TcpStream,
         settings: SourceSettings,
         shared: Arc<Shared>,
@@ -162,7 +159,7 @@ impl Source {
     }
 
     /// Runs the whole stream. On failure the reason is in `shared`.
-    pub fn run(mut self) -> Result<SourceOutcome, Stopped> {
+    pub(crate) fn run(mut self) -> Result<SourceOutcome, Stopped> {
         self.shared.register_source_thread();
         // Loopback writes are large and few; Nagle would only delay the
         // small opening broadcasts.

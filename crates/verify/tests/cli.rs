@@ -22,7 +22,7 @@ fn help_lists_every_setting_and_the_sink_mode() {
     assert_eq!(output.status.code(), Some(0));
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("Usage: followermaze-verify [sink]"), "{text}");
-    for setting in followermaze_verify::config::SETTINGS {
+    for setting in followermaze_verify::SETTINGS {
         let row = text
             .lines()
             .find(|line| line.split_whitespace().next() == Some(setting.name))
