@@ -427,7 +427,16 @@ impl Registry {
         Stats::add(&self.stats.notifications, notifications);
         Stats::set(&self.stats.refused_follows, self.router.refused_follows());
         self.flush_touched(batch.read_at());
-        self.retry_waiting(Instant::now());
+        if self.has_waiting() {
+            self.retry_waiting(Instant::now());
+        }
+    }
+
+    /// Whether resumes from ahead of this gateway wait for it to move on.
+    fn has_waiting(&self) -> bool {
+        self.remote
+            .as_ref()
+            .is_some_and(|remote| remote.resumes.has_waiting())
     }
 
     /// Attaches the waiting resumes this gateway has now reached, and closes
@@ -435,7 +444,7 @@ impl Registry {
     /// [`crate::resume::stream::AHEAD_WAIT`]).
     fn retry_waiting(&mut self, now: Instant) {
         let Some(remote) = self.remote.as_mut().filter(|r| r.resumes.has_waiting()) else {
-            return;
+            return; // Nothing waits: the usual case, one branch a batch.
         };
         let position = self.last_seq.unwrap_or(0);
         let stream = self.sessions.stream();
