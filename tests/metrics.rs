@@ -296,3 +296,70 @@ async fn metrics_port_zero_turns_the_endpoint_off() {
         .unwrap();
     assert!(listeners.metrics.is_none());
 }
+
+/// Raises this process's open-files limit to at least `needed` (up to the
+/// hard limit), for tests that hold many sockets; fails clearly if the
+/// hard limit is lower.
+fn allow_open_files(needed: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        assert!(
+            limit.rlim_max >= needed,
+            "this test holds {needed} sockets; the hard open-files limit is {}",
+            limit.rlim_max
+        );
+        if limit.rlim_cur < needed {
+            limit.rlim_cur = needed;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_sent_connections_cannot_lock_the_endpoint_out() {
+    // 1,000 idle connections and 20 half-sent requests on this side, as
+    // many accepted on the server's, and the rest of the test's sockets.
+    allow_open_files(4096);
+    let (server, metrics) = TestServer::start_with_metrics(Config::default()).await;
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(
+            within("idle connect", TcpStream::connect(metrics))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut half_sent = Vec::new();
+    for _ in 0..20 {
+        let mut stream = within("connect", TcpStream::connect(metrics))
+            .await
+            .unwrap();
+        within(
+            "half a request",
+            stream.write_all(b"GET /healthz HTTP/1.1\r\nHo"),
+        )
+        .await
+        .unwrap();
+        half_sent.push(stream);
+    }
+    // Before, 16 idle connections held every slot for up to a minute and
+    // this waited for them (longer than `within` allows).
+    assert_eq!(
+        http_get(metrics, "/healthz").await,
+        (200, "ok\n".to_owned())
+    );
+    // The endpoint closes them itself: an idle one after its idle deadline,
+    // a half-sent one after its header deadline (with a 408 or nothing).
+    for mut stream in [idle.swap_remove(0), half_sent.swap_remove(0)] {
+        let mut rest = Vec::new();
+        let read = within("the server closes it", stream.read_to_end(&mut rest)).await;
+        let text = String::from_utf8_lossy(&rest);
+        assert!(read.is_err() || !text.contains("200 OK"), "{text}");
+    }
+    server.stop().await.unwrap();
+}

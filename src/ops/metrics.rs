@@ -14,53 +14,24 @@
 //!
 //! Every metric, and its meaning, is listed in the README's Observability section.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use prometheus::{Registry, TextEncoder};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::net::TcpListener;
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::ops::accept::accept;
-use crate::ops::stats::{DisconnectReason, LatencyHistogram, LogThrottle, Stats, LATENCY_BUCKETS};
+use crate::ops::http;
+use crate::ops::stats::{DisconnectReason, LatencyHistogram, Stats, LATENCY_BUCKETS};
 
 /// Prefix of every metric name.
 const PREFIX: &str = "followermaze_";
-
-/// Most HTTP connections served at once. Scrapers hold one keep-alive
-/// connection each; past this, new connections wait in the kernel's accept
-/// backlog until one closes, so a flood of probes cannot grow our memory.
-pub(crate) const MAX_CONNECTIONS: usize = 16;
-
-/// A client must send a request's headers within this long.
-pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Bound on each connection's read and write buffers, in bytes: requests
-/// are a few header lines, and larger headers get `431`. A scrape's body
-/// (about 6 KiB) is written in more than one piece if it grows past this.
-const MAX_BUFFER_BYTES: usize = 16 * 1024;
-
-/// A connection is asked to close (after its current response) once it has
-/// been open this long, so an idle keep-alive connection cannot hold one of
-/// the [`MAX_CONNECTIONS`] slots for ever; scrapers simply reconnect.
-pub(crate) const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
-
-/// After being asked to close, a connection has this long to finish its
-/// response before it is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The latency histogram's exported buckets start at `2^FIRST_EXPORTED_BUCKET`
 /// µs (16 µs): a loopback round trip already takes longer, so finer buckets
@@ -548,9 +519,8 @@ fn text(status: StatusCode, body: &'static str) -> Response<String> {
     response
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` is
-/// cancelled; then stops accepting and drops the connections still open (a
-/// scrape in flight at that moment fails, which a scraper retries).
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until
+/// `shutdown` is cancelled (see [`http`] for how connections are held).
 pub(crate) async fn serve(
     listener: TcpListener,
     stats: Arc<Stats>,
@@ -563,66 +533,16 @@ pub(crate) async fn serve(
             tracing::info!(address = %format!("<unknown: {error}>"), "metrics endpoint listening")
         }
     }
-    let endpoint = Arc::new(Endpoint::new(Arc::clone(&stats), health));
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut connections = JoinSet::new();
-    let mut accept_errors = LogThrottle::new(Duration::from_secs(5));
-    loop {
-        let slot = tokio::select! {
-            () = shutdown.cancelled() => break,
-            slot = Arc::clone(&slots).acquire_owned() => {
-                slot.expect("the semaphore is never closed")
-            }
-        };
-        let Some((stream, peer)) =
-            accept(&listener, &shutdown, "metrics", &mut accept_errors, &stats).await
-        else {
-            break;
-        };
-        // Reap finished connections so the set holds at most about
-        // MAX_CONNECTIONS entries.
-        while connections.try_join_next().is_some() {}
-        connections.spawn(serve_connection(stream, peer, Arc::clone(&endpoint), slot));
-    }
-    connections.shutdown().await;
-}
-
-/// Serves HTTP/1.1 on one connection, holding `_slot` until it closes.
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    endpoint: Arc<Endpoint>,
-    _slot: OwnedSemaphorePermit,
-) {
-    let service = service_fn(move |request: Request<Incoming>| {
-        let response = endpoint.respond(request.method(), request.uri().path());
-        async move { Ok::<_, Infallible>(response) }
-    });
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_BUFFER_BYTES)
-        .serve_connection(TokioIo::new(stream), service);
-    let mut connection = std::pin::pin!(connection);
-    let outcome = tokio::select! {
-        outcome = connection.as_mut() => outcome,
-        () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
-            connection.as_mut().graceful_shutdown();
-            match tokio::time::timeout(CLOSE_GRACE, connection).await {
-                Ok(outcome) => outcome,
-                Err(_) => return,
-            }
-        }
-    };
-    if let Err(error) = outcome {
-        // Resets and timeouts from scrapers are routine: debug, not warn.
-        tracing::debug!(%peer, %error, "metrics connection ended with an error");
-    }
+    let endpoint = Endpoint::new(Arc::clone(&stats), health);
+    let respond =
+        move |request: &Request<Incoming>| endpoint.respond(request.method(), request.uri().path());
+    http::serve(listener, "metrics", stats, shutdown, respond).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn stats() -> Arc<Stats> {
         Arc::new(Stats::default())
