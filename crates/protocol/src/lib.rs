@@ -16,7 +16,10 @@
 //! - [`settings`]: settings from environment variables, one table per
 //!   binary, one error format.
 //! - [`cli`]: `--help`, `--version` and modes, the same for every binary.
+//! - [`auth`]: signed connection tokens (HS256 JWT): minted, checked, and
+//!   where they travel in a handshake or a source's first line.
 
+pub mod auth;
 pub mod cli;
 pub mod event;
 pub mod resume;
