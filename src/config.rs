@@ -8,14 +8,17 @@
 //! cannot be used.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use followermaze_protocol::auth::Key;
 
 use followermaze_protocol::settings::{self, ConfigError, Setting};
 use serde::Deserialize;
 
 use crate::settings::{
     ClientSettings, RegistrySettings, RetentionLimits, SequencerSettings, SessionSettings,
-    StreamSettings, SESSION_BYTES,
+    SourceSettings, StreamSettings, SESSION_BYTES,
 };
 
 /// Every variable the server reads, in the README's order.
@@ -23,6 +26,11 @@ pub const SETTINGS: &[Setting] = &[
     Setting::new("eventListenerPort", "9090", "port the event source connects to"),
     Setting::new("clientListenerPort", "9099", "port user clients connect to"),
     Setting::new("bindAddress", "0.0.0.0", "address both listeners bind to"),
+    Setting::new(
+        "eventBindAddress",
+        "",
+        "address the event source listener binds to (a private interface, say); empty = `bindAddress`",
+    ),
     Setting::new(
         "logLevel",
         "info",
@@ -143,6 +151,11 @@ pub const SETTINGS: &[Setting] = &[
         "10",
         "seconds between two snapshots of the follower graph the sequencer writes; keep it well under `streamMaxAgeSecs`",
     ),
+    Setting::new(
+        "authSecret",
+        "",
+        "HS256 secret of the signed tokens every client and event source must present (see Authentication); empty = no authentication",
+    ),
 ];
 
 /// Which part of the system this process is.
@@ -199,6 +212,9 @@ pub struct Config {
     pub client_listener_port: u16,
     /// Address both listeners bind to.
     pub bind_address: IpAddr,
+    /// Address the event source listener binds to, if not `bind_address`.
+    #[serde(deserialize_with = "settings::parsed")]
+    pub event_bind_address: OptionalAddress,
     /// A `tracing` filter (`info`, `debug`, `followermaze=trace`...);
     /// `RUST_LOG`, when set, wins.
     pub log_level: String,
@@ -261,6 +277,54 @@ pub struct Config {
     /// Seconds between two graph snapshots the sequencer writes: how far
     /// back a new gateway must replay the stream.
     pub snapshot_interval_secs: u64,
+    /// The tokens' secret; authentication is off while it is empty.
+    #[serde(deserialize_with = "settings::parsed")]
+    pub auth_secret: Secret,
+}
+
+/// An address setting that may be left empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OptionalAddress(pub Option<IpAddr>);
+
+impl std::str::FromStr for OptionalAddress {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(text: &str) -> Result<OptionalAddress, Self::Err> {
+        match text {
+            "" => Ok(OptionalAddress(None)),
+            text => text.parse().map(|address| OptionalAddress(Some(address))),
+        }
+    }
+}
+
+/// A secret setting: never printed (its `Debug` says only whether it is
+/// set).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's bytes, `None` when it is empty (unset).
+    pub fn get(&self) -> Option<&[u8]> {
+        (!self.0.is_empty()).then_some(self.0.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "Secret(unset)"
+        } else {
+            "Secret(<set>)"
+        })
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(text.to_owned()))
+    }
 }
 
 impl Default for Config {
@@ -410,7 +474,30 @@ impl Config {
             max_clients: self.max_clients,
             send_buffer_bytes: self.client_send_buffer_bytes,
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            auth: self.auth_key(),
         }
+    }
+
+    /// The event sources' settings; `max_line_bytes` is the framing bound.
+    pub(crate) fn sources(&self, max_line_bytes: usize) -> SourceSettings {
+        SourceSettings {
+            max_line_bytes,
+            auth: self.auth_key(),
+            auth_timeout: Duration::from_millis(self.handshake_timeout_ms),
+        }
+    }
+
+    /// The tokens' key, if `authSecret` is set.
+    pub fn auth_key(&self) -> Option<Arc<Key>> {
+        self.auth_secret
+            .get()
+            .map(|secret| Arc::new(Key::new(secret)))
+    }
+
+    /// The address the event source listener binds to: `eventBindAddress`,
+    /// else `bindAddress`.
+    pub fn event_address(&self) -> IpAddr {
+        self.event_bind_address.0.unwrap_or(self.bind_address)
     }
 
     /// Where the cluster's stream is, and its limits.

@@ -6,12 +6,15 @@ use std::process::ExitCode;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use followermaze::config::{LogFormat, SETTINGS};
 use followermaze::{
     BindError, Config, GatewayListeners, Listeners, Role, SequencerListeners, Stats,
 };
+use followermaze_protocol::auth::SOURCE_SUBJECT;
 use followermaze_protocol::cli::{self, About, EXIT_USAGE};
+use followermaze_protocol::parse_user_id;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -20,13 +23,19 @@ const ABOUT: About = About {
     binary: "followermaze",
     version: env!("CARGO_PKG_VERSION"),
     summary: "Follower-maze event fan-out server: events in on eventListenerPort, each forwarded \
-              byte for byte, in sequence order, to the clients on clientListenerPort it concerns.",
+              byte for byte, in sequence order, to the clients on clientListenerPort it concerns. \
+              `followermaze token <user> [--ttl-secs N]` (or `token --source`) prints a token \
+              signed with authSecret instead (exit status 2 if it is unset).",
     modes: &[],
     settings: SETTINGS,
 };
 
 fn main() -> ExitCode {
-    if let Err(exit) = cli::dispatch(&ABOUT, std::env::args().skip(1)) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|mode| mode == "token") {
+        return token(&args[1..]);
+    }
+    if let Err(exit) = cli::dispatch(&ABOUT, args) {
         return exit;
     }
     one_malloc_arena();
@@ -88,15 +97,77 @@ fn main() -> ExitCode {
     })
 }
 
+/// How long a minted token is valid unless `--ttl-secs` says otherwise.
+const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// `followermaze token <user> | --source [--ttl-secs N]`: prints a token
+/// signed with `authSecret` from the environment.
+fn token(args: &[String]) -> ExitCode {
+    let usage = "usage: followermaze token <user> [--ttl-secs N] | followermaze token --source \
+                 [--ttl-secs N]";
+    let (subject, ttl) = match token_args(args) {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            eprintln!("followermaze token: {message}\n{usage}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let key = match Config::from_env().map(|config| config.auth_key()) {
+        Ok(Some(key)) => key,
+        Ok(None) => {
+            eprintln!("followermaze token: authSecret is not set: nothing to sign with");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(error) => {
+            eprintln!("followermaze token: invalid configuration: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    println!("{}", key.mint(&subject, ttl, SystemTime::now()));
+    ExitCode::SUCCESS
+}
+
+/// The subject and lifetime `followermaze token`'s arguments ask for.
+fn token_args(args: &[String]) -> Result<(String, Duration), String> {
+    let mut subject = None;
+    let mut ttl = DEFAULT_TOKEN_TTL;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--source" => subject = Some(SOURCE_SUBJECT.to_owned()),
+            "--ttl-secs" => {
+                let value = args.next().ok_or("--ttl-secs needs a number of seconds")?;
+                let secs: u64 = value
+                    .parse()
+                    .map_err(|_| format!("--ttl-secs {value}: expected a number of seconds"))?;
+                ttl = Duration::from_secs(secs);
+            }
+            user if !user.starts_with('-') && subject.is_none() => {
+                let user = parse_user_id(user.as_bytes())
+                    .map_err(|_| format!("{user}: expected a user id (a decimal number)"))?;
+                subject = Some(user.to_string());
+            }
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    let subject = subject.ok_or("a user id or --source is required")?;
+    Ok((subject, ttl))
+}
+
 /// A port could not be bound: one line, exit status 2.
 fn bind_failed(error: BindError) -> ExitCode {
     eprintln!("followermaze: {error}");
     ExitCode::from(EXIT_USAGE)
 }
 
-/// Binds `port` (named `variable`) on `bindAddress`.
+/// Binds `port` (named `variable`) on `bindAddress` (the event port on
+/// `eventBindAddress` when that is set).
 fn bind(config: &Config, variable: &'static str, port: u16) -> Result<TcpListener, BindError> {
-    let address = SocketAddr::new(config.bind_address, port);
+    let ip = match variable {
+        "eventListenerPort" => config.event_address(),
+        _ => config.bind_address,
+    };
+    let address = SocketAddr::new(ip, port);
     followermaze::listen(address).map_err(|error| BindError {
         variable,
         address,

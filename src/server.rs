@@ -75,7 +75,7 @@ impl Listeners {
         Ok(Listeners {
             events: one(
                 "eventListenerPort",
-                SocketAddr::new(ip, config.event_listener_port),
+                SocketAddr::new(config.event_address(), config.event_listener_port),
             )
             .await?,
             clients: one(
@@ -212,7 +212,7 @@ impl Pipeline {
                 events,
                 to_sequencer,
                 stats.clone(),
-                MAX_LINE_BYTES,
+                config.sources(MAX_LINE_BYTES),
                 stop_input.clone(),
             ),
         );

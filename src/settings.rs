@@ -2,7 +2,10 @@
 //! component takes its own struct, never the whole `Config`, and this file
 //! imports nothing of the crate's, so settings stay a leaf of the layout.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use followermaze_protocol::auth::Key;
 
 /// Settings the sequencer needs.
 #[derive(Debug, Clone)]
@@ -71,6 +74,22 @@ pub(crate) struct ClientSettings {
     /// At shutdown, how long writers may take to flush before they are cut
     /// (`drainTimeoutMs`).
     pub(crate) drain_timeout: Duration,
+    /// When set (`authSecret`), every handshake must carry a token for its
+    /// user.
+    pub(crate) auth: Option<Arc<Key>>,
+}
+
+/// Settings for event source connections.
+#[derive(Debug, Clone)]
+pub(crate) struct SourceSettings {
+    /// Longest line accepted; a longer one is dropped and counted.
+    pub(crate) max_line_bytes: usize,
+    /// When set (`authSecret`), a source's first line must be
+    /// `#AUTH|<token>` for the subject `source`.
+    pub(crate) auth: Option<Arc<Key>>,
+    /// A source that must authenticate has this long to send its first
+    /// line (`handshakeTimeoutMs`).
+    pub(crate) auth_timeout: Duration,
 }
 
 /// Where the cluster's stream lives and how long it keeps events.

@@ -233,3 +233,37 @@ async fn json_logs_are_one_json_object_per_line() {
     child.start_kill().unwrap();
     let _ = within("the server to exit", child.wait()).await;
 }
+
+#[tokio::test]
+async fn token_prints_a_token_signed_with_the_secret_and_needs_one() {
+    let mut unset = server_command();
+    unset.args(["token", "2932"]);
+    let (code, stderr) = run_to_exit(unset).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("authSecret is not set"), "{stderr}");
+
+    let secret = "a secret of tests/binary.rs";
+    let minted = |args: &'static [&'static str]| {
+        let mut command = server_command();
+        command
+            .args(args)
+            .env("authSecret", secret)
+            .stdout(Stdio::piped());
+        async move {
+            let output = within("token", command.output()).await.unwrap();
+            assert_eq!(output.status.code(), Some(0), "{args:?}");
+            String::from_utf8(output.stdout).unwrap().trim().to_owned()
+        }
+    };
+    let key = followermaze_protocol::auth::Key::new(secret.as_bytes());
+    let user = minted(&["token", "2932", "--ttl-secs", "120"]).await;
+    assert_eq!(key.check(user.as_bytes(), "2932"), Ok(()));
+    let source = minted(&["token", "--source"]).await;
+    assert_eq!(key.check(source.as_bytes(), "source"), Ok(()));
+
+    let mut bad = server_command();
+    bad.args(["token", "--ttl-secs", "soon"])
+        .env("authSecret", secret);
+    let (code, stderr) = run_to_exit(bad).await;
+    assert_eq!(code, Some(2), "{stderr}");
+}

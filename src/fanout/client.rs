@@ -3,8 +3,10 @@
 //!
 //! The handshake is one line, within a deadline and a byte bound: a user id
 //! (classic), or `user|stream|after` (resumable; see
-//! [`followermaze_protocol::resume`]); anything else closes that connection
-//! only. After it, whatever
+//! [`followermaze_protocol::resume`]); with `authSecret` set, only
+//! `user|stream|after|token` with a valid token for that user
+//! ([`followermaze_protocol::auth`]). Anything else closes that connection
+//! only, without a reply. After it, whatever
 //! the client sends is read into a small scratch buffer and dropped, so a
 //! chatty client costs nothing and a closed one is noticed at once.
 
@@ -25,11 +27,15 @@ use crate::fanout::RegistryHandle;
 use crate::ops::accept::accept;
 use crate::ops::stats::{DisconnectReason, LogThrottle, Stats};
 use crate::settings::ClientSettings;
+use followermaze_protocol::auth::{split_token, AuthError, Key, MAX_TOKEN_BYTES};
 use followermaze_protocol::resume::{parse_hello, Hello, HelloError, MAX_HELLO_BYTES};
 
 /// The longest handshake line accepted, terminator included: the longest
 /// resumable one (user, stream id, position).
 pub(crate) const MAX_HANDSHAKE_BYTES: usize = MAX_HELLO_BYTES;
+
+/// The same with `authSecret` set: a `|` and a token more.
+pub(crate) const MAX_AUTH_HANDSHAKE_BYTES: usize = MAX_HELLO_BYTES + 1 + MAX_TOKEN_BYTES;
 
 /// Scratch space for reading (and dropping) what a client sends after its
 /// handshake. Small, because it lives in every connection's task.
@@ -53,6 +59,8 @@ enum HandshakeError {
     TooLong,
     /// The line was not a handshake.
     Invalid(HelloError),
+    /// Its token was missing or bad (`authSecret` set).
+    Refused(AuthError),
     /// The socket failed.
     Io(io::Error),
     /// The server is shutting down.
@@ -66,6 +74,7 @@ impl std::fmt::Display for HandshakeError {
             HandshakeError::ClosedEarly => f.write_str("closed before sending a user id"),
             HandshakeError::TooLong => write!(f, "no newline within {MAX_HANDSHAKE_BYTES} bytes"),
             HandshakeError::Invalid(error) => write!(f, "{error}"),
+            HandshakeError::Refused(reason) => write!(f, "token {reason}"),
             HandshakeError::Io(error) => write!(f, "socket error: {error}"),
             HandshakeError::Shutdown => f.write_str("server shutting down"),
         }
@@ -111,6 +120,7 @@ pub(crate) async fn accept_clients(
             stats: stats.clone(),
             handshake_timeout: settings.handshake_timeout,
             send_buffer_bytes: settings.send_buffer_bytes,
+            auth: settings.auth.clone(),
             shutdown: shutdown.clone(),
             bad_handshakes: Arc::clone(&bad_handshakes),
         };
@@ -148,6 +158,8 @@ struct Connection {
     handshake_timeout: Duration,
     /// `SO_SNDBUF`, or 0 for the OS default.
     send_buffer_bytes: usize,
+    /// When set, the handshake must carry a token for its user.
+    auth: Option<Arc<Key>>,
     /// Cancelled at shutdown (ends a pending handshake).
     shutdown: CancellationToken,
     /// Shared rate limit for bad-handshake warnings: a port scan must not
@@ -169,13 +181,14 @@ impl Connection {
         }
         let handshake = tokio::select! {
             () = self.shutdown.cancelled() => Err(HandshakeError::Shutdown),
-            result = tokio::time::timeout(self.handshake_timeout, read_hello(&mut stream)) => {
+            result = tokio::time::timeout(self.handshake_timeout, self.read_hello(&mut stream)) => {
                 result.unwrap_or(Err(HandshakeError::Timeout))
             }
         };
         let hello = match handshake {
             Ok(hello) => hello,
             Err(HandshakeError::Shutdown) => return,
+            Err(HandshakeError::Refused(reason)) => return self.refuse(reason),
             Err(error) => {
                 self.stats.disconnected(DisconnectReason::BadHandshake);
                 let allowed = self
@@ -218,28 +231,76 @@ impl Connection {
     }
 }
 
-/// Reads the handshake line and parses it. Bytes after the newline in the
-/// same read are dropped (the protocol gives them no meaning).
-async fn read_hello(stream: &mut TcpStream) -> Result<Hello, HandshakeError> {
-    let mut line = [0u8; MAX_HANDSHAKE_BYTES];
-    let mut filled = 0;
-    loop {
-        let read = stream
-            .read(&mut line[filled..])
-            .await
-            .map_err(HandshakeError::Io)?;
-        if read == 0 {
-            return Err(HandshakeError::ClosedEarly);
-        }
-        if let Some(newline) = memchr::memchr(b'\n', &line[filled..filled + read]) {
-            let end = filled + newline + 1;
-            return parse_hello(&line[..end]).map_err(HandshakeError::Invalid);
-        }
-        filled += read;
-        if filled == line.len() {
-            return Err(HandshakeError::TooLong);
+impl Connection {
+    /// Reads the handshake line and parses it, checking its token when
+    /// `authSecret` is set. Bytes after the newline in the same read are
+    /// dropped (the protocol gives them no meaning).
+    async fn read_hello(&self, stream: &mut TcpStream) -> Result<Hello, HandshakeError> {
+        let max = match self.auth {
+            None => MAX_HANDSHAKE_BYTES,
+            Some(_) => MAX_AUTH_HANDSHAKE_BYTES,
+        };
+        // On the heap, and only for the handshake: the connection's task
+        // keeps no room for it afterwards.
+        let mut line = vec![0u8; max];
+        let mut filled = 0;
+        loop {
+            let read = stream
+                .read(&mut line[filled..])
+                .await
+                .map_err(HandshakeError::Io)?;
+            if read == 0 {
+                return Err(HandshakeError::ClosedEarly);
+            }
+            if let Some(newline) = memchr::memchr(b'\n', &line[filled..filled + read]) {
+                let end = filled + newline + 1;
+                return hello_of(&line[..end], self.auth.as_deref());
+            }
+            filled += read;
+            if filled == line.len() {
+                return Err(HandshakeError::TooLong);
+            }
         }
     }
+
+    /// Closes a client whose token was missing or bad, without a reply:
+    /// counts it by reason and says so (rate-limited).
+    fn refuse(&self, reason: AuthError) {
+        Stats::add(&self.stats.client_auth_refusals[reason.index()], 1);
+        let allowed = self
+            .bad_handshakes
+            .lock()
+            .map(|mut throttle| throttle.allow())
+            .unwrap_or(None);
+        if let Some(suppressed) = allowed {
+            tracing::warn!(
+                peer = %self.peer,
+                %reason,
+                suppressed,
+                "refusing client: its handshake must carry a token signed with authSecret for its user"
+            );
+        }
+    }
+}
+
+/// The handshake `line` says, with its token checked against `auth` when
+/// authentication is on: then only the four-field form with a valid token
+/// for the user it names is accepted. Without `auth` the classic protocol
+/// holds (a fourth field is a bad handshake).
+fn hello_of(line: &[u8], auth: Option<&Key>) -> Result<Hello, HandshakeError> {
+    let Some(key) = auth else {
+        return parse_hello(line).map_err(HandshakeError::Invalid);
+    };
+    let (handshake, token) = split_token(line);
+    let hello = parse_hello(handshake).map_err(HandshakeError::Invalid)?;
+    let token = match (&hello, token) {
+        (Hello::Resumable { .. }, Some(token)) => token,
+        _ => return Err(HandshakeError::Refused(AuthError::Missing)),
+    };
+    let subject = hello.user().to_string();
+    key.check(token, &subject)
+        .map_err(HandshakeError::Refused)?;
+    Ok(hello)
 }
 
 /// Moves bytes from `outbox` to the socket until the client leaves, the

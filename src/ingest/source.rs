@@ -7,7 +7,8 @@
 //! is still passed on.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -21,6 +22,10 @@ use crate::ingest::lines::{read_events, LineReader, Skipped};
 use crate::ops::accept::accept;
 use crate::ops::stats::{LogThrottle, Stats};
 use crate::order::sequencer::{ReadEvents, SourceId, SourceMsg};
+use crate::settings::SourceSettings;
+use followermaze_protocol::auth::{
+    parse_auth_line, AuthError, Key, AUTH_PREFIX, MAX_TOKEN_BYTES, SOURCE_SUBJECT,
+};
 use followermaze_protocol::ParseError;
 
 /// How often a repeating bad-input warning may be logged, per connection.
@@ -35,73 +40,146 @@ pub(crate) async fn accept_sources(
     listener: TcpListener,
     sequencer: mpsc::Sender<SourceMsg>,
     stats: Arc<Stats>,
-    max_line_bytes: usize,
+    settings: SourceSettings,
     shutdown: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
     let mut errors = LogThrottle::new(WARN_EVERY);
+    // Shared by every connection: a flood of bad tokens must not flood
+    // the log.
+    let refusals = Arc::new(Mutex::new(LogThrottle::new(WARN_EVERY)));
     let mut next_id: SourceId = 0;
     while let Some((stream, peer)) =
         accept(&listener, &shutdown, "event source", &mut errors, &stats).await
     {
         next_id += 1;
         Stats::add(&stats.source_connections, 1);
-        connections.spawn(serve_source(
-            stream,
+        let source = Source {
             peer,
-            next_id,
-            sequencer.clone(),
-            stats.clone(),
-            max_line_bytes,
-            shutdown.clone(),
-        ));
+            id: next_id,
+            sequencer: sequencer.clone(),
+            stats: stats.clone(),
+            settings: settings.clone(),
+            refusals: Arc::clone(&refusals),
+        };
+        connections.spawn(source.serve(stream, shutdown.clone()));
         while connections.try_join_next().is_some() {}
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_source(
-    mut stream: TcpStream,
+/// One event source connection's context.
+struct Source {
+    /// Its address, for logs.
     peer: SocketAddr,
+    /// Its id, for the sequencer and logs.
     id: SourceId,
+    /// Where its events go.
     sequencer: mpsc::Sender<SourceMsg>,
+    /// Shared counters.
     stats: Arc<Stats>,
-    max_line_bytes: usize,
-    shutdown: CancellationToken,
-) {
-    let open = stats
-        .sources_connected
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        + 1;
-    tracing::info!(%peer, source = id, open, "event source connected");
-    if sequencer.send(SourceMsg::Opened(id)).await.is_err() {
-        return;
+    /// Line bound and authentication.
+    settings: SourceSettings,
+    /// Rate limit for refusal warnings, shared by all sources.
+    refusals: Arc<Mutex<LogThrottle>>,
+}
+
+impl Source {
+    /// Authenticates the source (with `authSecret` set), then reads its
+    /// events until it closes or `shutdown`.
+    async fn serve(self, mut stream: TcpStream, shutdown: CancellationToken) {
+        let (id, peer, stats) = (self.id, self.peer, &self.stats);
+        let mut reader = LineReader::new(self.settings.max_line_bytes);
+        if let Some(key) = &self.settings.auth {
+            let deadline = self.settings.auth_timeout;
+            let first = tokio::time::timeout(deadline, authenticate(&mut stream, &mut reader, key));
+            let refused = match first.await {
+                Ok(Ok(())) => None,
+                Ok(Err(reason)) => Some(reason),
+                Err(_) => Some(AuthError::Missing),
+            };
+            if let Some(reason) = refused {
+                return self.refuse(reason);
+            }
+        }
+        let open = stats.sources_connected.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(%peer, source = id, open, "event source connected");
+        if self.sequencer.send(SourceMsg::Opened(id)).await.is_err() {
+            return;
+        }
+        let mut parser = LineParser {
+            id,
+            max_line_bytes: self.settings.max_line_bytes,
+            bytes_per_event: 16,
+            stats: stats.clone(),
+            bad_lines: LogThrottle::new(WARN_EVERY),
+        };
+        let (ending, events_read) = read_until_end(
+            &mut stream,
+            &mut reader,
+            &mut parser,
+            &self.sequencer,
+            &shutdown,
+        )
+        .await;
+        let partial = reader.partial_len();
+        if partial > 0 {
+            tracing::warn!(
+                source = id,
+                bytes = partial,
+                "event source ended mid-line; the incomplete line is dropped"
+            );
+        }
+        stats.sources_connected.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(%peer, source = id, events = events_read, reason = ending, "event source disconnected");
+        // If the sequencer is gone the server is stopping; nothing to tell.
+        let _ = self.sequencer.send(SourceMsg::Closed(id)).await;
     }
-    let mut reader = LineReader::new(max_line_bytes);
-    let mut parser = LineParser {
-        id,
-        max_line_bytes,
-        bytes_per_event: 16,
-        stats: stats.clone(),
-        bad_lines: LogThrottle::new(WARN_EVERY),
+
+    /// Closes a source that did not authenticate, before any event: counts
+    /// it by reason and says so (rate-limited).
+    fn refuse(&self, reason: AuthError) {
+        Stats::add(&self.stats.source_auth_refusals[reason.index()], 1);
+        let allowed = self.refusals.lock().map(|mut throttle| throttle.allow());
+        if let Ok(Some(suppressed)) = allowed {
+            tracing::warn!(
+                peer = %self.peer,
+                source = self.id,
+                %reason,
+                suppressed,
+                "refusing event source: its first line must be #AUTH|<token> signed with authSecret for `source`"
+            );
+        }
+    }
+}
+
+/// The longest first line of a source that must authenticate.
+const MAX_AUTH_LINE_BYTES: usize = AUTH_PREFIX.len() + MAX_TOKEN_BYTES + 2;
+
+/// Reads a source's first line into `reader`'s buffer and checks that it
+/// is `#AUTH|<token>` for the subject `source`; what followed it stays in
+/// the buffer, for the events.
+async fn authenticate(
+    stream: &mut TcpStream,
+    reader: &mut LineReader,
+    key: &Key,
+) -> Result<(), AuthError> {
+    let line = loop {
+        let buf = reader.read_buf();
+        if let Some(newline) = memchr::memchr(b'\n', buf) {
+            break buf.split_to(newline + 1);
+        }
+        if buf.len() > MAX_AUTH_LINE_BYTES {
+            return Err(AuthError::Malformed);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(AuthError::Missing),
+            Ok(_) => {}
+        }
     };
-    let (ending, events_read) =
-        read_until_end(&mut stream, &mut reader, &mut parser, &sequencer, &shutdown).await;
-    let partial = reader.partial_len();
-    if partial > 0 {
-        tracing::warn!(
-            source = id,
-            bytes = partial,
-            "event source ended mid-line; the incomplete line is dropped"
-        );
-    }
-    stats
-        .sources_connected
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(%peer, source = id, events = events_read, reason = ending, "event source disconnected");
-    // If the sequencer is gone the server is stopping; nothing to tell.
-    let _ = sequencer.send(SourceMsg::Closed(id)).await;
+    let token = parse_auth_line(&line).ok_or(AuthError::Missing)?;
+    key.check(token, SOURCE_SUBJECT)
 }
 
 /// Reads, frames and parses until the connection ends or `shutdown`, and
@@ -114,8 +192,15 @@ async fn read_until_end(
     sequencer: &mpsc::Sender<SourceMsg>,
     shutdown: &CancellationToken,
 ) -> (&'static str, u64) {
-    let (id, stats) = (parser.id, parser.stats.clone());
+    let id = parser.id;
     let mut events_read: u64 = 0;
+    // What authentication read past its line waits in the buffer.
+    if reader.partial_len() > 0 {
+        match forward(reader, parser, sequencer, std::time::Instant::now()).await {
+            Ok(events) => events_read += events,
+            Err(SequencerGone) => return ("server shutting down", events_read),
+        }
+    }
     let ending = loop {
         let read = tokio::select! {
             () = shutdown.cancelled() => break "server shutting down",
@@ -125,22 +210,9 @@ async fn read_until_end(
             Ok(0) => break "source closed the connection",
             Ok(_) => {
                 let read_at = std::time::Instant::now();
-                let chunk = reader.take_lines(|bytes| parser.too_long(bytes));
-                let events = chunk
-                    .as_ref()
-                    .map_or_else(Vec::new, |chunk| parser.parse(chunk));
-                // Events come from complete lines, so there is a chunk.
-                let Some(chunk) = chunk.filter(|_| !events.is_empty()) else {
-                    continue;
-                };
-                events_read += events.len() as u64;
-                Stats::add(&stats.events_received, events.len() as u64);
-                if sequencer
-                    .send(SourceMsg::Events(id, ReadEvents { chunk, events }, read_at))
-                    .await
-                    .is_err()
-                {
-                    break "server shutting down";
+                match forward(reader, parser, sequencer, read_at).await {
+                    Ok(events) => events_read += events,
+                    Err(SequencerGone) => break "server shutting down",
                 }
             }
             Err(error) => {
@@ -150,6 +222,35 @@ async fn read_until_end(
         }
     };
     (ending, events_read)
+}
+
+/// The sequencer has stopped: the server is shutting down.
+struct SequencerGone;
+
+/// Frames and parses the complete lines in `reader`'s buffer and sends
+/// their events to the sequencer; returns how many it sent.
+#[inline]
+async fn forward(
+    reader: &mut LineReader,
+    parser: &mut LineParser,
+    sequencer: &mpsc::Sender<SourceMsg>,
+    read_at: std::time::Instant,
+) -> Result<u64, SequencerGone> {
+    let chunk = reader.take_lines(|bytes| parser.too_long(bytes));
+    let events = chunk
+        .as_ref()
+        .map_or_else(Vec::new, |chunk| parser.parse(chunk));
+    // Events come from complete lines, so there is a chunk.
+    let Some(chunk) = chunk.filter(|_| !events.is_empty()) else {
+        return Ok(0);
+    };
+    let count = events.len() as u64;
+    Stats::add(&parser.stats.events_received, count);
+    let message = SourceMsg::Events(parser.id, ReadEvents { chunk, events }, read_at);
+    match sequencer.send(message).await {
+        Ok(()) => Ok(count),
+        Err(_) => Err(SequencerGone),
+    }
 }
 
 /// Turns one source connection's lines into events, and counts and logs

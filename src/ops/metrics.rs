@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ops::http;
 use crate::ops::stats::{DisconnectReason, LatencyHistogram, Stats, LATENCY_BUCKETS};
+use followermaze_protocol::auth::AuthError;
 
 /// Prefix of every metric name.
 const PREFIX: &str = "followermaze_";
@@ -238,6 +239,18 @@ const LABELLED: &[LabelledSpec] = &[
         },
     },
     LabelledSpec {
+        name: "client_auth_refusals_total",
+        help: "Client handshakes refused for their token (authSecret set), by reason.",
+        label: "reason",
+        series: |stats| auth_series(&stats.client_auth_refusals),
+    },
+    LabelledSpec {
+        name: "source_auth_refusals_total",
+        help: "Event source connections refused for their #AUTH line (authSecret set), by reason.",
+        label: "reason",
+        series: |stats| auth_series(&stats.source_auth_refusals),
+    },
+    LabelledSpec {
         name: "resumes_total",
         help: "Resumable connections that named a stream to resume, by the verdict they got (ok, gap).",
         label: "verdict",
@@ -249,6 +262,14 @@ const LABELLED: &[LabelledSpec] = &[
         },
     },
 ];
+
+/// One refusal counter per [`AuthError`] reason, labelled.
+fn auth_series(counters: &[AtomicU64; AuthError::ALL.len()]) -> Vec<(&'static str, u64)> {
+    AuthError::ALL
+        .iter()
+        .map(|&reason| (reason.as_str(), Stats::get(&counters[reason.index()])))
+        .collect()
+}
 
 /// Name and help of the latency histogram.
 const LATENCY: (&str, &str) = (

@@ -5,6 +5,7 @@
 //! endpoint and the periodic log summary read them; tests read them to wait
 //! for real conditions.
 
+use followermaze_protocol::auth::AuthError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,12 @@ pub struct Stats {
     pub clients_connected: AtomicU64,
     /// Disconnects, indexed like [`DisconnectReason::ALL`].
     pub client_disconnects: [AtomicU64; DisconnectReason::ALL.len()],
+    /// Client handshakes refused for their token (`authSecret`), indexed
+    /// like [`AuthError::ALL`].
+    pub client_auth_refusals: [AtomicU64; AuthError::ALL.len()],
+    /// Event sources refused for their first line (`authSecret`), indexed
+    /// like [`AuthError::ALL`].
+    pub source_auth_refusals: [AtomicU64; AuthError::ALL.len()],
     /// Notifications queued for clients (one per event per recipient).
     pub notifications: AtomicU64,
     /// Bytes written to client sockets.

@@ -169,8 +169,8 @@ impl Pipeline {
         // 4. Sources.
         let stop_input = CancellationToken::new();
         let address = display_addr(&events);
-        let stop = stop_input.clone();
-        let accept = accept_sources(events, to_sequencer, stats.clone(), MAX_LINE_BYTES, stop);
+        let (stop, settings) = (stop_input.clone(), config.sources(MAX_LINE_BYTES));
+        let accept = accept_sources(events, to_sequencer, stats.clone(), settings, stop);
         let sources = Task::spawn("sources", accept);
         tracing::info!(events = %address, "followermaze sequencer listening");
         Pipeline {
