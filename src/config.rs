@@ -598,6 +598,27 @@ mod tests {
     }
 
     #[test]
+    fn the_event_listener_binds_apart_only_when_asked_and_the_secret_is_never_printed() {
+        let config = Config::from_vars(vars(&[("bindAddress", "127.0.0.2")])).unwrap();
+        assert_eq!(config.event_address(), config.bind_address);
+        assert!(config.auth_key().is_none(), "no secret, no authentication");
+        let config = Config::from_vars(vars(&[
+            ("bindAddress", "0.0.0.0"),
+            ("eventBindAddress", "127.0.0.3"),
+            ("authSecret", "hunter2"),
+        ]))
+        .unwrap();
+        assert_eq!(config.event_address().to_string(), "127.0.0.3");
+        assert!(config.auth_key().is_some());
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let error = Config::from_vars(vars(&[("eventBindAddress", "nowhere")])).unwrap_err();
+        assert!(
+            error.to_string().starts_with("eventBindAddress=nowhere: "),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn the_readme_shows_the_settings_table() {
         let readme = include_str!("../README.md");
         if let Err(drift) = settings::check_documented(readme, SETTINGS) {
