@@ -145,15 +145,44 @@ pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
         .map_err(|error| Failure::Config(error.to_string()))?;
     let started = Instant::now();
     let usage_before = scrape_server(&config).await;
-    let connected = connect(&config).await?;
+    let connected = connect(&config)
+        .await
+        .map_err(|failure| hint_refusal(&config, failure))?;
     let running = start(&config, connected);
-    let finished = join(running).await?;
+    let finished = join(running)
+        .await
+        .map_err(|failure| hint_refusal(&config, failure))?;
     let mut report = report(&config, finished, started)?;
     if let (Some(before), Some(after)) = (usage_before, scrape_server(&config).await) {
         let endpoint = format!("{}:{}", config.host, config.metrics_port);
         report.server = Some(ServerUsage::between(endpoint, before, after));
     }
     Ok(report)
+}
+
+/// What [`hint_refusal`] adds to a failure.
+const REFUSAL_HINT: &str = " (authSecret is set: a server closes a connection whose token it \
+                            refuses, without a reply; does it have the same authSecret?)";
+
+/// `failure`, saying that it may be a refused token if it looks like one:
+/// with `authSecret`, a server refuses a token by closing the connection,
+/// which the verifier sees as a failed source write, a probe closed, or a
+/// client that never gets its verdict.
+fn hint_refusal(config: &VerifyConfig, mut failure: Failure) -> Failure {
+    if config.auth_secret.is_none() {
+        return failure;
+    }
+    let error = match &mut failure {
+        Failure::SourceIo { error } | Failure::Reconnect { error, .. } => Some(error),
+        Failure::Connect { error, .. } if error.contains("closed the probe connection") => {
+            Some(error)
+        }
+        _ => None,
+    };
+    if let Some(error) = error {
+        error.push_str(REFUSAL_HINT);
+    }
+    failure
 }
 
 /// The server's own figures, if `metricsPort` is set and it gives them.
@@ -774,5 +803,27 @@ mod tests {
         let address: SocketAddr = "127.0.0.1:9090".parse().expect("an address");
         let banner = run_banner(&signed, address, &[address]);
         assert!(banner.contains("signed tokens") && !banner.contains("s3cret"));
+    }
+
+    #[test]
+    fn a_close_that_may_be_a_refused_token_says_so_with_auth_secret_only() {
+        let closed = || Failure::SourceIo {
+            error: "Broken pipe (os error 32)".into(),
+        };
+        let plain = hint_refusal(&VerifyConfig::default(), closed());
+        assert!(!plain.to_string().contains("authSecret"), "{plain}");
+        let signed = VerifyConfig {
+            resumable: true,
+            auth_secret: AuthSecret::new("s3cret"),
+            ..VerifyConfig::default()
+        };
+        let hinted = hint_refusal(&signed, closed()).to_string();
+        assert!(
+            hinted.contains("Broken pipe (os error 32) (authSecret is set"),
+            "{hinted}"
+        );
+        assert!(!hinted.contains("s3cret"), "{hinted}");
+        let unrelated = hint_refusal(&signed, Failure::Internal("x".into()));
+        assert!(!unrelated.to_string().contains("authSecret"));
     }
 }

@@ -168,3 +168,40 @@ async fn without_auth_secret_nothing_changes() {
         assert!(!text.contains('|') && text.ends_with("\r\n"), "{text:?}");
     }
 }
+
+#[tokio::test]
+async fn a_server_that_closes_without_a_reply_is_said_to_maybe_refuse_the_token() {
+    let events = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let clients = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let config = VerifyConfig {
+        event_listener_port: port(&events),
+        client_listener_port: port(&clients),
+        total_events: 100,
+        concurrency_level: 3,
+        number_of_users: USERS,
+        timeout: Duration::from_millis(500),
+        log_interval: Duration::ZERO,
+        log_level: LogLevel::Error,
+        metrics_port: 0,
+        resumable: true,
+        auth_secret: AuthSecret::new("a secret the server does not have"),
+        ..VerifyConfig::default()
+    };
+    // A server that refuses every token: each connection read, then closed.
+    let refuse = |listener: TcpListener| async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut line = [0u8; 1024];
+            let _ = stream.read(&mut line).await;
+        }
+    };
+    let refusing = (tokio::spawn(refuse(events)), tokio::spawn(refuse(clients)));
+    let failure = tokio::time::timeout(LIMIT, run(config))
+        .await
+        .expect("the run ends within its timeouts")
+        .expect_err("every connection was closed");
+    refusing.0.abort();
+    refusing.1.abort();
+    let text = failure.to_string();
+    assert!(text.contains("authSecret is set"), "{text}");
+    assert!(!text.contains("the server does not have"), "{text}");
+}
