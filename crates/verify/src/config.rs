@@ -289,11 +289,12 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "resumable",
         default: Fallback::Derived("false (true with authSecret)"),
-        meaning: "`true`: every client uses the resumable handshake and is held to the protocol (see \
-         Resumable sessions): the verdict first, `#OK` at its own position on every resume within \
-         the window, then exactly the lines it is owed, and each `#AT`'s count and CRC-32 equal to \
-         its own; `false`: classic clients, and any `#` line fails the run (an error with \
-                  `authSecret`, whose tokens need the resumable handshake)",
+        meaning: "`true`: every client uses the resumable handshake and is held to the protocol \
+                  (see Resumable sessions): the verdict first, `#OK` at its own position on every \
+                  resume within the window, then exactly the lines it is owed, and each `#AT`'s \
+                  count and CRC-32 equal to its own; `false`: classic clients, and any `#` line \
+                  fails the run (an error with `authSecret`, whose tokens need the resumable \
+                  handshake)",
     },
     Setting::new(
         "killswitchMs",
