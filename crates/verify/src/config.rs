@@ -8,9 +8,16 @@
 //! snake case (`TOTAL_EVENTS`), and `name=value: why` for a value that does
 //! not parse or is out of range, never a silent default.
 //!
-//! Two are the server's own variables, read under the server's names for
-//! what a resumable run may expect of it (`resumeWindowSecs`,
-//! `resumeBufferBytes`): started from one environment, both binaries agree.
+//! Some are the server's own variables, read under the server's names for
+//! what a run may expect of it (`resumeWindowSecs`, `resumeBufferBytes`,
+//! `metricsPort`) and what it requires (`authSecret`): started from one
+//! environment, both binaries agree.
+//!
+//! `authSecret` is the one secret: it is held in an [`AuthSecret`], whose
+//! `Debug` says only that it is set, and no [`ConfigError`] ever shows its
+//! value. Because a token travels as the fourth field of the resumable
+//! handshake, it makes every client resumable: `resumable` defaults to
+//! `true` when it is set, and `resumable=false` with it is an error.
 
 use std::time::Duration;
 
@@ -69,6 +76,30 @@ impl std::str::FromStr for LogLevel {
     }
 }
 
+/// The value of `authSecret`: the HS256 secret the server checks tokens
+/// with. Its `Debug` never shows it, so neither does [`VerifyConfig`]'s.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthSecret(String);
+
+impl AuthSecret {
+    /// The secret `secret`; `None` if it is empty (no tokens).
+    pub fn new(secret: impl Into<String>) -> Option<AuthSecret> {
+        let secret = secret.into();
+        (!secret.is_empty()).then_some(AuthSecret(secret))
+    }
+
+    /// The secret's bytes, to sign with.
+    pub(crate) fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for AuthSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthSecret(<set>)")
+    }
+}
+
 /// Everything a run needs; see the README's verifier table. The defaults are
 /// the classic verifier's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +141,9 @@ pub struct VerifyConfig {
     /// How terminators are judged (`lineEndings`).
     pub line_endings: LineEndings,
     /// Every client uses the resumable handshake and is held to the
-    /// resumable protocol (`resumable`).
+    /// resumable protocol (`resumable`; from the environment, `true` by
+    /// default when `authSecret` is set). Must be `true` with
+    /// [`VerifyConfig::auth_secret`].
     pub resumable: bool,
     /// Mean time between two drops of a client's own connection
     /// (`killswitchMs`); zero for none. Needs `resumable`.
@@ -128,6 +161,10 @@ pub struct VerifyConfig {
     /// The server's metrics port (`metricsPort`, the server's name too),
     /// scraped before and after the run for its CPU time; 0 for none.
     pub metrics_port: u16,
+    /// The server's token secret (`authSecret`, the server's name too):
+    /// when set, every client handshake and the source's first line carry
+    /// a token signed with it. `None` (unset or empty): no tokens.
+    pub auth_secret: Option<AuthSecret>,
 }
 
 impl Default for VerifyConfig {
@@ -249,14 +286,16 @@ pub const SETTINGS: &[Setting] = &[
          whose payload matches counts whatever its terminator (`\\r\\n` or `\\n`), and the report \
          says the run was not byte-exact",
     ),
-    Setting::new(
-        "resumable",
-        "false",
-        "`true`: every client uses the resumable handshake and is held to the protocol (see \
-         Resumable sessions): the verdict first, `#OK` at its own position on every resume within \
-         the window, then exactly the lines it is owed, and each `#AT`'s count and CRC-32 equal to \
-         its own; `false`: classic clients, and any `#` line fails the run",
-    ),
+    Setting {
+        name: "resumable",
+        default: Fallback::Derived("false (true with authSecret)"),
+        meaning: "`true`: every client uses the resumable handshake and is held to the protocol \
+                  (see Resumable sessions): the verdict first, `#OK` at its own position on every \
+                  resume within the window, then exactly the lines it is owed, and each `#AT`'s \
+                  count and CRC-32 equal to its own; `false`: classic clients, and any `#` line \
+                  fails the run (an error with `authSecret`, whose tokens need the resumable \
+                  handshake)",
+    },
     Setting::new(
         "killswitchMs",
         "0",
@@ -290,6 +329,15 @@ pub const SETTINGS: &[Setting] = &[
          gives `process_cpu_seconds_total` (ours does), the report adds the server's CPU per event \
          and per notification over the run and its peak memory; 0 = do not ask",
     ),
+    Setting {
+        name: "authSecret",
+        default: Fallback::Derived("unset"),
+        meaning: "the server's token secret (the server's variable too): when set, the source \
+                  sends an `#AUTH` line with a token first, every client handshake (first \
+                  connection and each resume) carries a token for its user as its fourth field, \
+                  each token is minted as it connects and valid for an hour, and clients are \
+                  resumable; unset or empty = no tokens; never printed",
+    },
 ];
 
 /// The variables as decoded, before the derived defaults and the units.
@@ -313,13 +361,25 @@ struct Variables {
     rate: u64,
     #[serde(deserialize_with = "settings::parsed")]
     line_endings: LineEndings,
-    #[serde(deserialize_with = "settings::parsed")]
-    resumable: bool,
+    #[serde(default, deserialize_with = "parsed_if_set")]
+    resumable: Option<bool>,
     killswitch_ms: u64,
     offline_ms: u64,
     resume_window_secs: u64,
     resume_buffer_bytes: u64,
     metrics_port: u16,
+    auth_secret: Option<String>,
+}
+
+/// [`settings::parsed`] for a setting whose default is derived (an `Option`
+/// left `None` when unset).
+fn parsed_if_set<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    settings::parsed(deserializer).map(Some)
 }
 
 impl VerifyConfig {
@@ -333,7 +393,8 @@ impl VerifyConfig {
     pub(crate) fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<VerifyConfig, ConfigError> {
-        let v: Variables = settings::from_vars(SETTINGS, vars)?;
+        let v: Variables = settings::from_vars(SETTINGS, vars).map_err(redact_secret)?;
+        let auth_secret = v.auth_secret.and_then(AuthSecret::new);
         let config = VerifyConfig {
             host: v.server_host.trim().to_owned(),
             event_listener_port: v.event_listener_port,
@@ -359,12 +420,14 @@ impl VerifyConfig {
             profile: v.profile,
             rate: v.rate,
             line_endings: v.line_endings,
-            resumable: v.resumable,
+            // Tokens travel in the resumable handshake only.
+            resumable: v.resumable.unwrap_or(auth_secret.is_some()),
             killswitch: Duration::from_millis(v.killswitch_ms),
             offline: Duration::from_millis(v.offline_ms),
             resume_window: Duration::from_secs(v.resume_window_secs),
             resume_buffer_bytes: v.resume_buffer_bytes,
             metrics_port: v.metrics_port,
+            auth_secret,
         };
         config.validate()?;
         Ok(config)
@@ -423,6 +486,15 @@ impl VerifyConfig {
     /// client must come back before its owed lines time out, and the server
     /// must be able to retain whatever a client can be owed.
     fn validate_resume(&self) -> Result<(), ConfigError> {
+        if self.auth_secret.is_some() && !self.resumable {
+            return Err(ConfigError::new(
+                "resumable",
+                false,
+                "authSecret is set, and a token travels only in the resumable handshake \
+                 (user|stream|after|token), whose clients get the resumable protocol: set \
+                 resumable=true (or leave it unset), or unset authSecret",
+            ));
+        }
         let needs_resumable = "needs resumable=true: a plain client that drops loses what is sent \
                                while it is away";
         if !self.resumable && !self.killswitch.is_zero() {
@@ -473,6 +545,16 @@ impl VerifyConfig {
         let opening = self.offline.as_millis() as u64 / OPENING_TICK.as_millis() as u64 + 1;
         (queued as u64 + opening) * (MAX_LINE_BYTES + RETAINED_LINE_OVERHEAD_BYTES) as u64
     }
+}
+
+/// `error` without the value of `authSecret`, if it is about it (a value
+/// set twice, in both spellings): the secret is never printed.
+fn redact_secret(mut error: ConfigError) -> ConfigError {
+    if error.name == "authSecret" {
+        error.value = "<set>".into();
+        error.why = "set twice, with different values".into();
+    }
+    error
 }
 
 /// The entries of a `clientAddresses` value, trimmed; a blank value is
@@ -655,6 +737,71 @@ mod tests {
             ("resumeBufferBytes", "0"),
         ]));
         assert!(config.is_ok());
+    }
+
+    #[test]
+    fn auth_secret_defaults_off_and_makes_clients_resumable() {
+        let config = VerifyConfig::default();
+        assert_eq!(config.auth_secret, None);
+        assert!(!config.resumable);
+        // Empty is unset.
+        let config = VerifyConfig::from_vars(vars(&[("authSecret", "")])).unwrap();
+        assert_eq!(config.auth_secret, None);
+        assert!(!config.resumable);
+        for pairs in [
+            &[("authSecret", "s3cret")][..],
+            &[("AUTH_SECRET", "s3cret"), ("resumable", "true")][..],
+        ] {
+            let config = VerifyConfig::from_vars(vars(pairs)).unwrap();
+            assert_eq!(config.auth_secret, AuthSecret::new("s3cret"), "{pairs:?}");
+            assert!(config.resumable, "{pairs:?}");
+        }
+        // The resumable settings then apply without naming `resumable`.
+        let config =
+            VerifyConfig::from_vars(vars(&[("authSecret", "s3cret"), ("killswitchMs", "200")]));
+        assert_eq!(config.unwrap().killswitch, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn auth_secret_with_resumable_false_is_an_error_naming_both() {
+        let error =
+            VerifyConfig::from_vars(vars(&[("authSecret", "s3cret"), ("RESUMABLE", "false")]))
+                .unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.starts_with("resumable=false: authSecret is set"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+        // The same rule for a config built by hand.
+        let config = VerifyConfig {
+            auth_secret: AuthSecret::new("s3cret"),
+            ..VerifyConfig::default()
+        };
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.to_string(), text);
+    }
+
+    #[test]
+    fn the_secret_is_never_shown() {
+        let config = VerifyConfig::from_vars(vars(&[("authSecret", "s3cret")])).unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(
+            debug.contains("auth_secret: Some(AuthSecret(<set>))"),
+            "{debug}"
+        );
+        // Set twice in both spellings: the error names it, not its values.
+        let error =
+            VerifyConfig::from_vars(vars(&[("authSecret", "s3cret"), ("AUTH_SECRET", "other")]))
+                .unwrap_err();
+        let text = error.to_string();
+        assert!(text.starts_with("authSecret="), "{text}");
+        assert!(
+            !text.contains("s3cret") && !text.contains("other"),
+            "{text}"
+        );
+        assert!(!format!("{error:?}").contains("s3cret"));
     }
 
     #[test]

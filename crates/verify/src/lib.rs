@@ -22,6 +22,11 @@
 //! (`offlineMs`), reconnects and checks the verdict, the replay and every
 //! checkpoint against what it was owed (see `session` and `reader`).
 //!
+//! With `authSecret` (the server's token secret) every connection carries a
+//! signed token: the source's first line is `#AUTH|<token>`, and each client
+//! handshake ends in `|<token>` for its user, which only the resumable
+//! handshake can carry, so such a run is resumable (see `credentials`).
+//!
 //! # API
 //!
 //! [`run`] takes a [`VerifyConfig`] (read from the environment with
@@ -34,6 +39,8 @@
 //!
 //! Pure logic (no I/O):
 //! - `config`: settings from the classic environment variables.
+//! - `credentials`: the tokens of `authSecret`, and where they go in a
+//!   handshake or a source's first line.
 //! - `rng`: the deterministic random numbers.
 //! - `line`: generated events and their exact wire bytes.
 //! - `graph`: the model of who follows whom and who is connected.
@@ -69,6 +76,7 @@
 
 mod check;
 mod config;
+mod credentials;
 mod drops;
 mod expect;
 mod failure;
@@ -100,7 +108,7 @@ use tokio_util::sync::CancellationToken;
 
 // The crate's API: everything a caller needs to run a verification and read
 // its outcome, and the sink. The modules themselves are private.
-pub use config::{ConfigError, LineEndings, LogLevel, VerifyConfig, SETTINGS};
+pub use config::{AuthSecret, ConfigError, LineEndings, LogLevel, VerifyConfig, SETTINGS};
 pub use drops::DropKind;
 pub use expect::Tally;
 pub use failure::{
@@ -114,6 +122,7 @@ pub use session::ResumeStats;
 pub use sink::{sink, SinkReport};
 
 use check::Checker;
+use credentials::Credentials;
 use drops::DropSchedule;
 use expect::queue_capacity;
 use generator::{client_users, GeneratorSettings};
@@ -136,15 +145,44 @@ pub async fn run(config: VerifyConfig) -> Result<Report, Failure> {
         .map_err(|error| Failure::Config(error.to_string()))?;
     let started = Instant::now();
     let usage_before = scrape_server(&config).await;
-    let connected = connect(&config).await?;
+    let connected = connect(&config)
+        .await
+        .map_err(|failure| hint_refusal(&config, failure))?;
     let running = start(&config, connected);
-    let finished = join(running).await?;
+    let finished = join(running)
+        .await
+        .map_err(|failure| hint_refusal(&config, failure))?;
     let mut report = report(&config, finished, started)?;
     if let (Some(before), Some(after)) = (usage_before, scrape_server(&config).await) {
         let endpoint = format!("{}:{}", config.host, config.metrics_port);
         report.server = Some(ServerUsage::between(endpoint, before, after));
     }
     Ok(report)
+}
+
+/// What [`hint_refusal`] adds to a failure.
+const REFUSAL_HINT: &str = " (authSecret is set: a server closes a connection whose token it \
+                            refuses, without a reply; does it have the same authSecret?)";
+
+/// `failure`, saying that it may be a refused token if it looks like one:
+/// with `authSecret`, a server refuses a token by closing the connection,
+/// which the verifier sees as a failed source write, a probe closed, or a
+/// client that never gets its verdict.
+fn hint_refusal(config: &VerifyConfig, mut failure: Failure) -> Failure {
+    if config.auth_secret.is_none() {
+        return failure;
+    }
+    let error = match &mut failure {
+        Failure::SourceIo { error } | Failure::Reconnect { error, .. } => Some(error),
+        Failure::Connect { error, .. } if error.contains("closed the probe connection") => {
+            Some(error)
+        }
+        _ => None,
+    };
+    if let Some(error) = error {
+        error.push_str(REFUSAL_HINT);
+    }
+    failure
 }
 
 /// The server's own figures, if `metricsPort` is set and it gives them.
@@ -227,15 +265,25 @@ async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
     let event_addr = resolve(config, config.event_listener_port, "eventListenerPort").await?;
     let client_addrs = client_addresses(config).await?;
     let shared = Arc::new(Shared::new(users.len()));
+    let credentials = config
+        .auth_secret
+        .as_ref()
+        .map(|secret| Arc::new(Credentials::new(secret.expose())));
 
     let mut source_stream = connect_to(event_addr, "eventListenerPort", config.timeout).await?;
+    if let Some(credentials) = &credentials {
+        authenticate_source(&mut source_stream, credentials, config.timeout).await?;
+    }
     let opened = match config.resumable && !users.is_empty() {
-        true => open_stream(config, &mut source_stream, &client_addrs, &shared).await?,
+        true => {
+            let probe = (&client_addrs[..], credentials.as_deref());
+            open_stream(config, &mut source_stream, probe, &shared).await?
+        }
         false => Opened::default(),
     };
     let source_stream = into_blocking(source_stream)?;
 
-    let mut sessions = first_sessions(config, &users);
+    let mut sessions = first_sessions(config, &users, credentials);
     let connecting = Instant::now();
     let client_streams =
         connect_clients(&client_addrs, &users, &mut sessions, config.timeout).await?;
@@ -257,17 +305,38 @@ async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
     })
 }
 
+/// Sends the source's first line, `#AUTH|<token>`, on `source` before any
+/// event: a server with `authSecret` closes a source that does not.
+async fn authenticate_source(
+    source: &mut TcpStream,
+    credentials: &Credentials,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let line = credentials.source_line();
+    match tokio::time::timeout(timeout, source.write_all(&line)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(Failure::SourceIo {
+            error: format!("sending its #AUTH line: {error}"),
+        }),
+        Err(_) => Err(Failure::SourceStalled {
+            events_sent: 0,
+            waited: timeout,
+        }),
+    }
+}
+
 /// A resumable run's probe: opening broadcasts on `source` until the
-/// server is on this run's stream at every one of `client_addrs`.
+/// server is on this run's stream at every one of `client_addrs`, each
+/// probe with a token if there are `credentials`.
 async fn open_stream(
     config: &VerifyConfig,
     source: &mut TcpStream,
-    client_addrs: &[SocketAddr],
+    (client_addrs, credentials): (&[SocketAddr], Option<&Credentials>),
     shared: &Shared,
 ) -> Result<Opened, Failure> {
     // A user no event names: it is owed broadcasts only.
-    let probe_user = config.number_of_users + 1;
-    probe::start_stream(source, client_addrs, probe_user, shared, config.timeout).await
+    let probe = (config.number_of_users + 1, credentials);
+    probe::start_stream(source, client_addrs, probe, shared, config.timeout).await
 }
 
 /// The source's socket as a blocking std stream, for its thread.
@@ -281,17 +350,26 @@ fn into_blocking(stream: TcpStream) -> Result<std::net::TcpStream, Failure> {
 }
 
 /// On a resumable run, one session per client, in client order, before its
-/// first connection; none on a plain run.
-fn first_sessions(config: &VerifyConfig, users: &[u32]) -> Vec<Session> {
+/// first connection, each signing its handshakes with `credentials` if
+/// there are any; none on a plain run.
+fn first_sessions(
+    config: &VerifyConfig,
+    users: &[u32],
+    credentials: Option<Arc<Credentials>>,
+) -> Vec<Session> {
+    // `authSecret` needs `resumable` (`VerifyConfig::validate`): a plain
+    // client's handshake has no room for a token.
+    debug_assert!(config.resumable || credentials.is_none());
     if !config.resumable {
         return Vec::new();
     }
     let settings = SessionSettings {
         window: config.resume_window,
+        credentials,
     };
     users
         .iter()
-        .map(|&user| Session::new(user, settings))
+        .map(|&user| Session::new(user, settings.clone()))
         .collect()
 }
 
@@ -322,12 +400,16 @@ fn run_banner(
     )
 }
 
-/// How the banner describes a resumable run (empty for a plain one).
+/// How the banner describes a resumable run (empty for a plain one), and
+/// whether its connections carry tokens.
 fn resume_banner(config: &VerifyConfig) -> String {
     if !config.resumable {
         return String::new();
     }
     let mut text = String::from(", resumable");
+    if config.auth_secret.is_some() {
+        text += ", signed tokens (authSecret) on the source and every client";
+    }
     if !config.killswitch.is_zero() {
         text += &format!(", a drop every {} ms", config.killswitch.as_millis());
     }
@@ -580,13 +662,14 @@ fn report(config: &VerifyConfig, finished: Finished, started: Instant) -> Result
             verdict_latency: resume_latency.summary(),
         }),
         server: None,
+        authenticated: config.auth_secret.is_some(),
     })
 }
 
 /// Connects one client per entry of `users`, in order (client `i` to
 /// `addresses[i mod n]`), and sends each its handshake: its user id, or on
 /// a resumable run (`sessions` not empty) its session's first handshake,
-/// `user||0`.
+/// `user||0` (`user||0|<token>` with `authSecret`).
 ///
 /// One at a time on purpose: each connection waits in the server's accept
 /// queue until the server accepts it, and a burst larger than that queue
@@ -696,5 +779,51 @@ async fn connect_to(
             address: address.to_string(),
             error: error.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_banner_says_when_tokens_are_in_use_never_the_secret() {
+        let plain = VerifyConfig::default();
+        assert_eq!(resume_banner(&plain), "");
+        let signed = VerifyConfig {
+            resumable: true,
+            auth_secret: AuthSecret::new("s3cret"),
+            ..VerifyConfig::default()
+        };
+        let text = resume_banner(&signed);
+        assert!(
+            text.starts_with(", resumable, signed tokens (authSecret)"),
+            "{text}"
+        );
+        let address: SocketAddr = "127.0.0.1:9090".parse().expect("an address");
+        let banner = run_banner(&signed, address, &[address]);
+        assert!(banner.contains("signed tokens") && !banner.contains("s3cret"));
+    }
+
+    #[test]
+    fn a_close_that_may_be_a_refused_token_says_so_with_auth_secret_only() {
+        let closed = || Failure::SourceIo {
+            error: "Broken pipe (os error 32)".into(),
+        };
+        let plain = hint_refusal(&VerifyConfig::default(), closed());
+        assert!(!plain.to_string().contains("authSecret"), "{plain}");
+        let signed = VerifyConfig {
+            resumable: true,
+            auth_secret: AuthSecret::new("s3cret"),
+            ..VerifyConfig::default()
+        };
+        let hinted = hint_refusal(&signed, closed()).to_string();
+        assert!(
+            hinted.contains("Broken pipe (os error 32) (authSecret is set"),
+            "{hinted}"
+        );
+        assert!(!hinted.contains("s3cret"), "{hinted}");
+        let unrelated = hint_refusal(&signed, Failure::Internal("x".into()));
+        assert!(!unrelated.to_string().contains("authSecret"));
     }
 }

@@ -8,8 +8,8 @@
 //! restarts, and every session ends), so a client registered before it
 //! would hold a verdict of the old stream.
 //!
-//! So before the clients connect, a probe (a classic connection of a user no
-//! event names, so it is owed broadcasts only) waits while the event source
+//! So before the clients connect, a probe (a connection of a user no event
+//! names, so it is owed broadcasts only) waits while the event source
 //! sends opening broadcasts `1, 2, ...`, one per [`OPENING_TICK`], exactly as
 //! the source's opening does, until the probe receives one. The server has
 //! then applied one of ours: it is on our stream, and every verdict from now
@@ -17,6 +17,12 @@
 //! source's opening carries on from the next broadcast (clients registered
 //! below the last one sent are owed the rest, which were stamped on the send
 //! clock like any opening broadcast).
+//!
+//! The probe is a classic connection, unless the server requires tokens
+//! (`authSecret`): a classic handshake is then refused, so it sends a
+//! resumable first handshake with its token, `user||0|<token>`, and skips
+//! the verdict and checkpoints it gets like any line that is not one of our
+//! broadcasts.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -25,6 +31,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::credentials::{end_hello, Credentials};
 use super::failure::Failure;
 use super::line::{format_line, Event, MAX_LINE_BYTES};
 use super::opening::{Opened, OPENING_TICK};
@@ -38,11 +45,12 @@ const PROBE_BUFFER_BYTES: usize = 4096;
 /// `clients` in turn (a cluster's gateways each apply the stream on their
 /// own) for `probe_user` receives one; stamps each on `shared`'s send clock
 /// (broadcast `n` is chunk `n - 1`, as the source's opening numbers them).
-/// Fails after `timeout` in all.
+/// With `credentials`, each probe's handshake carries a token. Fails after
+/// `timeout` in all.
 pub(crate) async fn start_stream(
     source: &mut TcpStream,
     clients: &[SocketAddr],
-    probe_user: u32,
+    (probe_user, credentials): (u32, Option<&Credentials>),
     shared: &Shared,
     timeout: Duration,
 ) -> Result<Opened, Failure> {
@@ -52,7 +60,7 @@ pub(crate) async fn start_stream(
         probe_one(
             source,
             address,
-            probe_user,
+            &probe_hello(probe_user, credentials),
             shared,
             (started, timeout),
             &mut opened,
@@ -62,18 +70,31 @@ pub(crate) async fn start_stream(
     Ok(opened)
 }
 
-/// [`start_stream`] for one client address, carrying on from `opened`.
+/// The probe's handshake for `user`: classic (`user`), or with
+/// `credentials` a resumable first connection with its token
+/// (`user||0|<token>`), as a classic one would be refused.
+fn probe_hello(user: u32, credentials: Option<&Credentials>) -> Vec<u8> {
+    let mut hello = match credentials {
+        Some(_) => format!("{user}||0").into_bytes(),
+        None => user.to_string().into_bytes(),
+    };
+    end_hello(&mut hello, user, credentials);
+    hello
+}
+
+/// [`start_stream`] for one client address, carrying on from `opened`;
+/// `hello` is the probe's handshake.
 async fn probe_one(
     source: &mut TcpStream,
     clients: SocketAddr,
-    probe_user: u32,
+    hello: &[u8],
     shared: &Shared,
     (started, timeout): (Instant, Duration),
     opened: &mut Opened,
 ) -> Result<(), Failure> {
     let mut probe = connect(clients, timeout).await?;
     probe
-        .write_all(format!("{probe_user}\r\n").as_bytes())
+        .write_all(hello)
         .await
         .map_err(|error| connect_failure(clients, error.to_string()))?;
     let mut received = ProbeBuffer {
@@ -183,7 +204,7 @@ impl ProbeBuffer {
     }
 }
 
-/// A classic connection to `address`.
+/// A probe connection to `address`.
 async fn connect(address: SocketAddr, timeout: Duration) -> Result<TcpStream, Failure> {
     match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
         Ok(Ok(stream)) => {
@@ -202,5 +223,26 @@ fn connect_failure(address: SocketAddr, error: String) -> Failure {
         variable: "clientListenerPort",
         address: address.to_string(),
         error: format!("probe connection: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use followermaze_protocol::auth::{split_token, Key};
+
+    use super::*;
+
+    #[test]
+    fn the_probe_is_classic_unless_it_needs_a_token() {
+        assert_eq!(probe_hello(1001, None), b"1001\r\n");
+        let secret = b"the probe test's secret";
+        let hello = probe_hello(1001, Some(&Credentials::new(secret)));
+        assert!(hello.starts_with(b"1001||0|eyJ") && hello.ends_with(b"\r\n"));
+        let (fields, token) = split_token(&hello);
+        assert_eq!(fields, b"1001||0");
+        assert_eq!(
+            Key::new(secret).check(token.expect("a token"), "1001"),
+            Ok(())
+        );
     }
 }

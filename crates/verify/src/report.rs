@@ -56,6 +56,9 @@ pub struct Report {
     pub resume: Option<ResumeReport>,
     /// The server's CPU time and peak memory, if its `/metrics` told them.
     pub server: Option<ServerUsage>,
+    /// Whether every connection carried a signed token (`authSecret`): the
+    /// source's `#AUTH` line and each client handshake's fourth field.
+    pub authenticated: bool,
 }
 
 /// What a resumable run measured of its sessions.
@@ -153,6 +156,9 @@ impl std::fmt::Display for Report {
         if let Some(resume) = &self.resume {
             resume.fmt_with(f, self.elapsed)?;
         }
+        if self.authenticated {
+            self.fmt_auth(f)?;
+        }
         if let Some(server) = &self.server {
             self.fmt_server(f, server)?;
         }
@@ -219,6 +225,21 @@ impl Report {
             ),
             None => writeln!(f, "latency:       no notifications to time"),
         }
+    }
+
+    /// The `auth` line: every connection was signed, and how many client
+    /// handshakes that was.
+    fn fmt_auth(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let handshakes = self
+            .resume
+            .as_ref()
+            .map_or(0, |resume| resume.stats.connections);
+        writeln!(
+            f,
+            "auth:          signed tokens (authSecret) on every connection: the source's #AUTH \
+             line, and {} client handshakes (user|stream|after|token)",
+            grouped(handshakes)
+        )
     }
 
     /// The `server` line: its CPU time over the run, per event and per
@@ -323,6 +344,7 @@ mod tests {
             per_client: Vec::new(),
             resume: None,
             server: None,
+            authenticated: false,
         };
         assert!(report.byte_exact());
         assert_eq!(
@@ -346,6 +368,24 @@ mod tests {
         assert!(
             text.contains("not byte-exact: 1,234 notifications re-terminated")
                 && !text.contains("all checked byte for byte"),
+            "{text}"
+        );
+        assert!(!text.contains("auth:"), "{text}");
+        let signed = Report {
+            authenticated: true,
+            resume: Some(ResumeReport {
+                stats: ResumeStats {
+                    connections: 1500,
+                    ..ResumeStats::default()
+                },
+                verdict_latency: None,
+            }),
+            ..reterminated
+        };
+        let text = signed.to_string();
+        assert!(
+            text.contains("auth:          signed tokens (authSecret) on every connection")
+                && text.contains("1,500 client handshakes"),
             "{text}"
         );
     }

@@ -1,7 +1,8 @@
 //! A resumable client's side of the protocol (README, "Resumable sessions"),
 //! as the verifier holds a server to it. No I/O: the reader hands it the
 //! control lines and the event lines' bytes, and asks it for each
-//! connection's handshake.
+//! connection's handshake (with a token, when the run has credentials:
+//! `credentials`).
 //!
 //! Per client it keeps the stream id and the highest position received from
 //! control lines (the checker knows the event lines'), so the next handshake
@@ -27,12 +28,14 @@
 //!
 //! A session's memory is a few words, however many connections and lines.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use followermaze_protocol::resume::{parse_control, Control, StreamId, Verdict};
 use followermaze_protocol::Seq;
 
 use super::check::Checker;
+use super::credentials::{end_hello, Credentials};
 use super::failure::{CheckpointProblem, ConnectionRef, Failure, VerdictProblem};
 use super::line::quote;
 
@@ -41,10 +44,13 @@ use super::line::quote;
 pub(crate) const WINDOW_TOLERANCE_DIVISOR: u32 = 10;
 
 /// What a session needs to know of the server.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct SessionSettings {
     /// The server's `resumeWindowSecs`.
     pub(crate) window: Duration,
+    /// Signs every handshake, when the server requires tokens
+    /// (`authSecret`); shared by every session of the run.
+    pub(crate) credentials: Option<Arc<Credentials>>,
 }
 
 /// How a reconnect came about, for [`Session::hello`].
@@ -165,7 +171,8 @@ impl Session {
     }
 
     /// Starts a connection: returns its handshake, after `last_seq`, the
-    /// highest event position received (the checker's). For a reconnect,
+    /// highest event position received (the checker's), ending in a fresh
+    /// token for the user if the settings have credentials. For a reconnect,
     /// `reconnect` says when the connection dropped, when the reconnect
     /// began, and how many events the source had written at the drop:
     /// lines up to those that arrive on this connection count as replayed.
@@ -183,19 +190,21 @@ impl Session {
             self.away = self.away.or(Some(reconnect.dropped));
             self.replay_mark = reconnect.written;
         }
-        match self.stream {
+        let mut hello = match self.stream {
             None => {
                 self.resuming = false;
                 self.connection.after = None;
-                format!("{}||0\r\n", self.user).into_bytes()
+                format!("{}||0", self.user).into_bytes()
             }
             Some(stream) => {
                 let after = last_seq.max(self.control_high);
                 self.resuming = true;
                 self.connection.after = Some(after);
-                format!("{}|{stream}|{after}\r\n", self.user).into_bytes()
+                format!("{}|{stream}|{after}", self.user).into_bytes()
             }
-        }
+        };
+        end_hello(&mut hello, self.user, self.settings.credentials.as_deref());
+        hello
     }
 
     /// The connection now, for failures.
@@ -424,8 +433,11 @@ mod tests {
             producer.push(Expected::new(&event, 0)).unwrap();
         }
         let checker = Checker::new(ClientRef::new(0, 42), consumer, shared, LineEndings::Exact);
-        let session = Session::new(42, SessionSettings { window: WINDOW });
-        (session, checker)
+        let settings = SessionSettings {
+            window: WINDOW,
+            credentials: None,
+        };
+        (Session::new(42, settings), checker)
     }
 
     fn verdict(verdict: Verdict, seq: Seq) -> Vec<u8> {
@@ -494,6 +506,32 @@ mod tests {
         assert_eq!(hello, b"42|k3j9x0|5\r\n");
         assert_eq!(session.connection().number, 4);
         assert_eq!(session.connection().after, Some(5));
+    }
+
+    #[test]
+    fn with_credentials_every_handshake_ends_in_a_token_for_its_user() {
+        use followermaze_protocol::auth::{split_token, Key};
+        const SECRET: &[u8] = b"the session test's secret";
+        let (_, mut checker) = setup(&[6]);
+        let settings = SessionSettings {
+            window: WINDOW,
+            credentials: Some(Arc::new(Credentials::new(SECRET))),
+        };
+        let mut session = Session::new(42, settings);
+        let key = Key::new(SECRET);
+        let first = session.hello(0, None);
+        assert!(first.starts_with(b"42||0|eyJ") && first.ends_with(b"\r\n"));
+        let (fields, token) = split_token(&first);
+        assert_eq!(fields, b"42||0");
+        assert_eq!(key.check(token.expect("a token"), "42"), Ok(()));
+        control(&mut session, &mut checker, &verdict(Verdict::Ok, 2)).unwrap();
+        let resume = session.hello(checker.last_seq(), reconnect(Duration::ZERO, 2));
+        assert!(resume.ends_with(b"\r\n"));
+        let (fields, token) = split_token(&resume);
+        assert_eq!(fields, b"42|k3j9x0|2");
+        assert_eq!(key.check(token.expect("a token"), "42"), Ok(()));
+        // The session reads the fields, not the token: the resume is one.
+        assert_eq!(session.connection().after, Some(2));
     }
 
     #[test]

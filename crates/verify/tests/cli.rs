@@ -57,3 +57,24 @@ fn an_unknown_argument_or_a_bad_variable_is_one_line_and_exit_2() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("totalEvents=ten: "), "{stderr}");
 }
+
+#[test]
+fn auth_secret_is_listed_and_resumable_false_beside_it_is_exit_2_without_the_secret() {
+    let output = run(&["--help"], &[]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let row = text
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some("authSecret"))
+        .unwrap_or_else(|| panic!("authSecret is not in --help:\n{text}"));
+    assert!(row.contains("unset"), "{row}");
+
+    let output = run(&[], &[("authSecret", "s3cret"), ("resumable", "false")]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("resumable=false: authSecret is set"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stderr.contains("s3cret") && !stdout.contains("s3cret"));
+}
