@@ -611,6 +611,9 @@ mod tests {
         assert_eq!(config.event_address().to_string(), "127.0.0.3");
         assert!(config.auth_key().is_some());
         assert!(!format!("{config:?}").contains("hunter2"));
+        let twice = vars(&[("authSecret", "hunter2"), ("AUTH_SECRET", "hunter3")]);
+        let error = Config::from_vars(twice).unwrap_err().to_string();
+        assert!(!error.contains("hunter"), "{error}");
         let error = Config::from_vars(vars(&[("eventBindAddress", "nowhere")])).unwrap_err();
         assert!(
             error.to_string().starts_with("eventBindAddress=nowhere: "),

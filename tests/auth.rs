@@ -167,3 +167,42 @@ async fn without_a_secret_a_four_field_handshake_stays_a_bad_handshake() {
     assert_eq!(get(&server.stats.malformed_lines), 1);
     server.stop().await.unwrap();
 }
+
+/// The verifier, given the server's secret, signs its source and every
+/// client (resumable, with reconnects): the whole run passes, and nothing
+/// was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verifier_passes_with_tokens_and_resumes() {
+    use followermaze_verify::{run, AuthSecret, LogLevel, Profile, VerifyConfig};
+    let server = server().await;
+    let config = VerifyConfig {
+        host: "127.0.0.1".into(),
+        event_listener_port: server.events.port(),
+        client_listener_port: server.clients.port(),
+        total_events: 20_000,
+        concurrency_level: 20,
+        number_of_users: 200,
+        random_seed: 7,
+        timeout: Duration::from_secs(5),
+        max_event_source_batch_size: 100,
+        log_interval: Duration::ZERO,
+        log_level: LogLevel::Warn,
+        profile: Profile::Classic,
+        metrics_port: 0,
+        auth_secret: AuthSecret::new(SECRET),
+        resumable: true,
+        killswitch: Duration::from_millis(50),
+        ..VerifyConfig::default()
+    };
+    let report = within("the verifier run", run(config)).await;
+    let report = report.unwrap_or_else(|failure| panic!("{failure}"));
+    let resumes = report.resume.as_ref().expect("a resumable run");
+    assert!(resumes.stats.resumes_ok > 0, "{report}");
+    for counters in [
+        &server.stats.client_auth_refusals,
+        &server.stats.source_auth_refusals,
+    ] {
+        assert!(counters.iter().all(|counter| get(counter) == 0));
+    }
+    server.stop().await.unwrap();
+}

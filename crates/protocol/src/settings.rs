@@ -45,6 +45,12 @@ impl Setting {
     }
 }
 
+/// Whether the setting named `name` holds a secret (its name ends in
+/// `Secret`, as `authSecret` does): its value is never put in an error.
+pub fn is_secret(name: &str) -> bool {
+    name.ends_with("Secret")
+}
+
 /// A setting's default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fallback {
@@ -144,11 +150,20 @@ pub fn from_vars<T: DeserializeOwned>(
         };
         match set.iter().find(|(seen, _)| *seen == index) {
             Some((_, earlier)) if *earlier != value => {
+                let name = table[index].name;
+                // A secret's values are never printed, not even here.
+                if is_secret(name) {
+                    return Err(ConfigError::new(
+                        name,
+                        "<set>",
+                        "set twice, with different values",
+                    ));
+                }
                 return Err(ConfigError::new(
-                    table[index].name,
+                    name,
                     value,
                     format!("set twice, also as {earlier:?}"),
-                ))
+                ));
             }
             Some(_) => {}
             None => set.push((index, value)),

@@ -393,7 +393,7 @@ impl VerifyConfig {
     pub(crate) fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<VerifyConfig, ConfigError> {
-        let v: Variables = settings::from_vars(SETTINGS, vars).map_err(redact_secret)?;
+        let v: Variables = settings::from_vars(SETTINGS, vars)?;
         let auth_secret = v.auth_secret.and_then(AuthSecret::new);
         let config = VerifyConfig {
             host: v.server_host.trim().to_owned(),
@@ -545,16 +545,6 @@ impl VerifyConfig {
         let opening = self.offline.as_millis() as u64 / OPENING_TICK.as_millis() as u64 + 1;
         (queued as u64 + opening) * (MAX_LINE_BYTES + RETAINED_LINE_OVERHEAD_BYTES) as u64
     }
-}
-
-/// `error` without the value of `authSecret`, if it is about it (a value
-/// set twice, in both spellings): the secret is never printed.
-fn redact_secret(mut error: ConfigError) -> ConfigError {
-    if error.name == "authSecret" {
-        error.value = "<set>".into();
-        error.why = "set twice, with different values".into();
-    }
-    error
 }
 
 /// The entries of a `clientAddresses` value, trimmed; a blank value is
