@@ -191,12 +191,7 @@ impl Connection {
             Err(HandshakeError::Refused(reason)) => return self.refuse(reason),
             Err(error) => {
                 self.stats.disconnected(DisconnectReason::BadHandshake);
-                let allowed = self
-                    .bad_handshakes
-                    .lock()
-                    .map(|mut throttle| throttle.allow())
-                    .unwrap_or(None);
-                if let Some(suppressed) = allowed {
+                if let Some(suppressed) = self.warning_allowed() {
                     tracing::warn!(peer = %self.peer, %error, suppressed, "closing client: bad handshake");
                 }
                 return;
@@ -263,16 +258,18 @@ impl Connection {
         }
     }
 
+    /// Whether a handshake warning may be logged now (with how many were
+    /// suppressed since the last): one rate limit for every connection.
+    fn warning_allowed(&self) -> Option<u64> {
+        let mut throttle = self.bad_handshakes.lock().ok()?;
+        throttle.allow()
+    }
+
     /// Closes a client whose token was missing or bad, without a reply:
     /// counts it by reason and says so (rate-limited).
     fn refuse(&self, reason: AuthError) {
         Stats::add(&self.stats.client_auth_refusals[reason.index()], 1);
-        let allowed = self
-            .bad_handshakes
-            .lock()
-            .map(|mut throttle| throttle.allow())
-            .unwrap_or(None);
-        if let Some(suppressed) = allowed {
+        if let Some(suppressed) = self.warning_allowed() {
             tracing::warn!(
                 peer = %self.peer,
                 %reason,

@@ -36,20 +36,7 @@ struct Received {
 async fn received_by_stand_in(resumable: bool, secret: Option<&str>) -> Received {
     let events = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let clients = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let config = VerifyConfig {
-        event_listener_port: port(&events),
-        client_listener_port: port(&clients),
-        total_events: 100,
-        concurrency_level: 3,
-        number_of_users: USERS,
-        timeout: Duration::from_millis(500),
-        log_interval: Duration::ZERO,
-        log_level: LogLevel::Error,
-        metrics_port: 0,
-        resumable,
-        auth_secret: secret.and_then(AuthSecret::new),
-        ..VerifyConfig::default()
-    };
+    let config = small_run(&events, &clients, resumable, secret);
     let received = Arc::new(Mutex::new(Received::default()));
     let source = tokio::spawn(record_source(events, received.clone()));
     let handshakes = tokio::spawn(record_handshakes(clients, received.clone()));
@@ -61,6 +48,30 @@ async fn received_by_stand_in(resumable: bool, secret: Option<&str>) -> Received
     handshakes.abort();
     let mut received = received.lock().expect("not poisoned");
     std::mem::take(&mut *received)
+}
+
+/// A short run against `events` and `clients` (`resumable`, with `secret`
+/// as its `authSecret`).
+fn small_run(
+    events: &TcpListener,
+    clients: &TcpListener,
+    resumable: bool,
+    secret: Option<&str>,
+) -> VerifyConfig {
+    VerifyConfig {
+        event_listener_port: port(events),
+        client_listener_port: port(clients),
+        total_events: 100,
+        concurrency_level: 3,
+        number_of_users: USERS,
+        timeout: Duration::from_millis(500),
+        log_interval: Duration::ZERO,
+        log_level: LogLevel::Error,
+        metrics_port: 0,
+        resumable,
+        auth_secret: secret.and_then(AuthSecret::new),
+        ..VerifyConfig::default()
+    }
 }
 
 fn port(listener: &TcpListener) -> u16 {
@@ -173,20 +184,12 @@ async fn without_auth_secret_nothing_changes() {
 async fn a_server_that_closes_without_a_reply_is_said_to_maybe_refuse_the_token() {
     let events = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let clients = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let config = VerifyConfig {
-        event_listener_port: port(&events),
-        client_listener_port: port(&clients),
-        total_events: 100,
-        concurrency_level: 3,
-        number_of_users: USERS,
-        timeout: Duration::from_millis(500),
-        log_interval: Duration::ZERO,
-        log_level: LogLevel::Error,
-        metrics_port: 0,
-        resumable: true,
-        auth_secret: AuthSecret::new("a secret the server does not have"),
-        ..VerifyConfig::default()
-    };
+    let config = small_run(
+        &events,
+        &clients,
+        true,
+        Some("a secret the server does not have"),
+    );
     // A server that refuses every token: each connection read, then closed.
     let refuse = |listener: TcpListener| async move {
         while let Ok((mut stream, _)) = listener.accept().await {
