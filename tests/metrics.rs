@@ -324,7 +324,7 @@ fn allow_open_files(needed: u64) {
 async fn idle_and_half_sent_connections_cannot_lock_the_endpoint_out() {
     // 1,000 idle connections and 20 half-sent requests on this side, as
     // many accepted on the server's, and the rest of the test's sockets.
-    allow_open_files(4096);
+    allow_open_files(2400);
     let (server, metrics) = TestServer::start_with_metrics(Config::default()).await;
     let mut idle = Vec::new();
     for _ in 0..1000 {
