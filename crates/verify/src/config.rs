@@ -17,7 +17,9 @@
 //! `Debug` says only that it is set, and no [`ConfigError`] ever shows its
 //! value. Because a token travels as the fourth field of the resumable
 //! handshake, it makes every client resumable: `resumable` defaults to
-//! `true` when it is set, and `resumable=false` with it is an error.
+//! `true` when it is set, and `resumable=false` with it is an error. A web
+//! [`Transport`] does the same: the web listener's every connection is a
+//! resumable session (it always begins with a verdict).
 
 use std::time::Duration;
 
@@ -100,6 +102,49 @@ impl std::fmt::Debug for AuthSecret {
     }
 }
 
+/// How the clients reach the server (`transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The client port, one line per notification (the default).
+    Tcp,
+    /// The web listener's `/ws`: the concatenation of the text messages'
+    /// payloads is the byte stream a resumable TCP connection gets.
+    Ws,
+    /// The web listener's `/events` (Server-Sent Events): each event's
+    /// `data` plus `\r\n` rebuilds a line, so lines are checked, not the
+    /// bytes that carried them.
+    Sse,
+}
+
+impl Transport {
+    /// Its name, as `transport` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
+        }
+    }
+
+    /// Whether clients connect to the web listener (`webPort`).
+    pub fn is_web(self) -> bool {
+        self != Transport::Tcp
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = &'static str;
+
+    fn from_str(text: &str) -> Result<Transport, &'static str> {
+        match text.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Transport::Tcp),
+            "ws" | "websocket" => Ok(Transport::Ws),
+            "sse" => Ok(Transport::Sse),
+            _ => Err("expected tcp, ws or sse"),
+        }
+    }
+}
+
 /// Everything a run needs; see the README's verifier table. The defaults are
 /// the classic verifier's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +159,16 @@ pub struct VerifyConfig {
     /// `i` to entry `i mod n`, and a resumable client's each reconnect to
     /// the next entry. Empty: `host:client_listener_port` alone.
     pub client_addresses: Vec<String>,
+    /// How clients reach the server (`transport`): the client port, or
+    /// the web listener over WebSocket or Server-Sent Events.
+    pub transport: Transport,
+    /// The server's web listener port (`webPort`, the server's name too),
+    /// where web clients connect.
+    pub web_port: u16,
+    /// Where web clients connect, `host:port` each (`webAddresses`), as
+    /// [`VerifyConfig::client_addresses`] for TCP clients. Empty:
+    /// `host:web_port` alone.
+    pub web_addresses: Vec<String>,
     /// Events in the stream, the opening broadcasts included (`totalEvents`).
     pub total_events: u64,
     /// Client connections (`concurrencyLevel`). 0 streams events and checks
@@ -142,8 +197,9 @@ pub struct VerifyConfig {
     pub line_endings: LineEndings,
     /// Every client uses the resumable handshake and is held to the
     /// resumable protocol (`resumable`; from the environment, `true` by
-    /// default when `authSecret` is set). Must be `true` with
-    /// [`VerifyConfig::auth_secret`].
+    /// default when `authSecret` is set or the transport is a web one).
+    /// Must be `true` with [`VerifyConfig::auth_secret`] and with a web
+    /// [`VerifyConfig::transport`].
     pub resumable: bool,
     /// Mean time between two drops of a client's own connection
     /// (`killswitchMs`); zero for none. Needs `resumable`.
@@ -223,6 +279,25 @@ pub const SETTINGS: &[Setting] = &[
                   next address in the list",
     },
     Setting::new(
+        "transport",
+        "tcp",
+        "how clients connect: `tcp`, the client port; `ws`, WebSocket on the web listener \
+         (`/ws`), checked byte for byte over the concatenated text payloads; `sse`, Server-Sent \
+         Events (`/events`), checked line for line (each event's `data` plus `\\r\\n`, so not \
+         byte-exact); web clients are resumable",
+    ),
+    Setting::new(
+        "webPort",
+        "9080",
+        "the server's web listener port (the server's variable too), for `transport=ws` and `sse`",
+    ),
+    Setting {
+        name: "webAddresses",
+        default: Fallback::Derived("serverHost:webPort"),
+        meaning: "`host:port,host:port,...` of web listeners, for `transport=ws` and `sse`: clients are \
+                  spread over these round robin, and each reconnect goes to the next one",
+    },
+    Setting::new(
         "totalEvents",
         "10000000",
         "events in the stream, sequence numbers 1..N (opening broadcasts included)",
@@ -288,13 +363,13 @@ pub const SETTINGS: &[Setting] = &[
     ),
     Setting {
         name: "resumable",
-        default: Fallback::Derived("false (true with authSecret)"),
+        default: Fallback::Derived("false (true with authSecret or a web transport)"),
         meaning: "`true`: every client uses the resumable handshake and is held to the protocol \
                   (see Resumable sessions): the verdict first, `#OK` at its own position on every \
                   resume within the window, then exactly the lines it is owed, and each `#AT`'s \
                   count and CRC-32 equal to its own; `false`: classic clients, and any `#` line \
                   fails the run (an error with `authSecret`, whose tokens need the resumable \
-                  handshake)",
+                  handshake, and with `transport=ws` or `sse`, whose every connection is resumable)",
     },
     Setting::new(
         "killswitchMs",
@@ -347,6 +422,10 @@ struct Variables {
     event_listener_port: u16,
     client_listener_port: u16,
     client_addresses: Option<String>,
+    #[serde(deserialize_with = "settings::parsed")]
+    transport: Transport,
+    web_port: u16,
+    web_addresses: Option<String>,
     total_events: u64,
     concurrency_level: usize,
     number_of_users: Option<u32>,
@@ -404,6 +483,13 @@ impl VerifyConfig {
                 .as_deref()
                 .map(split_addresses)
                 .unwrap_or_default(),
+            transport: v.transport,
+            web_port: v.web_port,
+            web_addresses: v
+                .web_addresses
+                .as_deref()
+                .map(split_addresses)
+                .unwrap_or_default(),
             total_events: v.total_events,
             concurrency_level: v.concurrency_level,
             // The classic default depends on another variable.
@@ -420,8 +506,11 @@ impl VerifyConfig {
             profile: v.profile,
             rate: v.rate,
             line_endings: v.line_endings,
-            // Tokens travel in the resumable handshake only.
-            resumable: v.resumable.unwrap_or(auth_secret.is_some()),
+            // Tokens travel in the resumable handshake only, and the web
+            // listener speaks nothing else.
+            resumable: v
+                .resumable
+                .unwrap_or(auth_secret.is_some() || v.transport.is_web()),
             killswitch: Duration::from_millis(v.killswitch_ms),
             offline: Duration::from_millis(v.offline_ms),
             resume_window: Duration::from_secs(v.resume_window_secs),
@@ -443,6 +532,9 @@ impl VerifyConfig {
         }
         if let Err(why) = check_addresses(&self.client_addresses) {
             return fail("clientAddresses", &self.client_addresses.join(","), why);
+        }
+        if let Err(why) = check_addresses(&self.web_addresses) {
+            return fail("webAddresses", &self.web_addresses.join(","), why);
         }
         if self.total_events == 0 {
             return fail("totalEvents", &0, "must be at least 1".into());
@@ -493,6 +585,18 @@ impl VerifyConfig {
                 "authSecret is set, and a token travels only in the resumable handshake \
                  (user|stream|after|token), whose clients get the resumable protocol: set \
                  resumable=true (or leave it unset), or unset authSecret",
+            ));
+        }
+        if self.transport.is_web() && !self.resumable {
+            return Err(ConfigError::new(
+                "resumable",
+                false,
+                format!(
+                    "transport={} is set, and every connection to the web listener is a \
+                     resumable session (it begins with a verdict): set resumable=true (or leave \
+                     it unset), or transport=tcp",
+                    self.transport.name()
+                ),
             ));
         }
         let needs_resumable = "needs resumable=true: a plain client that drops loses what is sent \
@@ -792,6 +896,45 @@ mod tests {
             "{text}"
         );
         assert!(!format!("{error:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn transport_defaults_to_tcp_and_a_web_one_makes_clients_resumable() {
+        let config = VerifyConfig::default();
+        assert_eq!(config.transport, Transport::Tcp);
+        assert_eq!(config.web_port, 9080);
+        assert!(config.web_addresses.is_empty());
+        for (value, transport) in [("ws", Transport::Ws), ("SSE", Transport::Sse)] {
+            let config = VerifyConfig::from_vars(vars(&[("transport", value)])).unwrap();
+            assert_eq!(config.transport, transport);
+            assert!(config.resumable, "{value}");
+            // The resumable settings apply without naming `resumable`.
+            let config = VerifyConfig::from_vars(vars(&[
+                ("TRANSPORT", value),
+                ("killswitchMs", "200"),
+                ("webPort", "19080"),
+                ("webAddresses", "127.0.0.1:19080,localhost:19081"),
+            ]))
+            .unwrap();
+            assert_eq!(config.killswitch, Duration::from_millis(200));
+            assert_eq!(config.web_port, 19080);
+            assert_eq!(config.web_addresses, ["127.0.0.1:19080", "localhost:19081"]);
+            let error =
+                VerifyConfig::from_vars(vars(&[("transport", value), ("resumable", "false")]))
+                    .unwrap_err()
+                    .to_string();
+            assert!(
+                error.starts_with("resumable=false: transport=") && error.contains("resumable"),
+                "{error}"
+            );
+        }
+        let error = VerifyConfig::from_vars(vars(&[("transport", "http")])).unwrap_err();
+        assert_eq!(error.to_string(), "transport=http: expected tcp, ws or sse");
+        let error = VerifyConfig::from_vars(vars(&[("webAddresses", "a:1,b")])).unwrap_err();
+        assert!(error.to_string().starts_with("webAddresses="), "{error}");
+        // A plain TCP run stays classic.
+        let config = VerifyConfig::from_vars(vars(&[("transport", "tcp")])).unwrap();
+        assert!(!config.resumable);
     }
 
     #[test]

@@ -3,11 +3,12 @@
 //! environment). No I/O: the callers write what this module formats.
 //!
 //! Where each token goes (README, issue 20's "Authentication"):
-//! - a client's handshake carries one for its user as a fourth field, which
-//!   only the resumable form has: `2932||0|<token>\r\n` on a first
-//!   connection, `2932|k3j9x0|18842|<token>\r\n` on a resume
-//!   ([`end_hello`]). That is why `authSecret` makes every
-//!   client resumable (`config`);
+//! - a client's handshake carries one for its user ([`Credentials::token`]):
+//!   over TCP as a fourth field, which only the resumable form has:
+//!   `2932||0|<token>\r\n` on a first connection,
+//!   `2932|k3j9x0|18842|<token>\r\n` on a resume (`hello` formats them).
+//!   That is why `authSecret` makes every client resumable (`config`). A web
+//!   client passes it as `?token=`;
 //! - an event source's first line, before any event, is `#AUTH|<token>\r\n`
 //!   with `sub` = `source` ([`Credentials::source_line`]).
 //!
@@ -40,6 +41,12 @@ impl Credentials {
         }
     }
 
+    /// A token for client `user`'s handshake, valid for [`TOKEN_TTL`]
+    /// from now.
+    pub(crate) fn token(&self, user: u32) -> String {
+        self.mint(&user.to_string())
+    }
+
     /// A token for `subject`, valid for [`TOKEN_TTL`] from now.
     fn mint(&self, subject: &str) -> String {
         self.key.mint(subject, TOKEN_TTL, SystemTime::now())
@@ -54,17 +61,6 @@ impl Credentials {
     }
 }
 
-/// Ends handshake `hello` (its fields, no terminator) for `user`: with
-/// `credentials`, a token for `user` as one more field (`|<token>`), then
-/// the terminator; without, the terminator alone.
-pub(crate) fn end_hello(hello: &mut Vec<u8>, user: u32, credentials: Option<&Credentials>) {
-    if let Some(credentials) = credentials {
-        hello.push(b'|');
-        hello.extend_from_slice(credentials.mint(&user.to_string()).as_bytes());
-    }
-    hello.extend_from_slice(b"\r\n");
-}
-
 #[cfg(test)]
 mod tests {
     use followermaze_protocol::auth::{parse_auth_line, split_token, AuthError};
@@ -76,8 +72,12 @@ mod tests {
     #[test]
     fn a_handshake_carries_a_token_for_its_user_as_its_fourth_field() {
         let credentials = Credentials::new(SECRET);
-        let mut hello = b"2932||0".to_vec();
-        end_hello(&mut hello, 2932, Some(&credentials));
+        let hello = crate::hello::Hello {
+            user: 2932,
+            start: crate::hello::Start::First,
+            token: Some(credentials.token(2932)),
+        }
+        .tcp_line();
         assert!(hello.starts_with(b"2932||0|eyJ"), "{hello:?}");
         assert!(hello.ends_with(b"\r\n"));
         assert_eq!(hello.iter().filter(|&&byte| byte == b'|').count(), 3);
@@ -97,13 +97,6 @@ mod tests {
             Key::new(b"another secret").check(token, "2932"),
             Err(AuthError::BadSignature)
         );
-    }
-
-    #[test]
-    fn without_credentials_a_handshake_is_unchanged() {
-        let mut hello = b"2932|k3j9x0|18842".to_vec();
-        end_hello(&mut hello, 2932, None);
-        assert_eq!(hello, b"2932|k3j9x0|18842\r\n");
     }
 
     #[test]

@@ -439,6 +439,16 @@ pub enum Failure {
         /// The last attempt's error.
         error: String,
     },
+    /// A web client's server broke the web listener's wire (web-wire.md):
+    /// a WebSocket message that is binary or cuts a line, an SSE event
+    /// that is not one the wire has, a response that is not an event
+    /// stream.
+    WebWire {
+        /// Who, on which connection.
+        client: ClientRef,
+        /// What it sent, and what was expected.
+        error: String,
+    },
     /// On a resumable run, no opening broadcast reached the probe
     /// connection that starts the stream before the clients connect.
     StreamNotStarted {
@@ -476,6 +486,7 @@ impl Failure {
             Failure::BadCheckpoint { .. } => "wrong checkpoint",
             Failure::MalformedControl { .. } => "malformed control line",
             Failure::Reconnect { .. } => "cannot reconnect",
+            Failure::WebWire { .. } => "web wire broken",
             Failure::StreamNotStarted { .. } => "stream not started",
             Failure::Config(_) => "invalid configuration",
             Failure::Internal(_) => "verifier bug",
@@ -499,7 +510,8 @@ impl Failure {
             | Failure::BadVerdict { client, .. }
             | Failure::BadCheckpoint { client, .. }
             | Failure::MalformedControl { client, .. }
-            | Failure::Reconnect { client, .. } => Some(*client),
+            | Failure::Reconnect { client, .. }
+            | Failure::WebWire { client, .. } => Some(*client),
             _ => None,
         }
     }
@@ -689,6 +701,7 @@ impl std::fmt::Display for Failure {
                 "{reason}: {client} dropped and failed {attempts} attempts in {} ms: {error}",
                 waited.as_millis()
             ),
+            Failure::WebWire { client, error } => write!(f, "{reason}: {client}: {error}"),
             Failure::StreamNotStarted { broadcasts, waited } => write!(
                 f,
                 "{reason}: none of {broadcasts} opening broadcasts reached the probe connection \

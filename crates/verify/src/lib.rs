@@ -27,6 +27,13 @@
 //! handshake ends in `|<token>` for its user, which only the resumable
 //! handshake can carry, so such a run is resumable (see `credentials`).
 //!
+//! With `transport=ws` or `sse` the clients connect to the server's web
+//! listener instead, over WebSocket or Server-Sent Events, each connection
+//! a resumable session (so such a run is resumable too). Each connection
+//! reads back as the byte stream a resumable TCP connection gets (see
+//! `connection` and `web`), and is checked as one: byte for byte over
+//! WebSocket, line for line over SSE, whose framing hides the bytes.
+//!
 //! # API
 //!
 //! [`run`] takes a [`VerifyConfig`] (read from the environment with
@@ -41,6 +48,10 @@
 //! - `config`: settings from the classic environment variables.
 //! - `credentials`: the tokens of `authSecret`, and where they go in a
 //!   handshake or a source's first line.
+//! - `hello`: a client connection's handshake, as each transport spells
+//!   it.
+//! - `web`: the web listener's wire as a client reads it: WebSocket
+//!   payloads, Server-Sent Events and their chunked HTTP body.
 //! - `rng`: the deterministic random numbers.
 //! - `line`: generated events and their exact wire bytes.
 //! - `graph`: the model of who follows whom and who is connected.
@@ -57,6 +68,8 @@
 //!
 //! Threads, tasks and sockets:
 //! - `source`: the event source thread: opening, generate, write.
+//! - `connection`: a client's connection over any transport, read as the
+//!   byte stream a TCP client gets.
 //! - `probe`: a resumable run opens its stream before its clients connect.
 //! - `reader`: one task per client connection.
 //! - `shared`: the state they share (first failure, plan, counters).
@@ -76,12 +89,14 @@
 
 mod check;
 mod config;
+mod connection;
 mod credentials;
 mod drops;
 mod expect;
 mod failure;
 mod generator;
 mod graph;
+mod hello;
 mod latency;
 mod line;
 mod opening;
@@ -95,6 +110,7 @@ mod session;
 mod shared;
 mod sink;
 mod source;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -108,7 +124,9 @@ use tokio_util::sync::CancellationToken;
 
 // The crate's API: everything a caller needs to run a verification and read
 // its outcome, and the sink. The modules themselves are private.
-pub use config::{AuthSecret, ConfigError, LineEndings, LogLevel, VerifyConfig, SETTINGS};
+pub use config::{
+    AuthSecret, ConfigError, LineEndings, LogLevel, Transport, VerifyConfig, SETTINGS,
+};
 pub use drops::DropKind;
 pub use expect::Tally;
 pub use failure::{
@@ -122,12 +140,15 @@ pub use session::ResumeStats;
 pub use sink::{sink, SinkReport};
 
 use check::Checker;
+use connection::{Connection, OpenError};
 use credentials::Credentials;
 use drops::DropSchedule;
 use expect::queue_capacity;
 use generator::{client_users, GeneratorSettings};
+use hello::{Hello, Start};
 use latency::Latencies;
 use opening::Opened;
+use probe::Probed;
 use reader::{read_client, ReaderOutcome, Resume};
 use session::{Session, SessionSettings};
 use shared::Shared;
@@ -200,8 +221,9 @@ struct Connected {
     /// To the event port, blocking: the source thread writes to it.
     source_stream: std::net::TcpStream,
     /// One per client, in client order, its handshake already sent.
-    client_streams: Vec<TcpStream>,
-    /// Where clients connect (one or more), for reconnects.
+    client_streams: Vec<Connection>,
+    /// Where clients connect (one or more), for reconnects: the client
+    /// ports, or the web listeners.
     client_addrs: Arc<[SocketAddr]>,
     /// On a resumable run, one per client, in client order, at its first
     /// connection; empty on a plain run.
@@ -253,9 +275,9 @@ struct Finished {
     resume_latency: Latencies,
 }
 
-/// Resolves the server's two ports, connects the event source and then
-/// every client (each sends its handshake), and announces the run. A
-/// resumable run starts its stream first ([`probe`]).
+/// Resolves the server's ports, connects the event source and then every
+/// client (each sends its handshake, over the run's transport), and
+/// announces the run. A resumable run starts its stream first ([`probe`]).
 async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
     let users = client_users(
         config.random_seed,
@@ -276,7 +298,12 @@ async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
     }
     let opened = match config.resumable && !users.is_empty() {
         true => {
-            let probe = (&client_addrs[..], credentials.as_deref());
+            let clients = Probed {
+                addresses: &client_addrs,
+                transport: config.transport,
+                variable: client_variable(config, client_addrs.len()),
+            };
+            let probe = (clients, credentials.as_deref());
             open_stream(config, &mut source_stream, probe, &shared).await?
         }
         false => Opened::default(),
@@ -285,8 +312,7 @@ async fn connect(config: &VerifyConfig) -> Result<Connected, Failure> {
 
     let mut sessions = first_sessions(config, &users, credentials);
     let connecting = Instant::now();
-    let client_streams =
-        connect_clients(&client_addrs, &users, &mut sessions, config.timeout).await?;
+    let client_streams = connect_clients(config, &client_addrs, &users, &mut sessions).await?;
     let connect_time = connecting.elapsed();
     if config.log_level >= LogLevel::Info {
         // Only once connected: a server that is not running gets exactly
@@ -326,17 +352,17 @@ async fn authenticate_source(
 }
 
 /// A resumable run's probe: opening broadcasts on `source` until the
-/// server is on this run's stream at every one of `client_addrs`, each
-/// probe with a token if there are `credentials`.
+/// server is on this run's stream at every one of `clients`, each probe
+/// with a token if there are `credentials`.
 async fn open_stream(
     config: &VerifyConfig,
     source: &mut TcpStream,
-    (client_addrs, credentials): (&[SocketAddr], Option<&Credentials>),
+    (clients, credentials): (Probed<'_>, Option<&Credentials>),
     shared: &Shared,
 ) -> Result<Opened, Failure> {
     // A user no event names: it is owed broadcasts only.
     let probe = (config.number_of_users + 1, credentials);
-    probe::start_stream(source, client_addrs, probe, shared, config.timeout).await
+    probe::start_stream(source, clients, probe, shared, config.timeout).await
 }
 
 /// The source's socket as a blocking std stream, for its thread.
@@ -380,13 +406,18 @@ fn run_banner(
     client_addrs: &[SocketAddr],
 ) -> String {
     format!(
-        "verifying {event_addr} (events) and {} (clients): {} events, {} clients \
+        "verifying {event_addr} (events) and {} ({}): {} events, {} clients \
          of {} users, {} profile, seed {}{}{}",
         client_addrs
             .iter()
             .map(SocketAddr::to_string)
             .collect::<Vec<_>>()
             .join(","),
+        match config.transport {
+            Transport::Tcp => "clients",
+            Transport::Ws => "WebSocket clients",
+            Transport::Sse => "Server-Sent Events clients",
+        },
         config.total_events,
         config.concurrency_level,
         config.number_of_users,
@@ -485,6 +516,7 @@ fn resume_for(
     Resume {
         addresses: client_addrs.clone(),
         at: index % client_addrs.len(),
+        transport: config.transport,
         session,
         drops: DropSchedule::new(config.random_seed, index, config.killswitch, config.offline),
     }
@@ -663,13 +695,15 @@ fn report(config: &VerifyConfig, finished: Finished, started: Instant) -> Result
         }),
         server: None,
         authenticated: config.auth_secret.is_some(),
+        transport: config.transport,
     })
 }
 
 /// Connects one client per entry of `users`, in order (client `i` to
-/// `addresses[i mod n]`), and sends each its handshake: its user id, or on
-/// a resumable run (`sessions` not empty) its session's first handshake,
-/// `user||0` (`user||0|<token>` with `authSecret`).
+/// `addresses[i mod n]`), over the run's transport, and sends each its
+/// handshake: its user id, or on a resumable run (`sessions` not empty) its
+/// session's first handshake, `user||0` (`user||0|<token>` with
+/// `authSecret`; on the web, `?user=` and `&token=`).
 ///
 /// One at a time on purpose: each connection waits in the server's accept
 /// queue until the server accepts it, and a burst larger than that queue
@@ -677,47 +711,96 @@ fn report(config: &VerifyConfig, finished: Finished, started: Instant) -> Result
 /// one-second SYN retry each. Opening them concurrently was measured to
 /// make that worse, not better.
 async fn connect_clients(
+    config: &VerifyConfig,
     addresses: &[SocketAddr],
     users: &[u32],
     sessions: &mut [Session],
-    timeout: Duration,
-) -> Result<Vec<TcpStream>, Failure> {
+) -> Result<Vec<Connection>, Failure> {
     let mut streams = Vec::with_capacity(users.len());
-    let variable = match addresses.len() {
-        1 => "clientListenerPort",
-        _ => "clientAddresses",
-    };
+    let variable = client_variable(config, addresses.len());
     for (index, &user) in users.iter().enumerate() {
         let address = addresses[index % addresses.len()];
-        let mut stream = connect_to(address, variable, timeout).await?;
-        let hello = match sessions.get_mut(index) {
+        let hello = |sessions: &mut [Session]| match sessions.get_mut(index) {
             Some(session) => session.hello(0, None),
-            None => format!("{user}\r\n").into_bytes(),
+            None => Hello {
+                user,
+                start: Start::Classic,
+                token: None,
+            },
         };
-        stream
-            .write_all(&hello)
-            .await
-            .map_err(|error| Failure::ClientIo {
-                client: ClientRef::new(index, user),
-                error: error.to_string(),
-            })?;
-        streams.push(stream);
+        let opened = tokio::time::timeout(config.timeout, async {
+            let socket = connection::connect(address).await?;
+            let hello = hello(sessions);
+            connection::handshake(config.transport, socket, address, &hello).await
+        })
+        .await;
+        let client = ClientRef::new(index, user);
+        let error = match opened {
+            Ok(Ok(stream)) => {
+                streams.push(stream);
+                continue;
+            }
+            Ok(Err(OpenError::Wire(error))) => {
+                return Err(Failure::WebWire {
+                    client,
+                    error: error.to_string(),
+                })
+            }
+            Ok(Err(error)) if error.is_refused_connection() => {
+                return Err(Failure::NotListening {
+                    variable,
+                    address: address.to_string(),
+                    error: error.to_string(),
+                })
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "connection timed out".to_owned(),
+        };
+        return Err(Failure::Connect {
+            variable,
+            address: address.to_string(),
+            error: format!("{client}: {error}"),
+        });
     }
     Ok(streams)
 }
 
+/// The variable that names where clients connect, for failures: the port,
+/// or the list when there are `addresses` (more than one).
+fn client_variable(config: &VerifyConfig, addresses: usize) -> &'static str {
+    match (config.transport.is_web(), addresses) {
+        (false, 1) => "clientListenerPort",
+        (false, _) => "clientAddresses",
+        (true, 1) => "webPort",
+        (true, _) => "webAddresses",
+    }
+}
+
 /// Where clients connect: each entry of `clientAddresses` resolved (its
-/// first address), or `serverHost:clientListenerPort` if there are none.
-/// Never empty.
+/// first address), or `serverHost:clientListenerPort` if there are none;
+/// with a web transport, the same of `webAddresses` and `webPort`. Never
+/// empty.
 async fn client_addresses(config: &VerifyConfig) -> Result<Arc<[SocketAddr]>, Failure> {
-    if config.client_addresses.is_empty() {
-        let address = resolve(config, config.client_listener_port, "clientListenerPort").await?;
+    let (list, port, variables) = match config.transport.is_web() {
+        false => (
+            &config.client_addresses,
+            config.client_listener_port,
+            ("clientAddresses", "clientListenerPort"),
+        ),
+        true => (
+            &config.web_addresses,
+            config.web_port,
+            ("webAddresses", "webPort"),
+        ),
+    };
+    if list.is_empty() {
+        let address = resolve(config, port, variables.1).await?;
         return Ok(Arc::from([address]));
     }
-    let mut resolved = Vec::with_capacity(config.client_addresses.len());
-    for entry in &config.client_addresses {
+    let mut resolved = Vec::with_capacity(list.len());
+    for entry in list {
         let failure = |error: String| Failure::Connect {
-            variable: "clientAddresses",
+            variable: variables.0,
             address: entry.clone(),
             error,
         };

@@ -22,17 +22,21 @@
 //! (`authSecret`): a classic handshake is then refused, so it sends a
 //! resumable first handshake with its token, `user||0|<token>`, and skips
 //! the verdict and checkpoints it gets like any line that is not one of our
-//! broadcasts.
+//! broadcasts. Over a web transport it connects as the clients do (there
+//! every connection is a first resumable one), and reads the same lines.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::credentials::{end_hello, Credentials};
+use super::config::Transport;
+use super::connection::{self, Connection, ReadError};
+use super::credentials::Credentials;
 use super::failure::Failure;
+use super::hello::{Hello, Start};
 use super::line::{format_line, Event, MAX_LINE_BYTES};
 use super::opening::{Opened, OPENING_TICK};
 use super::shared::Shared;
@@ -41,26 +45,39 @@ use followermaze_protocol::{parse_event, EventKind, Seq};
 /// Bytes the probe reads at a time; it needs one line.
 const PROBE_BUFFER_BYTES: usize = 4096;
 
+/// Where the probe connects: each of `addresses` (a cluster's gateways, or
+/// web listeners), over `transport`, named by `variable` in failures.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Probed<'a> {
+    /// The client (or web) addresses.
+    pub(crate) addresses: &'a [SocketAddr],
+    /// How clients connect.
+    pub(crate) transport: Transport,
+    /// The variable naming the addresses.
+    pub(crate) variable: &'static str,
+}
+
 /// Sends opening broadcasts on `source` until a probe connection to each of
-/// `clients` in turn (a cluster's gateways each apply the stream on their
-/// own) for `probe_user` receives one; stamps each on `shared`'s send clock
-/// (broadcast `n` is chunk `n - 1`, as the source's opening numbers them).
-/// With `credentials`, each probe's handshake carries a token. Fails after
-/// `timeout` in all.
+/// `clients`' addresses in turn (a cluster's gateways each apply the stream
+/// on their own) for `probe_user` receives one; stamps each on `shared`'s
+/// send clock (broadcast `n` is chunk `n - 1`, as the source's opening
+/// numbers them). With `credentials`, each probe's handshake carries a
+/// token. Fails after `timeout` in all.
 pub(crate) async fn start_stream(
     source: &mut TcpStream,
-    clients: &[SocketAddr],
+    clients: Probed<'_>,
     (probe_user, credentials): (u32, Option<&Credentials>),
     shared: &Shared,
     timeout: Duration,
 ) -> Result<Opened, Failure> {
     let started = Instant::now();
     let mut opened = Opened::default();
-    for &address in clients {
+    for &address in clients.addresses {
+        let hello = probe_hello(probe_user, credentials, clients.transport);
         probe_one(
             source,
-            address,
-            &probe_hello(probe_user, credentials),
+            (address, clients),
+            &hello,
             shared,
             (started, timeout),
             &mut opened,
@@ -70,33 +87,43 @@ pub(crate) async fn start_stream(
     Ok(opened)
 }
 
-/// The probe's handshake for `user`: classic (`user`), or with
-/// `credentials` a resumable first connection with its token
-/// (`user||0|<token>`), as a classic one would be refused.
-fn probe_hello(user: u32, credentials: Option<&Credentials>) -> Vec<u8> {
-    let mut hello = match credentials {
-        Some(_) => format!("{user}||0").into_bytes(),
-        None => user.to_string().into_bytes(),
-    };
-    end_hello(&mut hello, user, credentials);
-    hello
+/// The probe's handshake for `user` over `transport`: classic (`user`), or
+/// with `credentials` a resumable first connection with its token
+/// (`user||0|<token>`), as a classic one would be refused. On the web,
+/// where every connection is resumable, a first connection.
+fn probe_hello(user: u32, credentials: Option<&Credentials>, transport: Transport) -> Hello {
+    let classic = credentials.is_none() && transport == Transport::Tcp;
+    Hello {
+        user,
+        start: if classic {
+            Start::Classic
+        } else {
+            Start::First
+        },
+        token: credentials.map(|credentials| credentials.token(user)),
+    }
 }
 
 /// [`start_stream`] for one client address, carrying on from `opened`;
 /// `hello` is the probe's handshake.
 async fn probe_one(
     source: &mut TcpStream,
-    clients: SocketAddr,
-    hello: &[u8],
+    (address, clients): (SocketAddr, Probed<'_>),
+    hello: &Hello,
     shared: &Shared,
     (started, timeout): (Instant, Duration),
     opened: &mut Opened,
 ) -> Result<(), Failure> {
-    let mut probe = connect(clients, timeout).await?;
-    probe
-        .write_all(hello)
-        .await
-        .map_err(|error| connect_failure(clients, error.to_string()))?;
+    let failure = |error: String| connect_failure(address, clients.variable, error);
+    let connected = tokio::time::timeout(timeout, async {
+        let socket = connection::connect(address).await?;
+        connection::handshake(clients.transport, socket, address, hello).await
+    });
+    let mut probe = match connected.await {
+        Ok(Ok(probe)) => probe,
+        Ok(Err(error)) => return Err(failure(error.to_string())),
+        Err(_) => return Err(failure("connection timed out".into())),
+    };
     let mut received = ProbeBuffer {
         buf: vec![0u8; PROBE_BUFFER_BYTES],
         filled: 0,
@@ -112,7 +139,12 @@ async fn probe_one(
         send_broadcast(source, shared, (timeout - waited, timeout), opened).await?;
         let tick = Instant::now() + OPENING_TICK;
         if received
-            .broadcast_by(&mut probe, clients, opened.broadcasts, tick)
+            .broadcast_by(
+                &mut probe,
+                (address, clients.variable),
+                opened.broadcasts,
+                tick,
+            )
             .await?
         {
             return Ok(());
@@ -165,14 +197,14 @@ struct ProbeBuffer {
 }
 
 impl ProbeBuffer {
-    /// Reads `probe` (a connection to `clients`) until `tick`; returns
-    /// whether one of our broadcasts, at or below `seq`, arrived by then.
-    /// Anything else is not ours and is skipped; a line longer than the
-    /// buffer is thrown away whole.
+    /// Reads `probe` (a connection to `address`, which `variable` names)
+    /// until `tick`; returns whether one of our broadcasts, at or below
+    /// `seq`, arrived by then. Anything else is not ours and is skipped; a
+    /// line longer than the buffer is thrown away whole.
     async fn broadcast_by(
         &mut self,
-        probe: &mut TcpStream,
-        clients: SocketAddr,
+        probe: &mut Connection,
+        (address, variable): (SocketAddr, &'static str),
         seq: Seq,
         tick: Instant,
     ) -> Result<bool, Failure> {
@@ -180,9 +212,12 @@ impl ProbeBuffer {
             tokio::time::timeout_at(tick.into(), probe.read(&mut self.buf[self.filled..])).await
         {
             let n = match read {
-                Ok(0) | Err(_) => {
+                Ok(0) | Err(ReadError::Io(_)) => {
                     let error = "the server closed the probe connection".to_owned();
-                    return Err(connect_failure(clients, error));
+                    return Err(connect_failure(address, variable, error));
+                }
+                Err(ReadError::Wire(error)) => {
+                    return Err(connect_failure(address, variable, error.to_string()))
                 }
                 Ok(n) => n,
             };
@@ -204,23 +239,11 @@ impl ProbeBuffer {
     }
 }
 
-/// A probe connection to `address`.
-async fn connect(address: SocketAddr, timeout: Duration) -> Result<TcpStream, Failure> {
-    match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
-        Ok(Ok(stream)) => {
-            // Its one write is the handshake.
-            let _ = stream.set_nodelay(true);
-            Ok(stream)
-        }
-        Ok(Err(error)) => Err(connect_failure(address, error.to_string())),
-        Err(_) => Err(connect_failure(address, "connection timed out".into())),
-    }
-}
-
-/// The probe could not connect or was closed.
-fn connect_failure(address: SocketAddr, error: String) -> Failure {
+/// The probe could not connect to `address` (which `variable` names), or
+/// was closed.
+fn connect_failure(address: SocketAddr, variable: &'static str, error: String) -> Failure {
     Failure::Connect {
-        variable: "clientListenerPort",
+        variable,
         address: address.to_string(),
         error: format!("probe connection: {error}"),
     }
@@ -233,10 +256,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_probe_is_classic_unless_it_needs_a_token() {
-        assert_eq!(probe_hello(1001, None), b"1001\r\n");
+    fn the_probe_is_classic_unless_it_needs_a_token_or_is_on_the_web() {
+        assert_eq!(
+            probe_hello(1001, None, Transport::Tcp).tcp_line(),
+            b"1001\r\n"
+        );
+        for transport in [Transport::Ws, Transport::Sse] {
+            let hello = probe_hello(1001, None, transport);
+            assert_eq!(hello.start, Start::First);
+            assert_eq!(hello.ws_target(), "/ws?user=1001");
+        }
         let secret = b"the probe test's secret";
-        let hello = probe_hello(1001, Some(&Credentials::new(secret)));
+        let hello = probe_hello(1001, Some(&Credentials::new(secret)), Transport::Tcp).tcp_line();
         assert!(hello.starts_with(b"1001||0|eyJ") && hello.ends_with(b"\r\n"));
         let (fields, token) = split_token(&hello);
         assert_eq!(fields, b"1001||0");

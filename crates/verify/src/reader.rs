@@ -26,16 +26,24 @@
 //! `user|stream|after` and the session checks its verdict. A notification
 //! owed all the while still times out as on a plain run: being away does not
 //! stop the clock (which is why `offlineMs` must be below `timeout`).
+//!
+//! # Transports
+//!
+//! The reader reads a [`Connection`], which gives the byte stream a TCP
+//! client gets whatever the transport (`transport=ws|sse`: WebSocket text
+//! payloads back to back, or lines rebuilt from Server-Sent Events), so
+//! everything above holds for web clients too; a web client's every
+//! connection is resumable. A server that breaks the web wire fails the run
+//! (`Failure::WebWire`), it is not a drop to resume from.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
 use super::check::{Checker, Verdict};
+use super::config::Transport;
+use super::connection::{self, Connection, OpenError, ReadError};
 use super::drops::{DropKind, DropSchedule};
 use super::expect::Tally;
 use super::failure::{ClientRef, Failure, VerdictProblem};
@@ -85,6 +93,8 @@ pub(crate) struct Resume {
     /// The index in `addresses` of the current connection's; each reconnect
     /// attempt moves to the next (a cluster's other gateway).
     pub(crate) at: usize,
+    /// How it connects.
+    pub(crate) transport: Transport,
     /// Its side of the protocol.
     pub(crate) session: Session,
     /// When it drops, for how long, and how it backs off.
@@ -130,7 +140,7 @@ enum End {
 /// sent its handshake already; `resume` makes the client resumable.
 pub(crate) async fn read_client(
     client: ClientRef,
-    stream: TcpStream,
+    stream: Connection,
     checker: Checker,
     shared: Arc<Shared>,
     timeout: Duration,
@@ -184,7 +194,7 @@ struct Reader {
 
 impl Reader {
     /// Reads connection after connection until the final broadcast.
-    async fn run(&mut self, mut stream: TcpStream) -> Result<(), Stop> {
+    async fn run(&mut self, mut stream: Connection) -> Result<(), Stop> {
         let mut wait = self.timeout;
         // Connections in a row that ended before their verdict, and when
         // the first of them began: a server that closes every connection at
@@ -229,7 +239,7 @@ impl Reader {
     /// an overdue notification.
     async fn read_connection(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut Connection,
         mut wait: Duration,
     ) -> Result<End, Stop> {
         let resumable = self.resume.is_some();
@@ -276,8 +286,9 @@ impl Reader {
                 }
                 Ok(Ok(0)) if resumable => return Ok(End::DroppedByServer),
                 Ok(Ok(0)) => return Err(self.checker.closed().into()),
-                Ok(Err(_)) if resumable => return Ok(End::DroppedByServer),
-                Ok(Err(error)) => {
+                Ok(Err(ReadError::Wire(error))) => return Err(self.wire(error).into()),
+                Ok(Err(ReadError::Io(_))) if resumable => return Ok(End::DroppedByServer),
+                Ok(Err(ReadError::Io(error))) => {
                     return Err(Failure::ClientIo {
                         client: self.checker.client(),
                         error: error.to_string(),
@@ -291,6 +302,14 @@ impl Reader {
         }
         self.check_after_final(stream, filled)?;
         Ok(End::Done)
+    }
+
+    /// The failure of a connection whose server broke the web wire.
+    fn wire(&self, error: impl std::fmt::Display) -> Failure {
+        Failure::WebWire {
+            client: self.checker.client(),
+            error: error.to_string(),
+        }
     }
 
     /// Nothing arrived within the last wait: fails if a notification is
@@ -335,7 +354,7 @@ impl Reader {
     /// After the final broadcast: checks the rest of the buffer
     /// (`buf[..filled]`, part of a line) and whatever `stream` already
     /// holds, neither of which is owed.
-    fn check_after_final(&mut self, stream: &TcpStream, filled: usize) -> Result<(), Failure> {
+    fn check_after_final(&mut self, stream: &mut Connection, filled: usize) -> Result<(), Failure> {
         if filled > 0 {
             // Part of a line after the final broadcast.
             let tail = self.buf[..filled].to_vec();
@@ -344,9 +363,13 @@ impl Reader {
         // Whatever is already buffered after the final broadcast is an extra
         // notification; later ones cannot be told from a late one, and the
         // final broadcast's place at the very end makes them unlikely.
-        if let Ok(extra) = stream.try_read(&mut self.buf) {
-            let extra = self.buf[..extra].to_vec();
-            self.after_final(&extra)?;
+        match stream.read_now(&mut self.buf) {
+            Ok(extra) => {
+                let extra = self.buf[..extra].to_vec();
+                self.after_final(&extra)?;
+            }
+            Err(ReadError::Wire(error)) => return Err(self.wire(error)),
+            Err(ReadError::Io(_)) => {}
         }
         Ok(())
     }
@@ -463,7 +486,7 @@ impl Reader {
         dropped: Instant,
         written: Seq,
         streak: &mut Streak,
-    ) -> Result<(TcpStream, Duration), Stop> {
+    ) -> Result<(Connection, Duration), Stop> {
         let resume = self
             .resume
             .as_mut()
@@ -495,11 +518,9 @@ impl Reader {
                 .max(MIN_RECHECK);
             resume.at = (resume.at + 1) % resume.addresses.len();
             let address = resume.addresses[resume.at];
-            let session = &mut resume.session;
+            let (session, transport) = (&mut resume.session, resume.transport);
             let attempt = async {
-                let mut stream = TcpStream::connect(address).await?;
-                // Our only write is the handshake.
-                let _ = stream.set_nodelay(true);
+                let socket = connection::connect(address).await?;
                 let reconnect = Reconnect {
                     dropped,
                     started,
@@ -507,8 +528,7 @@ impl Reader {
                 };
                 let hello = session.hello(checker.last_seq(), Some(reconnect));
                 checker.set_connection(Some(session.connection()));
-                stream.write_all(&hello).await?;
-                Ok::<_, std::io::Error>(stream)
+                connection::handshake(transport, socket, address, &hello).await
             };
             let remaining = (timeout - waited).max(MIN_RECHECK);
             let result = tokio::select! {
@@ -517,6 +537,24 @@ impl Reader {
             };
             error = match result {
                 Ok(Ok(stream)) => return Ok((stream, wait)),
+                Ok(Err(OpenError::Wire(error))) => {
+                    return Err(Failure::WebWire {
+                        client: checker.client(),
+                        error: error.to_string(),
+                    }
+                    .into())
+                }
+                // A refusal that another attempt will not change (a token
+                // refused, say): no use waiting for `timeout`.
+                Ok(Err(error)) if !error.is_transient() => {
+                    return Err(Failure::Reconnect {
+                        client: checker.client(),
+                        attempts: streak.failures + 1,
+                        waited: streak.since.elapsed(),
+                        error: error.to_string(),
+                    }
+                    .into())
+                }
                 Ok(Err(error)) => error.to_string(),
                 Err(_elapsed) => "connection timed out".to_owned(),
             };
@@ -528,18 +566,17 @@ impl Reader {
 }
 
 /// Drops `stream` the way `kind` says, its time having come: a clean close
-/// or a reset, and the connection's end; `None` for a mid-line drop, which
+/// (on a WebSocket, with a close frame first) or a reset (RST, on any
+/// transport), and the connection's end; `None` for a mid-line drop, which
 /// waits for the first byte of a line.
-async fn drop_connection(stream: &mut TcpStream, kind: Option<DropKind>) -> Option<End> {
+async fn drop_connection(stream: &mut Connection, kind: Option<DropKind>) -> Option<End> {
     match kind {
         Some(DropKind::Close) => {
-            // FIN first; the kernel may still reset if lines were in
-            // flight.
-            let _ = stream.shutdown().await;
+            stream.close().await;
             Some(End::DroppedByUs(DropKind::Close))
         }
         Some(DropKind::Reset) => {
-            let _ = socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO));
+            stream.reset();
             Some(End::DroppedByUs(DropKind::Reset))
         }
         Some(DropKind::MidLine) | None => None,

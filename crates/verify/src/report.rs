@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::config::Transport;
 use super::drops::DropKind;
 use super::generator::{MixCounts, Profile};
 use super::latency::LatencySummary;
@@ -59,6 +60,10 @@ pub struct Report {
     /// Whether every connection carried a signed token (`authSecret`): the
     /// source's `#AUTH` line and each client handshake's fourth field.
     pub authenticated: bool,
+    /// How the clients connected. Over Server-Sent Events each line is
+    /// rebuilt from its event's data, so the run is checked line for line,
+    /// not byte for byte.
+    pub transport: Transport,
 }
 
 /// What a resumable run measured of its sessions.
@@ -99,13 +104,18 @@ impl Report {
     }
 
     /// Whether every notification arrived byte for byte, terminators
-    /// included.
+    /// included: never over Server-Sent Events, whose lines are rebuilt.
     pub fn byte_exact(&self) -> bool {
-        self.reterminated == 0
+        self.reterminated == 0 && self.transport != Transport::Sse
     }
 
     /// Says how the run was not byte-exact, if it was not.
     fn inexactness(&self) -> Option<String> {
+        if self.transport == Transport::Sse {
+            return Some(
+                "SSE: line-exact, not byte-exact (each line rebuilt from its event's data)".into(),
+            );
+        }
         (!self.byte_exact()).then(|| {
             let plural = if self.reterminated == 1 { "" } else { "s" };
             format!(
@@ -208,9 +218,18 @@ impl Report {
             grouped(self.notifications),
             self.notification_bytes as f64 / 1e6,
             self.clients,
-            match self.inexactness() {
-                None => "all checked byte for byte, in order".to_owned(),
-                Some(inexact) => format!("all checked in order, payloads byte for byte; {inexact}"),
+            match (self.transport, self.inexactness()) {
+                (Transport::Tcp, None) => "all checked byte for byte, in order".to_owned(),
+                (Transport::Ws, None) => "all checked byte for byte (the WebSocket text \
+                                          payloads back to back), in order"
+                    .to_owned(),
+                (Transport::Sse, _) => "all checked line for line, in order: each line rebuilt \
+                                        as its SSE event's data + \\r\\n (line-exact, not \
+                                        byte-exact)"
+                    .to_owned(),
+                (_, Some(inexact)) => {
+                    format!("all checked in order, payloads byte for byte; {inexact}")
+                }
             }
         )?;
         match &self.latency {
@@ -345,6 +364,7 @@ mod tests {
             resume: None,
             server: None,
             authenticated: false,
+            transport: Transport::Tcp,
         };
         assert!(report.byte_exact());
         assert_eq!(
@@ -386,6 +406,61 @@ mod tests {
         assert!(
             text.contains("auth:          signed tokens (authSecret) on every connection")
                 && text.contains("1,500 client handshakes"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_web_run_says_how_it_was_checked_and_sse_is_never_byte_exact() {
+        let report = Report {
+            profile: Profile::Classic,
+            clients: 1,
+            events: 10,
+            opening_broadcasts: 1,
+            mix: [0; 5],
+            edges: 0,
+            bytes_sent: 0,
+            connect_time: Duration::from_millis(1),
+            opening_time: Duration::from_millis(1),
+            send_time: Duration::from_millis(1),
+            stream_time: Duration::from_millis(1),
+            elapsed: Duration::from_millis(1000),
+            notifications: 0,
+            notification_bytes: 0,
+            reterminated: 0,
+            latency: None,
+            per_client: Vec::new(),
+            resume: None,
+            server: None,
+            authenticated: false,
+            transport: Transport::Ws,
+        };
+        assert!(report.byte_exact());
+        assert_eq!(
+            report.banner(),
+            "\\o/ ALL NOTIFICATIONS RECEIVED \\o/ (in 1.00 seconds)"
+        );
+        let text = report.to_string();
+        assert!(
+            text.contains("all checked byte for byte (the WebSocket text payloads"),
+            "{text}"
+        );
+        let sse = Report {
+            transport: Transport::Sse,
+            ..report
+        };
+        assert!(!sse.byte_exact());
+        assert_eq!(
+            sse.banner(),
+            "\\o/ ALL NOTIFICATIONS RECEIVED \\o/ (in 1.00 seconds; SSE: line-exact, not \
+             byte-exact (each line rebuilt from its event's data))"
+        );
+        let text = sse.to_string();
+        assert!(
+            text.contains(
+                "all checked line for line, in order: each line rebuilt as its SSE \
+                           event's data + \\r\\n (line-exact, not byte-exact)"
+            ) && !text.contains("byte for byte"),
             "{text}"
         );
     }

@@ -35,8 +35,9 @@ use followermaze_protocol::resume::{parse_control, Control, StreamId, Verdict};
 use followermaze_protocol::Seq;
 
 use super::check::Checker;
-use super::credentials::{end_hello, Credentials};
+use super::credentials::Credentials;
 use super::failure::{CheckpointProblem, ConnectionRef, Failure, VerdictProblem};
+use super::hello::{Hello, Start};
 use super::line::quote;
 
 /// A `#GAP` is accepted from a client away at least the window less this
@@ -171,12 +172,12 @@ impl Session {
     }
 
     /// Starts a connection: returns its handshake, after `last_seq`, the
-    /// highest event position received (the checker's), ending in a fresh
-    /// token for the user if the settings have credentials. For a reconnect,
+    /// highest event position received (the checker's), with a fresh token
+    /// for the user if the settings have credentials. For a reconnect,
     /// `reconnect` says when the connection dropped, when the reconnect
     /// began, and how many events the source had written at the drop:
     /// lines up to those that arrive on this connection count as replayed.
-    pub(crate) fn hello(&mut self, last_seq: Seq, reconnect: Option<Reconnect>) -> Vec<u8> {
+    pub(crate) fn hello(&mut self, last_seq: Seq, reconnect: Option<Reconnect>) -> Hello {
         self.connection.number += 1;
         self.connection.verdict = None;
         self.stats.connections += 1;
@@ -190,21 +191,28 @@ impl Session {
             self.away = self.away.or(Some(reconnect.dropped));
             self.replay_mark = reconnect.written;
         }
-        let mut hello = match self.stream {
+        let start = match self.stream {
             None => {
                 self.resuming = false;
                 self.connection.after = None;
-                format!("{}||0", self.user).into_bytes()
+                Start::First
             }
             Some(stream) => {
                 let after = last_seq.max(self.control_high);
                 self.resuming = true;
                 self.connection.after = Some(after);
-                format!("{}|{stream}|{after}", self.user).into_bytes()
+                Start::After { stream, after }
             }
         };
-        end_hello(&mut hello, self.user, self.settings.credentials.as_deref());
-        hello
+        Hello {
+            user: self.user,
+            start,
+            token: self
+                .settings
+                .credentials
+                .as_ref()
+                .map(|credentials| credentials.token(self.user)),
+        }
     }
 
     /// The connection now, for failures.
@@ -481,7 +489,7 @@ mod tests {
     /// A connected session registered at `at`.
     fn registered(main: &[Seq], at: Seq) -> (Session, Checker) {
         let (mut session, mut checker) = setup(main);
-        assert_eq!(session.hello(0, None), b"42||0\r\n");
+        assert_eq!(session.hello(0, None).tcp_line(), b"42||0\r\n");
         control(&mut session, &mut checker, &verdict(Verdict::Ok, at)).unwrap();
         (session, checker)
     }
@@ -492,18 +500,18 @@ mod tests {
         assert_eq!(checker.last_seq(), 2);
         // A drop before any line: resume after the verdict's position.
         let hello = session.hello(checker.last_seq(), reconnect(Duration::ZERO, 2));
-        assert_eq!(hello, b"42|k3j9x0|2\r\n");
+        assert_eq!(hello.tcp_line(), b"42|k3j9x0|2\r\n");
         control(&mut session, &mut checker, &verdict(Verdict::Ok, 2)).unwrap();
         event(&mut session, &mut checker, b"3|B\r\n");
         let hello = session.hello(checker.last_seq(), reconnect(Duration::ZERO, 3));
-        assert_eq!(hello, b"42|k3j9x0|3\r\n");
+        assert_eq!(hello.tcp_line(), b"42|k3j9x0|3\r\n");
         control(&mut session, &mut checker, &verdict(Verdict::Ok, 3)).unwrap();
         event(&mut session, &mut checker, b"4|B\r\n");
         // A checkpoint above the last line is the highest position.
         let crc = crc32fast::hash(b"4|B\r\n");
         control(&mut session, &mut checker, &checkpoint(5, 1, crc)).unwrap();
         let hello = session.hello(checker.last_seq(), reconnect(Duration::ZERO, 5));
-        assert_eq!(hello, b"42|k3j9x0|5\r\n");
+        assert_eq!(hello.tcp_line(), b"42|k3j9x0|5\r\n");
         assert_eq!(session.connection().number, 4);
         assert_eq!(session.connection().after, Some(5));
     }
@@ -519,13 +527,15 @@ mod tests {
         };
         let mut session = Session::new(42, settings);
         let key = Key::new(SECRET);
-        let first = session.hello(0, None);
+        let first = session.hello(0, None).tcp_line();
         assert!(first.starts_with(b"42||0|eyJ") && first.ends_with(b"\r\n"));
         let (fields, token) = split_token(&first);
         assert_eq!(fields, b"42||0");
         assert_eq!(key.check(token.expect("a token"), "42"), Ok(()));
         control(&mut session, &mut checker, &verdict(Verdict::Ok, 2)).unwrap();
-        let resume = session.hello(checker.last_seq(), reconnect(Duration::ZERO, 2));
+        let resume = session
+            .hello(checker.last_seq(), reconnect(Duration::ZERO, 2))
+            .tcp_line();
         assert!(resume.ends_with(b"\r\n"));
         let (fields, token) = split_token(&resume);
         assert_eq!(fields, b"42|k3j9x0|2");
