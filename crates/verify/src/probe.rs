@@ -24,6 +24,12 @@
 //! the verdict and checkpoints it gets like any line that is not one of our
 //! broadcasts. Over a web transport it connects as the clients do (there
 //! every connection is a first resumable one), and reads the same lines.
+//!
+//! A resumable probe on a long-lived server connects on the previous run's
+//! stream, which our first broadcast ends: the server then ends every
+//! session and closes its connections, the probe's among them. So a probe
+//! closed after the server answered it (its verdict) connects again and
+//! waits on; one closed without a word fails (a refused token, say).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -114,19 +120,11 @@ async fn probe_one(
     (started, timeout): (Instant, Duration),
     opened: &mut Opened,
 ) -> Result<(), Failure> {
-    let failure = |error: String| connect_failure(address, clients.variable, error);
-    let connected = tokio::time::timeout(timeout, async {
-        let socket = connection::connect(address).await?;
-        connection::handshake(clients.transport, socket, address, hello).await
-    });
-    let mut probe = match connected.await {
-        Ok(Ok(probe)) => probe,
-        Ok(Err(error)) => return Err(failure(error.to_string())),
-        Err(_) => return Err(failure("connection timed out".into())),
-    };
+    let mut probe = open_probe((address, clients), hello, timeout).await?;
     let mut received = ProbeBuffer {
         buf: vec![0u8; PROBE_BUFFER_BYTES],
         filled: 0,
+        answered: false,
     };
     loop {
         let waited = started.elapsed();
@@ -138,16 +136,22 @@ async fn probe_one(
         }
         send_broadcast(source, shared, (timeout - waited, timeout), opened).await?;
         let tick = Instant::now() + OPENING_TICK;
-        if received
+        let heard = received
             .broadcast_by(
                 &mut probe,
                 (address, clients.variable),
                 opened.broadcasts,
                 tick,
             )
-            .await?
-        {
-            return Ok(());
+            .await?;
+        match heard {
+            Heard::Ours => return Ok(()),
+            Heard::NotYet => {}
+            Heard::Ended => {
+                probe = open_probe((address, clients), hello, timeout).await?;
+                received.filled = 0;
+                received.answered = false;
+            }
         }
     }
 }
@@ -187,6 +191,37 @@ async fn send_broadcast(
     Ok(())
 }
 
+/// A probe connection to `address`, one of `clients`, that has sent
+/// `hello`.
+async fn open_probe(
+    (address, clients): (SocketAddr, Probed<'_>),
+    hello: &Hello,
+    timeout: Duration,
+) -> Result<Connection, Failure> {
+    let failure = |error: String| connect_failure(address, clients.variable, error);
+    let connected = tokio::time::timeout(timeout, async {
+        let socket = connection::connect(address).await?;
+        connection::handshake(clients.transport, socket, address, hello).await
+    });
+    match connected.await {
+        Ok(Ok(probe)) => Ok(probe),
+        Ok(Err(error)) => Err(failure(error.to_string())),
+        Err(_) => Err(failure("connection timed out".into())),
+    }
+}
+
+/// What the probe heard by a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    /// One of our broadcasts.
+    Ours,
+    /// Not yet.
+    NotYet,
+    /// The server closed the connection after answering it: a new stream
+    /// ended its session.
+    Ended,
+}
+
 /// What the probe connection has read: `buf[..filled]` is the start of a
 /// line not yet complete.
 struct ProbeBuffer {
@@ -194,24 +229,29 @@ struct ProbeBuffer {
     buf: Vec<u8>,
     /// Bytes of `buf` in use.
     filled: usize,
+    /// Whether the server has sent anything on this connection.
+    answered: bool,
 }
 
 impl ProbeBuffer {
     /// Reads `probe` (a connection to `address`, which `variable` names)
     /// until `tick`; returns whether one of our broadcasts, at or below
-    /// `seq`, arrived by then. Anything else is not ours and is skipped; a
-    /// line longer than the buffer is thrown away whole.
+    /// `seq`, arrived by then, or the server ended the connection after
+    /// answering it. Anything else is not ours and is skipped; a line
+    /// longer than the buffer is thrown away whole. A close without an
+    /// answer fails.
     async fn broadcast_by(
         &mut self,
         probe: &mut Connection,
         (address, variable): (SocketAddr, &'static str),
         seq: Seq,
         tick: Instant,
-    ) -> Result<bool, Failure> {
+    ) -> Result<Heard, Failure> {
         while let Ok(read) =
             tokio::time::timeout_at(tick.into(), probe.read(&mut self.buf[self.filled..])).await
         {
             let n = match read {
+                Ok(0) | Err(ReadError::Io(_)) if self.answered => return Ok(Heard::Ended),
                 Ok(0) | Err(ReadError::Io(_)) => {
                     let error = "the server closed the probe connection".to_owned();
                     return Err(connect_failure(address, variable, error));
@@ -222,10 +262,11 @@ impl ProbeBuffer {
                 Ok(n) => n,
             };
             self.filled += n;
+            self.answered = true;
             while let Some(newline) = memchr::memchr(b'\n', &self.buf[..self.filled]) {
                 let line = &self.buf[..=newline];
                 if matches!(parse_event(line), Ok((got, EventKind::Broadcast)) if got <= seq) {
-                    return Ok(true);
+                    return Ok(Heard::Ours);
                 }
                 // Anything else is not ours; wait for one of ours.
                 self.buf.copy_within(newline + 1..self.filled, 0);
@@ -235,7 +276,7 @@ impl ProbeBuffer {
                 self.filled = 0;
             }
         }
-        Ok(false)
+        Ok(Heard::NotYet)
     }
 }
 

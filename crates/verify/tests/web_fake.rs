@@ -85,6 +85,10 @@ struct Options {
     reset_every: Option<u64>,
     /// Refuse (401) a connection without a token signed with this.
     secret: Option<&'static str>,
+    /// At the first event, end every session and close every connection,
+    /// as our server does when a source starts a new stream: what a
+    /// resumable probe meets on a long-lived server.
+    new_stream_closes: bool,
 }
 
 impl Options {
@@ -94,6 +98,7 @@ impl Options {
             fault: Fault::None,
             reset_every: None,
             secret: None,
+            new_stream_closes: false,
         }
     }
 
@@ -141,6 +146,8 @@ struct State {
     resets: u64,
     /// Tokens checked and accepted.
     tokens: u64,
+    /// Connections of each user.
+    connected: HashMap<UserId, u64>,
 }
 
 impl State {
@@ -168,7 +175,13 @@ impl State {
 
     /// Routes event `seq` to its sessions and their connections, and every
     /// [`CHECKPOINT_EVERY`] events a checkpoint to every connection.
-    fn route(&mut self, seq: Seq, kind: EventKind, raw: &[u8], fault: Fault) {
+    fn route(&mut self, seq: Seq, kind: EventKind, raw: &[u8], options: Options) {
+        let fault = options.fault;
+        if seq == 1 && options.new_stream_closes {
+            // Each writer writes what it was given, then closes.
+            self.connections.clear();
+            self.sessions.clear();
+        }
         let to = self.recipients(kind);
         self.position = seq;
         let mut users: Vec<UserId> = match to {
@@ -214,6 +227,7 @@ impl State {
     /// it says so: its verdict and replay are queued at once, live lines
     /// follow.
     fn attach(&mut self, user: UserId, after: Option<Seq>) -> (u64, mpsc::UnboundedReceiver<Out>) {
+        *self.connected.entry(user).or_default() += 1;
         let (tx, rx) = mpsc::unbounded_channel();
         let id = self.next_id;
         self.next_id += 1;
@@ -271,6 +285,7 @@ impl Fake {
             privates: 0,
             resets: 0,
             tokens: 0,
+            connected: HashMap::new(),
         }));
         let addresses = (
             events.local_addr().expect("an address"),
@@ -279,7 +294,7 @@ impl Fake {
         let source_state = state.clone();
         let source = tokio::spawn(async move {
             while let Ok((stream, _)) = events.accept().await {
-                serve_source(stream, &source_state, options.fault).await;
+                serve_source(stream, &source_state, options).await;
             }
         });
         let web_state = state.clone();
@@ -303,7 +318,7 @@ impl Fake {
 
 /// Reads events (after an `#AUTH` line, if any), orders them and routes
 /// them.
-async fn serve_source(stream: TcpStream, state: &Mutex<State>, fault: Fault) {
+async fn serve_source(stream: TcpStream, state: &Mutex<State>, options: Options) {
     let mut reader = BufReader::new(stream);
     let mut parked: BTreeMap<Seq, (EventKind, Vec<u8>)> = BTreeMap::new();
     let mut next: Seq = 1;
@@ -319,7 +334,7 @@ async fn serve_source(stream: TcpStream, state: &Mutex<State>, fault: Fault) {
         parked.insert(seq, (kind, line));
         let mut state = state.lock().expect("not poisoned");
         while let Some((kind, raw)) = parked.remove(&next) {
-            state.route(next, kind, &raw, fault);
+            state.route(next, kind, &raw, options);
             next += 1;
         }
     }
@@ -347,18 +362,11 @@ fn token_ok(query: &str, user: &str, secret: Option<&str>) -> bool {
 async fn serve_client(stream: TcpStream, state: Arc<Mutex<State>>, options: Options) {
     let _ = stream.set_nodelay(true);
     let connection = match options.transport {
-        Transport::Ws => ws_handshake(stream, options).await,
-        _ => sse_handshake(stream, options).await,
+        Transport::Ws => ws_handshake(stream, &state, options).await,
+        _ => sse_handshake(stream, &state, options).await,
     };
-    let Some((link, user, after)) = connection else {
+    let Some((link, user, (id, rx))) = connection else {
         return;
-    };
-    let (id, rx) = {
-        let mut state = state.lock().expect("not poisoned");
-        if options.secret.is_some() {
-            state.tokens += 1;
-        }
-        state.attach(user, after)
     };
     let stream_id = state.lock().expect("not poisoned").stream;
     let mut writer = Writer {
@@ -379,6 +387,25 @@ async fn serve_client(stream: TcpStream, state: Arc<Mutex<State>>, options: Opti
     state.connections.remove(&id);
 }
 
+/// The connection of `user` resuming after `after`, if it says so,
+/// attached: the server's answer is not out yet, so nothing the client
+/// does after it can come first.
+fn attach(
+    state: &Mutex<State>,
+    options: Options,
+    user: UserId,
+    after: Option<Seq>,
+) -> (u64, mpsc::UnboundedReceiver<Out>) {
+    let mut state = state.lock().expect("not poisoned");
+    if options.secret.is_some() {
+        state.tokens += 1;
+    }
+    state.attach(user, after)
+}
+
+/// A connection attached: its id and queue.
+type Attached = (u64, mpsc::UnboundedReceiver<Out>);
+
 /// A connection's transport after its handshake.
 enum Link {
     Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
@@ -387,14 +414,23 @@ enum Link {
 
 /// The WebSocket upgrade: the user and `after` (with `stream`) from the
 /// query; 401 without a good token when there is a secret.
-async fn ws_handshake(stream: TcpStream, options: Options) -> Option<(Link, UserId, Option<Seq>)> {
+async fn ws_handshake(
+    stream: TcpStream,
+    state: &Mutex<State>,
+    options: Options,
+) -> Option<(Link, UserId, Attached)> {
     let mut query = String::new();
+    let mut attached = None;
     // The library's callback type: its error is the refusal it sends.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
         query = request.uri().query().unwrap_or("").to_owned();
         let user = query_value(&query, "user").unwrap_or("");
         if token_ok(&query, user, options.secret) {
+            if let Ok(user) = user.parse() {
+                let after = query_value(&query, "after").and_then(|after| after.parse().ok());
+                attached = Some((user, attach(state, options, user, after)));
+            }
             return Ok(response);
         }
         let refusal: ErrorResponse = tokio_tungstenite::tungstenite::http::Response::builder()
@@ -403,12 +439,19 @@ async fn ws_handshake(stream: TcpStream, options: Options) -> Option<(Link, User
             .expect("a response");
         Err(refusal)
     };
-    let ws = tokio_tungstenite::accept_hdr_async(stream, callback)
-        .await
-        .ok()?;
-    let user = query_value(&query, "user")?.parse().ok()?;
-    let after = query_value(&query, "after").and_then(|after| after.parse().ok());
-    Some((Link::Ws(Box::new(ws)), user, after))
+    let accepted = tokio_tungstenite::accept_hdr_async(stream, callback).await;
+    let (user, attached) = attached?;
+    match accepted {
+        Ok(ws) => Some((Link::Ws(Box::new(ws)), user, attached)),
+        Err(_) => {
+            state
+                .lock()
+                .expect("not poisoned")
+                .connections
+                .remove(&attached.0);
+            None
+        }
+    }
 }
 
 /// The SSE request: the user from the query, `after` from
@@ -416,8 +459,9 @@ async fn ws_handshake(stream: TcpStream, options: Options) -> Option<(Link, User
 /// secret; then the response head.
 async fn sse_handshake(
     mut stream: TcpStream,
+    state: &Mutex<State>,
     options: Options,
-) -> Option<(Link, UserId, Option<Seq>)> {
+) -> Option<(Link, UserId, Attached)> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.ends_with(b"\r\n\r\n") {
@@ -446,10 +490,18 @@ async fn sse_handshake(
         .and_then(|header| std::str::from_utf8(header.value).ok())
         .and_then(|value| value.split_once(':'))
         .and_then(|(_, after)| after.parse().ok());
+    let attached = attach(state, options, user, after);
     let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
                 Transfer-Encoding: chunked\r\n\r\n";
-    stream.write_all(head.as_bytes()).await.ok()?;
-    Some((Link::Sse(stream), user, after))
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        state
+            .lock()
+            .expect("not poisoned")
+            .connections
+            .remove(&attached.0);
+        return None;
+    }
+    Some((Link::Sse(stream), user, attached))
 }
 
 /// One connection's writer: what it wrote, for checkpoints and resets.
@@ -842,6 +894,24 @@ async fn a_broken_chunk_is_caught() {
     let failure = caught(Transport::Sse, Fault::BrokenChunk).await;
     assert!(matches!(failure, Failure::WebWire { .. }), "{failure}");
     assert!(failure.to_string().contains("chunked body"), "{failure}");
+}
+
+#[tokio::test]
+async fn a_probe_whose_session_a_new_stream_ends_connects_again() {
+    for transport in [Transport::Ws, Transport::Sse] {
+        let fake = Fake::start(Options {
+            new_stream_closes: true,
+            ..Options::correct(transport)
+        })
+        .await;
+        verify(web_run(&fake, transport))
+            .await
+            .unwrap_or_else(|failure| panic!("{transport:?}: {failure}"));
+        // Its first connection got its verdict, and was closed by the
+        // first broadcast; the second one heard it.
+        let probe = UserId::from(USERS + 1);
+        assert_eq!(fake.lock().connected.get(&probe), Some(&2), "{transport:?}");
+    }
 }
 
 #[tokio::test]
