@@ -253,10 +253,14 @@ impl Report {
             .resume
             .as_ref()
             .map_or(0, |resume| resume.stats.connections);
+        let form = match self.transport {
+            Transport::Tcp => "user|stream|after|token",
+            Transport::Ws | Transport::Sse => "?token=",
+        };
         writeln!(
             f,
             "auth:          signed tokens (authSecret) on every connection: the source's #AUTH \
-             line, and {} client handshakes (user|stream|after|token)",
+             line, and {} client handshakes ({form})",
             grouped(handshakes)
         )
     }
@@ -444,6 +448,14 @@ mod tests {
         assert!(
             text.contains("all checked byte for byte (the WebSocket text payloads"),
             "{text}"
+        );
+        let signed = Report {
+            authenticated: true,
+            ..report.clone()
+        };
+        assert!(
+            signed.to_string().contains("0 client handshakes (?token=)"),
+            "{signed}"
         );
         let sse = Report {
             transport: Transport::Sse,
