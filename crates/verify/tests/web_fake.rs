@@ -148,6 +148,8 @@ struct State {
     tokens: u64,
     /// Connections of each user.
     connected: HashMap<UserId, u64>,
+    /// Connections of each user to each web listener, by its index.
+    listeners: HashMap<(usize, UserId), u64>,
 }
 
 impl State {
@@ -254,10 +256,13 @@ impl State {
     }
 }
 
-/// The running fake: its two ports and its state.
+/// The running fake: its ports and its state.
 struct Fake {
     events: SocketAddr,
+    /// The web listener.
     web: SocketAddr,
+    /// A second one, serving the same sessions (a cluster's other gateway).
+    web2: SocketAddr,
     state: Arc<Mutex<State>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -274,6 +279,7 @@ impl Fake {
     async fn start(options: Options) -> Fake {
         let events = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let web = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let web2 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let state = Arc::new(Mutex::new(State {
             stream: StreamId::parse(b"fake1").expect("a stream id"),
             position: 0,
@@ -286,10 +292,12 @@ impl Fake {
             resets: 0,
             tokens: 0,
             connected: HashMap::new(),
+            listeners: HashMap::new(),
         }));
         let addresses = (
             events.local_addr().expect("an address"),
             web.local_addr().expect("an address"),
+            web2.local_addr().expect("an address"),
         );
         let source_state = state.clone();
         let source = tokio::spawn(async move {
@@ -297,17 +305,22 @@ impl Fake {
                 serve_source(stream, &source_state, options).await;
             }
         });
-        let web_state = state.clone();
-        let clients = tokio::spawn(async move {
-            while let Ok((stream, _)) = web.accept().await {
-                tokio::spawn(serve_client(stream, web_state.clone(), options));
-            }
-        });
+        let mut tasks = vec![source];
+        for (index, listener) in [web, web2].into_iter().enumerate() {
+            let web_state = state.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let client = serve_client(stream, web_state.clone(), (index, options));
+                    tokio::spawn(client);
+                }
+            }));
+        }
         Fake {
             events: addresses.0,
             web: addresses.1,
+            web2: addresses.2,
             state,
-            tasks: vec![source, clients],
+            tasks,
         }
     }
 
@@ -359,7 +372,11 @@ fn token_ok(query: &str, user: &str, secret: Option<&str>) -> bool {
 }
 
 /// One web connection: its handshake, then its writer until it ends.
-async fn serve_client(stream: TcpStream, state: Arc<Mutex<State>>, options: Options) {
+async fn serve_client(
+    stream: TcpStream,
+    state: Arc<Mutex<State>>,
+    (listener, options): (usize, Options),
+) {
     let _ = stream.set_nodelay(true);
     let connection = match options.transport {
         Transport::Ws => ws_handshake(stream, &state, options).await,
@@ -368,6 +385,12 @@ async fn serve_client(stream: TcpStream, state: Arc<Mutex<State>>, options: Opti
     let Some((link, user, (id, rx))) = connection else {
         return;
     };
+    *state
+        .lock()
+        .expect("not poisoned")
+        .listeners
+        .entry((listener, user))
+        .or_default() += 1;
     let stream_id = state.lock().expect("not poisoned").stream;
     let mut writer = Writer {
         link,
@@ -894,6 +917,39 @@ async fn a_broken_chunk_is_caught() {
     let failure = caught(Transport::Sse, Fault::BrokenChunk).await;
     assert!(matches!(failure, Failure::WebWire { .. }), "{failure}");
     assert!(failure.to_string().contains("chunked body"), "{failure}");
+}
+
+#[tokio::test]
+async fn web_addresses_spread_the_clients_and_each_reconnect_goes_to_the_next() {
+    for transport in [Transport::Ws, Transport::Sse] {
+        let fake = Fake::start(Options {
+            reset_every: Some(50),
+            ..Options::correct(transport)
+        })
+        .await;
+        let config = VerifyConfig {
+            web_addresses: vec![fake.web.to_string(), fake.web2.to_string()],
+            // Not where the clients go.
+            web_port: 1,
+            ..web_run(&fake, transport)
+        };
+        let report = verify(config)
+            .await
+            .unwrap_or_else(|failure| panic!("{transport:?}: {failure}"));
+        // Each client's first connection is reset after 50 lines: client
+        // i is on listener i mod 2 first, then on the other.
+        let state = fake.lock();
+        for (index, client) in report.per_client.iter().enumerate() {
+            let user = UserId::from(client.user);
+            for listener in [index % 2, (index + 1) % 2] {
+                assert!(
+                    state.listeners.get(&(listener, user)) >= Some(&1),
+                    "{transport:?}: client {index} never on listener {listener}: {:?}",
+                    state.listeners
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]
