@@ -709,3 +709,22 @@ fn allow_open_files(needed: u64) {
         }
     }
 }
+
+#[tokio::test]
+async fn a_browser_that_leaves_an_event_stream_is_unregistered_at_once() {
+    let server = server().await;
+    let before = get(&server.stats.client_connects);
+    let mut events = EventStream::open(web(&server), "/events?user=7", "").await;
+    wait_until("registration", || {
+        get(&server.stats.client_connects) > before
+    })
+    .await;
+    assert!(sse_lines(events.events(1).await).starts_with("#OK|"));
+    assert_eq!(get(&server.stats.clients_connected), 1);
+    drop(events);
+    // Nothing is sent to an idle stream: the server notices the close
+    // itself, not at its next keep-alive.
+    wait_until("unregistered", || get(&server.stats.clients_connected) == 0).await;
+    assert_eq!(server.stats.disconnects(DisconnectReason::Normal), 1);
+    server.stop().await.unwrap();
+}
