@@ -46,7 +46,7 @@
 //! 9. `fanout`: the registry actor (its `Command`, handle and connection
 //!    table), client connections and their outboxes.
 //! 10. `resume`: resumable sessions, retention, replay, the history
-//!    recorder and the plan of a resume from the stream; pure, no channels.
+//!     recorder and the plan of a resume from the stream; pure, no channels.
 //! 11. `graph`: the follower graph (router), who is online, each user's
 //!     online followers (reach), the snapshot codec; pure.
 //! 12. `ops`: counters ([`Stats`]), the metrics endpoint, the log summary,

@@ -23,7 +23,8 @@ const ABOUT: About = About {
     binary: "followermaze",
     version: env!("CARGO_PKG_VERSION"),
     summary: "Follower-maze event fan-out server: events in on eventListenerPort, each forwarded \
-              byte for byte, in sequence order, to the clients on clientListenerPort it concerns. \
+              byte for byte, in sequence order, to the clients on clientListenerPort it concerns, and to browsers on \
+              webPort (the page at /, WebSocket /ws, Server-Sent Events /events). \
               `followermaze token <user> [--ttl-secs N]` (or `token --source`) prints a token \
               signed with authSecret instead (exit status 2 if it is unset).",
     modes: &[],

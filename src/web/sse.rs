@@ -275,7 +275,7 @@ mod tests {
         let crc = crc32fast::hash(b"11|B\r\n12|S|4\r\n");
         let events = encode(
             &mut encoder,
-            &format!("#OK|k3|10\r\n11|B\r\n12|S|4\n#AT|k3|12|9|00000000\r\n"),
+            "#OK|k3|10\r\n11|B\r\n12|S|4\n#AT|k3|12|9|00000000\r\n",
         );
         assert_eq!(
             events,

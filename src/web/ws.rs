@@ -26,7 +26,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -171,19 +171,24 @@ async fn received_from_client(
     received: Option<Result<Message, WsError>>,
     stats: &Stats,
 ) -> Option<DisconnectReason> {
-    let error = match received? {
-        Ok(message) => {
+    let error = match received {
+        // The stream ended: the client closed.
+        None => return Some(DisconnectReason::Normal),
+        Some(Ok(message)) => {
             Stats::add(&stats.client_bytes_ignored, message.len() as u64);
             return None;
         }
-        Err(error) => error,
+        Some(Err(error)) => error,
     };
     let close = |code, reason: &'static str| CloseFrame {
         code,
         reason: reason.into(),
     };
     let frame = match error {
-        WsError::ConnectionClosed | WsError::AlreadyClosed => {
+        // The client closed its side, with or without a close handshake.
+        WsError::ConnectionClosed
+        | WsError::AlreadyClosed
+        | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
             return Some(DisconnectReason::Normal)
         }
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => {

@@ -46,6 +46,8 @@ pub(crate) fn get(counter: &AtomicU64) -> u64 {
 pub(crate) struct TestServer {
     pub events: SocketAddr,
     pub clients: SocketAddr,
+    /// The web listener, when started with one.
+    pub web: Option<SocketAddr>,
     pub stats: Arc<Stats>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), followermaze::ServerError>>,
@@ -83,10 +85,23 @@ impl TestServer {
         (TestServer::start_on(listeners, config), address)
     }
 
+    /// Starts the server with `config` and a web listener on
+    /// 127.0.0.1:0, without metrics.
+    pub(crate) async fn start_with_web(config: Config) -> TestServer {
+        let listeners = Listeners {
+            events: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            clients: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            web: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            metrics: None,
+        };
+        TestServer::start_on(listeners, config)
+    }
+
     /// Starts the server on `listeners` with `config`.
     pub(crate) fn start_on(listeners: Listeners, config: Config) -> TestServer {
         let events = listeners.events.local_addr().unwrap();
         let clients = listeners.clients.local_addr().unwrap();
+        let web = listeners.web.as_ref().map(|web| web.local_addr().unwrap());
         let stats = Arc::new(Stats::default());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(followermaze::run_with_stats(
@@ -100,6 +115,7 @@ impl TestServer {
         TestServer {
             events,
             clients,
+            web,
             stats,
             stop: Some(stop),
             task,
