@@ -33,6 +33,7 @@ async fn start_server() -> (u16, u16, oneshot::Sender<()>, impl Future<Output = 
         clients: TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind clients"),
+        web: None,
         metrics: None,
     };
     let events = listeners.events.local_addr().expect("addr").port();

@@ -117,6 +117,7 @@ fn main() {
         let listeners = Listeners {
             events: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
             clients: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+            web: None,
             metrics: None,
         };
         let event_port = listeners.events.local_addr().expect("addr").port();

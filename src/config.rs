@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::settings::{
     ClientSettings, RegistrySettings, RetentionLimits, SequencerSettings, SessionSettings,
-    SourceSettings, StreamSettings, SESSION_BYTES,
+    SourceSettings, StreamSettings, WebSettings, SESSION_BYTES,
 };
 
 /// Every variable the server reads, in the README's order.
@@ -90,6 +90,16 @@ pub const SETTINGS: &[Setting] = &[
         "metricsPort",
         "9191",
         "port of the HTTP endpoint serving `/metrics` and `/healthz`, on `bindAddress`; 0 turns it off",
+    ),
+    Setting::new(
+        "webPort",
+        "9080",
+        "port of the web listener (the page, WebSocket `/ws`, Server-Sent Events `/events`; see Browser clients), on `bindAddress`; 0 turns it off",
+    ),
+    Setting::new(
+        "webAllowedOrigins",
+        "",
+        "browser origins allowed on `/ws` and `/events`, comma-separated (`https://app.example.com,http://localhost:8000`); empty = the page's own origin only. Requests without `Origin` are not from browsers and are allowed",
     ),
     Setting::new(
         "summaryIntervalSecs",
@@ -249,6 +259,12 @@ pub struct Config {
     /// Port for the HTTP endpoint serving `/metrics` and `/healthz`, on
     /// `bindAddress`; 0 turns it off.
     pub metrics_port: u16,
+    /// Port of the web listener (the page, `/ws`, `/events`), on
+    /// `bindAddress`; 0 turns it off.
+    pub web_port: u16,
+    /// Browser origins allowed on the web listener, comma-separated; empty:
+    /// the page's own origin only.
+    pub web_allowed_origins: String,
     /// Seconds between two summary lines in the log; 0 turns them off.
     pub summary_interval_secs: u64,
     /// Seconds a session outlives its last connection.
@@ -437,6 +453,18 @@ impl Config {
                 "expected letters, digits, `_` or `-`",
             ));
         }
+        for origin in self.allowed_origins() {
+            let host = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"));
+            if !host.is_some_and(|host| !host.is_empty() && !host.contains(['/', ' ', '?', '#'])) {
+                return Err(ConfigError::new(
+                    "webAllowedOrigins",
+                    &self.web_allowed_origins,
+                    format!("`{origin}` is not an origin: expected `http://host[:port]` or `https://host[:port]`"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -485,6 +513,25 @@ impl Config {
             auth: self.auth_key(),
             auth_timeout: Duration::from_millis(self.handshake_timeout_ms),
         }
+    }
+
+    /// The web listener's own settings.
+    pub(crate) fn web(&self) -> WebSettings {
+        WebSettings {
+            allowed_origins: self.allowed_origins(),
+            ping_after: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(15),
+        }
+    }
+
+    /// `webAllowedOrigins` as a list, each without a trailing slash.
+    fn allowed_origins(&self) -> Vec<String> {
+        self.web_allowed_origins
+            .split(',')
+            .map(|origin| origin.trim().trim_end_matches('/'))
+            .filter(|origin| !origin.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The tokens' key, if `authSecret` is set.

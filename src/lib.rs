@@ -41,16 +41,18 @@
 //!    parked lines, and where ordered batches go (the sink).
 //! 7. `cluster`: NATS JetStream: the log, the sequencer role's publisher,
 //!    the gateway's consumer, and the fetcher that reads a resume's lines.
-//! 8. `fanout`: the registry actor (its `Command`, handle and connection
+//! 8. `web`: the web listener: the page, WebSocket and Server-Sent Events
+//!    sessions, and the pure checks that route or refuse a request.
+//! 9. `fanout`: the registry actor (its `Command`, handle and connection
 //!    table), client connections and their outboxes.
-//! 9. `resume`: resumable sessions, retention, replay, the history
+//! 10. `resume`: resumable sessions, retention, replay, the history
 //!    recorder and the plan of a resume from the stream; pure, no channels.
-//! 10. `graph`: the follower graph (router), who is online, each user's
+//! 11. `graph`: the follower graph (router), who is online, each user's
 //!     online followers (reach), the snapshot codec; pure.
-//! 11. `ops`: counters ([`Stats`]), the metrics endpoint, the log summary,
+//! 12. `ops`: counters ([`Stats`]), the metrics endpoint, the log summary,
 //!     process figures, and the accept loop every listener shares.
-//! 12. [`batch`]: the seam: ordered batches, and what a producer promises.
-//! 13. `settings`: each component's settings struct; imports nothing.
+//! 13. [`batch`]: the seam: ordered batches, and what a producer promises.
+//! 14. `settings`: each component's settings struct; imports nothing.
 //!
 //! Public: the crate root re-exports the few types a user needs ([`run`],
 //! [`run_with_stats`], [`Listeners`], [`Config`], [`Stats`], the cluster
@@ -73,11 +75,12 @@ mod roles;
 mod server;
 mod settings;
 mod tasks;
+mod web;
 
 pub use config::{Config, Role};
 pub use fanout::{Registry, RegistryHandle};
 pub use ops::accept::ACCEPT_BACKOFF;
-pub use ops::stats::{DisconnectReason, Stats};
+pub use ops::stats::{DisconnectReason, Stats, WebTransport};
 pub use roles::{run_gateway, run_sequencer, GatewayListeners, SequencerListeners};
 pub use server::{listen, run, run_with_stats, BindError, Listeners};
 pub use settings::RegistrySettings;

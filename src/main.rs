@@ -191,10 +191,15 @@ fn bind_sequencer(config: &Config) -> Result<SequencerListeners, BindError> {
     })
 }
 
-/// The gateway role's listeners: clients and metrics, no events.
+/// The gateway role's listeners: clients (TCP and web) and metrics, no
+/// events.
 fn bind_gateway(config: &Config) -> Result<GatewayListeners, BindError> {
     Ok(GatewayListeners {
         clients: bind(config, "clientListenerPort", config.client_listener_port)?,
+        web: match config.web_port {
+            0 => None,
+            port => Some(bind(config, "webPort", port)?),
+        },
         metrics: bind_metrics(config)?,
     })
 }

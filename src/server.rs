@@ -11,7 +11,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::fanout::client::accept_clients;
 use crate::fanout::Registry;
 use crate::ingest::lines::MAX_LINE_BYTES;
 use crate::ingest::source::accept_sources;
@@ -20,7 +19,7 @@ use crate::ops::stats::Stats;
 use crate::order::sequencer::Sequencer;
 use crate::order::sink::BatchSink;
 use crate::tasks::{
-    display_addr, finish, wait_for_shutdown, Failure, Observers, ServerError, Task,
+    display_addr, finish, serve_clients, wait_for_shutdown, Failure, Observers, ServerError, Task,
 };
 
 /// The listening sockets the server serves.
@@ -30,6 +29,9 @@ pub struct Listeners {
     pub events: TcpListener,
     /// Where user clients connect.
     pub clients: TcpListener,
+    /// Where browsers connect (the page, `/ws`, `/events`); `None` turns
+    /// it off.
+    pub web: Option<TcpListener>,
     /// Where `/metrics` and `/healthz` are served; `None` turns them off.
     pub metrics: Option<TcpListener>,
 }
@@ -58,8 +60,8 @@ impl std::fmt::Display for BindError {
 impl std::error::Error for BindError {}
 
 impl Listeners {
-    /// Binds the listeners as `config` says (the metrics one unless its port
-    /// is 0).
+    /// Binds the listeners as `config` says (the web and metrics ones
+    /// unless their port is 0).
     pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
         async fn one(
             variable: &'static str,
@@ -83,6 +85,10 @@ impl Listeners {
                 SocketAddr::new(ip, config.client_listener_port),
             )
             .await?,
+            web: match config.web_port {
+                0 => None,
+                port => Some(one("webPort", SocketAddr::new(ip, port)).await?),
+            },
             metrics: match config.metrics_port {
                 0 => None,
                 port => Some(one("metricsPort", SocketAddr::new(ip, port)).await?),
@@ -152,10 +158,11 @@ pub async fn run_with_stats(
     let Listeners {
         events,
         clients,
+        web,
         metrics,
     } = listeners;
     // Start steps 1 to 3, then 4.
-    let pipeline = Pipeline::start(events, clients, &config, &stats);
+    let pipeline = Pipeline::start(events, (clients, web), &config, &stats);
     let health = pipeline.health();
     let observers = Observers::start(metrics, config.summary_interval_secs, &stats, health);
     // Shutdown steps 1 to 4, then 5.
@@ -186,11 +193,12 @@ impl Pipeline {
     /// Start steps 1 to 3.
     fn start(
         events: TcpListener,
-        clients: TcpListener,
+        (clients, web): (TcpListener, Option<TcpListener>),
         config: &Config,
         stats: &Arc<Stats>,
     ) -> Pipeline {
         let addresses = (display_addr(&events), display_addr(&clients));
+        let web_address = web.as_ref().map_or_else(|| "off".to_owned(), display_addr);
 
         // 1. Registry.
         let (registry, registry_handle) = Registry::new(config.registry(), stats.clone());
@@ -218,17 +226,19 @@ impl Pipeline {
         );
         let clients = Task::spawn(
             "clients",
-            accept_clients(
+            serve_clients(
                 clients,
+                web,
                 registry_handle,
                 stats.clone(),
-                config.clients(),
+                config,
                 stop_input.clone(),
             ),
         );
         tracing::info!(
             events = %addresses.0,
             clients = %addresses.1,
+            web = %web_address,
             "followermaze listening"
         );
 

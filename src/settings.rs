@@ -79,6 +79,20 @@ pub(crate) struct ClientSettings {
     pub(crate) auth: Option<Arc<Key>>,
 }
 
+/// Settings for the web listener (`webPort`): its transports share the
+/// client settings; these are its own.
+#[derive(Debug, Clone)]
+pub(crate) struct WebSettings {
+    /// Browser origins allowed to connect (`webAllowedOrigins`), each
+    /// `scheme://host[:port]` without a trailing slash; empty: only the
+    /// page's own origin, `http://` + the request's `Host`.
+    pub(crate) allowed_origins: Vec<String>,
+    /// A WebSocket with no traffic either way for this long is pinged.
+    pub(crate) ping_after: Duration,
+    /// An idle event stream gets a comment line this often.
+    pub(crate) keep_alive: Duration,
+}
+
 /// Settings for event source connections.
 #[derive(Debug, Clone)]
 pub(crate) struct SourceSettings {

@@ -10,9 +10,13 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
+use crate::fanout::client::{accept_clients, Clients};
+use crate::fanout::RegistryHandle;
 use crate::ops::metrics::{self, Health};
 use crate::ops::stats::Stats;
 use crate::ops::summary;
+use crate::web::serve_web;
 
 /// Something that went wrong in a run, in the order shutdown saw it.
 #[derive(Debug, thiserror::Error)]
@@ -212,4 +216,28 @@ pub(crate) fn display_addr(listener: &TcpListener) -> String {
         |error| format!("<unknown: {error}>"),
         |addr| addr.to_string(),
     )
+}
+
+/// Every client listener of one registry: the TCP one, and the web one
+/// when `web` is given; until `stop`, then until their connections drain.
+pub(crate) fn serve_clients(
+    tcp: TcpListener,
+    web: Option<TcpListener>,
+    registry: RegistryHandle,
+    stats: Arc<Stats>,
+    config: &Config,
+    stop: CancellationToken,
+) -> impl Future<Output = ()> + Send + 'static {
+    let clients = Clients::new(registry, stats, config.clients());
+    let web_settings = config.web();
+    async move {
+        let tcp = accept_clients(tcp, clients.clone(), stop.clone());
+        match web {
+            Some(web) => {
+                let web = serve_web(web, clients, web_settings, stop);
+                tokio::join!(tcp, web);
+            }
+            None => tcp.await,
+        }
+    }
 }

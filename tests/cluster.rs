@@ -230,6 +230,7 @@ impl GatewayNode {
         let (stop, stopped) = oneshot::channel::<()>();
         let listeners = GatewayListeners {
             clients: listener,
+            web: None,
             metrics: None,
         };
         let task = tokio::spawn(followermaze::run_gateway(

@@ -1424,6 +1424,7 @@ async fn real_server_with(config: Config) -> (SocketAddr, SocketAddr, oneshot::S
         Listeners {
             events,
             clients,
+            web: None,
             metrics: None,
         },
         config,
@@ -1469,6 +1470,7 @@ async fn the_report_gives_our_servers_cpu_per_event_from_its_metrics() {
         Listeners {
             events,
             clients,
+            web: None,
             metrics: Some(metrics),
         },
         followermaze::Config::default(),

@@ -12,12 +12,13 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +30,7 @@ use crate::ops::stats::{DisconnectReason, LogThrottle, Stats};
 use crate::settings::ClientSettings;
 use followermaze_protocol::auth::{split_token, AuthError, Key, MAX_TOKEN_BYTES};
 use followermaze_protocol::resume::{parse_hello, Hello, HelloError, MAX_HELLO_BYTES};
+use followermaze_protocol::UserId;
 
 /// The longest handshake line accepted, terminator included: the longest
 /// resumable one (user, stream id, position).
@@ -81,122 +83,92 @@ impl std::fmt::Display for HandshakeError {
     }
 }
 
-/// Accepts clients until shutdown, then gives their writers up to
-/// `drain_timeout` to flush before closing them.
-pub(crate) async fn accept_clients(
-    listener: TcpListener,
-    registry: RegistryHandle,
-    stats: Arc<Stats>,
-    settings: ClientSettings,
-    shutdown: CancellationToken,
-) {
-    let slots = Arc::new(Semaphore::new(settings.max_clients));
-    let mut connections = JoinSet::new();
-    let mut errors = LogThrottle::new(WARN_EVERY);
-    let mut refusals = LogThrottle::new(WARN_EVERY);
-    let bad_handshakes = Arc::new(std::sync::Mutex::new(LogThrottle::new(WARN_EVERY)));
-    let mut next_id: ConnId = 0;
-    while let Some((stream, peer)) =
-        accept(&listener, &shutdown, "client", &mut errors, &stats).await
-    {
-        while connections.try_join_next().is_some() {}
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            stats.disconnected(DisconnectReason::Rejected);
-            if let Some(suppressed) = refusals.allow() {
-                tracing::warn!(
-                    %peer,
-                    limit = settings.max_clients,
-                    suppressed,
-                    "refusing client: connection limit reached"
-                );
-            }
-            continue;
-        };
-        next_id += 1;
-        let connection = Connection {
-            peer,
-            id: next_id,
-            registry: registry.clone(),
-            stats: stats.clone(),
-            handshake_timeout: settings.handshake_timeout,
-            send_buffer_bytes: settings.send_buffer_bytes,
-            auth: settings.auth.clone(),
-            shutdown: shutdown.clone(),
-            bad_handshakes: Arc::clone(&bad_handshakes),
-        };
-        connections.spawn(async move {
-            connection.serve(stream).await;
-            drop(slot);
-        });
-    }
-    drop(listener);
-    let drained = tokio::time::timeout(settings.drain_timeout, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            clients = connections.len(),
-            timeout_ms = settings.drain_timeout.as_millis() as u64,
-            "clients still flushing at the drain timeout; closing them"
-        );
-        connections.shutdown().await;
-    }
-}
-
-/// One client connection's context.
-struct Connection {
-    /// The client's address, for logs.
-    peer: SocketAddr,
-    /// This connection's id.
-    id: ConnId,
-    /// Where to register.
+/// What every client listener shares, the TCP one and the web one: the
+/// registry, the counters, the settings, the connection limit and the
+/// connection ids.
+#[derive(Debug, Clone)]
+pub(crate) struct Clients {
+    /// Where connections register.
     registry: RegistryHandle,
     /// Shared counters.
-    stats: Arc<Stats>,
-    /// Deadline for the id line.
-    handshake_timeout: Duration,
-    /// `SO_SNDBUF`, or 0 for the OS default.
-    send_buffer_bytes: usize,
-    /// When set, the handshake must carry a token for its user.
-    auth: Option<Arc<Key>>,
-    /// Cancelled at shutdown (ends a pending handshake).
-    shutdown: CancellationToken,
-    /// Shared rate limit for bad-handshake warnings: a port scan must not
-    /// flood the log.
-    bad_handshakes: Arc<std::sync::Mutex<LogThrottle>>,
+    pub(crate) stats: Arc<Stats>,
+    /// Deadlines, limits and the token key.
+    pub(crate) settings: ClientSettings,
+    /// `maxClients`: one permit per connection, from accept to close.
+    slots: Arc<Semaphore>,
+    /// The last connection id handed out; ids are unique across listeners.
+    ids: Arc<AtomicU64>,
+    /// Shared rate limit for bad-handshake and refused-token warnings: a
+    /// port scan must not flood the log.
+    warnings: Arc<std::sync::Mutex<LogThrottle>>,
 }
 
-impl Connection {
-    async fn serve(self, mut stream: TcpStream) {
-        // We batch writes ourselves; Nagle would only add latency.
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(peer = %self.peer, %error, "could not set TCP_NODELAY");
+impl Clients {
+    /// The shared state of the client listeners of one registry.
+    pub(crate) fn new(
+        registry: RegistryHandle,
+        stats: Arc<Stats>,
+        settings: ClientSettings,
+    ) -> Clients {
+        Clients {
+            registry,
+            stats,
+            slots: Arc::new(Semaphore::new(settings.max_clients)),
+            settings,
+            ids: Arc::new(AtomicU64::new(0)),
+            warnings: Arc::new(std::sync::Mutex::new(LogThrottle::new(WARN_EVERY))),
         }
-        if self.send_buffer_bytes > 0 {
-            let socket = socket2::SockRef::from(&stream);
-            if let Err(error) = socket.set_send_buffer_size(self.send_buffer_bytes) {
-                tracing::debug!(peer = %self.peer, %error, "could not set SO_SNDBUF");
-            }
+    }
+
+    /// A place for one more connection, or `None` when `maxClients` are
+    /// open (counted as a rejected client).
+    pub(crate) fn admit(&self) -> Option<Admission> {
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            self.stats.disconnected(DisconnectReason::Rejected);
+            return None;
+        };
+        Some(Admission {
+            slot,
+            id: self.ids.fetch_add(1, Ordering::Relaxed) + 1,
+        })
+    }
+
+    /// Whether a handshake warning may be logged now (with how many were
+    /// suppressed since the last): one rate limit for every connection.
+    pub(crate) fn warning_allowed(&self) -> Option<u64> {
+        let mut throttle = self.warnings.lock().ok()?;
+        throttle.allow()
+    }
+
+    /// Counts a client refused for its token, by reason, and says so
+    /// (rate-limited).
+    pub(crate) fn refused(&self, peer: SocketAddr, reason: AuthError) {
+        Stats::add(&self.stats.client_auth_refusals[reason.index()], 1);
+        if let Some(suppressed) = self.warning_allowed() {
+            tracing::warn!(
+                %peer,
+                %reason,
+                suppressed,
+                "refusing client: it must present a token signed with authSecret for its user"
+            );
         }
-        let handshake = tokio::select! {
-            () = self.shutdown.cancelled() => Err(HandshakeError::Shutdown),
-            result = tokio::time::timeout(self.handshake_timeout, self.read_hello(&mut stream)) => {
-                result.unwrap_or(Err(HandshakeError::Timeout))
-            }
-        };
-        let hello = match handshake {
-            Ok(hello) => hello,
-            Err(HandshakeError::Shutdown) => return,
-            Err(HandshakeError::Refused(reason)) => return self.refuse(reason),
-            Err(error) => {
-                self.stats.disconnected(DisconnectReason::BadHandshake);
-                if let Some(suppressed) = self.warning_allowed() {
-                    tracing::warn!(peer = %self.peer, %error, suppressed, "closing client: bad handshake");
-                }
-                return;
-            }
-        };
+    }
+}
+
+/// One admitted connection: its place under `maxClients` and its id.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    /// Given back when the connection closes.
+    slot: OwnedSemaphorePermit,
+    /// This connection's id.
+    id: ConnId,
+}
+
+impl Admission {
+    /// Registers the connection as `hello` says: from now on the registry
+    /// writes its bytes (the verdict first, for a resumable one) to the
+    /// returned connection's outbox. `None` when the registry has stopped.
+    pub(crate) async fn register(self, clients: &Clients, hello: Hello) -> Option<Registered> {
         let user = hello.user();
         let outbox = Arc::new(Outbox::new());
         let register = Command::Register {
@@ -204,25 +176,205 @@ impl Connection {
             conn: self.id,
             outbox: Arc::clone(&outbox),
         };
-        if self.registry.send(register).await.is_err() {
+        clients.registry.send(register).await.ok()?;
+        Stats::add(&clients.stats.client_connects, 1);
+        Some(Registered {
+            user,
+            conn: self.id,
+            outbox,
+            registry: clients.registry.clone(),
+            stats: Arc::clone(&clients.stats),
+            reason: None,
+            ended: false,
+            _slot: self.slot,
+        })
+    }
+}
+
+/// A registered connection. [`Registered::end`] tells the registry it is
+/// gone; dropped without it (an event stream whose client left), it does
+/// the same from a task of its own.
+#[derive(Debug)]
+pub(crate) struct Registered {
+    /// The user it announced.
+    pub(crate) user: UserId,
+    /// Its id.
+    pub(crate) conn: ConnId,
+    /// Where the registry puts its bytes.
+    outbox: Arc<Outbox>,
+    /// Told when it ends.
+    registry: RegistryHandle,
+    /// Where its disconnect is counted.
+    stats: Arc<Stats>,
+    /// Why it is ending, once known; counted as normal if never said.
+    reason: Option<DisconnectReason>,
+    /// Set by [`Registered::end`]: nothing left for `drop` to do.
+    ended: bool,
+    /// Its place under `maxClients`, given back last.
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Registered {
+    /// Where the registry puts its bytes.
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// The outbox itself, for a writer that must own a handle to it.
+    pub(crate) fn shared_outbox(&self) -> Arc<Outbox> {
+        Arc::clone(&self.outbox)
+    }
+
+    /// Notes why the connection is ending, for the count when it is
+    /// dropped.
+    pub(crate) fn ending(&mut self, reason: DisconnectReason) {
+        self.reason = Some(reason);
+    }
+
+    /// Closes the outbox, tells the registry and counts the disconnect.
+    pub(crate) async fn end(mut self, reason: DisconnectReason) {
+        self.ended = true;
+        self.outbox.close(Closed::Gone);
+        // At shutdown the registry may be gone: nothing left to tell it.
+        let _ = self.registry.send(self.unregister()).await;
+        self.stats.disconnected(reason);
+    }
+
+    /// The registry's command for this connection's end.
+    fn unregister(&self) -> Command {
+        Command::Unregister {
+            user: self.user,
+            conn: self.conn,
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if self.ended {
             return;
         }
-        Stats::add(&self.stats.client_connects, 1);
-        tracing::debug!(peer = %self.peer, user, conn = self.id, "client registered");
-
-        let reason = pump(&mut stream, &outbox, &self.stats).await;
-
-        outbox.close(Closed::Gone);
-        // At shutdown the registry may be gone: nothing left to tell it.
-        let _ = self
-            .registry
-            .send(Command::Unregister {
-                user,
-                conn: self.id,
-            })
-            .await;
+        self.outbox.close(Closed::Gone);
+        let reason = self.reason.unwrap_or(DisconnectReason::Normal);
         self.stats.disconnected(reason);
-        tracing::debug!(peer = %self.peer, user, conn = self.id, reason = reason.as_str(), "client disconnected");
+        let (registry, unregister) = (self.registry.clone(), self.unregister());
+        // Dropped on the runtime (an HTTP connection's task): tell the
+        // registry from a task. Off it, the registry is gone too.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = registry.send(unregister).await;
+            });
+        }
+    }
+}
+
+/// Accepts clients until shutdown, then gives their writers up to
+/// `drain_timeout` to flush before closing them.
+pub(crate) async fn accept_clients(
+    listener: TcpListener,
+    clients: Clients,
+    shutdown: CancellationToken,
+) {
+    let mut connections = JoinSet::new();
+    let mut errors = LogThrottle::new(WARN_EVERY);
+    let mut refusals = LogThrottle::new(WARN_EVERY);
+    let stats = Arc::clone(&clients.stats);
+    while let Some((stream, peer)) =
+        accept(&listener, &shutdown, "client", &mut errors, &stats).await
+    {
+        while connections.try_join_next().is_some() {}
+        let Some(admission) = clients.admit() else {
+            if let Some(suppressed) = refusals.allow() {
+                tracing::warn!(
+                    %peer,
+                    limit = clients.settings.max_clients,
+                    suppressed,
+                    "refusing client: connection limit reached"
+                );
+            }
+            continue;
+        };
+        let connection = Connection {
+            peer,
+            clients: clients.clone(),
+            shutdown: shutdown.clone(),
+        };
+        connections.spawn(connection.serve(stream, admission));
+    }
+    drop(listener);
+    let drain_timeout = clients.settings.drain_timeout;
+    let drained = tokio::time::timeout(drain_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            clients = connections.len(),
+            timeout_ms = drain_timeout.as_millis() as u64,
+            "clients still flushing at the drain timeout; closing them"
+        );
+        connections.shutdown().await;
+    }
+}
+
+/// One TCP client connection's context.
+struct Connection {
+    /// The client's address, for logs.
+    peer: SocketAddr,
+    /// What the client listeners share.
+    clients: Clients,
+    /// Cancelled at shutdown (ends a pending handshake).
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    async fn serve(self, mut stream: TcpStream, admission: Admission) {
+        // We batch writes ourselves; Nagle would only add latency.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(peer = %self.peer, %error, "could not set TCP_NODELAY");
+        }
+        set_send_buffer(&stream, self.clients.settings.send_buffer_bytes, self.peer);
+        let handshake = tokio::select! {
+            () = self.shutdown.cancelled() => Err(HandshakeError::Shutdown),
+            result = tokio::time::timeout(
+                self.clients.settings.handshake_timeout,
+                self.read_hello(&mut stream),
+            ) => {
+                result.unwrap_or(Err(HandshakeError::Timeout))
+            }
+        };
+        let hello = match handshake {
+            Ok(hello) => hello,
+            Err(HandshakeError::Shutdown) => return,
+            Err(HandshakeError::Refused(reason)) => return self.clients.refused(self.peer, reason),
+            Err(error) => {
+                self.clients
+                    .stats
+                    .disconnected(DisconnectReason::BadHandshake);
+                if let Some(suppressed) = self.clients.warning_allowed() {
+                    tracing::warn!(peer = %self.peer, %error, suppressed, "closing client: bad handshake");
+                }
+                return;
+            }
+        };
+        let Some(registered) = admission.register(&self.clients, hello).await else {
+            return;
+        };
+        let (user, conn) = (registered.user, registered.conn);
+        tracing::debug!(peer = %self.peer, user, conn, "client registered");
+        let reason = pump(&mut stream, registered.outbox(), &self.clients.stats).await;
+        registered.end(reason).await;
+        tracing::debug!(peer = %self.peer, user, conn, reason = reason.as_str(), "client disconnected");
+    }
+}
+
+/// Sets `SO_SNDBUF` on a client socket (0 leaves the OS default).
+pub(crate) fn set_send_buffer(stream: &TcpStream, bytes: usize, peer: SocketAddr) {
+    if bytes > 0 {
+        let socket = socket2::SockRef::from(stream);
+        if let Err(error) = socket.set_send_buffer_size(bytes) {
+            tracing::debug!(%peer, %error, "could not set SO_SNDBUF");
+        }
     }
 }
 
@@ -231,7 +383,7 @@ impl Connection {
     /// `authSecret` is set. Bytes after the newline in the same read are
     /// dropped (the protocol gives them no meaning).
     async fn read_hello(&self, stream: &mut TcpStream) -> Result<Hello, HandshakeError> {
-        let max = match self.auth {
+        let max = match self.clients.settings.auth {
             None => MAX_HANDSHAKE_BYTES,
             Some(_) => MAX_AUTH_HANDSHAKE_BYTES,
         };
@@ -249,33 +401,12 @@ impl Connection {
             }
             if let Some(newline) = memchr::memchr(b'\n', &line[filled..filled + read]) {
                 let end = filled + newline + 1;
-                return hello_of(&line[..end], self.auth.as_deref());
+                return hello_of(&line[..end], self.clients.settings.auth.as_deref());
             }
             filled += read;
             if filled == line.len() {
                 return Err(HandshakeError::TooLong);
             }
-        }
-    }
-
-    /// Whether a handshake warning may be logged now (with how many were
-    /// suppressed since the last): one rate limit for every connection.
-    fn warning_allowed(&self) -> Option<u64> {
-        let mut throttle = self.bad_handshakes.lock().ok()?;
-        throttle.allow()
-    }
-
-    /// Closes a client whose token was missing or bad, without a reply:
-    /// counts it by reason and says so (rate-limited).
-    fn refuse(&self, reason: AuthError) {
-        Stats::add(&self.stats.client_auth_refusals[reason.index()], 1);
-        if let Some(suppressed) = self.warning_allowed() {
-            tracing::warn!(
-                peer = %self.peer,
-                %reason,
-                suppressed,
-                "refusing client: its handshake must carry a token signed with authSecret for its user"
-            );
         }
     }
 }

@@ -1,6 +1,5 @@
 //! HTTP/1.1 connections that cannot lock a listener out: the accept loop
-//! and connection lifecycle of the metrics endpoint (and of any listener
-//! that answers small requests).
+//! and connection lifecycle of the metrics endpoint and the web listener.
 //!
 //! What a connection may hold, and for how long:
 //! - **Before its first byte** it holds no buffer (hyper allocates one at
@@ -13,6 +12,11 @@
 //! - **Between keep-alive requests** it is idle again: closed once nothing
 //!   moved on it for [`IDLE_TIMEOUT`].
 //! - **However busy**, it is asked to close after [`MAX_CONNECTION_AGE`].
+//! - **While it carries a stream** (an event stream of the web listener;
+//!   see [`Lease::open_stream`]) it has none of these deadlines and gives
+//!   its slot back: the stream is bounded by `maxClients`, and ends when
+//!   its client leaves or falls behind. A WebSocket leaves this module
+//!   altogether once upgraded.
 //!
 //! At most [`MAX_CONNECTIONS`] are open at once; past that a new one waits
 //! in the kernel's accept backlog, at most [`IDLE_TIMEOUT`] (the oldest
@@ -20,22 +24,24 @@
 //! while up to [`MAX_CONNECTIONS`] idle connections are held.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -56,10 +62,11 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// byte.
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Bound on each connection's read and write buffers, in bytes: requests
-/// are a few header lines, and larger headers get `431`. A scrape's body
-/// (about 6 KiB) is written in more than one piece if it grows past this.
-const MAX_BUFFER_BYTES: usize = 16 * 1024;
+/// Bound on each connection's read and write buffers, in bytes (hyper's
+/// least): requests are a few header lines, and a request line and
+/// headers over 8 KiB get `431`. A larger response body is written in
+/// more than one piece.
+const MAX_BUFFER_BYTES: usize = 8 * 1024;
 
 /// A connection is asked to close (after its current response) once it has
 /// been open this long, busy or not; scrapers simply reconnect.
@@ -69,18 +76,36 @@ pub(crate) const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
 /// response before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// How a listener's connections end.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lifecycle {
+    /// At shutdown, how long open connections (streams, say) may take to
+    /// finish before they are dropped; zero drops them at once (a scrape
+    /// in flight fails, which a scraper retries).
+    pub(crate) drain: Duration,
+    /// Whether requests whose headers overflow the buffer (answered `431`
+    /// by hyper) are counted as web refusals.
+    pub(crate) count_too_large: bool,
+}
+
 /// Serves `respond` over HTTP/1.1 on `listener` (named `name` in logs)
-/// until `shutdown` is cancelled; then stops accepting and drops the
-/// connections still open (a request in flight at that moment fails, which
-/// a scraper retries).
-pub(crate) async fn serve<F>(
+/// until `shutdown` is cancelled; then stops accepting, asks every
+/// connection to close after its response, and waits up to
+/// `lifecycle.drain` for them. `respond` gets each request with the
+/// [`Lease`] of its connection, and may upgrade it.
+pub(crate) async fn serve<F, Fut, B>(
     listener: TcpListener,
     name: &'static str,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
+    lifecycle: Lifecycle,
     respond: F,
 ) where
-    F: Fn(&Request<Incoming>) -> Response<String> + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Lease) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let respond = Arc::new(respond);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -99,94 +124,217 @@ pub(crate) async fn serve<F>(
             break;
         };
         // Reap finished connections so the set holds at most about
-        // MAX_CONNECTIONS entries.
+        // MAX_CONNECTIONS entries plus the open streams.
         while connections.try_join_next().is_some() {}
-        let respond = Arc::clone(&respond);
-        connections.spawn(serve_connection(stream, peer, respond, slot));
+        let connection = HttpConnection {
+            peer,
+            lease: Lease::new(slot, peer),
+            stats: Arc::clone(&stats),
+            shutdown: shutdown.clone(),
+            count_too_large: lifecycle.count_too_large,
+        };
+        connections.spawn(connection.serve(stream, Arc::clone(&respond)));
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(lifecycle.drain, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() && !lifecycle.drain.is_zero() {
+        tracing::warn!(
+            listener = name,
+            connections = connections.len(),
+            "HTTP connections still open at the drain timeout; closing them"
+        );
     }
     connections.shutdown().await;
 }
 
-/// Serves one connection, holding `_slot` until it closes; see the module
-/// doc for its deadlines.
-async fn serve_connection<F>(
-    stream: TcpStream,
+/// One HTTP connection's context.
+struct HttpConnection {
+    /// The client's address, for logs.
     peer: SocketAddr,
-    respond: Arc<F>,
-    _slot: OwnedSemaphorePermit,
-) where
-    F: Fn(&Request<Incoming>) -> Response<String> + Send + Sync + 'static,
-{
-    // Before its first byte a connection costs no buffer: wait for it here,
-    // not in hyper, whose header timeout starts only with that byte.
-    match tokio::time::timeout(IDLE_TIMEOUT, stream.readable()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) | Err(_) => return,
-    }
-    let service = service_fn(move |request: Request<Incoming>| {
-        let response = respond(&request);
-        async move { Ok::<_, Infallible>(response) }
-    });
-    let activity = Arc::new(Activity::new());
-    let io = Watched {
-        inner: stream,
-        activity: Arc::clone(&activity),
-    };
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_BUFFER_BYTES)
-        .serve_connection(TokioIo::new(io), service);
-    let mut connection = std::pin::pin!(connection);
-    let outcome = tokio::select! {
-        outcome = connection.as_mut() => outcome,
-        () = until_idle_or_old(&activity) => {
-            connection.as_mut().graceful_shutdown();
-            match tokio::time::timeout(CLOSE_GRACE, connection).await {
-                Ok(outcome) => outcome,
-                Err(_) => return,
-            }
+    /// Its slot and activity.
+    lease: Lease,
+    /// Where a `431` is counted.
+    stats: Arc<Stats>,
+    /// Cancelled at shutdown: the connection closes after its response.
+    shutdown: CancellationToken,
+    /// See [`Lifecycle::count_too_large`].
+    count_too_large: bool,
+}
+
+impl HttpConnection {
+    /// Serves the connection until it closes; see the module doc for its
+    /// deadlines.
+    async fn serve<F, Fut, B>(self, stream: TcpStream, respond: Arc<F>)
+    where
+        F: Fn(Request<Incoming>, Lease) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // Before its first byte a connection costs no buffer: wait for it
+        // here, not in hyper, whose header timeout starts only with that
+        // byte.
+        tokio::select! {
+            readable = tokio::time::timeout(IDLE_TIMEOUT, stream.readable()) => match readable {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return,
+            },
+            () = self.shutdown.cancelled() => return,
         }
-    };
-    if let Err(error) = outcome {
-        // Resets and timeouts from scrapers are routine: debug, not warn.
-        tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+        let lease = self.lease.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
+            let response = respond(request, lease.clone());
+            async move { Ok::<_, Infallible>(response.await) }
+        });
+        let io = Watched {
+            inner: stream,
+            lease: self.lease.clone(),
+        };
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_BUFFER_BYTES)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        let mut connection = std::pin::pin!(connection);
+        let outcome = tokio::select! {
+            outcome = connection.as_mut() => outcome,
+            () = until_idle_or_old(&self.lease) => {
+                connection.as_mut().graceful_shutdown();
+                match tokio::time::timeout(CLOSE_GRACE, connection).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => return,
+                }
+            }
+            () = self.shutdown.cancelled() => {
+                // A stream in progress ends when its source drains; the
+                // listener's drain timeout bounds the wait.
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = outcome {
+            if error.is_parse_too_large() && self.count_too_large {
+                self.stats.web_refused(431);
+            }
+            // Resets and timeouts from scrapers are routine: debug, not warn.
+            tracing::debug!(peer = %self.peer, %error, "HTTP connection ended with an error");
+        }
     }
 }
 
 /// Completes once nothing moved on the connection for [`IDLE_TIMEOUT`], or
-/// it is [`MAX_CONNECTION_AGE`] old.
-async fn until_idle_or_old(activity: &Activity) {
-    let deadline = activity.start + MAX_CONNECTION_AGE;
+/// it is [`MAX_CONNECTION_AGE`] old; never while it carries a stream.
+async fn until_idle_or_old(lease: &Lease) {
+    let state = &lease.state;
+    let deadline = state.start + MAX_CONNECTION_AGE;
     loop {
-        let idle_at = activity.last() + IDLE_TIMEOUT;
+        let stream_ended = state.stream_ended.notified();
+        if state.streams.load(Ordering::Acquire) > 0 {
+            stream_ended.await;
+            continue;
+        }
+        let idle_at = state.last() + IDLE_TIMEOUT;
         let wake = idle_at.min(deadline);
-        tokio::time::sleep_until(wake.into()).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(wake.into()) => {}
+            // A stream opened: wait for its end instead.
+            () = state.stream_opened.notified() => continue,
+        }
         let now = Instant::now();
-        if now >= deadline || now >= activity.last() + IDLE_TIMEOUT {
+        if state.streams.load(Ordering::Acquire) == 0
+            && (now >= deadline || now >= state.last() + IDLE_TIMEOUT)
+        {
             return;
         }
     }
 }
 
-/// When bytes last moved on a connection, for its idle deadline.
+/// What a request's handler may do with its connection: say that it now
+/// carries a long-lived stream.
+#[derive(Debug, Clone)]
+pub(crate) struct Lease {
+    /// Shared with the connection's deadline watch and its socket.
+    state: Arc<LeaseState>,
+}
+
+/// See [`Lease`].
 #[derive(Debug)]
-struct Activity {
+struct LeaseState {
     /// When the connection started serving.
     start: Instant,
     /// Milliseconds after `start` when a byte was last read or written.
     last_ms: AtomicU64,
+    /// Streams open on the connection (0 or 1 for HTTP/1.1).
+    streams: AtomicUsize,
+    /// Signalled when a stream opens.
+    stream_opened: Notify,
+    /// Signalled when a stream ends.
+    stream_ended: Notify,
+    /// The client's address.
+    peer: SocketAddr,
+    /// The connection's place among [`MAX_CONNECTIONS`]; given back when a
+    /// stream opens.
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
-impl Activity {
-    /// Activity starting now.
-    fn new() -> Activity {
-        Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
+impl Lease {
+    /// A lease of `peer`'s connection holding `slot`, starting now.
+    fn new(slot: OwnedSemaphorePermit, peer: SocketAddr) -> Lease {
+        Lease {
+            state: Arc::new(LeaseState {
+                peer,
+                start: Instant::now(),
+                last_ms: AtomicU64::new(0),
+                streams: AtomicUsize::new(0),
+                stream_opened: Notify::new(),
+                stream_ended: Notify::new(),
+                slot: Mutex::new(Some(slot)),
+            }),
         }
     }
 
+    /// The client's address.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.state.peer
+    }
+
+    /// The connection now carries a long-lived stream (an event stream):
+    /// it has no idle or age deadline while the guard lives, and gives its
+    /// slot among [`MAX_CONNECTIONS`] back for good, since the stream is
+    /// bounded by `maxClients` instead.
+    pub(crate) fn open_stream(&self) -> StreamGuard {
+        self.state.streams.fetch_add(1, Ordering::AcqRel);
+        self.state.stream_opened.notify_one();
+        if let Ok(mut slot) = self.state.slot.lock() {
+            slot.take();
+        }
+        StreamGuard {
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+/// Holds a connection's stream open; see [`Lease::open_stream`].
+#[derive(Debug)]
+pub(crate) struct StreamGuard {
+    /// The connection's lease.
+    state: Arc<LeaseState>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.state.touch();
+        self.state.streams.fetch_sub(1, Ordering::AcqRel);
+        self.state.stream_ended.notify_one();
+    }
+}
+
+impl LeaseState {
     /// Bytes moved now.
     fn touch(&self) {
         let ms = self.start.elapsed().as_millis() as u64;
@@ -199,12 +347,12 @@ impl Activity {
     }
 }
 
-/// A socket that notes in its [`Activity`] each time bytes move.
+/// A socket that notes in its [`Lease`] each time bytes move.
 struct Watched {
     /// The socket.
     inner: TcpStream,
     /// Where its last movement is noted.
-    activity: Arc<Activity>,
+    lease: Lease,
 }
 
 impl AsyncRead for Watched {
@@ -216,7 +364,7 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
+            self.lease.state.touch();
         }
         polled
     }
@@ -230,7 +378,7 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, bytes);
         if matches!(polled, Poll::Ready(Ok(written)) if written > 0) {
-            self.activity.touch();
+            self.lease.state.touch();
         }
         polled
     }
@@ -242,4 +390,13 @@ impl AsyncWrite for Watched {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// The socket under an upgraded connection of [`serve`], and the bytes
+/// the client sent after its upgrade request (already read by hyper).
+/// Taking the socket back drops hyper's buffers and its boxed I/O: an idle
+/// upgraded connection then costs only what its new protocol keeps.
+pub(crate) fn upgraded_socket(upgraded: Upgraded) -> Option<(TcpStream, Vec<u8>)> {
+    let parts = upgraded.downcast::<TokioIo<Watched>>().ok()?;
+    Some((parts.io.into_inner().inner, parts.read_buf.to_vec()))
 }

@@ -28,7 +28,9 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ops::http;
-use crate::ops::stats::{DisconnectReason, LatencyHistogram, Stats, LATENCY_BUCKETS};
+use crate::ops::stats::{
+    DisconnectReason, LatencyHistogram, Stats, WebTransport, LATENCY_BUCKETS, WEB_REFUSALS,
+};
 use followermaze_protocol::auth::AuthError;
 
 /// Prefix of every metric name.
@@ -251,6 +253,32 @@ const LABELLED: &[LabelledSpec] = &[
         series: |stats| auth_series(&stats.source_auth_refusals),
     },
     LabelledSpec {
+        name: "web_refusals_total",
+        help: "Web listener requests refused, by HTTP status (400 bad parameters, 401 token, 403 origin, 404, 405, 426 no upgrade, 431 headers too large, 503 maxClients).",
+        label: "status",
+        series: |stats| {
+            WEB_REFUSALS
+                .iter()
+                .zip(WEB_STATUS_LABELS)
+                .map(|(&status, label)| (label, stats.web_refusals(status)))
+                .collect()
+        },
+    },
+    LabelledSpec {
+        name: "web_sessions_total",
+        help: "Web sessions opened, by transport (ws, sse).",
+        label: "transport",
+        series: |stats| {
+            WebTransport::ALL
+                .iter()
+                .map(|&transport| {
+                    let count = Stats::get(&stats.web_sessions[transport as usize]);
+                    (transport.as_str(), count)
+                })
+                .collect()
+        },
+    },
+    LabelledSpec {
         name: "resumes_total",
         help: "Resumable connections that named a stream to resume, by the verdict they got (ok, gap).",
         label: "verdict",
@@ -270,6 +298,10 @@ fn auth_series(counters: &[AtomicU64; AuthError::ALL.len()]) -> Vec<(&'static st
         .map(|&reason| (reason.as_str(), Stats::get(&counters[reason.index()])))
         .collect()
 }
+
+/// [`WEB_REFUSALS`] as label values.
+const WEB_STATUS_LABELS: [&str; WEB_REFUSALS.len()] =
+    ["400", "401", "403", "404", "405", "426", "431", "503"];
 
 /// Name and help of the latency histogram.
 const LATENCY: (&str, &str) = (
@@ -555,9 +587,15 @@ pub(crate) async fn serve(
         }
     }
     let endpoint = Endpoint::new(Arc::clone(&stats), health);
-    let respond =
-        move |request: &Request<Incoming>| endpoint.respond(request.method(), request.uri().path());
-    http::serve(listener, "metrics", stats, shutdown, respond).await;
+    let respond = move |request: Request<Incoming>, _lease: http::Lease| {
+        let response = endpoint.respond(request.method(), request.uri().path());
+        std::future::ready(response)
+    };
+    let lifecycle = http::Lifecycle {
+        drain: std::time::Duration::ZERO,
+        count_too_large: false,
+    };
+    http::serve(listener, "metrics", stats, shutdown, lifecycle, respond).await;
 }
 
 #[cfg(test)]

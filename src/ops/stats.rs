@@ -93,6 +93,11 @@ pub struct Stats {
     /// Event sources refused for their first line (`authSecret`), indexed
     /// like [`AuthError::ALL`].
     pub source_auth_refusals: [AtomicU64; AuthError::ALL.len()],
+    /// Web requests refused, indexed like [`WEB_REFUSALS`].
+    pub web_refusals: [AtomicU64; WEB_REFUSALS.len()],
+    /// Web sessions opened (after their checks, before the verdict),
+    /// indexed like [`WebTransport::ALL`].
+    pub web_sessions: [AtomicU64; WebTransport::ALL.len()],
     /// Notifications queued for clients (one per event per recipient).
     pub notifications: AtomicU64,
     /// Bytes written to client sockets.
@@ -166,6 +171,50 @@ impl Stats {
     /// Disconnects so far for `reason`.
     pub fn disconnects(&self, reason: DisconnectReason) -> u64 {
         Stats::get(&self.client_disconnects[reason as usize])
+    }
+}
+
+/// The statuses the web listener refuses requests with, in the order they
+/// are counted and exported.
+pub(crate) const WEB_REFUSALS: [u16; 8] = [400, 401, 403, 404, 405, 426, 431, 503];
+
+/// A browser transport of the web listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebTransport {
+    /// WebSocket, `/ws`.
+    WebSocket,
+    /// Server-Sent Events, `/events`.
+    Events,
+}
+
+impl WebTransport {
+    /// Every transport, in discriminant order.
+    pub const ALL: [WebTransport; 2] = [WebTransport::WebSocket, WebTransport::Events];
+
+    /// Its label in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebTransport::WebSocket => "ws",
+            WebTransport::Events => "sse",
+        }
+    }
+}
+
+impl Stats {
+    /// Counts a web request refused with `status` (one of [`WEB_REFUSALS`];
+    /// any other is a bug, counted nowhere).
+    pub fn web_refused(&self, status: u16) {
+        if let Some(index) = WEB_REFUSALS.iter().position(|&known| known == status) {
+            Stats::add(&self.web_refusals[index], 1);
+        }
+    }
+
+    /// Web requests refused with `status` so far.
+    pub fn web_refusals(&self, status: u16) -> u64 {
+        WEB_REFUSALS
+            .iter()
+            .position(|&known| known == status)
+            .map_or(0, |index| Stats::get(&self.web_refusals[index]))
     }
 }
 

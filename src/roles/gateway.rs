@@ -13,13 +13,12 @@ use crate::cluster::fetcher::{self, FETCH_QUEUE};
 use crate::cluster::gateway::Gateway;
 use crate::cluster::jetstream::Log;
 use crate::config::Config;
-use crate::fanout::client::accept_clients;
 use crate::fanout::command::{Command, FetchRequest};
 use crate::fanout::{Registry, RegistryHandle};
 use crate::ops::metrics::Health;
 use crate::ops::stats::Stats;
 use crate::tasks::{
-    display_addr, finish, wait_for_shutdown, Failure, Observers, ServerError, Task,
+    display_addr, finish, serve_clients, wait_for_shutdown, Failure, Observers, ServerError, Task,
 };
 
 /// What the gateway role listens on.
@@ -27,6 +26,9 @@ use crate::tasks::{
 pub struct GatewayListeners {
     /// Where user clients connect.
     pub clients: TcpListener,
+    /// Where browsers connect (the page, `/ws`, `/events`); `None` turns
+    /// it off.
+    pub web: Option<TcpListener>,
     /// `/metrics`, `/healthz`, `/readyz`; `None` turns them off.
     pub metrics: Option<TcpListener>,
 }
@@ -74,14 +76,14 @@ pub async fn run_gateway(
     let stop_input = CancellationToken::new();
     let address = display_addr(&listeners.clients);
     let clients = {
-        let (stats, settings, stop) = (stats.clone(), config.clients(), stop_input.clone());
-        let listener = listeners.clients;
+        let (stats, config, stop) = (stats.clone(), config.clone(), stop_input.clone());
+        let (tcp, web) = (listeners.clients, listeners.web);
         async move {
             tokio::select! {
                 () = stop.cancelled() => return,
                 restored = restored => if restored.is_err() { return },
             }
-            accept_clients(listener, handle, stats, settings, stop).await;
+            serve_clients(tcp, web, handle, stats, &config, stop).await;
         }
     };
     let clients = Task::spawn("clients", clients);

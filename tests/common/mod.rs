@@ -63,6 +63,7 @@ impl TestServer {
         let listeners = Listeners {
             events: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             clients: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            web: None,
             metrics: None,
         };
         TestServer::start_on(listeners, config)
@@ -76,6 +77,7 @@ impl TestServer {
         let listeners = Listeners {
             events: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             clients: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            web: None,
             metrics: Some(metrics),
         };
         (TestServer::start_on(listeners, config), address)
