@@ -510,6 +510,34 @@ async fn the_page_resumes_after_each_drop_without_losing_or_doubling_a_row() {
     browser.close().await;
 }
 
+/// A burst of 600 broadcasts over WebSocket (many lines per message): the
+/// page keeps the newest 500 rows, newest first, and counts all 600.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_keeps_the_newest_500_rows() {
+    const SENT: u64 = 600;
+    const KEPT: u64 = 500;
+    let _turn = ONE_BROWSER_AT_A_TIME.lock().await;
+    let browser = Browser::start().await;
+    let (server, web) = web_server(&[]).await;
+    browser.open(&page_url(web, "ws", None)).await;
+    browser
+        .wait_for("state live", |view| view.state == "live")
+        .await;
+    let mut source = server.source().await;
+    let events: String = (1..=SENT).map(|seq| format!("{seq}|B\r\n")).collect();
+    send(&mut source, &events).await;
+    let view = browser
+        .wait_for("every broadcast", |view| view.received == SENT)
+        .await;
+    let newest: Vec<String> = (SENT - KEPT + 1..=SENT)
+        .map(|seq| format!("{seq}|B"))
+        .collect();
+    assert_eq!(view.lines, newest, "the newest {KEPT} rows, oldest first");
+    assert_eq!(view.checkpoint_failures, 0, "{view:#?}");
+    server.stop().await.unwrap();
+    browser.close().await;
+}
+
 /// (c) With `authSecret` set, a bad token: the page says the server refused
 /// it (401) and stops; a good one (minted as `followermaze token` mints
 /// them): it goes live and shows the stream.
