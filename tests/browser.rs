@@ -12,7 +12,8 @@
 //!
 //! Chromium and chromedriver are required, not optional: without them the
 //! tests fail, saying `apt-get install chromium chromium-driver` (CI does).
-//! Screenshots go to `<target>/tmp/browser/`.
+//! Screenshots go to `<target>/tmp/browser/`, with each test's chromedriver
+//! log.
 
 mod common;
 
@@ -83,7 +84,13 @@ impl Chromedriver {
             .and_then(|listener| listener.local_addr())
             .expect("a free loopback port")
             .port();
-        let log = screenshot_dir().join(format!("chromedriver-{port}.log"));
+        // One log per test (the test harness names each test's thread),
+        // overwritten by the next run.
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("test")
+            .replace("::", "-");
+        let log = screenshot_dir().join(format!("chromedriver-{test}.log"));
         let child = {
             use std::os::unix::process::CommandExt;
             Command::new(&program)
