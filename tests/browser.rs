@@ -487,26 +487,14 @@ async fn the_page_resumes_after_each_drop_without_losing_or_doubling_a_row() {
     let last = seq_of(events.last().unwrap()).to_owned();
     let expected = stream_of(USER, &events);
     assert!(expected.len() > 9, "enough lines for three resets");
-    for (transport, one_at_a_time) in [("sse", true), ("ws", false)] {
+    for transport in ["sse", "ws"] {
         let (server, web) = web_server(&[("faultResetEvery", "3")]).await;
         browser.open(&page_url(web, transport, None)).await;
         browser
             .wait_for("state live", |view| view.state == "live")
             .await;
         let mut source = server.source().await;
-        if one_at_a_time {
-            for event in &events {
-                send(&mut source, &format!("{event}\r\n")).await;
-                let seq: u64 = seq_of(event).parse().unwrap();
-                browser
-                    .wait_for(&format!("position {seq}"), |view| {
-                        view.position.parse::<u64>().is_ok_and(|at| at >= seq)
-                    })
-                    .await;
-            }
-        } else {
-            send(&mut source, &as_sent(&events)).await;
-        }
+        send(&mut source, &as_sent(&events)).await;
         let view = assert_rows(&browser, &expected, &last).await;
         assert!(view.resumes > 0, "the page resumed: {view:#?}");
         browser
