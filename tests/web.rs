@@ -728,3 +728,50 @@ async fn a_browser_that_leaves_an_event_stream_is_unregistered_at_once() {
     assert_eq!(server.stats.disconnects(DisconnectReason::Normal), 1);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_fault_reset_ends_an_event_stream_after_its_lines_and_it_resumes() {
+    let server = server_with(Config {
+        checkpoint_interval_ms: 0,
+        fault_reset_every: 3,
+        ..Config::default()
+    })
+    .await;
+    let mut source = server.source().await;
+    let broadcasts: String = (1..=10).map(|seq| format!("{seq}|B\r\n")).collect();
+    let mut stream = String::new();
+    let mut after = 0;
+    // Each connection gets its verdict and three lines, then ends; the
+    // next resumes after the last of them, the burst already waiting.
+    for connection in 0..3 {
+        let before = get(&server.stats.client_connects);
+        let resume = match connection {
+            0 => String::new(),
+            _ => format!("Last-Event-ID: {stream}:{after}\r\n"),
+        };
+        let mut events = EventStream::open(web(&server), "/events?user=1", &resume).await;
+        wait_until("registration", || {
+            get(&server.stats.client_connects) > before
+        })
+        .await;
+        if connection == 0 {
+            send(&mut source, &broadcasts).await;
+        }
+        let mut rest = Vec::new();
+        within("the reset", events.stream.read_to_end(&mut rest))
+            .await
+            .unwrap();
+        events.raw.extend_from_slice(&rest);
+        events.dechunk();
+        let lines = sse_lines(&events.body);
+        let verdict = lines.lines().next().unwrap().to_owned();
+        stream = verdict.split('|').nth(1).unwrap().to_owned();
+        let expected: String = (after + 1..=after + 3)
+            .map(|seq| format!("{seq}|B\r\n"))
+            .collect();
+        assert_eq!(lines, format!("#OK|{stream}|{after}\r\n{expected}"));
+        after += 3;
+    }
+    assert_eq!(server.stats.disconnects(DisconnectReason::FaultReset), 3);
+    server.stop().await.unwrap();
+}

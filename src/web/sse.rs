@@ -188,15 +188,21 @@ impl EventStream {
         }
     }
 
-    /// Ends the stream for `reason`: cleanly (the body ends) or, for a
-    /// slow consumer or a fault reset, with an error that makes hyper drop
-    /// the connection.
+    /// Ends the stream for `reason`. A slow consumer's ends with an error,
+    /// which makes hyper drop the connection at once (what was pending is
+    /// dropped, as for a TCP client). Any other ends cleanly, after
+    /// everything sent is flushed, and the connection closes: a fault
+    /// reset too, since hyper would drop a frame still unflushed when an
+    /// error follows it, and a browser resumes after a clean end as after
+    /// a drop.
     fn end(&mut self, reason: DisconnectReason) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         self.done = true;
         self.registered.ending(reason);
         match reason {
-            DisconnectReason::Normal => Poll::Ready(None),
-            _ => Poll::Ready(Some(Err(io::Error::other(reason.as_str())))),
+            DisconnectReason::SlowConsumer => {
+                Poll::Ready(Some(Err(io::Error::other(reason.as_str()))))
+            }
+            _ => Poll::Ready(None),
         }
     }
 }
