@@ -383,6 +383,26 @@ impl AsyncWrite for Watched {
         polled
     }
 
+    /// Vectored, so hyper queues a body's chunks and writes them with
+    /// their framing in one `writev`, rather than copying each into a
+    /// buffer of its own (which, for an event stream's large chunks, grew
+    /// to the largest and stayed that size).
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        slices: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, slices);
+        if matches!(polled, Poll::Ready(Ok(written)) if written > 0) {
+            self.lease.state.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }

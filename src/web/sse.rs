@@ -82,8 +82,14 @@ impl SseEncoder {
             let seq_len = memchr::memchr(b'|', data).unwrap_or(data.len());
             self.push_id(&data[..seq_len], out);
             push_data(data, out);
-            self.crc.update(data);
-            self.crc.update(b"\r\n");
+            // The line as the client sees it, `data` and `\r\n`: most often
+            // the line as it came, in one piece.
+            if line.len() == data.len() + 2 && line.ends_with(b"\r\n") {
+                self.crc.update(line);
+            } else {
+                self.crc.update(data);
+                self.crc.update(b"\r\n");
+            }
             self.count += 1;
             return;
         }

@@ -40,6 +40,18 @@ use crate::ops::stats::{DisconnectReason, Stats};
 /// The largest client message accepted, its frames joined: 64 KiB.
 pub(crate) const MAX_CLIENT_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// The largest message the server sends. tungstenite copies a message
+/// into its write buffer and, after each partial write, moves what is left
+/// to the buffer's front (`FrameCodec::write_out_buffer`): a 4 MiB batch
+/// as one message, written 200 KiB at a time, would move about 40 MiB, and
+/// leave a 4 MiB buffer in the connection. Messages of at most 64 KiB
+/// keep both small; each still holds whole lines.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// A writer's buffer larger than this after a write is freed rather than
+/// kept, as for TCP writers.
+const WRITER_KEEP_BYTES: usize = 256 * 1024;
+
 /// The read buffer a connection starts with. Clients send next to
 /// nothing, so it is small; a larger message grows it while it is read.
 const READ_BUFFER_BYTES: usize = 512;
@@ -100,23 +112,20 @@ async fn pump(
             return DisconnectReason::SlowConsumer;
         }
         if !writing.is_empty() {
-            let bytes = writing.len();
-            // The message owns the buffer (no copy); the registry's next
-            // push allocates the outbox a new one.
-            let payload = Bytes::from(std::mem::take(&mut writing));
-            let message = Message::Frame(Frame::message(payload, OpCode::Data(Data::Text), true));
             tokio::select! {
-                sent = ws.send(message) => if sent.is_err() {
+                sent = send_lines(ws, &writing, stats) => if sent.is_err() {
                     return DisconnectReason::Error;
                 },
                 // A stuck client must not pin this task in `send` when the
                 // registry gives up on it.
                 reason = cut(outbox) => return reason,
             }
-            Stats::add(&stats.client_writes, 1);
-            Stats::add(&stats.bytes_written, bytes as u64);
             if let Some(read_at) = oldest_read_at {
                 stats.latency.record(read_at.elapsed());
+            }
+            writing.clear();
+            if writing.capacity() > WRITER_KEEP_BYTES {
+                writing = Vec::new();
             }
             last_traffic = Instant::now();
             // More may have arrived while sending.
@@ -151,6 +160,36 @@ async fn pump(
             }
         }
     }
+}
+
+/// Sends `lines` (whole lines) as text messages of at most
+/// [`MAX_MESSAGE_BYTES`] each (one longer line is a message of its own).
+async fn send_lines(
+    ws: &mut WebSocketStream<TcpStream>,
+    mut lines: &[u8],
+    stats: &Stats,
+) -> Result<(), WsError> {
+    while !lines.is_empty() {
+        let (message, rest) = lines.split_at(message_end(lines, MAX_MESSAGE_BYTES));
+        let payload = Bytes::copy_from_slice(message);
+        let frame = Frame::message(payload, OpCode::Data(Data::Text), true);
+        ws.send(Message::Frame(frame)).await?;
+        Stats::add(&stats.client_writes, 1);
+        Stats::add(&stats.bytes_written, message.len() as u64);
+        lines = rest;
+    }
+    Ok(())
+}
+
+/// Where the first message of `lines` ends: after the last whole line
+/// within `max` bytes, or after the first line if it alone is longer.
+fn message_end(lines: &[u8], max: usize) -> usize {
+    if lines.len() <= max {
+        return lines.len();
+    }
+    let last_within = memchr::memrchr(b'\n', &lines[..max]);
+    let first = || memchr::memchr(b'\n', lines).unwrap_or(lines.len() - 1);
+    last_within.unwrap_or_else(first) + 1
 }
 
 /// Completes when the registry cuts the session off as a slow consumer.
@@ -201,4 +240,25 @@ async fn received_from_client(
     };
     let _ = ws.close(Some(frame)).await;
     Some(DisconnectReason::Error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_end_on_a_line_within_the_bound_or_after_one_long_line() {
+        assert_eq!(message_end(b"1|B\r\n2|B\r\n", 64), 10);
+        assert_eq!(message_end(b"1|B\r\n2|B\r\n", 9), 5);
+        assert_eq!(message_end(b"1|B\r\n2|B\r\n", 5), 5);
+        assert_eq!(message_end(b"123456|B\r\n2|B\r\n", 4), 10);
+        let mut lines = b"1|B\r\n2|B\r\n".as_slice();
+        let mut messages = Vec::new();
+        while !lines.is_empty() {
+            let (message, rest) = lines.split_at(message_end(lines, 7));
+            messages.push(message);
+            lines = rest;
+        }
+        assert_eq!(messages, [&b"1|B\r\n"[..], b"2|B\r\n"]);
+    }
 }
