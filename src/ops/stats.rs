@@ -93,7 +93,8 @@ pub struct Stats {
     /// Event sources refused for their first line (`authSecret`), indexed
     /// like [`AuthError::ALL`].
     pub source_auth_refusals: [AtomicU64; AuthError::ALL.len()],
-    /// Web requests refused, indexed like [`WEB_REFUSALS`].
+    /// Web requests refused, by status (400, 401, 403, 404, 405, 426, 431,
+    /// 503, in that order); read with [`Stats::web_refusals`].
     pub web_refusals: [AtomicU64; WEB_REFUSALS.len()],
     /// Web sessions opened (after their checks, before the verdict),
     /// indexed like [`WebTransport::ALL`].
@@ -201,8 +202,8 @@ impl WebTransport {
 }
 
 impl Stats {
-    /// Counts a web request refused with `status` (one of [`WEB_REFUSALS`];
-    /// any other is a bug, counted nowhere).
+    /// Counts a web request refused with `status` (one of the statuses of
+    /// [`Stats::web_refusals`]; any other is a bug, counted nowhere).
     pub fn web_refused(&self, status: u16) {
         if let Some(index) = WEB_REFUSALS.iter().position(|&known| known == status) {
             Stats::add(&self.web_refusals[index], 1);
