@@ -132,6 +132,11 @@ pub const SETTINGS: &[Setting] = &[
         "fault injection: reset (RST) every resumable connection after each N event lines sent on it; 0 = off",
     ),
     Setting::new(
+        "faultOfflineMs",
+        "0",
+        "fault injection: after each `faultResetEvery` reset, refuse that user's reconnects (closed at once, no verdict, counted) for this many ms, so clients' backoff is exercised; 0 = off",
+    ),
+    Setting::new(
         "role",
         "standalone",
         "`standalone`: the whole server in one process; `sequencer`: order the source's events and publish them to JetStream; `gateway`: serve clients from the JetStream stream (see Cluster)",
@@ -278,6 +283,9 @@ pub struct Config {
     /// Reset a resumable connection after each this many event lines; 0 =
     /// never. For tests and fault drills only.
     pub fault_reset_every: u64,
+    /// After each fault-injected reset, refuse that user's reconnects for
+    /// this many ms; 0 = never. For tests and fault drills only.
+    pub fault_offline_ms: u64,
     /// What this process does: everything, or one side of a cluster.
     #[serde(deserialize_with = "settings::parsed")]
     pub role: Role,
@@ -400,6 +408,13 @@ impl Config {
                 ),
             ));
         }
+        if self.fault_offline_ms > 0 && self.fault_reset_every == 0 {
+            return Err(ConfigError::new(
+                "faultOfflineMs",
+                self.fault_offline_ms,
+                "needs faultResetEvery: an outage follows each of its resets",
+            ));
+        }
         self.validate_resume()?;
         self.validate_names()
     }
@@ -491,6 +506,7 @@ impl Config {
                 },
                 checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms),
                 fault_reset_every: self.fault_reset_every,
+                fault_offline: Duration::from_millis(self.fault_offline_ms),
             },
         }
     }
@@ -620,6 +636,21 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!((config.metrics_port, config.summary_interval_secs), (0, 0));
+    }
+
+    #[test]
+    fn an_outage_needs_the_resets_it_follows() {
+        let error = Config::from_vars(vars(&[("faultOfflineMs", "300")])).unwrap_err();
+        assert!(error.to_string().contains("faultResetEvery"), "{error}");
+        let config = Config::from_vars(vars(&[
+            ("faultOfflineMs", "300"),
+            ("faultResetEvery", "500"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.registry().sessions.fault_offline,
+            Duration::from_millis(300)
+        );
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub(crate) struct SessionSettings {
     /// Reset a resumable connection after each this many event lines; 0 =
     /// never (`faultResetEvery`).
     pub(crate) fault_reset_every: u64,
+    /// After each such reset, the user's reconnects are refused for this
+    /// long; zero for never (`faultOfflineMs`).
+    pub(crate) fault_offline: Duration,
 }
 
 /// The two bounds on retained lines; see `resume::retention`.

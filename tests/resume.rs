@@ -453,3 +453,44 @@ async fn a_bad_resumable_handshake_closes_only_that_connection() {
     good.expect("1|B\r\n").await;
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn after_a_fault_reset_the_user_is_refused_until_its_outage_ends() {
+    // An outage far longer than the test: every reconnect within it is
+    // refused, whatever the build's speed.
+    let config = Config {
+        fault_reset_every: 3,
+        fault_offline_ms: 600_000,
+        checkpoint_interval_ms: 0,
+        ..Config::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut reset = Resumer::new(1);
+    reset.connect(&server).await;
+    let mut bystander = Resumer::new(2);
+    bystander.connect(&server).await;
+    let mut source = server.source().await;
+    broadcasts(&mut source, 1..=5).await;
+    for seq in 1..=3 {
+        assert!(matches!(reset.next().await, Line::Event(got, _) if got == seq));
+    }
+    assert!(matches!(reset.next().await, Line::Closed));
+    // Its reconnects are closed at once, before any verdict, and counted.
+    for attempt in 1..=2 {
+        let hello = format!("1|{}|3\r\n", reset.stream.unwrap());
+        let mut stream = within("connect", TcpStream::connect(server.clients))
+            .await
+            .unwrap();
+        stream.write_all(hello.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let _ = within("the refusal", stream.read_to_end(&mut got)).await;
+        assert!(got.is_empty(), "refused without a verdict: {got:?}");
+        assert_eq!(get(&server.stats.fault_refused_reconnects), attempt);
+    }
+    // The other user, not reset, is not refused: its own first reset comes
+    // after three lines too, and its stream is whole up to it.
+    for seq in 1..=3 {
+        assert!(matches!(bystander.next().await, Line::Event(got, _) if got == seq));
+    }
+    server.stop().await.unwrap();
+}

@@ -48,6 +48,7 @@ use crate::fanout::outbox::{Closed, Outbox};
 use crate::fanout::table::{Sink, Table};
 use crate::graph::router::{Routed, Router};
 use crate::ops::stats::Stats;
+use crate::resume::outage::Outages;
 use crate::resume::session::Sessions;
 use crate::resume::stream::{Ask, Position, StreamResumes};
 use crate::settings::RegistrySettings;
@@ -94,6 +95,8 @@ pub struct Registry {
     stats: Arc<Stats>,
     /// A gateway's resumes from the shared stream; `None` standalone.
     remote: Option<Remote>,
+    /// Fault injection's outages (`faultOfflineMs`).
+    outages: Outages,
 }
 
 impl Registry {
@@ -106,6 +109,7 @@ impl Registry {
             table: Table::default(),
             last_seq: None,
             sessions: Sessions::new(settings.sessions),
+            outages: Outages::new(settings.sessions.fault_offline),
             retainers: HashMap::new(),
             last_checkpoint: Instant::now(),
             settings,
@@ -193,6 +197,12 @@ impl Registry {
         match hello {
             Hello::Classic(user) => {
                 self.insert(user, id, Sink::Plain(outbox));
+            }
+            Hello::Resumable { user, .. } if self.outages.refuses(user, Instant::now()) => {
+                // An outage after a fault-injected reset: closed at once,
+                // no verdict; the client backs off and tries again.
+                outbox.close(Closed::Reset);
+                Stats::add(&self.stats.fault_refused_reconnects, 1);
             }
             Hello::Resumable {
                 user,
@@ -477,6 +487,10 @@ impl Registry {
     fn flush_touched(&mut self, read_at: Instant) {
         let max = self.settings.max_client_pending_bytes;
         for key in self.table.flush_touched(read_at, max) {
+            if self.table.conns[key].closed() == Some(Closed::Reset) {
+                self.outages
+                    .reset(self.table.conns[key].user, Instant::now());
+            }
             // Each key is refused at most once per flush, and removing one
             // connection removes no other.
             self.remove(key);

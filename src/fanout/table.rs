@@ -39,6 +39,17 @@ pub(crate) struct Conn {
     pub(crate) staged: Vec<u8>,
 }
 
+impl Conn {
+    /// Whether its writer's outbox is closed, and why (`None` for a
+    /// retainer, which has none).
+    pub(crate) fn closed(&self) -> Option<Closed> {
+        match &self.sink {
+            Sink::Plain(outbox) | Sink::Resumable { outbox, .. } => outbox.closed(),
+            Sink::Retainer => None,
+        }
+    }
+}
+
 /// Where a [`Conn`]'s lines go.
 #[derive(Debug)]
 pub(crate) enum Sink {

@@ -150,6 +150,11 @@ const COUNTERS: &[FieldSpec] = &[
         field: |stats| &stats.evicted_entries,
     },
     FieldSpec {
+        name: "fault_refused_reconnects_total",
+        help: "Fault injection (faultOfflineMs): reconnects refused during a user's outage after a reset.",
+        field: |stats| &stats.fault_refused_reconnects,
+    },
+    FieldSpec {
         name: "published_messages_total",
         help: "Cluster sequencer: stream messages acknowledged by JetStream.",
         field: |stats| &stats.published_messages,

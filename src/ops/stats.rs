@@ -123,6 +123,9 @@ pub struct Stats {
     pub retained_bytes: AtomicU64,
     /// Retained lines lost to a retention bound.
     pub evicted_entries: AtomicU64,
+    /// Reconnects refused during a fault-injected outage
+    /// (`faultOfflineMs`).
+    pub fault_refused_reconnects: AtomicU64,
     /// Cluster: messages the sequencer's publisher had acknowledged by
     /// JetStream.
     pub published_messages: AtomicU64,

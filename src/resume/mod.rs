@@ -10,10 +10,13 @@
 //!   route the fetched lines for one user.
 //! - `stream`: the state machine of a resume from the stream: attach now,
 //!   wait, join a fetch, fetch, or the local verdict.
+//! - `outage`: fault injection's outages (`faultOfflineMs`): whose
+//!   reconnects are refused, and until when.
 //!
 //! Pure: no channels, no sockets, no NATS. Uses `graph`, `settings`.
 
 pub(crate) mod history;
+pub(crate) mod outage;
 pub(crate) mod replay;
 pub(crate) mod retention;
 pub(crate) mod session;

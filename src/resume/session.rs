@@ -412,6 +412,7 @@ mod tests {
         },
         checkpoint_interval: Duration::from_secs(1),
         fault_reset_every: 0,
+        fault_offline: Duration::ZERO,
     };
 
     /// Attaches and returns the verdict line and the replayed lines.

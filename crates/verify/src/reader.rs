@@ -214,6 +214,8 @@ impl Reader {
             match end {
                 End::Done => return Ok(()),
                 End::DroppedByUs(kind) => stats.drops[kind.index()] += 1,
+                // Closed before its verdict: refused (an outage, say).
+                End::DroppedByServer if !had_verdict => stats.refused += 1,
                 End::DroppedByServer => stats.server_drops += 1,
             }
             if let Some(failure) = self.checker.interrupted() {

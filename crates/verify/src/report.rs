@@ -299,7 +299,7 @@ impl ResumeReport {
         writeln!(
             f,
             "resumes:       {} ({:.0}/s): #OK {}, #GAP {}; drops: {} by the clients ({}), {} \
-             by the server; {} reconnects retried",
+             by the server; {} reconnects refused (closed before a verdict), {} retried",
             grouped(stats.resumes()),
             stats.resumes() as f64 / elapsed.as_secs_f64().max(1e-9),
             grouped(stats.resumes_ok),
@@ -307,6 +307,7 @@ impl ResumeReport {
             grouped(self.own_drops()),
             kinds.join(", "),
             grouped(stats.server_drops),
+            grouped(stats.refused),
             grouped(stats.retries),
         )?;
         writeln!(

@@ -86,6 +86,9 @@ pub struct ResumeStats {
     pub lost_to_gaps: u64,
     /// Failed reconnect attempts that were retried.
     pub retries: u64,
+    /// Reconnects the server closed before their verdict (refused: an
+    /// outage such as our server's `faultOfflineMs`), each retried.
+    pub refused: u64,
     /// Checkpoints checked.
     pub checkpoints: u64,
     /// Time from each drop to the next verdict, summed.
@@ -105,6 +108,7 @@ impl ResumeStats {
         self.replayed += other.replayed;
         self.lost_to_gaps += other.lost_to_gaps;
         self.retries += other.retries;
+        self.refused += other.refused;
         self.checkpoints += other.checkpoints;
         self.offline += other.offline;
     }
