@@ -167,6 +167,11 @@ pub const SETTINGS: &[Setting] = &[
         "seconds between two snapshots of the follower graph the sequencer writes; keep it well under `streamMaxAgeSecs`",
     ),
     Setting::new(
+        "maxLagMs",
+        "2000",
+        "a `gateway` further than this behind the stream's head (the age of the last message it consumed while more were pending) answers `/readyz` 503 until it catches up",
+    ),
+    Setting::new(
         "authSecret",
         "",
         "HS256 secret of the signed tokens every client and event source must present (see Authentication); empty = no authentication",
@@ -301,6 +306,8 @@ pub struct Config {
     /// Seconds between two graph snapshots the sequencer writes: how far
     /// back a new gateway must replay the stream.
     pub snapshot_interval_secs: u64,
+    /// A gateway further behind the stream than this (ms) is not ready.
+    pub max_lag_ms: u64,
     /// The tokens' secret; authentication is off while it is empty.
     #[serde(deserialize_with = "settings::parsed")]
     pub auth_secret: Secret,

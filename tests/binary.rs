@@ -13,7 +13,8 @@ use tokio::process::{Child, Command};
 const BIN: &str = env!("CARGO_BIN_EXE_followermaze");
 
 /// A command for the server binary on loopback ephemeral ports, with no
-/// metrics listener and nothing inherited that could change its settings.
+/// metrics or web listener and nothing inherited that could change its
+/// settings.
 fn server_command() -> Command {
     let mut command = Command::new(BIN);
     command
@@ -22,6 +23,7 @@ fn server_command() -> Command {
         .env("eventListenerPort", "0")
         .env("clientListenerPort", "0")
         .env("metricsPort", "0")
+        .env("webPort", "0")
         .env("logLevel", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -42,12 +42,35 @@ pub(crate) struct Gateway {
     stats: Arc<Stats>,
     /// `/readyz`: set once caught up.
     ready: Arc<AtomicBool>,
+    /// `/readyz` again: set while the gateway is more than `maxLagMs`
+    /// behind the stream's head.
+    lag: Lag,
     /// The next stream sequence to apply.
     next: u64,
 }
 
 /// The registry is gone: nothing more to feed.
 struct Stopped;
+
+/// How far behind the stream's head a gateway is, in ms, having consumed a
+/// message the stream stored at `stored_at` with `pending` more after it,
+/// at `now` (both ns since the epoch): none when nothing is pending, else
+/// that message's age (never negative, whatever the clocks say).
+fn lag_ms(pending: u64, stored_at: i128, now: i128) -> u64 {
+    match pending {
+        0 => 0,
+        _ => (now.saturating_sub(stored_at).max(0) / 1_000_000) as u64,
+    }
+}
+
+/// How far behind the stream a gateway may be and still take clients.
+#[derive(Debug, Clone)]
+pub(crate) struct Lag {
+    /// `maxLagMs`.
+    pub(crate) max: Duration,
+    /// Set while the gateway is further behind than `max`.
+    pub(crate) lagging: Arc<AtomicBool>,
+}
 
 impl Gateway {
     /// Waits for the latest snapshot (retrying while there is none, or
@@ -72,7 +95,7 @@ impl Gateway {
         registry: RegistryHandle,
         max_edges: usize,
         stats: Arc<Stats>,
-        ready: Arc<AtomicBool>,
+        (ready, lag): (Arc<AtomicBool>, Lag),
     ) -> Gateway {
         Gateway {
             log,
@@ -80,6 +103,7 @@ impl Gateway {
             max_edges,
             stats,
             ready,
+            lag,
             next: 1,
         }
     }
@@ -150,8 +174,12 @@ impl Gateway {
                     }
                     None => break,
                 };
-                let (stream_seq, pending) = match message.info() {
-                    Ok(info) => (info.stream_sequence, info.pending),
+                let (stream_seq, pending, stored_at) = match message.info() {
+                    Ok(info) => (
+                        info.stream_sequence,
+                        info.pending,
+                        info.published.unix_timestamp_nanos(),
+                    ),
                     Err(error) => {
                         tracing::warn!(%error, "gateway: a message without JetStream metadata; skipped");
                         continue;
@@ -170,6 +198,7 @@ impl Gateway {
                 if let Err(stopped) = self.apply(stream_seq, &message).await {
                     return stopped;
                 }
+                self.note_lag(pending, stored_at);
                 if pending == 0 && !self.ready.load(Ordering::Relaxed) {
                     self.caught_up(started);
                 }
@@ -272,6 +301,33 @@ impl Gateway {
         }
     }
 
+    /// Publishes how far behind the stream's head the gateway is, after a
+    /// message the stream stored at `stored_at` (ns since the epoch) with
+    /// `pending` more after it, and whether that is over `maxLagMs`.
+    fn note_lag(&self, pending: u64, stored_at: i128) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as i128);
+        let lag_ms = lag_ms(pending, stored_at, now);
+        Stats::set(&self.stats.gateway_lag_messages, pending);
+        Stats::set(&self.stats.gateway_lag_ms, lag_ms);
+        let lagging = lag_ms > self.lag.max.as_millis() as u64;
+        if self.lag.lagging.swap(lagging, Ordering::Relaxed) != lagging {
+            let max_lag_ms = self.lag.max.as_millis() as u64;
+            match lagging {
+                true => tracing::warn!(
+                    lag_ms,
+                    pending,
+                    max_lag_ms,
+                    "gateway behind the stream: not ready"
+                ),
+                false => {
+                    tracing::info!(max_lag_ms, "gateway caught up with the stream again: ready")
+                }
+            }
+        }
+    }
+
     /// Everything the stream held at start is applied.
     fn caught_up(&self, started: Instant) {
         self.ready.store(true, Ordering::Relaxed);
@@ -279,6 +335,23 @@ impl Gateway {
             next = self.next,
             took_ms = started.elapsed().as_millis() as u64,
             "gateway caught up with the stream: ready"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_the_age_of_the_last_message_while_more_are_pending() {
+        let second = 1_000_000_000i128;
+        assert_eq!(lag_ms(0, 0, 5 * second), 0, "caught up: no lag");
+        assert_eq!(lag_ms(3, 2 * second, 5 * second), 3000);
+        assert_eq!(
+            lag_ms(3, 6 * second, 5 * second),
+            0,
+            "a clock behind NATS's"
         );
     }
 }

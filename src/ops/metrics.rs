@@ -187,38 +187,68 @@ const COUNTERS: &[FieldSpec] = &[
 ];
 
 /// Gauges, in the order the README lists them.
-const GAUGES: &[FieldSpec] = &[
-    FieldSpec {
+const GAUGES: &[GaugeSpec] = &[
+    GaugeSpec {
         name: "connected_clients",
         help: "Clients registered now.",
         field: |stats| &stats.clients_connected,
+        per_unit: 1,
     },
-    FieldSpec {
+    GaugeSpec {
         name: "connected_sources",
         help: "Event source connections open now.",
         field: |stats| &stats.sources_connected,
+        per_unit: 1,
     },
-    FieldSpec {
+    GaugeSpec {
         name: "reorder_window_events",
         help: "Events parked in the reorder window, waiting for an earlier sequence number.",
         field: |stats| &stats.window_len,
+        per_unit: 1,
     },
-    FieldSpec {
+    GaugeSpec {
         name: "next_expected_sequence",
         help: "The sequence number the reorder window will release next.",
         field: |stats| &stats.next_sequence,
+        per_unit: 1,
     },
-    FieldSpec {
+    GaugeSpec {
         name: "open_sessions",
         help: "Resumable sessions open now (connected, or within their window).",
         field: |stats| &stats.sessions_open,
+        per_unit: 1,
     },
-    FieldSpec {
+    GaugeSpec {
         name: "retained_bytes",
         help: "Bytes retained for resumable sessions, as resumeTotalBytes counts them.",
         field: |stats| &stats.retained_bytes,
+        per_unit: 1,
+    },
+    GaugeSpec {
+        name: "gateway_lag_messages",
+        help: "Cluster gateway: stream messages not yet consumed, as of the last one consumed.",
+        field: |stats| &stats.gateway_lag_messages,
+        per_unit: 1,
+    },
+    GaugeSpec {
+        name: "gateway_lag_seconds",
+        help: "Cluster gateway: how long ago the stream stored the last message consumed, while more were pending (0 when caught up).",
+        field: |stats| &stats.gateway_lag_ms,
+        per_unit: 1000,
     },
 ];
+
+/// A gauge read from [`Stats`], kept there in `1 / per_unit` of its unit.
+struct GaugeSpec {
+    /// Name without [`PREFIX`].
+    name: &'static str,
+    /// The `# HELP` text.
+    help: &'static str,
+    /// Where its value is.
+    field: fn(&Stats) -> &AtomicU64,
+    /// Stored units per exported unit (1000 for seconds kept in ms).
+    per_unit: u64,
+}
 
 /// A counter with one series per value of one label, read from [`Stats`].
 struct LabelledSpec {
@@ -377,7 +407,7 @@ impl Collector for StatsCollector {
         }
         for spec in GAUGES {
             let mut gauge = proto::Gauge::default();
-            gauge.set_value(Stats::get((spec.field)(stats)) as f64);
+            gauge.set_value(Stats::get((spec.field)(stats)) as f64 / spec.per_unit as f64);
             families.push(family(
                 spec.name,
                 spec.help,
@@ -467,6 +497,9 @@ pub(crate) struct Health {
     /// still starting (a gateway catching up with the stream, a sequencer
     /// waiting for NATS) and once shutdown starts (draining).
     pub ready: Arc<AtomicBool>,
+    /// Set while a gateway is more than `maxLagMs` behind the stream: not
+    /// ready either. Never set outside a gateway.
+    pub lagging: Arc<AtomicBool>,
 }
 
 impl Health {
@@ -478,7 +511,13 @@ impl Health {
         Health {
             tasks: Arc::new(OnceLock::from(tasks)),
             ready,
+            lagging: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// This health, not ready either while `lagging` is set.
+    pub(crate) fn with_lag(self, lagging: Arc<AtomicBool>) -> Health {
+        Health { lagging, ..self }
     }
 
     /// Whether the server can take events and clients now (or, before its
@@ -492,7 +531,8 @@ impl Health {
 
     /// Whether it is healthy, caught up and not draining.
     pub(crate) fn is_ready(&self) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::Relaxed) && self.is_healthy()
+        use std::sync::atomic::Ordering::Relaxed;
+        self.ready.load(Relaxed) && !self.lagging.load(Relaxed) && self.is_healthy()
     }
 }
 
@@ -647,6 +687,23 @@ mod tests {
             names.len(),
             COUNTERS.len() + GAUGES.len() + LABELLED.len() + 1,
             "unique"
+        );
+    }
+
+    #[test]
+    fn a_lagging_gateway_is_not_ready_and_its_lag_is_exported_in_seconds() {
+        let ready = Arc::new(AtomicBool::new(true));
+        let lagging = Arc::new(AtomicBool::new(false));
+        let health = Health::watching(Vec::new(), ready).with_lag(Arc::clone(&lagging));
+        assert!(health.is_ready());
+        lagging.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(!health.is_ready());
+        let stats = stats();
+        Stats::set(&stats.gateway_lag_ms, 2500);
+        let body = encode(stats);
+        assert!(
+            body.contains("followermaze_gateway_lag_seconds 2.5\n"),
+            "{body}"
         );
     }
 

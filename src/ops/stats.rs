@@ -123,6 +123,12 @@ pub struct Stats {
     pub retained_bytes: AtomicU64,
     /// Retained lines lost to a retention bound.
     pub evicted_entries: AtomicU64,
+    /// Gauge, cluster gateway: stream messages pending after the last one
+    /// consumed.
+    pub gateway_lag_messages: AtomicU64,
+    /// Gauge, cluster gateway: milliseconds since the stream stored the
+    /// last message consumed, while more were pending (0 when caught up).
+    pub gateway_lag_ms: AtomicU64,
     /// Reconnects refused during a fault-injected outage
     /// (`faultOfflineMs`).
     pub fault_refused_reconnects: AtomicU64,

@@ -4,13 +4,14 @@
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::fetcher::{self, FETCH_QUEUE};
-use crate::cluster::gateway::Gateway;
+use crate::cluster::gateway::{Gateway, Lag};
 use crate::cluster::jetstream::Log;
 use crate::config::Config;
 use crate::fanout::command::{Command, FetchRequest};
@@ -60,6 +61,10 @@ pub async fn run_gateway(
 
     // 2. Gateway.
     let ready = Arc::new(AtomicBool::new(false));
+    let lag = Lag {
+        max: Duration::from_millis(config.max_lag_ms),
+        lagging: Arc::new(AtomicBool::new(false)),
+    };
     let stop_consuming = CancellationToken::new();
     let (restored_tx, restored) = oneshot::channel::<()>();
     let start = Start {
@@ -67,6 +72,7 @@ pub async fn run_gateway(
         registry: handle.clone(),
         stats: stats.clone(),
         ready: ready.clone(),
+        lag: lag.clone(),
         fetch_requests,
         restored: restored_tx,
     };
@@ -95,7 +101,7 @@ pub async fn run_gateway(
         ("gateway", gateway.handle.abort_handle()),
         ("registry", registry.handle.abort_handle()),
     ];
-    let health = Health::watching(watched, ready.clone());
+    let health = Health::watching(watched, ready.clone()).with_lag(lag.lagging);
     let interval = config.summary_interval_secs;
     let observers = Observers::start(listeners.metrics, interval, &stats, health);
 
@@ -122,6 +128,8 @@ struct Start {
     stats: Arc<Stats>,
     /// `/readyz`: set once caught up with the stream.
     ready: Arc<AtomicBool>,
+    /// `/readyz` again: how far behind the stream the gateway may be.
+    lag: Lag,
     /// The registry's resumes from the stream, for the fetcher.
     fetch_requests: mpsc::Receiver<FetchRequest>,
     /// Told once the snapshot is in the registry; dropped if it never is,
@@ -154,6 +162,7 @@ async fn open(start: Start) -> Option<Gateway> {
         registry,
         stats,
         ready,
+        lag,
         fetch_requests,
         restored,
     } = start;
@@ -167,7 +176,7 @@ async fn open(start: Start) -> Option<Gateway> {
     tokio::spawn(fetcher::serve(fetch_log, fetch_requests, registry.clone()));
     let max_edges = config.max_follow_edges;
     let snapshot = Gateway::first_snapshot(&log, max_edges).await;
-    let mut gateway = Gateway::new(log, registry, max_edges, stats, ready);
+    let mut gateway = Gateway::new(log, registry, max_edges, stats, (ready, lag));
     if !gateway.restore(snapshot).await {
         return None;
     }

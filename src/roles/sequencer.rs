@@ -67,6 +67,7 @@ pub async fn run_sequencer(
     let health = Health {
         tasks: watched.clone(),
         ready: ready.clone(),
+        lagging: Arc::new(AtomicBool::new(false)),
     };
     let interval = config.summary_interval_secs;
     let observers = Observers::start(listeners.metrics, interval, &stats, health);
