@@ -39,10 +39,10 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// What a request to NATS was doing when it failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Op {
-    /// Connecting to this URL.
+    /// Connecting to these URLs (`natsUrl`).
     Connect(String),
-    /// Creating or updating this stream.
-    CreateStream(String),
+    /// Creating or updating this stream, with this many replicas.
+    CreateStream(String, usize),
     /// Looking this stream up.
     GetStream(String),
     /// Reading this stream's state.
@@ -61,7 +61,10 @@ impl std::fmt::Display for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Op::Connect(url) => write!(f, "connect {url}"),
-            Op::CreateStream(name) => write!(f, "create stream {name}"),
+            Op::CreateStream(name, 1) => write!(f, "create stream {name}"),
+            Op::CreateStream(name, replicas) => {
+                write!(f, "create stream {name} with {replicas} replicas")
+            }
             Op::GetStream(name) => write!(f, "stream {name}"),
             Op::StreamInfo(name) => write!(f, "stream {name} info"),
             Op::CreateBucket(bucket) => write!(f, "create bucket {bucket}"),
@@ -160,7 +163,7 @@ impl Log {
                 Err(error) => {
                     attempt += 1;
                     tracing::warn!(
-                        url = %settings.nats_url,
+                        url = %settings.nats_urls.join(","),
                         stream = %settings.name,
                         attempt,
                         %error,
@@ -179,20 +182,36 @@ impl Log {
         let subject = format!("{name}.events");
         let bucket = format!("{name}_SNAPSHOTS");
         if create {
+            // Say so before changing an existing stream's replicas (JetStream
+            // moves or copies its data), or if it cannot be (a lone server).
+            if let Ok(stream) = js.get_stream(&name).await {
+                let found = stream.cached_info().config.num_replicas;
+                replicas_differ(&name, found, settings.replicas, true);
+            }
             js.create_or_update_stream(stream_config(settings, &subject))
                 .await
-                .map_err(LogError::of(Op::CreateStream(name.clone())))?;
+                .map_err(LogError::of(Op::CreateStream(
+                    name.clone(),
+                    settings.replicas,
+                )))?;
         } else {
-            js.get_stream(&name)
+            let stream = js
+                .get_stream(&name)
                 .await
                 .map_err(LogError::of(Op::GetStream(name.clone())))?;
+            let found = stream.cached_info().config.num_replicas;
+            replicas_differ(&name, found, settings.replicas, false);
         }
         let snapshots = match js.get_object_store(&bucket).await {
-            Ok(store) => store,
+            Ok(store) => {
+                bucket_replicas(&js, &bucket, settings.replicas, create).await?;
+                store
+            }
             Err(_) if create => js
                 .create_object_store(object_store::Config {
                     bucket: bucket.clone(),
                     description: Some("followermaze follower-graph snapshots".into()),
+                    num_replicas: settings.replicas,
                     ..Default::default()
                 })
                 .await
@@ -233,7 +252,62 @@ impl Log {
     }
 }
 
-/// Connects to `natsUrl`; the [`Notify`] is notified at each (re)connect.
+/// Logs, as a warning, that stream `name` has `found` replicas where
+/// `streamReplicas` says `wanted`; `updating` when this process (the
+/// sequencer) is about to change it. Returns whether they differ.
+fn replicas_differ(name: &str, found: usize, wanted: usize, updating: bool) -> bool {
+    // JetStream reports 0 for a stream created without saying: one copy.
+    let found = found.max(1);
+    if found == wanted {
+        return false;
+    }
+    if updating {
+        tracing::warn!(
+            stream = name,
+            replicas = found,
+            stream_replicas = wanted,
+            "the stream exists with num_replicas={found} but streamReplicas={wanted}: changing \
+             it to {wanted} (more than 1 needs a NATS cluster of at least as many servers)"
+        );
+    } else {
+        tracing::warn!(
+            stream = name,
+            replicas = found,
+            stream_replicas = wanted,
+            "the stream has num_replicas={found} but this gateway's streamReplicas={wanted}: \
+             the sequencer sets the replicas; give every role the same streamReplicas"
+        );
+    }
+    true
+}
+
+/// The snapshot bucket `bucket` exists: if its replicas differ from
+/// `wanted`, says so, and the sequencer (`update`) changes them.
+async fn bucket_replicas(
+    js: &jetstream::Context,
+    bucket: &str,
+    wanted: usize,
+    update: bool,
+) -> Result<(), LogError> {
+    // An object store is the stream `OBJ_<bucket>`.
+    let name = format!("OBJ_{bucket}");
+    let Ok(stream) = js.get_stream(&name).await else {
+        return Ok(());
+    };
+    let info = stream.cached_info();
+    if replicas_differ(&name, info.config.num_replicas, wanted, update) && update {
+        let mut config = info.config.clone();
+        config.num_replicas = wanted;
+        js.update_stream(config)
+            .await
+            .map_err(LogError::of(Op::CreateStream(name, wanted)))?;
+    }
+    Ok(())
+}
+
+/// Connects to `natsUrl`'s servers (the client picks one, and fails over
+/// to the others, and to those the cluster announces); the [`Notify`] is
+/// notified at each (re)connect.
 async fn connect(settings: &StreamSettings) -> Result<(jetstream::Context, Arc<Notify>), LogError> {
     let reconnected = Arc::new(Notify::new());
     let notify = reconnected.clone();
@@ -249,9 +323,9 @@ async fn connect(settings: &StreamSettings) -> Result<(jetstream::Context, Arc<N
         .name(settings.client_name.clone())
         // Reconnect for ever: an outage is waited out, never fatal.
         .max_reconnects(None)
-        .connect(&settings.nats_url)
+        .connect(settings.nats_urls.as_slice())
         .await
-        .map_err(LogError::of(Op::Connect(settings.nats_url.clone())))?;
+        .map_err(LogError::of(Op::Connect(settings.nats_urls.join(","))))?;
     let js = jetstream::ContextBuilder::new()
         .timeout(REQUEST_TIMEOUT)
         .build(client);
@@ -265,6 +339,7 @@ fn stream_config(settings: &StreamSettings, subject: &str) -> stream::Config {
         name: settings.name.clone(),
         subjects: vec![subject.to_owned()],
         storage: stream::StorageType::File,
+        num_replicas: settings.replicas,
         discard: stream::DiscardPolicy::Old,
         max_age: age,
         max_bytes: match settings.max_bytes {
