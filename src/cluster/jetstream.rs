@@ -321,6 +321,11 @@ async fn connect(settings: &StreamSettings) -> Result<(jetstream::Context, Arc<N
             }
         })
         .name(settings.client_name.clone())
+        // JetStream API requests (stream info, message gets, creating a
+        // consumer) take the client's request timeout, not the context's:
+        // the default 10 s would stall a failover that long, each time a
+        // request goes to a stream whose leader just died.
+        .request_timeout(Some(REQUEST_TIMEOUT))
         // Reconnect for ever: an outage is waited out, never fatal.
         .max_reconnects(None)
         .connect(settings.nats_urls.as_slice())
@@ -472,18 +477,33 @@ impl Log {
     ) -> Result<jetstream::consumer::pull::Stream, LogError> {
         use jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
         let stream = self.stream().await?;
-        let consumer = stream
-            .create_consumer(pull::Config {
-                filter_subject: self.subject.clone(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: start.max(1),
-                },
-                ack_policy: AckPolicy::None,
-                inactive_threshold: READ_IDLE,
-                ..Default::default()
-            })
-            .await
-            .map_err(LogError::of(Op::CreateConsumer))?;
+        let config = pull::Config {
+            filter_subject: self.subject.clone(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start.max(1),
+            },
+            ack_policy: AckPolicy::None,
+            inactive_threshold: READ_IDLE,
+            ..Default::default()
+        };
+        // A replicated stream places the consumer on one of its servers,
+        // for a while (tens of seconds) the one that just died too: NATS
+        // does not know yet, and that creation goes unanswered. Another
+        // attempt may land elsewhere, so each is short.
+        let mut attempt = 1;
+        let consumer = loop {
+            let create = stream.create_consumer(config.clone());
+            let error = match tokio::time::timeout(CREATE_PATIENCE, create).await {
+                Ok(Ok(consumer)) => break consumer,
+                Ok(Err(error)) => async_nats::Error::from(error),
+                Err(elapsed) => async_nats::Error::from(elapsed),
+            };
+            if attempt == CREATE_ATTEMPTS {
+                return Err(LogError::of(Op::CreateConsumer)(error));
+            }
+            tracing::info!(%error, attempt, start, "creating a stream reader failed; trying again");
+            attempt += 1;
+        };
         consumer
             .stream()
             .max_messages_per_batch(READ_BATCH_MESSAGES)
@@ -493,6 +513,16 @@ impl Log {
             .map_err(LogError::of(Op::Consume))
     }
 }
+
+/// Attempts at creating a [`Log::read_from`] consumer, each bounded by
+/// [`CREATE_PATIENCE`]: together within a resume's 10 s. (An abandoned
+/// creation that succeeds late leaves a consumer the server drops after
+/// [`READ_IDLE`].)
+const CREATE_ATTEMPTS: u32 = 8;
+
+/// How long one attempt at creating a [`Log::read_from`] consumer may
+/// take (it takes milliseconds when its server is alive).
+const CREATE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// How long the server keeps an idle [`Log::read_from`] consumer.
 const READ_IDLE: Duration = Duration::from_secs(30);

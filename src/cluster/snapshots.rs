@@ -5,7 +5,7 @@
 use async_nats::jetstream::object_store::{GetError, PutError};
 use tokio::io::AsyncReadExt;
 
-use crate::cluster::jetstream::{Log, SNAPSHOT_OBJECT};
+use crate::cluster::jetstream::{Log, REQUEST_TIMEOUT, SNAPSHOT_OBJECT};
 use crate::graph::snapshot::{decode, DecodeError, Snapshot, HEADER_BYTES};
 
 /// Why a snapshot could not be saved or loaded.
@@ -17,6 +17,9 @@ pub(crate) enum SnapshotError {
     /// Opening it failed.
     #[error("get snapshot: {0}")]
     Get(#[source] GetError),
+    /// Opening it got no answer in time.
+    #[error("get snapshot: no answer within {0:?}")]
+    TimedOut(std::time::Duration),
     /// Reading it failed.
     #[error("read snapshot: {0}")]
     Read(#[source] std::io::Error),
@@ -45,10 +48,15 @@ pub(crate) async fn save(log: &Log, bytes: Vec<u8>) -> Result<(), SnapshotError>
 /// make us buffer without bound.
 pub(crate) async fn load(log: &Log, max_edges: usize) -> Result<Option<Snapshot>, SnapshotError> {
     use async_nats::jetstream::object_store::GetErrorKind;
-    let object = match log.snapshots.get(SNAPSHOT_OBJECT).await {
-        Ok(object) => object,
-        Err(error) if error.kind() == GetErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(SnapshotError::Get(error)),
+    // Bounded: a direct get can go unanswered (the bucket of a NATS
+    // cluster just created, its replicas not serving yet) for the client's
+    // whole 10 s request timeout.
+    let get = tokio::time::timeout(REQUEST_TIMEOUT, log.snapshots.get(SNAPSHOT_OBJECT));
+    let object = match get.await {
+        Ok(Ok(object)) => object,
+        Ok(Err(error)) if error.kind() == GetErrorKind::NotFound => return Ok(None),
+        Ok(Err(error)) => return Err(SnapshotError::Get(error)),
+        Err(_) => return Err(SnapshotError::TimedOut(REQUEST_TIMEOUT)),
     };
     let limit = (HEADER_BYTES + max_edges.saturating_mul(16)) as u64;
     let mut bytes = Vec::new();
