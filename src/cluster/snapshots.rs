@@ -17,12 +17,15 @@ pub(crate) enum SnapshotError {
     /// Opening it failed.
     #[error("get snapshot: {0}")]
     Get(#[source] GetError),
-    /// Opening it got no answer in time.
+    /// Opening or reading it got no answer in time.
     #[error("get snapshot: no answer within {0:?}")]
     TimedOut(std::time::Duration),
     /// Reading it failed.
     #[error("read snapshot: {0}")]
     Read(#[source] std::io::Error),
+    /// The reading task failed (async-nats panicked).
+    #[error("read snapshot: {0}")]
+    Reader(#[source] tokio::task::JoinError),
     /// It is larger than a graph of `maxFollowEdges` edges.
     #[error("snapshot larger than {0} bytes")]
     TooLarge(u64),
@@ -33,6 +36,10 @@ pub(crate) enum SnapshotError {
     #[error("decode snapshot: {0}")]
     Decoder(#[source] tokio::task::JoinError),
 }
+
+/// Longest a snapshot's read may take (64 MiB, a graph of 4 M edges, takes
+/// about a second).
+const READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Writes `bytes` as the latest snapshot.
 pub(crate) async fn save(log: &Log, bytes: Vec<u8>) -> Result<(), SnapshotError> {
@@ -59,12 +66,28 @@ pub(crate) async fn load(log: &Log, max_edges: usize) -> Result<Option<Snapshot>
         Err(_) => return Err(SnapshotError::TimedOut(REQUEST_TIMEOUT)),
     };
     let limit = (HEADER_BYTES + max_edges.saturating_mul(16)) as u64;
-    let mut bytes = Vec::new();
-    object
-        .take(limit + 1)
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(SnapshotError::Read)?;
+    // On a task of its own, bounded: async-nats reads the chunks through
+    // a consumer it creates with `unwrap()`, so a creation that fails (a
+    // bucket just created, or its consumer placed on a NATS server that
+    // just died) panics, and one that goes unanswered would wait for ever.
+    let read = tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        object
+            .take(limit + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map(|_| bytes)
+    });
+    let abort = read.abort_handle();
+    let bytes = match tokio::time::timeout(READ_PATIENCE, read).await {
+        Ok(Ok(Ok(bytes))) => bytes,
+        Ok(Ok(Err(error))) => return Err(SnapshotError::Read(error)),
+        Ok(Err(error)) => return Err(SnapshotError::Reader(error)),
+        Err(_) => {
+            abort.abort();
+            return Err(SnapshotError::TimedOut(READ_PATIENCE));
+        }
+    };
     if bytes.len() as u64 > limit {
         return Err(SnapshotError::TooLarge(limit));
     }
