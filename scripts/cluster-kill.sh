@@ -14,8 +14,10 @@
 #
 # Settings (environment): killAfterMs=1000 totalEvents=10000000
 # killswitchMs=200 basePort=29090 (sequencer events; gateway i serves
-# clients on basePort+9+i, metrics on basePort+102+i); any other verifier
-# variable (offlineMs, randomSeed, ...) is passed to the verifier.
+# clients on basePort+9+i, metrics on basePort+102+i); natsNodes=1 (or 3: a
+# three-node NATS cluster on 127.0.0.1, its three URLs given to every role
+# with streamReplicas=3); any other verifier variable (offlineMs,
+# randomSeed, ...) is passed to the verifier.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,7 +31,7 @@ cargo build --release --quiet --manifest-path "$here/Cargo.toml" \
 name=cluster-kill.sh
 # shellcheck source=scripts/nats-local.sh
 source "$here/scripts/nats-local.sh"
-node=(env natsUrl="$nats_url" bindAddress=127.0.0.1 summaryIntervalSecs=0
+node=(env natsUrl="$nats_url" streamReplicas="$stream_replicas" bindAddress=127.0.0.1 summaryIntervalSecs=0
       logLevel=warn "$target/followermaze")
 env role=sequencer eventListenerPort="$base" metricsPort=$((base + 101)) "${node[@]}" \
     2>"$work/sequencer.log" &

@@ -11,7 +11,12 @@
 #
 # Settings (environment): gateways=3 eventListenerPort=9090
 # clientListenerPort=9099 (gateway i gets +i) metricsPort=9191 (sequencer;
-# gateway i gets +1+i); any other followermaze variable is passed through.
+# gateway i gets +1+i); natsNodes=1 (or 3: a three-node NATS cluster
+# routed on 127.0.0.1, the roles given its three URLs and
+# streamReplicas=3); any other followermaze variable is passed through.
+#
+#   natsNodes=3 scripts/cluster.sh      # a replicated stream; kill a
+#                                       # nats-server and the cluster carries on
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,7 +30,7 @@ cargo build --release --quiet --manifest-path "$here/Cargo.toml" --bin followerm
 name=cluster.sh
 # shellcheck source=scripts/nats-local.sh
 source "$here/scripts/nats-local.sh"
-export natsUrl="$nats_url" bindAddress=127.0.0.1
+export natsUrl="$nats_url" streamReplicas="$stream_replicas" bindAddress=127.0.0.1
 
 role=sequencer eventListenerPort="$events_port" metricsPort="$metrics_port" "$bin" &
 pids+=($!)
@@ -34,7 +39,8 @@ for ((i = 0; i < gateways; i++)); do
     pids+=($!)
 done
 
-echo "cluster.sh: nats on $natsUrl (store $work/store); sequencer events :$events_port;" \
+echo "cluster.sh: nats on $natsUrl ($nats_nodes node(s), stores under $work," \
+     "streamReplicas=$streamReplicas); sequencer events :$events_port;" \
      "gateways clients :$clients_port..:$((clients_port + gateways - 1));" \
      "readiness: curl 127.0.0.1:$((metrics_port + 1))/readyz. Ctrl-C stops all." >&2
 # Any process ending ends the cluster (a second sequencer, a busy port...).

@@ -3,12 +3,28 @@
 # JetStream on a free loopback port storing in it ($nats_url), and on exit
 # (or Ctrl-C) stops every process whose pid is in $pids and removes $work.
 #
+# With natsNodes=3 it starts three nats-servers instead, a NATS cluster
+# routed on 127.0.0.1 (free client, route and monitoring ports, a store
+# each under $work), waits until JetStream has a meta leader, and sets
+# $nats_url to the three URLs, comma-separated, and $stream_replicas to 3
+# (1 otherwise). Node i's log is $work/nats$i.log, its monitoring port
+# ${nats_monitor[i]}.
+#
 #   name=cluster.sh; source "$here/scripts/nats-local.sh"
 
 command -v nats-server >/dev/null 2>&1 || {
     echo "${name:-$0}: nats-server is not installed (apt-get install -y nats-server)" >&2
     exit 2
 }
+
+nats_nodes="${natsNodes:-1}"
+case "$nats_nodes" in
+1 | 3) ;;
+*)
+    echo "${name:-$0}: natsNodes=$nats_nodes: expected 1 or 3" >&2
+    exit 2
+    ;;
+esac
 
 work="$(mktemp -d -t followermaze-cluster.XXXXXX)"
 pids=()
@@ -20,7 +36,52 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-nats_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$work/store" >"$work/nats.log" 2>&1 &
-pids+=($!)
-nats_url="nats://127.0.0.1:$nats_port"
+# free_ports n: n distinct loopback ports nobody listens on now.
+free_ports() {
+    python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
+}
+
+if [ "$nats_nodes" = 1 ]; then
+    nats_port="$(free_ports 1)"
+    nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$work/store" >"$work/nats.log" 2>&1 &
+    pids+=($!)
+    nats_url="nats://127.0.0.1:$nats_port"
+    stream_replicas=1
+else
+    read -r -a ports <<<"$(free_ports 9)"
+    nats_client=("${ports[@]:0:3}") nats_route=("${ports[@]:3:3}") nats_monitor=("${ports[@]:6:3}")
+    routes="nats://127.0.0.1:${nats_route[0]},nats://127.0.0.1:${nats_route[1]},nats://127.0.0.1:${nats_route[2]}"
+    cluster_name="followermaze-$$"
+    urls=()
+    for i in 0 1 2; do
+        nats-server -js -n "n$i" -a 127.0.0.1 -p "${nats_client[i]}" -m "${nats_monitor[i]}" \
+            -sd "$work/store$i" --cluster_name "$cluster_name" \
+            --cluster "nats://127.0.0.1:${nats_route[i]}" --routes "$routes" \
+            >"$work/nats$i.log" 2>&1 &
+        pids+=($!)
+        urls+=("nats://127.0.0.1:${nats_client[i]}")
+    done
+    nats_url="$(IFS=,; echo "${urls[*]}")"
+    stream_replicas=3
+    # Every node must know the meta leader: until then JetStream answers
+    # nothing (a stream of 3 replicas needs all three).
+    for _ in $(seq 300); do
+        led=0
+        for i in 0 1 2; do
+            curl -s "127.0.0.1:${nats_monitor[i]}/jsz" |
+                python3 -c 'import json, sys; sys.exit(0 if json.load(sys.stdin).get("meta_cluster", {}).get("leader") else 1)' \
+                    2>/dev/null && led=$((led + 1))
+        done
+        [ "$led" = 3 ] && break
+        sleep 0.1
+    done
+    if [ "$led" != 3 ]; then
+        echo "${name:-$0}: the 3-node NATS cluster has no JetStream meta leader within 30 s; logs:" >&2
+        tail -n 20 "$work"/nats*.log >&2
+        exit 1
+    fi
+fi

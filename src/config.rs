@@ -144,12 +144,17 @@ pub const SETTINGS: &[Setting] = &[
     Setting::new(
         "natsUrl",
         "nats://127.0.0.1:4222",
-        "NATS server the `sequencer` and `gateway` roles use",
+        "NATS server(s) the `sequencer` and `gateway` roles use: comma-separated `nats://host[:port]` or `host:port` entries, all of one NATS cluster (the client fails over between them)",
     ),
     Setting::new(
         "natsStream",
         "FOLLOWERMAZE",
         "JetStream stream holding the ordered events; its snapshots go to the object store bucket `<natsStream>_SNAPSHOTS`",
+    ),
+    Setting::new(
+        "streamReplicas",
+        "1",
+        "copies of the stream and of the snapshot bucket, each on its own NATS server (JetStream `num_replicas`, 1 to 5); more than 1 needs a NATS cluster",
     ),
     Setting::new(
         "streamMaxAgeSecs",
@@ -294,10 +299,13 @@ pub struct Config {
     /// What this process does: everything, or one side of a cluster.
     #[serde(deserialize_with = "settings::parsed")]
     pub role: Role,
-    /// Where the cluster roles reach NATS.
+    /// Where the cluster roles reach NATS: one URL, or several of one NATS
+    /// cluster, comma-separated (see [`Config::nats_urls`]).
     pub nats_url: String,
     /// The JetStream stream's name (and prefix of its subject and bucket).
     pub nats_stream: String,
+    /// Replicas of the stream and of the snapshot bucket (1 to 5).
+    pub stream_replicas: usize,
     /// Retention by age of the stream, in seconds (0 = none): bounds the
     /// disk NATS uses; a gateway further behind reloads a snapshot.
     pub stream_max_age_secs: u64,
@@ -475,6 +483,29 @@ impl Config {
                 "expected letters, digits, `_` or `-`",
             ));
         }
+        if !(1..=5).contains(&self.stream_replicas) {
+            return Err(ConfigError::new(
+                "streamReplicas",
+                self.stream_replicas,
+                "must be 1 to 5 (JetStream's limit)",
+            ));
+        }
+        if self.nats_url.split(',').all(|url| url.trim().is_empty()) {
+            return Err(ConfigError::new(
+                "natsUrl",
+                &self.nats_url,
+                "expected at least one `nats://host[:port]` or `host:port`",
+            ));
+        }
+        for url in self.nats_url.split(',').map(str::trim) {
+            if let Err(why) = check_nats_url(url) {
+                return Err(ConfigError::new(
+                    "natsUrl",
+                    &self.nats_url,
+                    format!("`{url}` {why}: expected `nats://host[:port]` or `host:port`, comma-separated"),
+                ));
+            }
+        }
         for origin in self.allowed_origins() {
             let host = origin
                 .strip_prefix("http://")
@@ -570,15 +601,78 @@ impl Config {
         self.event_bind_address.0.unwrap_or(self.bind_address)
     }
 
+    /// `natsUrl`'s servers, in order, each trimmed (validated: each
+    /// `nats://host[:port]` or `host:port`).
+    pub fn nats_urls(&self) -> Vec<String> {
+        self.nats_url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Where the cluster's stream is, and its limits.
     pub(crate) fn stream(&self) -> StreamSettings {
         StreamSettings {
-            nats_url: self.nats_url.clone(),
+            nats_urls: self.nats_urls(),
+            replicas: self.stream_replicas,
             name: self.nats_stream.clone(),
             max_age: Duration::from_secs(self.stream_max_age_secs),
             max_bytes: self.stream_max_bytes,
             client_name: format!("followermaze-{:?}", self.role).to_lowercase(),
         }
+    }
+}
+
+/// Whether `url` is one `natsUrl` entry: `nats://host[:port]` (a
+/// `user[:password]@` allowed before the host) or `host:port`; `Err` says
+/// what is wrong. A host is a name, an IPv4 address or a bracketed IPv6
+/// one; a port is 1 to 65535.
+fn check_nats_url(url: &str) -> Result<(), &'static str> {
+    if url.is_empty() {
+        return Err("is empty");
+    }
+    let (authority, port_required) = match url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("nats") => {
+            let rest = rest.strip_suffix('/').unwrap_or(rest);
+            (rest.rsplit_once('@').map_or(rest, |(_, host)| host), false)
+        }
+        Some(_) => return Err("has a scheme other than `nats://`"),
+        None => (url, true),
+    };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (address, rest) = v6.split_once(']').ok_or("has an unclosed `[`")?;
+        if address.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err("has a bad IPv6 address");
+        }
+        match rest {
+            "" => ("v6", None),
+            rest => (
+                "v6",
+                Some(rest.strip_prefix(':').ok_or("has junk after `]`")?),
+            ),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host.bytes().all(|byte| {
+            byte.is_ascii_alphanumeric() || byte == b'.' || byte == b'-' || byte == b'_'
+        });
+    if !host_ok {
+        return Err("has no valid host");
+    }
+    match port {
+        None if port_required => Err("has no port"),
+        None => Ok(()),
+        Some(port) => match port.parse::<u16>() {
+            Ok(1..) if !port.starts_with('+') => Ok(()),
+            _ => Err("has a bad port"),
+        },
     }
 }
 
@@ -704,6 +798,52 @@ mod tests {
             error.to_string().starts_with("eventBindAddress=nowhere: "),
             "{error}"
         );
+    }
+
+    #[test]
+    fn nats_url_takes_a_list_and_names_itself_when_wrong() {
+        assert_eq!(Config::default().nats_urls(), ["nats://127.0.0.1:4222"]);
+        let list = "nats://127.0.0.1:4222, 127.0.0.1:4223,nats://a.example:4224,nats://user:pw@b-1.example,[::1]:4225";
+        let config =
+            Config::from_vars(vars(&[("natsUrl", list), ("streamReplicas", "3")])).unwrap();
+        assert_eq!(
+            config.nats_urls(),
+            [
+                "nats://127.0.0.1:4222",
+                "127.0.0.1:4223",
+                "nats://a.example:4224",
+                "nats://user:pw@b-1.example",
+                "[::1]:4225"
+            ]
+        );
+        assert_eq!(config.stream().replicas, 3);
+        assert_eq!(Config::default().stream_replicas, 1);
+        for bad in [
+            "",
+            " , ",
+            "nats://127.0.0.1:4222,,127.0.0.1:4223",
+            "127.0.0.1",
+            "http://127.0.0.1:4222",
+            "nats://127.0.0.1:0",
+            "nats://127.0.0.1:70000",
+            "nats://:4222",
+            "127.0.0.1:4222/x",
+            "nats://127.0.0.1:4222 127.0.0.1:4223",
+            "[::1:4222",
+        ] {
+            let error = Config::from_vars(vars(&[("natsUrl", bad)])).unwrap_err();
+            assert!(
+                error.to_string().starts_with(&format!("natsUrl={bad}: ")),
+                "{bad:?}: {error}"
+            );
+        }
+        for replicas in ["0", "6"] {
+            let error = Config::from_vars(vars(&[("streamReplicas", replicas)])).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("streamReplicas={replicas}: must be 1 to 5 (JetStream's limit)")
+            );
+        }
     }
 
     #[test]

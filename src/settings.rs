@@ -112,8 +112,9 @@ pub(crate) struct SourceSettings {
 /// Where the cluster's stream lives and how long it keeps events.
 #[derive(Debug, Clone)]
 pub(crate) struct StreamSettings {
-    /// The NATS server (`natsUrl`).
-    pub(crate) nats_url: String,
+    /// The NATS servers (`natsUrl`, comma-separated): the client connects
+    /// to one and fails over to the others.
+    pub(crate) nats_urls: Vec<String>,
     /// The JetStream stream's name (`natsStream`); the snapshot bucket is
     /// `<name>_SNAPSHOTS`.
     pub(crate) name: String,
@@ -123,6 +124,9 @@ pub(crate) struct StreamSettings {
     /// The stream keeps at most this many bytes; 0 for no limit
     /// (`streamMaxBytes`).
     pub(crate) max_bytes: u64,
+    /// Copies of the stream and of the snapshot bucket, each on its own
+    /// NATS server (`streamReplicas`).
+    pub(crate) replicas: usize,
     /// Names this process's NATS connections (`followermaze-<role>`).
     pub(crate) client_name: String,
 }

@@ -2,10 +2,12 @@
 //! sequencer and gateways give each client, byte for byte, what a
 //! standalone server gives it, across a sequencer restart, a NATS restart,
 //! a gateway started late and a gateway killed (a child process of the
-//! server binary, SIGKILLed mid-stream, then restarted).
+//! server binary, SIGKILLed mid-stream, then restarted); and on a
+//! three-node NATS cluster, the stream on three replicas, across the death
+//! (SIGKILL) of the nats-server leading the stream.
 //!
 //! Each test starts its own nats-server (a free port, a fresh store
-//! directory) and kills it on drop. Without the `nats-server` binary the
+//! directory), or three routed on 127.0.0.1, and kills them on drop. Without the `nats-server` binary the
 //! tests say so and pass: CI installs it (`.ci/run`).
 
 mod common;
@@ -23,6 +25,31 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// Whether nats-server is on PATH (saying so if not; a failure on CI);
+/// sets up the tests' log output too.
+fn nats_installed() -> bool {
+    // `RUST_LOG=followermaze=debug` shows the roles' logs.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let installed = Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !installed {
+        // CI installs it (.ci/run): there, a missing server is a
+        // failure, not a skip, or these tests would pass by not running.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nats-server is not on PATH, and CI must run the cluster tests"
+        );
+        eprintln!("SKIPPED: nats-server is not installed (apt-get install nats-server)");
+    }
+    installed
+}
+
 /// A nats-server with JetStream, killed (and its store removed) on drop.
 struct Nats {
     child: Option<Child>,
@@ -34,24 +61,7 @@ impl Nats {
     /// Starts one, or `None` (after saying so) if nats-server is not
     /// installed.
     async fn start(name: &str) -> Option<Nats> {
-        // `RUST_LOG=followermaze=debug` shows the roles' logs.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let installed = Command::new("nats-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !installed {
-            // CI installs it (.ci/run): there, a missing server is a
-            // failure, not a skip, or these tests would pass by not running.
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "nats-server is not on PATH, and CI must run the cluster tests"
-            );
-            eprintln!("SKIPPED: nats-server is not installed (apt-get install nats-server)");
+        if !nats_installed() {
             return None;
         }
         let port = free_port();
@@ -1161,6 +1171,308 @@ async fn a_killed_gateways_clients_resume_on_another_and_it_rejoins_from_a_snaps
     assert!(rejoined.terminate().await.success(), "a clean exit");
     expect_end(&mut fresh).await;
     survivor.stop().await;
+    expect_end(&mut resumed).await;
+    sequencer.kill();
+}
+
+/// One node of a [`NatsCluster`]: a nats-server process.
+struct NatsNode {
+    /// Its server name (`-n`), as stream info names a leader.
+    name: String,
+    child: Option<Child>,
+    /// Clients connect here.
+    port: u16,
+    /// Its `/jsz` and `/varz`.
+    monitor: u16,
+}
+
+/// Three nats-servers with JetStream, one NATS cluster routed on
+/// 127.0.0.1 (ports the test picks, a store each under one directory):
+/// killed, and the stores removed, on drop.
+struct NatsCluster {
+    nodes: Vec<NatsNode>,
+    dir: PathBuf,
+}
+
+impl NatsCluster {
+    /// Starts the three and waits until each knows JetStream's meta leader
+    /// (until then JetStream answers nothing); `None` (after saying so) if
+    /// nats-server is not installed.
+    async fn start(name: &str) -> Option<NatsCluster> {
+        if !nats_installed() {
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("fm-cluster-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // Nine distinct ports: all bound at once, then let go.
+        let ports: Vec<u16> = {
+            let held: Vec<std::net::TcpListener> = (0..9)
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0"))
+                .collect();
+            held.iter()
+                .map(|listener| listener.local_addr().expect("bound").port())
+                .collect()
+        };
+        let (clients, rest) = ports.split_at(3);
+        let (routes, monitors) = rest.split_at(3);
+        let route_urls: Vec<String> = routes
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect();
+        let mut cluster = NatsCluster {
+            nodes: Vec::new(),
+            dir,
+        };
+        for index in 0..3 {
+            let name = format!("n{index}");
+            let child = Command::new("nats-server")
+                .args(["-js", "-n", &name, "-a", "127.0.0.1"])
+                .args(["-p", &clients[index].to_string()])
+                .args(["-m", &monitors[index].to_string()])
+                .arg("-sd")
+                .arg(cluster.dir.join(&name))
+                .args(["--cluster_name", &format!("fm-{}", std::process::id())])
+                .args(["--cluster", &route_urls[index]])
+                .args(["--routes", &route_urls.join(",")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server starts");
+            cluster.nodes.push(NatsNode {
+                name,
+                child: Some(child),
+                port: clients[index],
+                monitor: monitors[index],
+            });
+        }
+        within("every node to know the JetStream meta leader", async {
+            for node in &cluster.nodes {
+                let monitor = SocketAddr::from(([127, 0, 0, 1], node.monitor));
+                loop {
+                    if let Ok((200, body)) = http_get(monitor, "/jsz").await {
+                        let jsz: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+                        if jsz["meta_cluster"]["leader"]
+                            .as_str()
+                            .is_some_and(|l| !l.is_empty())
+                        {
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        })
+        .await;
+        Some(cluster)
+    }
+
+    /// The three client URLs.
+    fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|node| format!("nats://127.0.0.1:{}", node.port))
+            .collect()
+    }
+
+    /// A config pointing the cluster roles at all three, the stream and
+    /// the snapshot bucket on three replicas.
+    fn config(&self) -> Config {
+        Config {
+            // As `natsUrl` lists them.
+            nats_url: self.urls().join(","),
+            stream_replicas: 3,
+            metrics_port: 0,
+            summary_interval_secs: 0,
+            snapshot_interval_secs: 1,
+            ..Config::default()
+        }
+    }
+
+    /// The stream `name`'s leader (a node's name) and its replicas,
+    /// asking `$JS.API.STREAM.INFO` until the stream exists and has a
+    /// leader other than `not` (the one killed).
+    async fn stream_leader(
+        js: &async_nats::jetstream::Context,
+        name: &str,
+        not: Option<&str>,
+    ) -> (String, usize) {
+        loop {
+            if let Ok(stream) = js.get_stream(name).await {
+                let info = stream.cached_info();
+                let leader = info.cluster.as_ref().and_then(|c| c.leader.clone());
+                if let Some(leader) = leader.filter(|l| !l.is_empty() && Some(l.as_str()) != not) {
+                    return (leader, info.config.num_replicas);
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILLs node `name`, and reaps it: gone when this returns.
+    fn kill(&mut self, name: &str) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|node| node.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"));
+        let mut child = node.child.take().expect("running");
+        child.kill().expect("SIGKILL sent");
+        child.wait().expect("the killed nats-server reaped");
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Longer than [`common::PATIENCE`]: a replicated stream's new leader is
+/// elected seconds after the old one dies (NATS's election timeout), then
+/// the publisher and the consumers find it.
+const FAILOVER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits until `condition`, failing the test after [`FAILOVER_PATIENCE`].
+async fn wait_failover(what: &str, mut condition: impl FnMut() -> bool) {
+    let wait = async {
+        while !condition() {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    };
+    if tokio::time::timeout(FAILOVER_PATIENCE, wait).await.is_err() {
+        panic!("timed out ({FAILOVER_PATIENCE:?}) waiting for {what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_leaders_nats_server_dies_and_every_client_still_gets_each_event_once() {
+    let Some(mut nats) = NatsCluster::start("raft").await else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let total = 3_500;
+    let lines = events(total);
+    let expected = standalone(&lines.concat(), total).await;
+    let config = Config {
+        checkpoint_interval_ms: 0,
+        ..nats.config()
+    };
+    let sequencer = SequencerNode::start(config.clone());
+    // Classic clients on one gateway; resumable ones on another, resumed
+    // on a third after the kill.
+    let gateway = GatewayNode::start(config.clone()).await;
+    let origin = GatewayNode::start(config.clone()).await;
+    let other = GatewayNode::start(config).await;
+    let mut classic = gateway.clients(&USERS).await;
+    let (mut sessions, stream_id) = open_sessions(origin.clients).await;
+
+    // The stream is on three replicas, and has a leader.
+    let client = within("a NATS client", async_nats::connect(nats.urls()))
+        .await
+        .expect("the test connects to NATS");
+    let js = async_nats::jetstream::new(client);
+    let (leader, replicas) = within(
+        "the stream's leader",
+        NatsCluster::stream_leader(&js, "FOLLOWERMAZE", None),
+    )
+    .await;
+    assert_eq!(replicas, 3);
+
+    // The first part; the resumable clients note their last line, and go.
+    let mut source = sequencer.source().await;
+    common::send(&mut source, &lines[..1_500].concat()).await;
+    let received: Vec<String> = expected.iter().map(|o| between(o, 0, 1_500)).collect();
+    expect_all(&mut sessions, &received, "resumable, before the kill").await;
+    let afters: Vec<u64> = received
+        .iter()
+        .map(|lines| lines.split_inclusive('\n').next_back().map_or(0, seq_of))
+        .collect();
+    drop(sessions);
+
+    // Events keep flowing, 50 at a time, each lot sent once the gateway
+    // applied the one before last: one lot is always on its way.
+    let flow = {
+        let stats = gateway.stats.clone();
+        let lines = lines[1_500..3_000].to_vec();
+        tokio::spawn(async move {
+            let mut applied = 1_500;
+            for chunk in lines.chunks(50) {
+                common::send(&mut source, &chunk.concat()).await;
+                wait_failover("the gateway applied the lot before", || {
+                    get(&stats.events_delivered) >= applied
+                })
+                .await;
+                applied = chunk.last().map_or(0, |line| seq_of(line));
+            }
+            source
+        })
+    };
+    // The kill strikes once 2,000 events are in the stream (the gateway
+    // applied them: it sees only what a majority stored).
+    gateway.delivered(2_000).await;
+    nats.kill(&leader);
+    let killed_at = std::time::Instant::now();
+    let written_at_kill = get(&sequencer.stats.snapshots_written);
+    let mut source = tokio::time::timeout(FAILOVER_PATIENCE, flow)
+        .await
+        .expect("the flow ends")
+        .expect("the flow task");
+    wait_failover("the gateway applied everything sent", || {
+        get(&gateway.stats.events_delivered) >= 3_000
+    })
+    .await;
+    let failover = killed_at.elapsed();
+    let (new_leader, replicas) = tokio::time::timeout(
+        FAILOVER_PATIENCE,
+        NatsCluster::stream_leader(&js, "FOLLOWERMAZE", Some(&leader)),
+    )
+    .await
+    .expect("a new stream leader");
+    assert_ne!(new_leader, leader);
+    assert_eq!(replicas, 3);
+    // The snapshot bucket, replicated too, takes snapshots again.
+    wait_failover("a snapshot after the kill", || {
+        get(&sequencer.stats.snapshots_written) > written_at_kill
+    })
+    .await;
+    wait_failover("the other gateway applied everything sent", || {
+        get(&other.stats.events_delivered) >= 3_000
+    })
+    .await;
+
+    // The resumable clients resume on the other gateway, which never
+    // served them: their missed lines, before and after the kill, come
+    // from the stream's surviving replicas.
+    let mut resumed = resume_sessions(other.clients, &stream_id, &afters).await;
+    common::send(&mut source, &lines[3_000..].concat()).await;
+    let owed = owed_after(&expected, &afters, total);
+    expect_all(&mut resumed, &owed, "resumed after the kill").await;
+    assert_eq!(get(&other.stats.stream_resumes), USERS.len() as u64);
+
+    // The classic clients, connected throughout: every event once, in
+    // order, byte for byte what a standalone server sends.
+    expect_all(&mut classic, &expected, "through the kill").await;
+    gateway.delivered(total).await;
+    other.delivered(total).await;
+    assert_eq!(get(&gateway.stats.skipped_sequences), 0);
+    assert_eq!(get(&sequencer.stats.skipped_sequences), 0);
+    eprintln!(
+        "stream leader {leader} killed after 2,000 events; new leader {new_leader}; \
+         the gateway applied the rest {failover:?} after the kill; publish failures {}; \
+         whole test {:?}",
+        get(&sequencer.stats.publish_failures),
+        started.elapsed()
+    );
+    gateway.stop().await;
+    origin.stop().await;
+    other.stop().await;
+    expect_end(&mut classic).await;
     expect_end(&mut resumed).await;
     sequencer.kill();
 }

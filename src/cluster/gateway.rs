@@ -12,6 +12,11 @@
 //! the latest snapshot and carries on after it, and says so. If even the
 //! latest snapshot is older than what the stream retains, the graph may
 //! miss the dropped follows: logged as an error, and the gateway carries on.
+//!
+//! The consumer is recreated (from the next stream sequence) after a
+//! reconnect to NATS, after it fails, and when it delivers nothing for two
+//! checks in a row while the stream holds more: its NATS server died while
+//! the client's connection, to another server of the cluster, lived on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,6 +34,10 @@ use crate::fanout::command::Command;
 use crate::fanout::RegistryHandle;
 use crate::graph::snapshot::Snapshot;
 use crate::ops::stats::Stats;
+
+/// How long the consumer may deliver nothing before the gateway asks
+/// whether the stream holds more (see [`Gateway::stalled`]).
+const STALL_CHECK: Duration = Duration::from_secs(1);
 
 /// See the module doc.
 pub(crate) struct Gateway {
@@ -158,6 +167,8 @@ impl Gateway {
             // The first connection stores a permit too: one needless
             // recreation at start, never a missed one.
             let reconnected = self.log.reconnected.clone();
+            // Quiet checks in a row that found the stream ahead of us.
+            let mut stalled = 0;
             loop {
                 let next = tokio::select! {
                     next = messages.next() => next,
@@ -165,9 +176,18 @@ impl Gateway {
                         tracing::info!(next = self.next, "gateway: reconnected to NATS; recreating the consumer");
                         break;
                     }
+                    () = tokio::time::sleep(STALL_CHECK) => {
+                        if self.stalled(&mut stalled).await {
+                            break;
+                        }
+                        continue;
+                    }
                 };
                 let message = match next {
-                    Some(Ok(message)) => message,
+                    Some(Ok(message)) => {
+                        stalled = 0;
+                        message
+                    }
                     Some(Err(error)) => {
                         tracing::warn!(%error, next = self.next, "gateway: consumer failed; recreating it");
                         break;
@@ -205,6 +225,30 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Nothing came for [`STALL_CHECK`]: counts it in `stalled` if the
+    /// stream holds a message this gateway has not had, and says whether
+    /// that is so for the second check in a row. The consumer is then
+    /// recreated: it lived on a NATS server that died (a replicated
+    /// stream's other servers carry on without it, and the client's
+    /// connection may be to one of them, so no reconnect says so) and
+    /// async-nats would notice only after two missed 15 s heartbeats.
+    async fn stalled(&self, stalled: &mut u32) -> bool {
+        let last = tokio::time::timeout(jetstream::REQUEST_TIMEOUT, self.log.last_sequence()).await;
+        match last {
+            Ok(Ok(last)) if last >= self.next => *stalled += 1,
+            // Idle and caught up, or NATS cannot say yet (no stream leader).
+            _ => return false,
+        }
+        if *stalled < 2 {
+            return false;
+        }
+        tracing::warn!(
+            next = self.next,
+            "gateway: the consumer delivers nothing while the stream holds more (its NATS server gone?); recreating it"
+        );
+        true
     }
 
     /// Decodes stream message `stream_seq` and hands its events to the

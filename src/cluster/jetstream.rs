@@ -39,10 +39,10 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// What a request to NATS was doing when it failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Op {
-    /// Connecting to this URL.
+    /// Connecting to these URLs (`natsUrl`).
     Connect(String),
-    /// Creating or updating this stream.
-    CreateStream(String),
+    /// Creating or updating this stream, with this many replicas.
+    CreateStream(String, usize),
     /// Looking this stream up.
     GetStream(String),
     /// Reading this stream's state.
@@ -61,7 +61,10 @@ impl std::fmt::Display for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Op::Connect(url) => write!(f, "connect {url}"),
-            Op::CreateStream(name) => write!(f, "create stream {name}"),
+            Op::CreateStream(name, 1) => write!(f, "create stream {name}"),
+            Op::CreateStream(name, replicas) => {
+                write!(f, "create stream {name} with {replicas} replicas")
+            }
             Op::GetStream(name) => write!(f, "stream {name}"),
             Op::StreamInfo(name) => write!(f, "stream {name} info"),
             Op::CreateBucket(bucket) => write!(f, "create bucket {bucket}"),
@@ -160,7 +163,7 @@ impl Log {
                 Err(error) => {
                     attempt += 1;
                     tracing::warn!(
-                        url = %settings.nats_url,
+                        url = %settings.nats_urls.join(","),
                         stream = %settings.name,
                         attempt,
                         %error,
@@ -179,20 +182,36 @@ impl Log {
         let subject = format!("{name}.events");
         let bucket = format!("{name}_SNAPSHOTS");
         if create {
+            // Say so before changing an existing stream's replicas (JetStream
+            // moves or copies its data), or if it cannot be (a lone server).
+            if let Ok(stream) = js.get_stream(&name).await {
+                let found = stream.cached_info().config.num_replicas;
+                replicas_differ(&name, found, settings.replicas, true);
+            }
             js.create_or_update_stream(stream_config(settings, &subject))
                 .await
-                .map_err(LogError::of(Op::CreateStream(name.clone())))?;
+                .map_err(LogError::of(Op::CreateStream(
+                    name.clone(),
+                    settings.replicas,
+                )))?;
         } else {
-            js.get_stream(&name)
+            let stream = js
+                .get_stream(&name)
                 .await
                 .map_err(LogError::of(Op::GetStream(name.clone())))?;
+            let found = stream.cached_info().config.num_replicas;
+            replicas_differ(&name, found, settings.replicas, false);
         }
         let snapshots = match js.get_object_store(&bucket).await {
-            Ok(store) => store,
+            Ok(store) => {
+                bucket_replicas(&js, &bucket, settings.replicas, create).await?;
+                store
+            }
             Err(_) if create => js
                 .create_object_store(object_store::Config {
                     bucket: bucket.clone(),
                     description: Some("followermaze follower-graph snapshots".into()),
+                    num_replicas: settings.replicas,
                     ..Default::default()
                 })
                 .await
@@ -233,7 +252,62 @@ impl Log {
     }
 }
 
-/// Connects to `natsUrl`; the [`Notify`] is notified at each (re)connect.
+/// Logs, as a warning, that stream `name` has `found` replicas where
+/// `streamReplicas` says `wanted`; `updating` when this process (the
+/// sequencer) is about to change it. Returns whether they differ.
+fn replicas_differ(name: &str, found: usize, wanted: usize, updating: bool) -> bool {
+    // JetStream reports 0 for a stream created without saying: one copy.
+    let found = found.max(1);
+    if found == wanted {
+        return false;
+    }
+    if updating {
+        tracing::warn!(
+            stream = name,
+            replicas = found,
+            stream_replicas = wanted,
+            "the stream exists with num_replicas={found} but streamReplicas={wanted}: changing \
+             it to {wanted} (more than 1 needs a NATS cluster of at least as many servers)"
+        );
+    } else {
+        tracing::warn!(
+            stream = name,
+            replicas = found,
+            stream_replicas = wanted,
+            "the stream has num_replicas={found} but this gateway's streamReplicas={wanted}: \
+             the sequencer sets the replicas; give every role the same streamReplicas"
+        );
+    }
+    true
+}
+
+/// The snapshot bucket `bucket` exists: if its replicas differ from
+/// `wanted`, says so, and the sequencer (`update`) changes them.
+async fn bucket_replicas(
+    js: &jetstream::Context,
+    bucket: &str,
+    wanted: usize,
+    update: bool,
+) -> Result<(), LogError> {
+    // An object store is the stream `OBJ_<bucket>`.
+    let name = format!("OBJ_{bucket}");
+    let Ok(stream) = js.get_stream(&name).await else {
+        return Ok(());
+    };
+    let info = stream.cached_info();
+    if replicas_differ(&name, info.config.num_replicas, wanted, update) && update {
+        let mut config = info.config.clone();
+        config.num_replicas = wanted;
+        js.update_stream(config)
+            .await
+            .map_err(LogError::of(Op::CreateStream(name, wanted)))?;
+    }
+    Ok(())
+}
+
+/// Connects to `natsUrl`'s servers (the client picks one, and fails over
+/// to the others, and to those the cluster announces); the [`Notify`] is
+/// notified at each (re)connect.
 async fn connect(settings: &StreamSettings) -> Result<(jetstream::Context, Arc<Notify>), LogError> {
     let reconnected = Arc::new(Notify::new());
     let notify = reconnected.clone();
@@ -247,11 +321,16 @@ async fn connect(settings: &StreamSettings) -> Result<(jetstream::Context, Arc<N
             }
         })
         .name(settings.client_name.clone())
+        // JetStream API requests (stream info, message gets, creating a
+        // consumer) take the client's request timeout, not the context's:
+        // the default 10 s would stall a failover that long, each time a
+        // request goes to a stream whose leader just died.
+        .request_timeout(Some(REQUEST_TIMEOUT))
         // Reconnect for ever: an outage is waited out, never fatal.
         .max_reconnects(None)
-        .connect(&settings.nats_url)
+        .connect(settings.nats_urls.as_slice())
         .await
-        .map_err(LogError::of(Op::Connect(settings.nats_url.clone())))?;
+        .map_err(LogError::of(Op::Connect(settings.nats_urls.join(","))))?;
     let js = jetstream::ContextBuilder::new()
         .timeout(REQUEST_TIMEOUT)
         .build(client);
@@ -265,6 +344,7 @@ fn stream_config(settings: &StreamSettings, subject: &str) -> stream::Config {
         name: settings.name.clone(),
         subjects: vec![subject.to_owned()],
         storage: stream::StorageType::File,
+        num_replicas: settings.replicas,
         discard: stream::DiscardPolicy::Old,
         max_age: age,
         max_bytes: match settings.max_bytes {
@@ -397,18 +477,33 @@ impl Log {
     ) -> Result<jetstream::consumer::pull::Stream, LogError> {
         use jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
         let stream = self.stream().await?;
-        let consumer = stream
-            .create_consumer(pull::Config {
-                filter_subject: self.subject.clone(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: start.max(1),
-                },
-                ack_policy: AckPolicy::None,
-                inactive_threshold: READ_IDLE,
-                ..Default::default()
-            })
-            .await
-            .map_err(LogError::of(Op::CreateConsumer))?;
+        let config = pull::Config {
+            filter_subject: self.subject.clone(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start.max(1),
+            },
+            ack_policy: AckPolicy::None,
+            inactive_threshold: READ_IDLE,
+            ..Default::default()
+        };
+        // A replicated stream places the consumer on one of its servers,
+        // for a while (tens of seconds) the one that just died too: NATS
+        // does not know yet, and that creation goes unanswered. Another
+        // attempt may land elsewhere, so each is short.
+        let mut attempt = 1;
+        let consumer = loop {
+            let create = stream.create_consumer(config.clone());
+            let error = match tokio::time::timeout(CREATE_PATIENCE, create).await {
+                Ok(Ok(consumer)) => break consumer,
+                Ok(Err(error)) => async_nats::Error::from(error),
+                Err(elapsed) => async_nats::Error::from(elapsed),
+            };
+            if attempt == CREATE_ATTEMPTS {
+                return Err(LogError::of(Op::CreateConsumer)(error));
+            }
+            tracing::info!(%error, attempt, start, "creating a stream reader failed; trying again");
+            attempt += 1;
+        };
         consumer
             .stream()
             .max_messages_per_batch(READ_BATCH_MESSAGES)
@@ -418,6 +513,16 @@ impl Log {
             .map_err(LogError::of(Op::Consume))
     }
 }
+
+/// Attempts at creating a [`Log::read_from`] consumer, each bounded by
+/// [`CREATE_PATIENCE`]: together within a resume's 10 s. (An abandoned
+/// creation that succeeds late leaves a consumer the server drops after
+/// [`READ_IDLE`].)
+const CREATE_ATTEMPTS: u32 = 8;
+
+/// How long one attempt at creating a [`Log::read_from`] consumer may
+/// take (it takes milliseconds when its server is alive).
+const CREATE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// How long the server keeps an idle [`Log::read_from`] consumer.
 const READ_IDLE: Duration = Duration::from_secs(30);
