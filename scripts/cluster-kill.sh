@@ -38,7 +38,7 @@ env role=sequencer eventListenerPort="$base" metricsPort=$((base + 101)) "${node
 pids+=($!)
 gateways=()
 gateway() { # index: starts gateway `index`, its pid in gateways[index]
-    env role=gateway clientListenerPort=$((base + 9 + $1)) metricsPort=$((base + 102 + $1)) \
+    env role=gateway clientListenerPort=$((base + 9 + $1)) metricsPort=$((base + 102 + $1)) webPort=0 \
         "${node[@]}" >/dev/null 2>>"$work/gateway$1.log" &
     gateways[$1]=$!
     pids+=($!)

@@ -11,7 +11,8 @@
 #
 # Settings (environment): gateways=3 eventListenerPort=9090
 # clientListenerPort=9099 (gateway i gets +i) metricsPort=9191 (sequencer;
-# gateway i gets +1+i); natsNodes=1 (or 3: a three-node NATS cluster
+# gateway i gets +1+i) webPort=9080 (gateway i gets +i; 0 = none);
+# natsNodes=1 (or 3: a three-node NATS cluster
 # routed on 127.0.0.1, the roles given its three URLs and
 # streamReplicas=3); any other followermaze variable is passed through.
 #
@@ -25,6 +26,7 @@ gateways="${gateways:-3}"
 events_port="${eventListenerPort:-9090}"
 clients_port="${clientListenerPort:-9099}"
 metrics_port="${metricsPort:-9191}"
+web_port="${webPort:-9080}"
 
 cargo build --release --quiet --manifest-path "$here/Cargo.toml" --bin followermaze
 name=cluster.sh
@@ -35,7 +37,8 @@ export natsUrl="$nats_url" streamReplicas="$stream_replicas" bindAddress=127.0.0
 role=sequencer eventListenerPort="$events_port" metricsPort="$metrics_port" "$bin" &
 pids+=($!)
 for ((i = 0; i < gateways; i++)); do
-    role=gateway clientListenerPort=$((clients_port + i)) metricsPort=$((metrics_port + 1 + i)) "$bin" &
+    role=gateway clientListenerPort=$((clients_port + i)) metricsPort=$((metrics_port + 1 + i)) \
+        webPort=$((web_port == 0 ? 0 : web_port + i)) "$bin" &
     pids+=($!)
 done
 
