@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use common::{get, send, wait_until, within, TestServer};
+use common::{allow_open_files, get, send, wait_until, within, TestServer};
 use followermaze::DisconnectReason;
 use followermaze::{Config, Listeners};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -295,29 +295,6 @@ async fn metrics_port_zero_turns_the_endpoint_off() {
         .await
         .unwrap();
     assert!(listeners.metrics.is_none());
-}
-
-/// Raises this process's open-files limit to at least `needed` (up to the
-/// hard limit), for tests that hold many sockets; fails clearly if the
-/// hard limit is lower.
-fn allow_open_files(needed: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write `limit`.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        assert!(
-            limit.rlim_max >= needed,
-            "this test holds {needed} sockets; the hard open-files limit is {}",
-            limit.rlim_max
-        );
-        if limit.rlim_cur < needed {
-            limit.rlim_cur = needed;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

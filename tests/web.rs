@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use common::{get, send, wait_until, within, TestServer};
+use common::{allow_open_files, get, send, wait_until, within, TestServer};
 use followermaze::{Config, DisconnectReason, Stats, WebTransport};
 use followermaze_protocol::auth::{AuthError, Key};
 use futures_util::StreamExt;
@@ -686,28 +686,6 @@ async fn idle_connections_cannot_lock_the_web_listener_out() {
         .await
         .unwrap();
     server.stop().await.unwrap();
-}
-
-/// Raises this process's open-files limit to at least `needed` (up to the
-/// hard limit); fails clearly if the hard limit is lower.
-fn allow_open_files(needed: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write `limit`.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        assert!(
-            limit.rlim_max >= needed,
-            "this test holds {needed} sockets; the hard open-files limit is {}",
-            limit.rlim_max
-        );
-        if limit.rlim_cur < needed {
-            limit.rlim_cur = needed;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        }
-    }
 }
 
 #[tokio::test]

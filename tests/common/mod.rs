@@ -214,3 +214,26 @@ pub(crate) async fn send(source: &mut TcpStream, bytes: &str) {
         .await
         .unwrap();
 }
+
+/// Raises this process's open-files limit to at least `needed` (up to the
+/// hard limit), for tests that hold many sockets; fails clearly if the
+/// hard limit is lower.
+pub(crate) fn allow_open_files(needed: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        assert!(
+            limit.rlim_max >= needed,
+            "this test holds {needed} sockets; the hard open-files limit is {}",
+            limit.rlim_max
+        );
+        if limit.rlim_cur < needed {
+            limit.rlim_cur = needed;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+}
