@@ -346,9 +346,10 @@ mod tests {
         assert_eq!(grouped(10_000_000), "10,000,000");
     }
 
-    #[test]
-    fn the_banner_is_the_classic_one_and_says_when_not_byte_exact() {
-        let report = Report {
+    /// The report of a 10-event run with one client over `transport`
+    /// that took `elapsed`, nothing else in it.
+    fn small_run(elapsed: Duration, transport: Transport) -> Report {
+        Report {
             profile: Profile::Classic,
             clients: 1,
             events: 10,
@@ -360,7 +361,7 @@ mod tests {
             opening_time: Duration::from_millis(1),
             send_time: Duration::from_millis(1),
             stream_time: Duration::from_millis(1),
-            elapsed: Duration::from_millis(2500),
+            elapsed,
             notifications: 0,
             notification_bytes: 0,
             reterminated: 0,
@@ -369,8 +370,13 @@ mod tests {
             resume: None,
             server: None,
             authenticated: false,
-            transport: Transport::Tcp,
-        };
+            transport: transport,
+        }
+    }
+
+    #[test]
+    fn the_banner_is_the_classic_one_and_says_when_not_byte_exact() {
+        let report = small_run(Duration::from_millis(2500), Transport::Tcp);
         assert!(report.byte_exact());
         assert_eq!(
             report.banner(),
@@ -417,29 +423,7 @@ mod tests {
 
     #[test]
     fn a_web_run_says_how_it_was_checked_and_sse_is_never_byte_exact() {
-        let report = Report {
-            profile: Profile::Classic,
-            clients: 1,
-            events: 10,
-            opening_broadcasts: 1,
-            mix: [0; 5],
-            edges: 0,
-            bytes_sent: 0,
-            connect_time: Duration::from_millis(1),
-            opening_time: Duration::from_millis(1),
-            send_time: Duration::from_millis(1),
-            stream_time: Duration::from_millis(1),
-            elapsed: Duration::from_millis(1000),
-            notifications: 0,
-            notification_bytes: 0,
-            reterminated: 0,
-            latency: None,
-            per_client: Vec::new(),
-            resume: None,
-            server: None,
-            authenticated: false,
-            transport: Transport::Ws,
-        };
+        let report = small_run(Duration::from_millis(1000), Transport::Ws);
         assert!(report.byte_exact());
         assert_eq!(
             report.banner(),
