@@ -370,7 +370,7 @@ mod tests {
             resume: None,
             server: None,
             authenticated: false,
-            transport: transport,
+            transport,
         }
     }
 
