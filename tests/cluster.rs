@@ -1061,6 +1061,86 @@ async fn a_resume_the_stream_no_longer_holds_gets_a_gap_and_what_follows() {
     sequencer.kill();
 }
 
+/// The position of the newest snapshot in the bucket of `config`'s
+/// cluster (0 if none), read as a gateway would choose it.
+async fn newest_snapshot_position(config: &Config) -> u64 {
+    use futures_util::StreamExt;
+    let client = async_nats::connect(config.nats_url.as_str())
+        .await
+        .expect("connect to NATS");
+    let jetstream = async_nats::jetstream::new(client);
+    let bucket = format!("{}_SNAPSHOTS", config.nats_stream);
+    let store = jetstream
+        .get_object_store(&bucket)
+        .await
+        .expect("the bucket");
+    let mut list = store.list().await.expect("list");
+    let mut newest = (0, 0);
+    while let Some(info) = list.next().await {
+        let info = info.expect("an object");
+        let number = |key: &str| -> u64 {
+            info.metadata
+                .get(key)
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0)
+        };
+        newest = newest.max((number("stream_seq"), number("position")));
+    }
+    newest.1
+}
+
+/// A gateway started late loads a snapshot taken after every client's
+/// position, so its own history starts above them: each resume is planned
+/// from an older snapshot kept in the bucket, replayed with the stream,
+/// and every client gets `#OK` and exactly what it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_before_a_gateways_own_history_is_served_from_an_older_snapshot() {
+    let Some(nats) = Nats::start("deep").await else {
+        return;
+    };
+    let total = 3_000;
+    let lines = events(total);
+    let expected = standalone(&lines.concat(), total).await;
+    let config = Config {
+        checkpoint_interval_ms: 0,
+        ..nats.config()
+    };
+    let sequencer = SequencerNode::start(config.clone());
+    let first = GatewayNode::start(config.clone()).await;
+    let (mut clients, stream_id) = open_sessions(first.clients).await;
+    let mut source = sequencer.source().await;
+    common::send(&mut source, &lines[..1_500].concat()).await;
+    let received: Vec<String> = expected.iter().map(|o| between(o, 0, 1_500)).collect();
+    expect_all(&mut clients, &received, "first gateway").await;
+    let afters: Vec<u64> = received
+        .iter()
+        .map(|lines| lines.split_inclusive('\n').next_back().map_or(0, seq_of))
+        .collect();
+    first.stop().await;
+    expect_end(&mut clients).await;
+
+    // Events flow on while the clients are away, and a snapshot is taken
+    // after them: the late gateway starts from it.
+    common::send(&mut source, &lines[1_500..2_500].concat()).await;
+    let snapshot_after_the_clients = async {
+        while newest_snapshot_position(&config).await < 2_500 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    within("a snapshot at 2500", snapshot_after_the_clients).await;
+    let late = GatewayNode::start(config.clone()).await;
+    let mut resumed = resume_sessions(late.clients, &stream_id, &afters).await;
+    common::send(&mut source, &lines[2_500..].concat()).await;
+    let owed = owed_after(&expected, &afters, total);
+    expect_all(&mut resumed, &owed, "late gateway").await;
+    assert_eq!(get(&late.stats.stream_resumes), USERS.len() as u64);
+    assert_eq!(get(&late.stats.resumes_gap), 0);
+    late.delivered(total - 2_500).await;
+    late.stop().await;
+    expect_end(&mut resumed).await;
+    sequencer.kill();
+}
+
 /// Reads what `client` gets until its connection ends, cleanly or not (a
 /// killed gateway's kernel may reset it).
 async fn read_until_cut(client: &mut Client) -> String {

@@ -7,7 +7,15 @@
 //! earliest message any of them needs to the latest, shared by every
 //! request that was queued when the sweep began (a burst of resumes after
 //! a gateway's death reads the stream once, not once per client), on the
-//! fetcher's own NATS connection.
+//! fetcher's own NATS connection. A resume planned from the edge log
+//! routes its user's lines with its own [`UserRouter`]; the deep ones of a
+//! sweep (planned from a snapshot) share one [`GraphReplay`] of the whole
+//! graph from the newest snapshot at or before the earliest of them.
+//!
+//! What is bounded: the sweeps at once ([`CONCURRENT_SWEEPS`]), each
+//! reading a bounded pull ahead; the replays at once
+//! ([`CONCURRENT_REPLAYS`]); the lines a resume keeps (`resumeBufferBytes`).
+//! A request beyond them waits in the queue for the next sweep.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,23 +24,38 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
+use followermaze_protocol::resume::StreamId;
+use followermaze_protocol::Seq;
+
 use crate::cluster::jetstream::{self, DecodeError, Log, LogError, REQUEST_TIMEOUT};
+use crate::cluster::snapshots::{self, SnapshotError};
 use crate::fanout::command::{Command, FetchRequest, Resumed};
 use crate::fanout::outbox::Closed;
 use crate::fanout::RegistryHandle;
-use crate::resume::history::{keep, OverBound, UserRouter};
+use crate::resume::history::{keep, GraphReplay, OverBound, Plan, UserRouter};
 
-/// Fetch requests that may wait for the fetcher; beyond, the resume gets
-/// its local verdict (`#GAP`) at once rather than wait.
-pub(crate) const FETCH_QUEUE: usize = 64;
+/// Fetch requests that may wait for the fetcher, at least: the gateway
+/// sizes the queue to `maxClients` (each request is one resuming
+/// connection, which asks once and waits), so a storm of resumes waits
+/// for its turn rather than getting a false `#GAP`; beyond it (a flood of
+/// reconnects whose requests outlive their connections) the resume gets
+/// its local verdict at once.
+pub(crate) const MIN_FETCH_QUEUE: usize = 64;
 
-/// Sweeps of the stream running at once, each through its own consumer.
-/// Every request that queued while they were busy joins the next sweep.
+/// Sweeps of the stream running at once, each through its own consumer
+/// reading at most `READ_BATCH_BYTES` ahead (`cluster::jetstream`). Every
+/// request that queued while they were busy joins the next sweep.
 const CONCURRENT_SWEEPS: usize = 4;
 
+/// Sweeps replaying the graph from a snapshot at once: each holds a whole
+/// graph (up to 64 MiB at `maxFollowEdges` 4 M), so one at a time.
+const CONCURRENT_REPLAYS: usize = 1;
+
 /// Longest one sweep may take, all its messages included; the requests it
-/// has not answered by then get `#GAP`.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// has not answered by then get `#GAP`. A replay from a snapshot reads up
+/// to a window of the stream (30 s of events at full speed take a few
+/// seconds); each message must also come within `REQUEST_TIMEOUT`.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many times one sweep may start its read again after a lost batch
 /// or a failed pull before it gives up (and its clients get `#GAP`).
@@ -85,6 +108,16 @@ pub(crate) enum FetchError {
     /// The sweep took longer than [`FETCH_TIMEOUT`].
     #[error("timed out")]
     TimedOut,
+    /// The snapshot a deep resume starts from could not be read.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// Resumes of one sweep name two streams: the stream changed since
+    /// some were planned.
+    #[error("the stream changed since the resume was planned")]
+    StreamChanged,
+    /// The bucket keeps no snapshot as old as a deep resume needs.
+    #[error("no snapshot kept at or before position {0} (the resume window is longer than the snapshots kept?)")]
+    NoSnapshot(Seq),
 }
 
 /// The fetcher task: serves requests until the registry drops its sender,
@@ -94,8 +127,10 @@ pub(crate) async fn serve(
     log: Log,
     mut requests: mpsc::Receiver<FetchRequest>,
     registry: RegistryHandle,
+    max_edges: usize,
 ) {
     let slots = Arc::new(Semaphore::new(CONCURRENT_SWEEPS));
+    let replays = Arc::new(Semaphore::new(CONCURRENT_REPLAYS));
     let mut sweeps = JoinSet::new();
     while let Some(first) = requests.recv().await {
         while sweeps.try_join_next().is_some() {}
@@ -107,9 +142,9 @@ pub(crate) async fn serve(
         while let Ok(request) = requests.try_recv() {
             group.push(request);
         }
-        let (log, registry) = (log.clone(), registry.clone());
+        let (log, registry, replays) = (log.clone(), registry.clone(), replays.clone());
         sweeps.spawn(async move {
-            sweep(&log, group, &registry).await;
+            sweep(&log, group, &registry, (&replays, max_edges)).await;
             drop(slot);
         });
     }
@@ -117,30 +152,64 @@ pub(crate) async fn serve(
     while sweeps.join_next().await.is_some() {}
 }
 
-/// One request of a sweep, with what it has kept so far.
+/// How a fetch of a sweep routes its user's lines.
+enum Route {
+    /// From the edge log ([`Plan::Log`]): its own router, and the lines
+    /// kept so far.
+    Log(UserRouter, Vec<u8>),
+    /// From the sweep's snapshot ([`Plan::Snapshot`]): its target in the
+    /// [`Replay`].
+    Replay(usize),
+}
+
+/// One request of a sweep.
 struct Fetch {
     /// The request.
     request: FetchRequest,
-    /// Its user's routing, kept in step with the messages read.
-    router: UserRouter,
-    /// The lines kept so far.
-    lines: Vec<u8>,
+    /// The stream sequence of the first message it needs.
+    first_message: u64,
+    /// How its lines are kept.
+    route: Route,
+}
+
+impl Fetch {
+    /// The stream sequence of the last message it needs.
+    fn last_message(&self) -> u64 {
+        self.request.plan.last_message()
+    }
+}
+
+/// A sweep's replay of the graph from a snapshot, for its deep resumes.
+struct Replay {
+    /// The graph and the targets.
+    graph: GraphReplay,
+    /// The stream the snapshot is of.
+    stream: StreamId,
+    /// The first message after the snapshot.
+    first_message: u64,
 }
 
 /// Reads the union of the group's ranges once and answers each request as
 /// soon as its last message is read, or as soon as it fails; whatever is
 /// left when [`FETCH_TIMEOUT`] passes gets `#GAP`.
-async fn sweep(log: &Log, group: Vec<FetchRequest>, registry: &RegistryHandle) {
-    let mut fetches: Vec<Fetch> = group
-        .into_iter()
-        .map(|request| Fetch {
-            router: UserRouter::new(request.resume.user, &request.plan),
-            request,
-            lines: Vec::new(),
-        })
-        .collect();
-    let read = tokio::time::timeout(FETCH_TIMEOUT, read(log, &mut fetches, registry)).await;
-    let error = match read {
+async fn sweep(
+    log: &Log,
+    group: Vec<FetchRequest>,
+    registry: &RegistryHandle,
+    (replays, max_edges): (&Semaphore, usize),
+) {
+    let (mut fetches, deep): (Vec<Fetch>, Vec<FetchRequest>) = split(group);
+    let read = async {
+        // Held until the sweep ends: the replay's graph lives as long.
+        let mut _replaying = None;
+        let mut replay = None;
+        if !deep.is_empty() {
+            _replaying = replays.acquire().await.ok();
+            replay = start_replay(log, deep, &mut fetches, registry, max_edges).await;
+        }
+        read(log, &mut fetches, &mut replay, registry).await
+    };
+    let error = match tokio::time::timeout(FETCH_TIMEOUT, read).await {
         Ok(Ok(())) => return, // Every request answered.
         Ok(Err(error)) => error,
         Err(_) => FetchError::TimedOut,
@@ -150,16 +219,95 @@ async fn sweep(log: &Log, group: Vec<FetchRequest>, registry: &RegistryHandle) {
     }
 }
 
+/// The group's fetches planned from the edge log, ready to read, and its
+/// deep ones, which need a snapshot first.
+fn split(group: Vec<FetchRequest>) -> (Vec<Fetch>, Vec<FetchRequest>) {
+    let mut fetches = Vec::with_capacity(group.len());
+    let mut deep = Vec::new();
+    for request in group {
+        match &request.plan {
+            Plan::Log(plan) => fetches.push(Fetch {
+                first_message: plan.first_message,
+                route: Route::Log(UserRouter::new(request.resume.user, plan), Vec::new()),
+                request,
+            }),
+            Plan::Snapshot { .. } => deep.push(request),
+        }
+    }
+    (fetches, deep)
+}
+
+/// Loads the newest snapshot at or before every `deep` request's position
+/// and adds them to `fetches` as its targets; those that cannot be served
+/// from it get `#GAP`.
+async fn start_replay(
+    log: &Log,
+    deep: Vec<FetchRequest>,
+    fetches: &mut Vec<Fetch>,
+    registry: &RegistryHandle,
+    max_edges: usize,
+) -> Option<Replay> {
+    let stream = deep.first()?.resume.stream;
+    let (deep, others): (Vec<_>, Vec<_>) = deep
+        .into_iter()
+        .partition(|request| request.resume.stream == stream);
+    for request in others {
+        fail(registry, request, &FetchError::StreamChanged).await;
+    }
+    let after = deep.iter().map(|request| request.resume.after).min()?;
+    let snapshot = match snapshots::load_at_or_before(log, stream, after, max_edges).await {
+        Ok(Some(snapshot)) => snapshot,
+        Ok(None) => return fail_all(registry, deep, &FetchError::NoSnapshot(after)).await,
+        Err(error) => return fail_all(registry, deep, &error.into()).await,
+    };
+    tracing::debug!(
+        resumes = deep.len(),
+        after,
+        snapshot_position = snapshot.position,
+        snapshot_stream_seq = snapshot.stream_seq,
+        "resuming from a snapshot"
+    );
+    let mut graph = GraphReplay::new(snapshot.graph, snapshot.position);
+    let first_message = snapshot.stream_seq + 1;
+    for request in deep {
+        let resume = &request.resume;
+        let index = graph.add(resume.user, (resume.after, resume.upto), request.max_bytes);
+        fetches.push(Fetch {
+            request,
+            first_message,
+            route: Route::Replay(index),
+        });
+    }
+    Some(Replay {
+        graph,
+        stream,
+        first_message,
+    })
+}
+
+/// Fails every request of `requests` with `error`; no replay.
+async fn fail_all(
+    registry: &RegistryHandle,
+    requests: Vec<FetchRequest>,
+    error: &FetchError,
+) -> Option<Replay> {
+    for request in requests {
+        fail(registry, request, error).await;
+    }
+    None
+}
+
 /// The sweep's read: answers and removes each request of `fetches` as it
 /// completes or fails; `Err` fails the rest.
 async fn read(
     log: &Log,
     fetches: &mut Vec<Fetch>,
+    replay: &mut Option<Replay>,
     registry: &RegistryHandle,
 ) -> Result<(), FetchError> {
     let (Some(first), Some(last)) = (
-        fetches.iter().map(|f| f.request.plan.first_message).min(),
-        fetches.iter().map(|f| f.request.plan.last_message).max(),
+        fetches.iter().map(|f| f.first_message).min(),
+        fetches.iter().map(Fetch::last_message).max(),
     ) else {
         return Ok(());
     };
@@ -174,7 +322,7 @@ async fn read(
                 missing: reader.expected,
                 next: stream_seq,
             };
-            for fetch in extract(fetches, |f| f.request.plan.first_message < stream_seq) {
+            for fetch in extract(fetches, |f| f.first_message < stream_seq) {
                 fail(registry, fetch.request, &error).await;
             }
         }
@@ -186,23 +334,40 @@ async fn read(
                     source,
                 }
             })?;
-        keep_lines(fetches, stream_seq, &entry, registry).await;
+        keep_lines(fetches, replay, stream_seq, &entry, registry).await;
     }
     Ok(())
 }
 
 /// Hands the events of message `stream_seq` to every fetch whose range
-/// holds it; fails those that cannot go on, answers those it completes.
+/// holds it, and to the replay; fails those that cannot go on, answers
+/// those it completes.
 async fn keep_lines(
     fetches: &mut Vec<Fetch>,
+    replay: &mut Option<Replay>,
     stream_seq: u64,
     entry: &jetstream::Entry,
     registry: &RegistryHandle,
 ) {
     let mut failed = Vec::new();
+    if let Some(replaying) = replay {
+        if stream_seq >= replaying.first_message {
+            if entry.stream == replaying.stream {
+                replaying.graph.apply(&entry.events);
+            } else {
+                for (index, fetch) in fetches.iter().enumerate() {
+                    if matches!(fetch.route, Route::Replay(_)) {
+                        failed.push((index, FetchError::OtherStream(stream_seq)));
+                    }
+                }
+            }
+        }
+    }
     for (index, fetch) in fetches.iter_mut().enumerate() {
-        let plan = &fetch.request.plan;
-        if stream_seq < plan.first_message || stream_seq > plan.last_message {
+        let Route::Log(router, lines) = &mut fetch.route else {
+            continue;
+        };
+        if stream_seq < fetch.first_message || stream_seq > fetch.request.plan.last_message() {
             continue;
         }
         let resume = &fetch.request.resume;
@@ -210,25 +375,31 @@ async fn keep_lines(
             Err(FetchError::OtherStream(stream_seq))
         } else {
             let range = (resume.after, resume.upto);
-            let max = fetch.request.max_bytes;
-            keep(
-                &mut fetch.router,
-                &entry.events,
-                range,
-                max,
-                &mut fetch.lines,
-            )
-            .map_err(FetchError::from)
+            keep(router, &entry.events, range, fetch.request.max_bytes, lines)
+                .map_err(FetchError::from)
         };
         if let Err(error) = kept {
             failed.push((index, error));
         }
     }
+    failed.sort_by_key(|&(index, _)| index);
     for (index, error) in failed.into_iter().rev() {
         fail(registry, fetches.swap_remove(index).request, &error).await;
     }
-    for fetch in extract(fetches, |f| f.request.plan.last_message <= stream_seq) {
-        answer(registry, fetch.request, Some(fetch.lines)).await;
+    for fetch in extract(fetches, |f| f.last_message() <= stream_seq) {
+        let lines = match fetch.route {
+            Route::Log(_, lines) => Ok(lines),
+            Route::Replay(index) => replay
+                .as_mut()
+                .map_or(Ok(Vec::new()), |replay| replay.graph.take(index)),
+        };
+        match lines {
+            Ok(lines) => answer(registry, fetch.request, Some(lines)).await,
+            Err(error) => fail(registry, fetch.request, &error.into()).await,
+        }
+    }
+    if !fetches.iter().any(|f| matches!(f.route, Route::Replay(_))) {
+        *replay = None; // Its graph serves nobody now.
     }
 }
 

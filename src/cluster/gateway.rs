@@ -129,12 +129,7 @@ impl Gateway {
             edges = snapshot.graph.edges(),
             "gateway: loaded the follower graph snapshot"
         );
-        let command = Command::Restore {
-            graph: snapshot.graph,
-            position: snapshot.position,
-            stream: snapshot.stream,
-        };
-        self.registry.send(command).await.is_ok()
+        self.registry.send(Command::Restore(snapshot)).await.is_ok()
     }
 
     /// Consumes until `stop` is cancelled, then stops the registry.

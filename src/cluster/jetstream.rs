@@ -29,8 +29,6 @@ use crate::settings::StreamSettings;
 pub(crate) const STREAM_HEADER: &str = "Followermaze-Stream";
 /// Header marking the first message of a new stream.
 pub(crate) const NEW_STREAM_HEADER: &str = "Followermaze-New-Stream";
-/// Name of the snapshot object in the bucket (each put replaces it).
-pub(crate) const SNAPSHOT_OBJECT: &str = "graph";
 
 /// How long one JetStream API request or publish ack may take before it
 /// counts as failed (and is retried after a reconnect).

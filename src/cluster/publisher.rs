@@ -41,7 +41,7 @@ use tokio::time::Instant;
 
 use crate::batch::OrderedBatch;
 use crate::cluster::jetstream::{self, DecodeError, Log, LogError};
-use crate::cluster::snapshots::{self, SnapshotError};
+use crate::cluster::snapshots::{self, Mark, SnapshotError};
 use crate::graph::router::Router;
 use crate::graph::snapshot;
 use crate::ops::stats::{LogThrottle, Stats};
@@ -292,8 +292,8 @@ pub(crate) struct Publisher {
     position: Seq,
     /// The stream sequence of the last snapshot written.
     snapshot_seq: Option<u64>,
-    /// Between snapshots.
-    snapshot_every: Duration,
+    /// When snapshots are written, and how many are kept.
+    snapshot_policy: SnapshotPolicy,
     /// A snapshot being written, at most one at a time; it answers with the
     /// stream sequence it saved, or `None` if the save failed.
     snapshot_task: Option<tokio::task::JoinHandle<Option<u64>>>,
@@ -308,13 +308,23 @@ pub(crate) struct Publisher {
 #[derive(Debug)]
 pub(crate) struct AnotherWriter(pub String);
 
+/// When the publisher writes snapshots, and how many the bucket keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SnapshotPolicy {
+    /// Between two snapshots (`snapshotIntervalSecs`).
+    pub every: Duration,
+    /// Snapshots kept: enough for a resume from a window back
+    /// ([`snapshots::kept_for`]).
+    pub kept: usize,
+}
+
 impl Publisher {
     /// A publisher carrying on from `recovered`, and the sender the
     /// sequencer's sink uses.
     pub(crate) fn new(
         log: Log,
         recovered: Recovered,
-        snapshot_every: Duration,
+        snapshot_policy: SnapshotPolicy,
         stats: Arc<Stats>,
     ) -> (Publisher, mpsc::Sender<OrderedBatch>) {
         let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
@@ -337,7 +347,7 @@ impl Publisher {
             graph_stream: recovered.stream,
             position: recovered.position,
             snapshot_seq: None,
-            snapshot_every,
+            snapshot_policy,
             snapshot_task: None,
             stats,
             failure_log: LogThrottle::new(Duration::from_secs(5)),
@@ -354,7 +364,7 @@ impl Publisher {
             self.graph_stream,
             &self.graph,
         );
-        snapshots::save(&self.log, bytes).await?;
+        snapshots::save(&self.log, bytes, self.mark(), self.snapshot_policy.kept).await?;
         self.snapshot_seq = Some(self.graph_seq);
         Stats::add(&self.stats.snapshots_written, 1);
         Ok(())
@@ -364,7 +374,7 @@ impl Publisher {
     /// left, waits for every ack, and writes a last snapshot. Ends early
     /// only if another sequencer writes to the stream.
     pub(crate) async fn run(mut self) -> Result<(), AnotherWriter> {
-        let mut snapshot_tick = tokio::time::interval(self.snapshot_every);
+        let mut snapshot_tick = tokio::time::interval(self.snapshot_policy.every);
         snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let linger = self.building.deadline;
@@ -620,6 +630,15 @@ impl Publisher {
         Ok(())
     }
 
+    /// What a snapshot of the graph now is of.
+    fn mark(&self) -> Mark {
+        Mark {
+            stream_seq: self.graph_seq,
+            position: self.position,
+            stream: self.graph_stream,
+        }
+    }
+
     /// Starts writing a snapshot if the graph moved since the last one and
     /// none is being written.
     fn snapshot(&mut self) {
@@ -652,8 +671,9 @@ impl Publisher {
         );
         self.snapshot_seq = Some(self.graph_seq);
         let (log, stats, stream_seq) = (self.log.clone(), self.stats.clone(), self.graph_seq);
+        let (mark, kept) = (self.mark(), self.snapshot_policy.kept);
         self.snapshot_task = Some(tokio::spawn(async move {
-            match snapshots::save(&log, bytes).await {
+            match snapshots::save(&log, bytes, mark, kept).await {
                 Ok(()) => {
                     Stats::add(&stats.snapshots_written, 1);
                     tracing::debug!(stream_seq, "snapshot written");

@@ -10,7 +10,7 @@ use followermaze_protocol::{Seq, UserId};
 
 use crate::batch::OrderedBatch;
 use crate::fanout::outbox::Outbox;
-use crate::graph::router::Router;
+use crate::graph::snapshot::Snapshot;
 use crate::resume::history::Plan;
 
 /// Identifies one client connection for the life of the process.
@@ -48,17 +48,10 @@ pub(crate) enum Command {
         /// Its connection.
         conn: ConnId,
     },
-    /// Replace the follower graph with `graph`, the state after event
-    /// `position` of stream `stream` (a cluster gateway loading a
-    /// snapshot). Sessions end: their retained lines would have a hole.
-    Restore {
-        /// The graph.
-        graph: Router,
-        /// The last event it reflects.
-        position: Seq,
-        /// The sequence space it belongs to.
-        stream: StreamId,
-    },
+    /// Replace the follower graph with a snapshot's, the state after its
+    /// event `position` of its stream (a cluster gateway loading it).
+    /// Sessions end: their retained lines would have a hole.
+    Restore(Snapshot),
     /// Deliver nothing more: tell every writer to drain and stop.
     Shutdown,
 }

@@ -36,7 +36,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use followermaze_protocol::resume::{Hello, StreamId};
+use followermaze_protocol::resume::Hello;
 use followermaze_protocol::{Seq, UserId};
 use hashbrown::HashMap;
 use tokio::sync::mpsc;
@@ -47,6 +47,7 @@ use crate::fanout::handle::RegistryHandle;
 use crate::fanout::outbox::{Closed, Outbox};
 use crate::fanout::table::{Sink, Table};
 use crate::graph::router::{Routed, Router};
+use crate::graph::snapshot::Snapshot;
 use crate::ops::stats::Stats;
 use crate::resume::outage::Outages;
 use crate::resume::session::Sessions;
@@ -67,7 +68,8 @@ type Client = (ConnId, Arc<Outbox>);
 struct Remote {
     /// The state machine, and the history it plans from.
     resumes: StreamResumes<Client>,
-    /// The fetcher's queue (bounded: [`crate::cluster`]'s `FETCH_QUEUE`).
+    /// The fetcher's queue (bounded: `maxClients`, at least the cluster's
+    /// `MIN_FETCH_QUEUE`).
     fetches: mpsc::Sender<FetchRequest>,
 }
 
@@ -154,11 +156,7 @@ impl Registry {
                     self.publish_connected();
                 }
                 Some(Command::Unregister { user, conn }) => self.unregister(user, conn),
-                Some(Command::Restore {
-                    graph,
-                    position,
-                    stream,
-                }) => self.restore(graph, position, stream),
+                Some(Command::Restore(snapshot)) => self.restore(snapshot),
             }
         }
         self.drain();
@@ -347,12 +345,18 @@ impl Registry {
     }
 
     /// Replaces the graph with a snapshot's; see [`Command::Restore`].
-    fn restore(&mut self, graph: Router, position: Seq, stream: StreamId) {
+    fn restore(&mut self, snapshot: Snapshot) {
+        let Snapshot {
+            graph,
+            position,
+            stream,
+            stream_seq,
+        } = snapshot;
         let ended = self.sessions.new_stream().len();
         self.sessions.adopt_stream(stream);
         self.sessions_ended(ended);
         if let Some(remote) = &mut self.remote {
-            remote.resumes.history.reset(position);
+            remote.resumes.history.restored(position, stream_seq);
         }
         self.router = graph;
         let router = &self.router;

@@ -42,9 +42,9 @@
 use std::collections::VecDeque;
 
 use followermaze_protocol::{Event, EventKind, Seq, UserId};
-use hashbrown::HashSet;
+use hashbrown::{HashMap, HashSet};
 
-use crate::graph::router::EdgeChange;
+use crate::graph::router::{Audience, EdgeChange, Router};
 
 /// Edge changes remembered (16 bytes each: at most 32 MiB; about 7M events
 /// of the classic mix, where 3 events in 10 change an edge). A resume whose
@@ -107,11 +107,40 @@ pub(crate) struct History {
     /// `(first event seq, stream sequence)` of each stream message applied,
     /// oldest first.
     messages: VecDeque<(Seq, u64)>,
+    /// The stream sequence of the snapshot restored last, if no new stream
+    /// began since: the message holding the floor.
+    restored: Option<u64>,
 }
 
-/// What step 1 decided: where to read, and the user's graph to route with.
+/// What step 1 decided: how to learn whom the user followed at `after`,
+/// and where to read.
 #[derive(Debug)]
-pub(crate) struct Plan {
+pub(crate) enum Plan {
+    /// From the edge log, which reaches back to `after`.
+    Log(LogPlan),
+    /// From the newest snapshot at or before `after` (the fetcher loads
+    /// it), replaying the whole graph from there: `after` is below what the
+    /// edge log and the message index reach.
+    Snapshot {
+        /// The stream sequence of the last message to read (the one
+        /// holding the position).
+        last_message: u64,
+    },
+}
+
+impl Plan {
+    /// The stream sequence of the last message to read.
+    pub(crate) fn last_message(&self) -> u64 {
+        match self {
+            Plan::Log(plan) => plan.last_message,
+            Plan::Snapshot { last_message } => *last_message,
+        }
+    }
+}
+
+/// A [`Plan::Log`]: where to read, and the user's graph to route with.
+#[derive(Debug)]
+pub(crate) struct LogPlan {
     /// The stream sequence of the first message to read.
     pub first_message: u64,
     /// ... and of the last (the one holding the position).
@@ -130,6 +159,14 @@ impl History {
         self.floor = position;
         self.changes.clear();
         self.messages.clear();
+        self.restored = None;
+    }
+
+    /// Forgets everything: the graph was replaced by a snapshot of the
+    /// state after event `position`, stream message `stream_seq`.
+    pub(crate) fn restored(&mut self, position: Seq, stream_seq: u64) {
+        self.reset(position);
+        self.restored = Some(stream_seq);
     }
 
     /// Event `first_seq` (and those after it in its batch) came from stream
@@ -173,8 +210,9 @@ impl History {
     }
 
     /// Where to read the lines of `user` in (`after`, `position`], and its
-    /// following set at `after` given `following`, its set now; `None` if
-    /// `after` is below the floor or nothing was applied since it.
+    /// following set at `after` given `following`, its set now: from the
+    /// edge log if it reaches `after`, else from a snapshot. `None` if
+    /// nothing was applied since `after`.
     pub(crate) fn plan(
         &self,
         user: UserId,
@@ -182,10 +220,16 @@ impl History {
         position: Seq,
         following: impl Iterator<Item = UserId>,
     ) -> Option<Plan> {
-        if after < self.floor || after >= position {
+        if after >= position {
             return None;
         }
-        let &(_, last_message) = self.messages.back()?;
+        let last_message = match self.messages.back() {
+            Some(&(_, last)) => last,
+            None => self.restored?,
+        };
+        if after < self.floor {
+            return Some(Plan::Snapshot { last_message });
+        }
         let holding = self
             .messages
             .partition_point(|&(first, _)| first <= after.saturating_add(1));
@@ -207,12 +251,12 @@ impl History {
                 following.insert(to);
             }
         }
-        Some(Plan {
+        Some(Plan::Log(LogPlan {
             first_message,
             last_message,
             following,
             changes,
-        })
+        }))
     }
 }
 
@@ -267,7 +311,7 @@ pub(crate) struct UserRouter {
 
 impl UserRouter {
     /// Routing for `user` from the point `plan` was made for.
-    pub(crate) fn new(user: UserId, plan: &Plan) -> UserRouter {
+    pub(crate) fn new(user: UserId, plan: &LogPlan) -> UserRouter {
         UserRouter {
             user,
             following: plan.following.clone(),
@@ -302,23 +346,185 @@ impl UserRouter {
     }
 }
 
+/// One deep resume of a [`GraphReplay`]: whose lines, which, and those
+/// kept so far.
+#[derive(Debug)]
+struct Target {
+    after: Seq,
+    upto: Seq,
+    max_bytes: usize,
+    lines: Vec<u8>,
+    /// Set when the lines passed `max_bytes` (then emptied).
+    over: bool,
+}
+
+/// Routing for the deep resumes of one sweep ([`Plan::Snapshot`]): the
+/// whole follower graph from a snapshot, replayed through the same
+/// [`Router`] the registry uses, so a follow refused at `maxFollowEdges`
+/// is refused here too and every status update goes where it went live.
+///
+/// Each event is routed once for every target: a follow or private
+/// message by its user, a broadcast to all, a status update through an
+/// index of which targets follow its author, kept in step with their edge
+/// changes, so a storm of resumes costs each event a lookup, not a
+/// check per resume.
+#[derive(Debug)]
+pub(crate) struct GraphReplay {
+    /// The graph after `position`.
+    router: Router,
+    /// The last event applied.
+    position: Seq,
+    /// The resumes, by index (stable: none is removed).
+    targets: Vec<Target>,
+    /// Target indices by user.
+    by_user: HashMap<UserId, Vec<usize>>,
+    /// Target indices by a user their user follows now.
+    watching: HashMap<UserId, Vec<usize>>,
+}
+
+impl GraphReplay {
+    /// A replay from `graph`, the graph after event `position`, with no
+    /// targets yet.
+    pub(crate) fn new(graph: Router, position: Seq) -> GraphReplay {
+        GraphReplay {
+            router: graph,
+            position,
+            targets: Vec::new(),
+            by_user: HashMap::new(),
+            watching: HashMap::new(),
+        }
+    }
+
+    /// The last event applied.
+    #[cfg(test)]
+    fn position(&self) -> Seq {
+        self.position
+    }
+
+    /// Adds a resume of `user` owed its lines in (`after`, `upto`], at most
+    /// `max_bytes` of them; returns its index. `after` must be at or above
+    /// the replay's position (nothing of it is applied yet).
+    pub(crate) fn add(
+        &mut self,
+        user: UserId,
+        (after, upto): (Seq, Seq),
+        max_bytes: usize,
+    ) -> usize {
+        debug_assert!(after >= self.position);
+        let index = self.targets.len();
+        self.targets.push(Target {
+            after,
+            upto,
+            max_bytes,
+            lines: Vec::new(),
+            over: false,
+        });
+        self.by_user.entry(user).or_default().push(index);
+        for followed in self.router.following(user) {
+            self.watching.entry(followed).or_default().push(index);
+        }
+        index
+    }
+
+    /// Applies `events` (one stream message's, in order), keeping each
+    /// target's lines; events at or below the position are skipped.
+    pub(crate) fn apply(&mut self, events: &[Event]) {
+        for event in events {
+            if event.seq <= self.position {
+                continue;
+            }
+            self.position = event.seq;
+            let routed = self.router.apply(event.kind);
+            if let Some(edge) = routed.edge {
+                self.edge_changed(edge);
+            }
+            match routed.audience {
+                Audience::Nobody => {}
+                Audience::User(to) => {
+                    if let Some(indices) = self.by_user.get(&to) {
+                        offer(&mut self.targets, indices, event);
+                    }
+                }
+                Audience::Everyone => {
+                    for target in &mut self.targets {
+                        target.offer(event);
+                    }
+                }
+                Audience::Followers(author) => {
+                    if let Some(indices) = self.watching.get(&author) {
+                        offer(&mut self.targets, indices, event);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps the index of followed users in step with a target's edges.
+    fn edge_changed(&mut self, edge: EdgeChange) {
+        let (from, to, added) = match edge {
+            EdgeChange::Added { from, to } => (from, to, true),
+            EdgeChange::Removed { from, to } => (from, to, false),
+        };
+        let Some(indices) = self.by_user.get(&from) else {
+            return;
+        };
+        let watchers = self.watching.entry(to).or_default();
+        if added {
+            watchers.extend_from_slice(indices);
+        } else {
+            watchers.retain(|index| !indices.contains(index));
+        }
+    }
+
+    /// The lines target `index` kept; `Err` if they passed its bound.
+    pub(crate) fn take(&mut self, index: usize) -> Result<Vec<u8>, OverBound> {
+        let target = &mut self.targets[index];
+        if target.over {
+            return Err(OverBound {
+                max_bytes: target.max_bytes,
+            });
+        }
+        Ok(std::mem::take(&mut target.lines))
+    }
+}
+
+impl Target {
+    /// Keeps `event`'s line if it is in the target's range.
+    #[inline]
+    fn offer(&mut self, event: &Event) {
+        if self.over || event.seq <= self.after || event.seq > self.upto {
+            return;
+        }
+        self.lines.extend_from_slice(&event.raw);
+        if self.lines.len() > self.max_bytes {
+            self.over = true;
+            self.lines = Vec::new();
+        }
+    }
+}
+
+/// Offers `event` to the targets at `indices`.
+fn offer(targets: &mut [Target], indices: &[usize], event: &Event) {
+    for &index in indices {
+        targets[index].offer(event);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::graph::router::Router;
 
-    /// The user's lines from replaying `kinds` through a real router,
-    /// against [`History::plan`] + [`UserRouter`] started at every `after`.
-    #[test]
-    fn planned_routing_matches_the_router_from_any_point() {
-        let mut state: u64 = 7;
+    /// `count` random events among users 1 to 6.
+    fn random_kinds(count: usize, seed: u64) -> Vec<EventKind> {
+        let mut state: u64 = seed;
         let mut next = move || {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             state
         };
-        let kinds: Vec<EventKind> = (0..400)
+        (0..count)
             .map(|_| {
                 let (a, b) = (next() % 6 + 1, next() % 6 + 1);
                 match next() % 6 {
@@ -329,23 +535,26 @@ mod tests {
                     _ => EventKind::Status { from: a },
                 }
             })
-            .collect();
-        let mut router = Router::new(1000);
+            .collect()
+    }
+
+    /// `kinds` (event `i + 1` is `kinds[i]`) through a real router of
+    /// `max_edges`: per user, the seqs routed to it, and the router's
+    /// history (one message per event).
+    fn route_all(kinds: &[EventKind], max_edges: usize) -> (Vec<Vec<Seq>>, History, Router) {
+        let mut router = Router::new(max_edges);
         let mut history = History::default();
-        // Per user, the seqs routed to it.
         let mut routed: Vec<Vec<Seq>> = vec![Vec::new(); 7];
         for (index, &kind) in kinds.iter().enumerate() {
             let seq = index as Seq + 1;
-            history.message(seq, seq); // one message per event
+            history.message(seq, seq);
             let outcome = router.apply(kind);
             for user in 1..=6u64 {
                 let to_user = match outcome.audience {
-                    crate::graph::router::Audience::Nobody => false,
-                    crate::graph::router::Audience::User(to) => to == user,
-                    crate::graph::router::Audience::Everyone => true,
-                    crate::graph::router::Audience::Followers(author) => {
-                        router.follows(user, author)
-                    }
+                    Audience::Nobody => false,
+                    Audience::User(to) => to == user,
+                    Audience::Everyone => true,
+                    Audience::Followers(author) => router.follows(user, author),
                 };
                 if to_user {
                     routed[user as usize].push(seq);
@@ -355,12 +564,23 @@ mod tests {
                 history.edge(seq, edge);
             }
         }
+        (routed, history, router)
+    }
+
+    /// The user's lines from replaying `kinds` through a real router,
+    /// against [`History::plan`] + [`UserRouter`] started at every `after`.
+    #[test]
+    fn planned_routing_matches_the_router_from_any_point() {
+        let kinds = random_kinds(400, 7);
+        let (routed, history, router) = route_all(&kinds, 1000);
         let position = kinds.len() as Seq;
         for user in 1..=6u64 {
             for after in 0..position {
-                let plan = history
-                    .plan(user, after, position, router.following(user))
-                    .expect("covered");
+                let Some(Plan::Log(plan)) =
+                    history.plan(user, after, position, router.following(user))
+                else {
+                    panic!("covered by the log");
+                };
                 assert_eq!(plan.first_message, after + 1);
                 let mut replay = UserRouter::new(user, &plan);
                 let got: Vec<Seq> = (after + 1..=position)
@@ -389,21 +609,100 @@ mod tests {
             },
         );
         history.edge(4, EdgeChange::Removed { from: 1, to: 2 });
-        // The change at 3 is lost, so no resume from before it is planned.
-        assert!(history.plan(1, 2, 5, std::iter::empty()).is_none());
-        let plan = history.plan(1, 3, 5, std::iter::empty()).unwrap();
+        // The change at 3 is lost, so a resume from before it is planned
+        // from a snapshot.
+        assert!(matches!(
+            history.plan(1, 2, 5, std::iter::empty()),
+            Some(Plan::Snapshot { last_message: 1 })
+        ));
+        let Some(Plan::Log(plan)) = history.plan(1, 3, 5, std::iter::empty()) else {
+            panic!("covered by the log");
+        };
         assert_eq!(plan.changes, [(4, 2, false)]);
         assert_eq!(plan.following, HashSet::from_iter([2]));
     }
 
     #[test]
-    fn a_resume_below_the_floor_is_not_planned() {
+    fn a_resume_below_the_floor_is_planned_from_a_snapshot() {
         let mut history = History::default();
+        history.restored(100, 6);
+        // Nothing applied since the snapshot: its message holds the position.
+        assert!(matches!(
+            history.plan(1, 99, 100, std::iter::empty()),
+            Some(Plan::Snapshot { last_message: 6 })
+        ));
         history.reset(100);
         history.message(101, 7);
-        assert!(history.plan(1, 99, 101, std::iter::empty()).is_none());
-        let plan = history.plan(1, 100, 101, std::iter::empty()).unwrap();
+        assert!(matches!(
+            history.plan(1, 99, 101, std::iter::empty()),
+            Some(Plan::Snapshot { last_message: 7 })
+        ));
+        let Some(Plan::Log(plan)) = history.plan(1, 100, 101, std::iter::empty()) else {
+            panic!("covered by the log");
+        };
         assert_eq!((plan.first_message, plan.last_message), (7, 7));
         assert!(history.plan(1, 101, 101, std::iter::empty()).is_none());
+    }
+
+    /// The user's lines from a [`GraphReplay`] started at a snapshot after
+    /// every event `snapshot`, for every `after` at or above it, against a
+    /// real router's routing; with a follow bound small enough to refuse
+    /// some follows.
+    #[test]
+    fn a_replay_from_any_snapshot_routes_as_the_router_did() {
+        let kinds = random_kinds(300, 11);
+        let (routed, _, _) = route_all(&kinds, 12);
+        let position = kinds.len() as Seq;
+        for snapshot in (0..position).step_by(7) {
+            let mut graph = Router::new(12);
+            for &kind in &kinds[..snapshot as usize] {
+                graph.apply(kind);
+            }
+            let mut replay = GraphReplay::new(graph, snapshot);
+            let mut asked = Vec::new();
+            for user in 1..=6u64 {
+                for after in (snapshot..position).step_by(5) {
+                    let upto = position - (after % 3);
+                    let index = replay.add(user, (after, upto), usize::MAX);
+                    asked.push((index, user, after, upto));
+                }
+            }
+            for (index, &kind) in kinds.iter().enumerate() {
+                let seq = index as Seq + 1;
+                let raw = bytes::Bytes::from(format!("{seq}\n"));
+                replay.apply(&[Event { seq, kind, raw }]);
+            }
+            assert_eq!(replay.position(), position);
+            for (index, user, after, upto) in asked {
+                let want: String = routed[user as usize]
+                    .iter()
+                    .filter(|&&seq| seq > after && seq <= upto)
+                    .map(|seq| format!("{seq}\n"))
+                    .collect();
+                let got = replay.take(index).expect("no bound");
+                assert_eq!(
+                    String::from_utf8(got).unwrap(),
+                    want,
+                    "user {user} in ({after}, {upto}] from {snapshot}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_replay_past_its_bound_fails_that_target_alone() {
+        let mut replay = GraphReplay::new(Router::new(10), 0);
+        let small = replay.add(1, (0, 10), 5);
+        let large = replay.add(2, (0, 10), 100);
+        for seq in 1..=3 {
+            let raw = bytes::Bytes::from(format!("{seq}|B\n"));
+            replay.apply(&[Event {
+                seq,
+                kind: EventKind::Broadcast,
+                raw,
+            }]);
+        }
+        assert_eq!(replay.take(small), Err(OverBound { max_bytes: 5 }));
+        assert_eq!(replay.take(large).unwrap(), b"1|B\n2|B\n3|B\n");
     }
 }

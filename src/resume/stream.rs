@@ -499,6 +499,9 @@ mod tests {
             let Some((ask, conn, plan, upto)) = self.pending.pop_front() else {
                 return;
             };
+            let Plan::Log(plan) = plan else {
+                panic!("the model's history never drops its edge log");
+            };
             let mut router = UserRouter::new(ask.user, &plan);
             let mut lines = Vec::new();
             for message in plan.first_message..=plan.last_message {

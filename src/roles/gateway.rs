@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::fetcher::{self, FETCH_QUEUE};
+use crate::cluster::fetcher::{self, MIN_FETCH_QUEUE};
 use crate::cluster::gateway::{Gateway, Lag};
 use crate::cluster::jetstream::Log;
 use crate::config::Config;
@@ -55,7 +55,7 @@ pub async fn run_gateway(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     // 1. Registry, resuming sessions of other gateways from the stream.
-    let (fetches, fetch_requests) = mpsc::channel(FETCH_QUEUE);
+    let (fetches, fetch_requests) = mpsc::channel(config.max_clients.max(MIN_FETCH_QUEUE));
     let (registry, handle) = Registry::new(config.registry(), stats.clone());
     let registry = Task::spawn("registry", registry.with_history(fetches).run());
 
@@ -173,8 +173,13 @@ async fn open(start: Start) -> Option<Gateway> {
     // pending limit (it would drop both).
     let fetch_log = Log::open(&settings, false).await;
     // Ends when the registry drops its sender.
-    tokio::spawn(fetcher::serve(fetch_log, fetch_requests, registry.clone()));
     let max_edges = config.max_follow_edges;
+    tokio::spawn(fetcher::serve(
+        fetch_log,
+        fetch_requests,
+        registry.clone(),
+        max_edges,
+    ));
     let snapshot = Gateway::first_snapshot(&log, max_edges).await;
     let mut gateway = Gateway::new(log, registry, max_edges, stats, (ready, lag));
     if !gateway.restore(snapshot).await {

@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::OrderedBatch;
 use crate::cluster::jetstream::Log;
-use crate::cluster::publisher::{self, AnotherWriter, Publisher};
+use crate::cluster::publisher::{self, AnotherWriter, Publisher, SnapshotPolicy};
+use crate::cluster::snapshots;
 use crate::config::Config;
 use crate::ingest::lines::MAX_LINE_BYTES;
 use crate::ingest::source::accept_sources;
@@ -122,8 +123,11 @@ async fn start_publisher(config: &Config, stats: &Arc<Stats>) -> Started {
     let position = recovered.position;
 
     // 2. Publisher.
-    let every = Duration::from_secs(config.snapshot_interval_secs);
-    let (mut publisher, to_publisher) = Publisher::new(log, recovered, every, stats.clone());
+    let policy = SnapshotPolicy {
+        every: Duration::from_secs(config.snapshot_interval_secs),
+        kept: snapshots::kept_for(config.resume_window_secs, config.snapshot_interval_secs),
+    };
+    let (mut publisher, to_publisher) = Publisher::new(log, recovered, policy, stats.clone());
     while let Err(error) = publisher.initial_snapshot().await {
         tracing::warn!(%error, "cannot write the first snapshot yet; retrying");
         tokio::time::sleep(START_RETRY).await;

@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::fanout::command::Resumed;
-use crate::resume::history::{keep, UserRouter};
-use followermaze_protocol::resume::Verdict;
+use crate::resume::history::{keep, Plan, UserRouter};
+use followermaze_protocol::resume::{StreamId, Verdict};
 use followermaze_protocol::{Event, EventKind};
 use proptest::prelude::*;
 
@@ -302,9 +302,12 @@ proptest! {
         let mut next_id = 0;
         let serve = |registry: &mut Registry, log: &[(Event, Vec<UserId>)], request: FetchRequest| {
             let resume = &request.resume;
-            let mut router = UserRouter::new(resume.user, &request.plan);
+            let Plan::Log(plan) = &request.plan else {
+                panic!("the registry's history never drops its edge log here");
+            };
+            let mut router = UserRouter::new(resume.user, plan);
             let mut lines = Vec::new();
-            for stream_seq in request.plan.first_message..=request.plan.last_message {
+            for stream_seq in plan.first_message..=plan.last_message {
                 let event = &log[stream_seq as usize - 1].0;
                 let range = (resume.after, resume.upto);
                 keep(&mut router, std::slice::from_ref(event), range, request.max_bytes, &mut lines)
