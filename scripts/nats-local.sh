@@ -8,7 +8,11 @@
 # each under $work), waits until JetStream has a meta leader, and sets
 # $nats_url to the three URLs, comma-separated, and $stream_replicas to 3
 # (1 otherwise). Node i's log is $work/nats$i.log, its monitoring port
-# ${nats_monitor[i]}.
+# ${nats_monitor[i]}, its pid ${nats_pids[i]}. Functions for the scripts
+# that kill nodes: nats_node i (starts node i again, on its store),
+# nats_leader (prints the index of the node leading the stream
+# ${natsStream:-FOLLOWERMAZE}), nats_healthy i (waits up to 60 s for node i
+# to say it is healthy: JetStream current, streams caught up).
 #
 #   name=cluster.sh; source "$here/scripts/nats-local.sh"
 
@@ -56,13 +60,41 @@ else
     nats_client=("${ports[@]:0:3}") nats_route=("${ports[@]:3:3}") nats_monitor=("${ports[@]:6:3}")
     routes="nats://127.0.0.1:${nats_route[0]},nats://127.0.0.1:${nats_route[1]},nats://127.0.0.1:${nats_route[2]}"
     cluster_name="followermaze-$$"
+    nats_pids=()
+    nats_node() { # i: starts node i, on its store
+        nats-server -js -n "n$1" -a 127.0.0.1 -p "${nats_client[$1]}" -m "${nats_monitor[$1]}" \
+            -sd "$work/store$1" --cluster_name "$cluster_name" \
+            --cluster "nats://127.0.0.1:${nats_route[$1]}" --routes "$routes" \
+            >>"$work/nats$1.log" 2>&1 &
+        nats_pids[$1]=$!
+        pids+=($!)
+    }
+    nats_leader() { # prints the index of the node leading the stream, if any knows
+        for i in 0 1 2; do
+            curl -s "127.0.0.1:${nats_monitor[i]}/jsz?accounts=true&streams=true" 2>/dev/null |
+                python3 -c '
+import json, sys
+name = sys.argv[1]
+for account in json.load(sys.stdin).get("account_details", []):
+    for stream in account.get("stream_detail", []):
+        if stream.get("name") == name:
+            leader = (stream.get("cluster") or {}).get("leader", "")
+            if leader.startswith("n"):
+                print(leader[1:]); sys.exit(0)
+sys.exit(1)' "${natsStream:-FOLLOWERMAZE}" 2>/dev/null && return 0
+        done
+        return 1
+    }
+    nats_healthy() { # i: waits up to 60 s for node i's /healthz to say ok
+        for _ in $(seq 600); do
+            [ "$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:${nats_monitor[$1]}/healthz")" = 200 ] && return 0
+            sleep 0.1
+        done
+        return 1
+    }
     urls=()
     for i in 0 1 2; do
-        nats-server -js -n "n$i" -a 127.0.0.1 -p "${nats_client[i]}" -m "${nats_monitor[i]}" \
-            -sd "$work/store$i" --cluster_name "$cluster_name" \
-            --cluster "nats://127.0.0.1:${nats_route[i]}" --routes "$routes" \
-            >"$work/nats$i.log" 2>&1 &
-        pids+=($!)
+        nats_node "$i"
         urls+=("nats://127.0.0.1:${nats_client[i]}")
     done
     nats_url="$(IFS=,; echo "${urls[*]}")"
