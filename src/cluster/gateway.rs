@@ -210,10 +210,11 @@ impl Gateway {
                         Err(stopped) => return stopped,
                     }
                 }
-                if let Err(stopped) = self.apply(stream_seq, &message).await {
-                    return stopped;
-                }
-                self.note_lag(pending, stored_at);
+                let events = match self.apply(stream_seq, &message).await {
+                    Ok(events) => events,
+                    Err(stopped) => return stopped,
+                };
+                self.note_lag(pending, stored_at, events);
                 if pending == 0 && !self.ready.load(Ordering::Relaxed) {
                     self.caught_up(started);
                 }
@@ -252,14 +253,14 @@ impl Gateway {
         &mut self,
         stream_seq: u64,
         message: &async_nats::jetstream::Message,
-    ) -> Result<(), Stopped> {
+    ) -> Result<u64, Stopped> {
         self.next = stream_seq + 1;
         Stats::add(&self.stats.consumed_messages, 1);
         let entry = match jetstream::decode(message.headers.as_ref(), &message.payload) {
             Ok(entry) => entry,
             Err(error) => {
                 tracing::error!(stream_seq, %error, "gateway: not a followermaze message; skipped");
-                return Ok(());
+                return Ok(0);
             }
         };
         let read_at = Instant::now();
@@ -276,7 +277,7 @@ impl Gateway {
         }
         Stats::add(&self.stats.events_received, count);
         Stats::set(&self.stats.next_sequence, last + 1);
-        Ok(())
+        Ok(count)
     }
 
     async fn deliver(
@@ -341,14 +342,19 @@ impl Gateway {
     }
 
     /// Publishes how far behind the stream's head the gateway is, after a
-    /// message the stream stored at `stored_at` (ns since the epoch) with
-    /// `pending` more after it, and whether that is over `maxLagMs`.
-    fn note_lag(&self, pending: u64, stored_at: i128) {
+    /// message of `events` events the stream stored at `stored_at` (ns
+    /// since the epoch) with `pending` more after it, and whether that is
+    /// over `maxLagMs`.
+    fn note_lag(&self, pending: u64, stored_at: i128, events: u64) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_nanos() as i128);
         let lag_ms = lag_ms(pending, stored_at, now);
         Stats::set(&self.stats.gateway_lag_messages, pending);
+        Stats::set(
+            &self.stats.gateway_lag_events,
+            pending.saturating_mul(events),
+        );
         Stats::set(&self.stats.gateway_lag_ms, lag_ms);
         let lagging = lag_ms > self.lag.max.as_millis() as u64;
         if self.lag.lagging.swap(lagging, Ordering::Relaxed) != lagging {

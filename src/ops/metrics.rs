@@ -231,6 +231,12 @@ const GAUGES: &[GaugeSpec] = &[
         per_unit: 1,
     },
     GaugeSpec {
+        name: "gateway_lag_events",
+        help: "Cluster gateway: events not yet consumed, estimated as the messages pending times the events of the last one consumed.",
+        field: |stats| &stats.gateway_lag_events,
+        per_unit: 1,
+    },
+    GaugeSpec {
         name: "gateway_lag_seconds",
         help: "Cluster gateway: how long ago the stream stored the last message consumed, while more were pending (0 when caught up).",
         field: |stats| &stats.gateway_lag_ms,

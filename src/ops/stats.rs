@@ -126,6 +126,9 @@ pub struct Stats {
     /// Gauge, cluster gateway: stream messages pending after the last one
     /// consumed.
     pub gateway_lag_messages: AtomicU64,
+    /// Gauge, cluster gateway: events pending, estimated as the messages
+    /// pending times the events of the last one consumed.
+    pub gateway_lag_events: AtomicU64,
     /// Gauge, cluster gateway: milliseconds since the stream stored the
     /// last message consumed, while more were pending (0 when caught up).
     pub gateway_lag_ms: AtomicU64,
