@@ -19,7 +19,7 @@
 #   totalEvents=3000000 offlineMs=3000 killswitchMs=1000 scripts/cluster-kill.sh
 #
 # Settings (environment): killAfterMs=1000 totalEvents=10000000
-# killswitchMs=200 basePort=29090 (sequencer events; gateway i serves
+# killswitchMs=200 roleLogLevel=warn (the roles' logLevel) basePort=29090 (sequencer events; gateway i serves
 # clients on basePort+9+i, metrics on basePort+102+i); natsNodes=1 (or 3: a
 # three-node NATS cluster on 127.0.0.1, its three URLs given to every role
 # with streamReplicas=3); natsKill=leader (the node leading the stream),
@@ -54,7 +54,7 @@ name=cluster-kill.sh
 # shellcheck source=scripts/nats-local.sh
 source "$here/scripts/nats-local.sh"
 node=(env natsUrl="$nats_url" streamReplicas="$stream_replicas" bindAddress=127.0.0.1 summaryIntervalSecs=0
-      logLevel=warn "$target/followermaze")
+      logLevel="${roleLogLevel:-warn}" "$target/followermaze")
 env role=sequencer eventListenerPort="$base" metricsPort=$((base + 101)) "${node[@]}" \
     2>"$work/sequencer.log" &
 pids+=($!)
@@ -124,6 +124,11 @@ if [ "$nats_nodes" = 3 ] && [ "$nats_kill" != none ]; then
 fi
 status=0
 wait "$verifier" || status=$?
+if [ "$status" != 0 ]; then
+    kept="$(mktemp -d -t cluster-kill-logs.XXXXXX)"
+    cp "$work"/*.log "$kept"/ 2>/dev/null || true
+    echo "cluster-kill.sh: the verifier failed; the roles' and NATS logs are in $kept" >&2
+fi
 stall="$(tail -n 1 "$work/stall" 2>/dev/null || echo "?")"
 
 if [ "$nats_kill" != all ]; then

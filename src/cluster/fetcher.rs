@@ -13,9 +13,11 @@
 //! graph from the newest snapshot at or before the earliest of them.
 //!
 //! What is bounded: the sweeps at once ([`CONCURRENT_SWEEPS`]), each
-//! reading a bounded pull ahead; the replays at once
-//! ([`CONCURRENT_REPLAYS`]); the lines a resume keeps (`resumeBufferBytes`).
-//! A request beyond them waits in the queue for the next sweep.
+//! reading a bounded pull ahead; the replays, one at a time on a task of
+//! their own (each holds a whole graph, up to 64 MiB at `maxFollowEdges`
+//! 4 M), every deep request that queued meanwhile joining the next; the
+//! lines a resume keeps (`resumeBufferBytes`). A request beyond them waits
+//! in the queue for the next sweep.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,10 +48,6 @@ pub(crate) const MIN_FETCH_QUEUE: usize = 64;
 /// reading at most `READ_BATCH_BYTES` ahead (`cluster::jetstream`). Every
 /// request that queued while they were busy joins the next sweep.
 const CONCURRENT_SWEEPS: usize = 4;
-
-/// Sweeps replaying the graph from a snapshot at once: each holds a whole
-/// graph (up to 64 MiB at `maxFollowEdges` 4 M), so one at a time.
-const CONCURRENT_REPLAYS: usize = 1;
 
 /// Longest one sweep may take, all its messages included; the requests it
 /// has not answered by then get `#GAP`. A replay from a snapshot reads up
@@ -111,6 +109,9 @@ pub(crate) enum FetchError {
     /// The snapshot a deep resume starts from could not be read.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// The replayer task is gone (it panicked).
+    #[error("the replaying task ended")]
+    NoReplayer,
     /// Resumes of one sweep name two streams: the stream changed since
     /// some were planned.
     #[error("the stream changed since the resume was planned")]
@@ -129,27 +130,73 @@ pub(crate) async fn serve(
     registry: RegistryHandle,
     max_edges: usize,
 ) {
+    // Deep requests go to the replayer, one replay at a time; those that
+    // queue while one runs join the next. Bounded as the fetch queue is.
+    let (deep, deep_requests) = mpsc::channel(requests.max_capacity());
+    let replayer = tokio::spawn(replay_deep(
+        log.clone(),
+        deep_requests,
+        registry.clone(),
+        max_edges,
+    ));
     let slots = Arc::new(Semaphore::new(CONCURRENT_SWEEPS));
-    let replays = Arc::new(Semaphore::new(CONCURRENT_REPLAYS));
     let mut sweeps = JoinSet::new();
     while let Some(first) = requests.recv().await {
         while sweeps.try_join_next().is_some() {}
+        let mut group = Vec::new();
+        route(first, &mut group, &deep, &registry).await;
+        if group.is_empty() {
+            continue;
+        }
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break; // Never closed; nothing to serve with.
         };
         // What queued meanwhile joins: at most the queue's bound.
-        let mut group = vec![first];
         while let Ok(request) = requests.try_recv() {
-            group.push(request);
+            route(request, &mut group, &deep, &registry).await;
         }
-        let (log, registry, replays) = (log.clone(), registry.clone(), replays.clone());
+        let (log, registry) = (log.clone(), registry.clone());
         sweeps.spawn(async move {
-            sweep(&log, group, &registry, (&replays, max_edges)).await;
+            sweep(&log, group, &registry, max_edges).await;
             drop(slot);
         });
     }
     // Each is bounded by FETCH_TIMEOUT, and answers or closes its clients.
+    drop(deep);
     while sweeps.join_next().await.is_some() {}
+    let _ = replayer.await;
+}
+
+/// Sends a deep request to the replayer, or adds a request planned from
+/// the edge log to `group`.
+async fn route(
+    request: FetchRequest,
+    group: &mut Vec<FetchRequest>,
+    deep: &mpsc::Sender<FetchRequest>,
+    registry: &RegistryHandle,
+) {
+    if !matches!(request.plan, Plan::Snapshot { .. }) {
+        group.push(request);
+    } else if let Err(mpsc::error::SendError(request)) = deep.send(request).await {
+        fail(registry, request, &FetchError::NoReplayer).await;
+    }
+}
+
+/// The replayer task: serves the deep requests, a sweep at a time, each
+/// with every request queued when it began.
+async fn replay_deep(
+    log: Log,
+    mut requests: mpsc::Receiver<FetchRequest>,
+    registry: RegistryHandle,
+    max_edges: usize,
+) {
+    while let Some(first) = requests.recv().await {
+        let mut group = vec![first];
+        while let Ok(request) = requests.try_recv() {
+            group.push(request);
+        }
+        sweep(&log, group, &registry, max_edges).await;
+    }
 }
 
 /// How a fetch of a sweep routes its user's lines.
@@ -192,19 +239,11 @@ struct Replay {
 /// Reads the union of the group's ranges once and answers each request as
 /// soon as its last message is read, or as soon as it fails; whatever is
 /// left when [`FETCH_TIMEOUT`] passes gets `#GAP`.
-async fn sweep(
-    log: &Log,
-    group: Vec<FetchRequest>,
-    registry: &RegistryHandle,
-    (replays, max_edges): (&Semaphore, usize),
-) {
+async fn sweep(log: &Log, group: Vec<FetchRequest>, registry: &RegistryHandle, max_edges: usize) {
     let (mut fetches, deep): (Vec<Fetch>, Vec<FetchRequest>) = split(group);
     let read = async {
-        // Held until the sweep ends: the replay's graph lives as long.
-        let mut _replaying = None;
         let mut replay = None;
         if !deep.is_empty() {
-            _replaying = replays.acquire().await.ok();
             replay = start_replay(log, deep, &mut fetches, registry, max_edges).await;
         }
         read(log, &mut fetches, &mut replay, registry).await
