@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use followermaze_protocol::resume::StreamId;
 use followermaze_protocol::Seq;
 
+use crate::batch::EventRef;
 use crate::cluster::jetstream::{self, DecodeError, Log, LogError, REQUEST_TIMEOUT};
 use crate::cluster::snapshots::{self, SnapshotError};
 use crate::fanout::command::{Command, FetchRequest, Resumed};
@@ -366,16 +367,30 @@ async fn read(
             }
         }
         reader.expected = stream_seq + 1;
-        let entry =
-            jetstream::decode(message.headers.as_ref(), &message.payload).map_err(|source| {
-                FetchError::Decode {
-                    seq: stream_seq,
-                    source,
-                }
-            })?;
-        keep_lines(fetches, replay, stream_seq, &entry, registry).await;
+        let decode_error = |source| FetchError::Decode {
+            seq: stream_seq,
+            source,
+        };
+        let (stream, _) =
+            jetstream::decode_headers(message.headers.as_ref()).map_err(decode_error)?;
+        let mut events = Vec::with_capacity(message.payload.len() / 16);
+        jetstream::decode_borrowed(&message.payload, &mut events).map_err(decode_error)?;
+        let read = Read {
+            stream_seq,
+            stream,
+            events: &events,
+        };
+        keep_lines(fetches, replay, read, registry).await;
     }
     Ok(())
+}
+
+/// One stream message read: its sequence, its stream and its events (each
+/// line borrowed from the message).
+struct Read<'a> {
+    stream_seq: u64,
+    stream: StreamId,
+    events: &'a [EventRef<'a>],
 }
 
 /// Hands the events of message `stream_seq` to every fetch whose range
@@ -384,15 +399,18 @@ async fn read(
 async fn keep_lines(
     fetches: &mut Vec<Fetch>,
     replay: &mut Option<Replay>,
-    stream_seq: u64,
-    entry: &jetstream::Entry,
+    Read {
+        stream_seq,
+        stream,
+        events,
+    }: Read<'_>,
     registry: &RegistryHandle,
 ) {
     let mut failed = Vec::new();
     if let Some(replaying) = replay {
         if stream_seq >= replaying.first_message {
-            if entry.stream == replaying.stream {
-                replaying.graph.apply(&entry.events);
+            if stream == replaying.stream {
+                replaying.graph.apply(events);
             } else {
                 for (index, fetch) in fetches.iter().enumerate() {
                     if matches!(fetch.route, Route::Replay(_)) {
@@ -410,12 +428,11 @@ async fn keep_lines(
             continue;
         }
         let resume = &fetch.request.resume;
-        let kept = if entry.stream != resume.stream {
+        let kept = if stream != resume.stream {
             Err(FetchError::OtherStream(stream_seq))
         } else {
             let range = (resume.after, resume.upto);
-            keep(router, &entry.events, range, fetch.request.max_bytes, lines)
-                .map_err(FetchError::from)
+            keep(router, events, range, fetch.request.max_bytes, lines).map_err(FetchError::from)
         };
         if let Err(error) = kept {
             failed.push((index, error));

@@ -20,9 +20,10 @@ use async_nats::jetstream::{self, object_store, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use followermaze_protocol::resume::StreamId;
-use followermaze_protocol::{parse_event, Event};
+use followermaze_protocol::{parse_event, parse_event_at, Event};
 use tokio::sync::Notify;
 
+use crate::batch::EventRef;
 use crate::settings::StreamSettings;
 
 /// Header naming the message's sequence space.
@@ -374,15 +375,7 @@ pub(crate) struct Entry {
 /// message no sequencer of ours wrote: no stream header, a line that is not
 /// an event, an unterminated tail, or sequence numbers not increasing.
 pub(crate) fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Entry, DecodeError> {
-    let headers = headers.ok_or(DecodeError::NoHeaders)?;
-    let stream = headers
-        .get(STREAM_HEADER)
-        .ok_or(DecodeError::NoStreamHeader)?;
-    let stream = StreamId::parse(stream.as_str().as_bytes())
-        .map_err(|_| DecodeError::BadStreamId(stream.as_str().to_owned()))?;
-    let new_stream = headers
-        .get(NEW_STREAM_HEADER)
-        .is_some_and(|value| value.as_str() == "1");
+    let (stream, new_stream) = decode_headers(headers)?;
     let mut events = Vec::with_capacity(payload.len() / 16);
     let mut start = 0;
     for end in memchr::memchr_iter(b'\n', payload) {
@@ -411,6 +404,62 @@ pub(crate) fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Ent
         new_stream,
         events,
     })
+}
+
+/// A message's sequence space, and whether a new stream begins with it.
+pub(crate) fn decode_headers(headers: Option<&HeaderMap>) -> Result<(StreamId, bool), DecodeError> {
+    let headers = headers.ok_or(DecodeError::NoHeaders)?;
+    let stream = headers
+        .get(STREAM_HEADER)
+        .ok_or(DecodeError::NoStreamHeader)?;
+    let stream = StreamId::parse(stream.as_str().as_bytes())
+        .map_err(|_| DecodeError::BadStreamId(stream.as_str().to_owned()))?;
+    let new_stream = headers
+        .get(NEW_STREAM_HEADER)
+        .is_some_and(|value| value.as_str() == "1");
+    Ok((stream, new_stream))
+}
+
+/// Decodes a payload's events into `events` (cleared first), each line
+/// borrowed from `payload`, with what [`decode`] checks: for a reader that
+/// keeps few of the lines (a resume's fetch), it costs no reference count
+/// per line, and it frames and parses the common line in one pass
+/// ([`parse_event_at`]).
+pub(crate) fn decode_borrowed<'a>(
+    payload: &'a Bytes,
+    events: &mut Vec<EventRef<'a>>,
+) -> Result<(), DecodeError> {
+    events.clear();
+    let mut start = 0;
+    while start < payload.len() {
+        let (end, seq, kind) = match parse_event_at(payload, start) {
+            Some(parsed) => parsed,
+            None => {
+                let end = memchr::memchr(b'\n', &payload[start..])
+                    .map(|at| start + at + 1)
+                    .ok_or(DecodeError::Unterminated)?;
+                let (seq, kind) =
+                    parse_event(&payload[start..end]).map_err(|error| DecodeError::BadLine {
+                        line: payload.slice(start..end),
+                        error: format!("{error:?}"),
+                    })?;
+                (end, seq, kind)
+            }
+        };
+        if events.last().is_some_and(|last| last.seq >= seq) {
+            return Err(DecodeError::NotIncreasing(seq));
+        }
+        events.push(EventRef {
+            seq,
+            kind,
+            raw: &payload[start..end],
+        });
+        start = end;
+    }
+    if events.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    Ok(())
 }
 
 /// The headers of a message starting a run at `first_seq` of `stream`,
@@ -554,6 +603,38 @@ mod tests {
         assert_eq!(raws, [&b"7|F|1|2\r\n"[..], b"8|B\n", b"10|S|1\r\n"]);
         let seqs: Vec<u64> = entry.events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [7, 8, 10]);
+    }
+
+    #[test]
+    fn the_borrowed_decode_reads_what_the_owned_one_reads() {
+        let stream = StreamId::parse(b"abc").unwrap();
+        let headers = headers(stream, false, 7, 3);
+        // Long lines near the end take the slow path; short ones the fast.
+        let mut text = String::new();
+        for seq in 1..200u64 {
+            text.push_str(&match seq % 5 {
+                0 => format!("{seq}|F|{}|{}\r\n", seq * 7, seq * 3),
+                1 => format!("{seq}|U|1|123456789012345678\n"),
+                2 => format!("{seq}|B\n"),
+                3 => format!("{seq}|P|4|5\r\n"),
+                _ => format!("{seq}|S|{}\n", seq % 13),
+            });
+        }
+        let payload = Bytes::from(text);
+        let owned = decode(Some(&headers), &payload).unwrap();
+        let mut borrowed = Vec::new();
+        decode_borrowed(&payload, &mut borrowed).unwrap();
+        assert_eq!(owned.events.len(), borrowed.len());
+        for (owned, borrowed) in owned.events.iter().zip(&borrowed) {
+            assert_eq!(owned.seq, borrowed.seq);
+            assert_eq!(owned.kind, borrowed.kind);
+            assert_eq!(&owned.raw[..], borrowed.raw);
+        }
+        for bad in [&b"1|B\n2|B"[..], b"2|B\n1|B\n", b"x\n", b""] {
+            let payload = Bytes::copy_from_slice(bad);
+            let mut events = Vec::new();
+            assert!(decode_borrowed(&payload, &mut events).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

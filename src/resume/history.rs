@@ -41,9 +41,10 @@
 
 use std::collections::VecDeque;
 
-use followermaze_protocol::{Event, EventKind, Seq, UserId};
+use followermaze_protocol::{EventKind, Seq, UserId};
 use hashbrown::{HashMap, HashSet};
 
+use crate::batch::EventRef;
 use crate::graph::router::{Audience, EdgeChange, Router};
 
 /// Edge changes remembered (16 bytes each: at most 32 MiB; about 7M events
@@ -274,7 +275,7 @@ pub(crate) struct OverBound {
 /// `#GAP`, as locally.
 pub(crate) fn keep(
     router: &mut UserRouter,
-    events: &[Event],
+    events: &[EventRef<'_>],
     (after, upto): (Seq, Seq),
     max_bytes: usize,
     lines: &mut Vec<u8>,
@@ -287,7 +288,7 @@ pub(crate) fn keep(
             break;
         }
         if router.concerns(event.seq, event.kind) {
-            lines.extend_from_slice(&event.raw);
+            lines.extend_from_slice(event.raw);
             if lines.len() > max_bytes {
                 return Err(OverBound { max_bytes });
             }
@@ -428,7 +429,7 @@ impl GraphReplay {
 
     /// Applies `events` (one stream message's, in order), keeping each
     /// target's lines; events at or below the position are skipped.
-    pub(crate) fn apply(&mut self, events: &[Event]) {
+    pub(crate) fn apply(&mut self, events: &[EventRef<'_>]) {
         for event in events {
             if event.seq <= self.position {
                 continue;
@@ -491,11 +492,11 @@ impl GraphReplay {
 impl Target {
     /// Keeps `event`'s line if it is in the target's range.
     #[inline]
-    fn offer(&mut self, event: &Event) {
+    fn offer(&mut self, event: &EventRef<'_>) {
         if self.over || event.seq <= self.after || event.seq > self.upto {
             return;
         }
-        self.lines.extend_from_slice(&event.raw);
+        self.lines.extend_from_slice(event.raw);
         if self.lines.len() > self.max_bytes {
             self.over = true;
             self.lines = Vec::new();
@@ -504,7 +505,7 @@ impl Target {
 }
 
 /// Offers `event` to the targets at `indices`.
-fn offer(targets: &mut [Target], indices: &[usize], event: &Event) {
+fn offer(targets: &mut [Target], indices: &[usize], event: &EventRef<'_>) {
     for &index in indices {
         targets[index].offer(event);
     }
@@ -669,8 +670,12 @@ mod tests {
             }
             for (index, &kind) in kinds.iter().enumerate() {
                 let seq = index as Seq + 1;
-                let raw = bytes::Bytes::from(format!("{seq}\n"));
-                replay.apply(&[Event { seq, kind, raw }]);
+                let raw = format!("{seq}\n");
+                replay.apply(&[EventRef {
+                    seq,
+                    kind,
+                    raw: raw.as_bytes(),
+                }]);
             }
             assert_eq!(replay.position(), position);
             for (index, user, after, upto) in asked {
@@ -695,11 +700,11 @@ mod tests {
         let small = replay.add(1, (0, 10), 5);
         let large = replay.add(2, (0, 10), 100);
         for seq in 1..=3 {
-            let raw = bytes::Bytes::from(format!("{seq}|B\n"));
-            replay.apply(&[Event {
+            let raw = format!("{seq}|B\n");
+            replay.apply(&[EventRef {
                 seq,
                 kind: EventKind::Broadcast,
-                raw,
+                raw: raw.as_bytes(),
             }]);
         }
         assert_eq!(replay.take(small), Err(OverBound { max_bytes: 5 }));

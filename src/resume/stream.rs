@@ -353,6 +353,7 @@ fn lines_after(lines: &[u8], after: Seq) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::EventRef;
     use crate::graph::router::{Audience, Router};
     use crate::resume::history::{keep, UserRouter};
     use followermaze_protocol::{Event, EventKind};
@@ -505,10 +506,15 @@ mod tests {
             let mut router = UserRouter::new(ask.user, &plan);
             let mut lines = Vec::new();
             for message in plan.first_message..=plan.last_message {
-                let event = std::slice::from_ref(&self.log[message as usize - 1].0);
+                let event = &self.log[message as usize - 1].0;
+                let event = EventRef {
+                    seq: event.seq,
+                    kind: event.kind,
+                    raw: &event.raw,
+                };
                 keep(
                     &mut router,
-                    event,
+                    &[event],
                     (ask.after, upto),
                     usize::MAX,
                     &mut lines,

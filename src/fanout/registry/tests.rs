@@ -2,6 +2,7 @@
 //! stream, driven through the actor's own methods.
 
 use super::*;
+use crate::batch::EventRef;
 use crate::fanout::command::Resumed;
 use crate::resume::history::{keep, Plan, UserRouter};
 use followermaze_protocol::resume::{StreamId, Verdict};
@@ -310,7 +311,8 @@ proptest! {
             for stream_seq in plan.first_message..=plan.last_message {
                 let event = &log[stream_seq as usize - 1].0;
                 let range = (resume.after, resume.upto);
-                keep(&mut router, std::slice::from_ref(event), range, request.max_bytes, &mut lines)
+                let event = EventRef { seq: event.seq, kind: event.kind, raw: &event.raw };
+                keep(&mut router, &[event], range, request.max_bytes, &mut lines)
                     .expect("within the bound");
             }
             registry.fetched(Resumed { resume: request.resume, lines: Some(lines) });
