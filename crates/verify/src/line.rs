@@ -176,6 +176,10 @@ const USER_ENTRY_BYTES: usize = 16;
 /// most; larger ids are formatted digit by digit.
 const USER_TABLE_MAX: u32 = 1 << 16;
 
+/// User ids on each kind's line, in [`Kind::ALL`] order: follow,
+/// unfollow, broadcast, private, status.
+const USER_FIELDS: [u8; 5] = [2, 2, 0, 2, 1];
+
 /// Bytes of a [`LineWriter`] hundreds entry: the digits of `seq / 100` (at
 /// most 18), with their count in its last byte.
 const HUNDREDS_ENTRY_BYTES: usize = 24;
@@ -222,19 +226,45 @@ impl LineWriter {
 
     /// Writes `event`'s line, terminator included, at the start of `slot`
     /// and returns its length; `slot[len..]` is scratch.
+    ///
+    /// No branch on the kind, which is random: both user entries are
+    /// written whatever the kind, and one the kind does not carry counts
+    /// for no bytes, so the next piece overwrites it.
     #[inline]
     pub(crate) fn write(&mut self, event: &Event, slot: &mut [u8; LINE_SLOT_BYTES]) -> usize {
         let mut at = self.put_seq(slot, event.seq);
         slot[at] = b'|';
         slot[at + 1] = event.kind.letter();
         at += 2;
-        match event.kind {
-            Kind::Broadcast => {}
-            Kind::Status => at = self.put_user(slot, at, event.from),
-            Kind::Follow | Kind::Unfollow | Kind::Private => {
-                at = self.put_user(slot, at, event.from);
-                at = self.put_user(slot, at, event.to);
-            }
+        let (Some(from), Some(to)) = (
+            self.users.get(event.from as usize),
+            self.users.get(event.to as usize),
+        ) else {
+            return self.write_users_slowly(event, slot, at);
+        };
+        let fields = USER_FIELDS[event.kind as usize];
+        slot[at..at + USER_ENTRY_BYTES].copy_from_slice(from);
+        at += usize::from(from[USER_ENTRY_BYTES - 1]) * usize::from(fields >= 1);
+        slot[at..at + USER_ENTRY_BYTES].copy_from_slice(to);
+        at += usize::from(to[USER_ENTRY_BYTES - 1]) * usize::from(fields >= 2);
+        slot[at..at + TERMINATOR.len()].copy_from_slice(TERMINATOR);
+        at + TERMINATOR.len()
+    }
+
+    /// The rest of [`LineWriter::write`] when a user id is past the table:
+    /// the fields from `at` on, and the terminator.
+    fn write_users_slowly(
+        &self,
+        event: &Event,
+        slot: &mut [u8; LINE_SLOT_BYTES],
+        mut at: usize,
+    ) -> usize {
+        let fields = USER_FIELDS[event.kind as usize];
+        if fields >= 1 {
+            at = self.put_user(slot, at, event.from);
+        }
+        if fields >= 2 {
+            at = self.put_user(slot, at, event.to);
         }
         slot[at..at + TERMINATOR.len()].copy_from_slice(TERMINATOR);
         at + TERMINATOR.len()
