@@ -5,6 +5,8 @@
 //! the source sends, so the source and the client checkers can never
 //! disagree about what a notification should look like.
 
+use std::sync::Arc;
+
 use followermaze_protocol::Seq;
 
 /// Every line the verifier sends ends with this, as the protocol says.
@@ -191,11 +193,14 @@ const HUNDREDS_ENTRY_BYTES: usize = 24;
 /// hundreds, so two are cached), then two digits from [`DIGIT_PAIRS`].
 /// Pieces are copied as fixed-size words into a [`LINE_SLOT_BYTES`] slot,
 /// which is why the slot is longer than the line.
+///
+/// A clone shares the table (and starts with the same cache).
 #[derive(Debug, Clone)]
 pub(crate) struct LineWriter {
     /// `users[id]`: `|id`, its length in the last byte; ids
-    /// `0..users.len()`.
-    users: Vec<[u8; USER_ENTRY_BYTES]>,
+    /// `0..users.len()`. Shared by clones: the source and every client's
+    /// checker read the same table.
+    users: Arc<[[u8; USER_ENTRY_BYTES]]>,
     /// The digits of two hundreds (`seq / 100`), slot `hundreds & 1`, with
     /// which hundreds they are (0: none, as sequence numbers under 100 do
     /// not use the cache).
