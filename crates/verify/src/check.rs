@@ -88,7 +88,7 @@ use super::config::LineEndings;
 use super::expect::{Expected, Tally};
 use super::failure::{ByteDiff, ClientRef, Failure, Progress};
 use super::latency::Latencies;
-use super::line::{leading_seq, quote, Event};
+use super::line::{leading_seq, quote, Event, LineWriter, LINE_SLOT_BYTES};
 use super::shared::{Plan, Shared};
 use followermaze_protocol::resume::is_control;
 use followermaze_protocol::{parse_event, strip_terminator, EventKind, Seq};
@@ -196,6 +196,10 @@ pub(crate) struct Checker {
     last_seq: Seq,
     /// Main-stream entries given up to a `#GAP` (folded into `tally`).
     lost: u64,
+    /// Renders the owed line on the fast path: the source's formatter, one
+    /// table of user ids shared by every checker; the same bytes as
+    /// [`Expected::render`].
+    writer: LineWriter,
 }
 
 /// The opening broadcasts are written one per chunk, starting with chunk 0
@@ -219,12 +223,14 @@ fn is_broadcast(line: &[u8]) -> bool {
 
 impl Checker {
     /// A checker for `client`, reading its entries from `queue`, judging
-    /// terminators as `line_endings` says.
+    /// terminators as `line_endings` says, rendering owed lines with
+    /// `writer`.
     pub(crate) fn new(
         client: ClientRef,
         queue: Consumer<Expected>,
         shared: Arc<Shared>,
         line_endings: LineEndings,
+        writer: LineWriter,
     ) -> Checker {
         Checker {
             client,
@@ -240,6 +246,7 @@ impl Checker {
             first_broadcast: None,
             last_seq: 0,
             lost: 0,
+            writer,
         }
     }
 
@@ -432,7 +439,8 @@ impl Checker {
         // rendered and compared byte for byte. No parsing.
         if matches!(self.phase, Phase::Main) {
             if let Ok(front) = self.queue.peek() {
-                let (want, len) = front.render();
+                let mut want = [0u8; LINE_SLOT_BYTES];
+                let len = self.writer.write(&front.event(), &mut want);
                 let matched = self.compare(&want[..len], line);
                 if matched != Match::Differs {
                     let (seq, chunk) = (front.seq, front.chunk);
@@ -736,6 +744,12 @@ mod tests {
 
     const CLIENT: ClientRef = ClientRef::new(3, 42);
 
+    /// The checkers' writer: a table short of user 42, so both of its
+    /// paths render owed lines.
+    fn writer() -> LineWriter {
+        LineWriter::new(10)
+    }
+
     /// A checker whose opening was broadcasts 1..=`opening_end`, with
     /// `main` queued (each as a private message to user 42), final at
     /// `final_seq`.
@@ -767,7 +781,7 @@ mod tests {
         // What is queued stays queued when the producer goes.
         drop(producer);
         (
-            Checker::new(CLIENT, consumer, shared, LineEndings::Exact),
+            Checker::new(CLIENT, consumer, shared, LineEndings::Exact, writer()),
             lines,
         )
     }
@@ -796,7 +810,13 @@ mod tests {
         // arrived: the first main-stream line still leads to the fast path.
         let shared = Arc::new(Shared::default());
         let (mut producer, consumer) = rtrb::RingBuffer::new(8);
-        let mut checker = Checker::new(CLIENT, consumer, shared.clone(), LineEndings::Exact);
+        let mut checker = Checker::new(
+            CLIENT,
+            consumer,
+            shared.clone(),
+            LineEndings::Exact,
+            writer(),
+        );
         assert!(matches!(checker.phase, Phase::Unregistered));
         shared.clock.stamp(0);
         shared.clock.stamp(1);
@@ -1047,13 +1067,20 @@ mod tests {
         // Before the plan is known, "sent" means "its chunk was stamped".
         let shared = Arc::new(Shared::default());
         let (_producer, consumer) = rtrb::RingBuffer::new(4);
-        let mut checker = Checker::new(CLIENT, consumer, shared.clone(), LineEndings::Exact);
+        let mut checker = Checker::new(
+            CLIENT,
+            consumer,
+            shared.clone(),
+            LineEndings::Exact,
+            writer(),
+        );
         assert!(checker.check(b"1|B\r\n", 0).is_err());
         let mut checker = Checker::new(
             CLIENT,
             rtrb::RingBuffer::new(4).1,
             shared.clone(),
             LineEndings::Exact,
+            writer(),
         );
         shared.clock.stamp(0);
         assert_eq!(checker.check(b"1|B\r\n", 0), Ok(Verdict::More));
@@ -1163,7 +1190,7 @@ mod tests {
         // Before the plan, the next opening broadcast is owed.
         let shared = Arc::new(Shared::default());
         let (_producer, consumer) = rtrb::RingBuffer::new(4);
-        let mut checker = Checker::new(CLIENT, consumer, shared, LineEndings::Exact);
+        let mut checker = Checker::new(CLIENT, consumer, shared, LineEndings::Exact, writer());
         checker.registered_at(3);
         let failure = checker
             .checkpoint(4, b"#AT|s|4|0|00000000\r\n")

@@ -163,8 +163,9 @@ impl Expected {
         }
     }
 
-    /// The line the source wrote for it, rendered by the same formatter:
-    /// `&buf[..len]`.
+    /// The line the source wrote for it, `&buf[..len]`: by
+    /// [`format_line`], whose bytes the source's [`super::line::LineWriter`]
+    /// matches (the checker's fast path renders with one of those).
     #[inline]
     pub(crate) fn render(&self) -> ([u8; MAX_LINE_BYTES], usize) {
         let mut buf = [0u8; MAX_LINE_BYTES];

@@ -194,9 +194,8 @@ impl Generator {
         let size = 1 + self.rng.below(self.max_batch);
         let end = self.last_seq.min(self.next_seq + size - 1);
         for seq in self.next_seq..=end {
-            let event = self.draw(seq);
+            let event = self.draw(seq, batch.events.len() as u32, &mut batch.notes);
             self.mix[event.kind as usize] += 1;
-            self.route(&event, batch.events.len() as u32, &mut batch.notes);
             batch.events.push(event);
         }
         self.next_seq = end + 1;
@@ -229,16 +228,26 @@ impl Generator {
         }
     }
 
-    /// Draws event `seq` and applies it to the graph.
+    /// Draws event `seq` (at `index` in its batch), applies it to the
+    /// graph and appends the notifications it causes to `notes`. One
+    /// `match` on the kind does all three: the kind is random, so each
+    /// branch on it is a likely misprediction.
     #[inline]
-    fn draw(&mut self, seq: Seq) -> Event {
+    fn draw(&mut self, seq: Seq, index: u32, notes: &mut Vec<Note>) -> Event {
         let event = |kind, from, to| Event {
             seq,
             kind,
             from,
             to,
         };
+        let note = |client| {
+            notes.push(Note {
+                client,
+                event: index,
+            })
+        };
         if seq == self.last_seq {
+            (0..self.clients).for_each(note);
             return event(Kind::Broadcast, 0, 0);
         }
         let roll = self.rng.below(PPM);
@@ -248,8 +257,10 @@ impl Generator {
                 let from = self.user();
                 let to = self.other_user(from);
                 self.graph.follow(from, to);
+                self.graph.for_each_client(to, note);
                 event(kind, from, to)
             }
+            // Nobody hears of an unfollow.
             Kind::Unfollow => match self.graph.unfollow_any(&mut self.rng) {
                 Some((from, to)) => event(kind, from, to),
                 // Nothing to remove: a harmless unfollow of a pair that does
@@ -263,27 +274,18 @@ impl Generator {
             Kind::Private => {
                 let from = self.user();
                 let to = self.other_user(from);
+                self.graph.for_each_client(to, note);
                 event(kind, from, to)
             }
-            Kind::Status => event(kind, self.user(), 0),
-            Kind::Broadcast => event(kind, 0, 0),
-        }
-    }
-
-    /// Appends the notifications `event` (at `index` in its batch) causes.
-    #[inline]
-    fn route(&self, event: &Event, index: u32, notes: &mut Vec<Note>) {
-        let note = |client| {
-            notes.push(Note {
-                client,
-                event: index,
-            })
-        };
-        match event.kind {
-            Kind::Follow | Kind::Private => self.graph.for_each_client(event.to, note),
-            Kind::Unfollow => {}
-            Kind::Status => self.graph.for_each_follower_client(event.from, note),
-            Kind::Broadcast => (0..self.clients).for_each(note),
+            Kind::Status => {
+                let from = self.user();
+                self.graph.for_each_follower_client(from, note);
+                event(kind, from, 0)
+            }
+            Kind::Broadcast => {
+                (0..self.clients).for_each(note);
+                event(kind, 0, 0)
+            }
         }
     }
 

@@ -20,13 +20,95 @@ use super::rng::Rng;
 /// No client: ends a user's list of connections.
 const NO_CLIENT: u32 = u32::MAX;
 
+/// Bits the follow edges may take as a bitmap (2 MiB): up to 4,095 users
+/// the edge set is a bit per (from, to) pair, beyond that a hash set.
+const EDGE_BITMAP_MAX_BITS: u64 = 1 << 24;
+
+/// Which follow edges exist. A bitmap, when `users` is small enough: a
+/// follow or an unfollow is then one bit, where a hash set churning through
+/// millions of inserts and removes keeps rehashing away its tombstones.
+#[derive(Debug)]
+enum EdgeSet {
+    /// Bit `from * stride + to`.
+    Bits {
+        /// One bit per pair.
+        words: Vec<u64>,
+        /// `users + 1`: ids are `1..=users`.
+        stride: u64,
+    },
+    /// Keyed `from << 32 | to`.
+    Hashed(HashSet<u64>),
+}
+
+impl EdgeSet {
+    /// An empty set over users `1..=users`, a bitmap if it takes at most
+    /// `max_bits`.
+    fn new(users: u32, max_bits: u64) -> EdgeSet {
+        let stride = u64::from(users) + 1;
+        match stride.checked_mul(stride) {
+            Some(bits) if bits <= max_bits => EdgeSet::Bits {
+                words: vec![0; bits.div_ceil(64) as usize],
+                stride,
+            },
+            _ => EdgeSet::Hashed(HashSet::new()),
+        }
+    }
+
+    /// Adds `from -> to`; false if it was there.
+    #[inline]
+    fn insert(&mut self, from: u32, to: u32) -> bool {
+        match self {
+            EdgeSet::Bits { words, stride } => {
+                let (word, bit) = bit_of(*stride, from, to);
+                let was = words[word] & bit != 0;
+                words[word] |= bit;
+                !was
+            }
+            EdgeSet::Hashed(set) => set.insert(edge_key(from, to)),
+        }
+    }
+
+    /// Removes `from -> to`; false if it was not there.
+    #[inline]
+    fn remove(&mut self, from: u32, to: u32) -> bool {
+        match self {
+            EdgeSet::Bits { words, stride } => {
+                let (word, bit) = bit_of(*stride, from, to);
+                let was = words[word] & bit != 0;
+                words[word] &= !bit;
+                was
+            }
+            EdgeSet::Hashed(set) => set.remove(&edge_key(from, to)),
+        }
+    }
+
+    /// Whether `from -> to` is there.
+    #[cfg(test)]
+    fn contains(&self, from: u32, to: u32) -> bool {
+        match self {
+            EdgeSet::Bits { words, stride } => {
+                let (word, bit) = bit_of(*stride, from, to);
+                words[word] & bit != 0
+            }
+            EdgeSet::Hashed(set) => set.contains(&edge_key(from, to)),
+        }
+    }
+}
+
+/// The word and the mask of pair `(from, to)`'s bit.
+#[inline]
+fn bit_of(stride: u64, from: u32, to: u32) -> (usize, u64) {
+    let index = u64::from(from) * stride + u64::from(to);
+    ((index / 64) as usize, 1 << (index % 64))
+}
+
 /// See the module doc.
 #[derive(Debug)]
 pub(crate) struct Graph {
     /// Every follow edge as `(from, to)`, in no particular order.
     edges: Vec<(u32, u32)>,
-    /// The same edges, keyed `from << 32 | to`, for membership.
-    edge_set: HashSet<u64>,
+    /// The same edges, for membership.
+    edge_set: EdgeSet,
     /// `connected_followers[u]`: the followers of `u` that have at least one
     /// connection, each once.
     connected_followers: Vec<Vec<u32>>,
@@ -46,6 +128,12 @@ impl Graph {
     /// An empty graph over users `1..=users`, where client connection `c`
     /// belongs to user `client_users[c]` (a user may have several).
     pub(crate) fn new(users: u32, client_users: &[u32]) -> Graph {
+        Graph::with_edge_bits(users, client_users, EDGE_BITMAP_MAX_BITS)
+    }
+
+    /// [`Graph::new`], with the edges a bitmap if it takes at most
+    /// `max_bits` (the tests try both kinds of set).
+    fn with_edge_bits(users: u32, client_users: &[u32], max_bits: u64) -> Graph {
         let slots = users as usize + 1;
         let mut first_client = vec![NO_CLIENT; slots];
         let mut next_client = vec![NO_CLIENT; client_users.len()];
@@ -60,7 +148,7 @@ impl Graph {
         }
         Graph {
             edges: Vec::new(),
-            edge_set: HashSet::new(),
+            edge_set: EdgeSet::new(users, max_bits),
             connected_followers: vec![Vec::new(); slots],
             first_client,
             next_client,
@@ -94,7 +182,7 @@ impl Graph {
 
     /// Records that `from` follows `to`; false if it already did.
     pub(crate) fn follow(&mut self, from: u32, to: u32) -> bool {
-        if !self.edge_set.insert(edge_key(from, to)) {
+        if !self.edge_set.insert(from, to) {
             return false;
         }
         self.edges.push((from, to));
@@ -112,7 +200,7 @@ impl Graph {
         }
         let index = rng.below(self.edges.len() as u64) as usize;
         let (from, to) = self.edges.swap_remove(index);
-        let removed = self.edge_set.remove(&edge_key(from, to));
+        let removed = self.edge_set.remove(from, to);
         debug_assert!(removed, "edges and edge_set hold the same edges");
         if self.is_connected(from) {
             let followers = &mut self.connected_followers[to as usize];
@@ -126,7 +214,7 @@ impl Graph {
     /// Whether `from` follows `to` (for tests: the generator never asks).
     #[cfg(test)]
     pub(crate) fn follows(&self, from: u32, to: u32) -> bool {
-        self.edge_set.contains(&edge_key(from, to))
+        self.edge_set.contains(from, to)
     }
 
     /// The number of follow edges.
@@ -164,8 +252,38 @@ mod tests {
 
     #[test]
     fn matches_a_naive_model_under_random_operations() {
+        for max_bits in [EDGE_BITMAP_MAX_BITS, 0] {
+            matches_a_naive_model(max_bits);
+        }
+    }
+
+    #[test]
+    fn the_edges_are_a_bitmap_for_few_users_only() {
+        let bits = |users| EdgeSet::new(users, EDGE_BITMAP_MAX_BITS);
+        assert!(matches!(bits(4095), EdgeSet::Bits { .. }));
+        assert!(matches!(bits(4096), EdgeSet::Hashed(_)));
+        assert!(matches!(bits(u32::MAX), EdgeSet::Hashed(_)));
+        assert!(matches!(
+            Graph::new(10, &[1]).edge_set,
+            EdgeSet::Bits { .. }
+        ));
+        let mut edges = EdgeSet::new(4095, EDGE_BITMAP_MAX_BITS);
+        for (from, to) in [(1, 1), (1, 4095), (4095, 1), (4095, 4095), (2, 3)] {
+            assert!(!edges.contains(from, to));
+            assert!(edges.insert(from, to));
+            assert!(!edges.insert(from, to));
+            assert!(edges.contains(from, to));
+        }
+        assert!(edges.remove(4095, 4095));
+        assert!(!edges.remove(4095, 4095));
+        assert!(!edges.contains(4095, 4095) && edges.contains(4095, 1));
+    }
+
+    /// Random follows and unfollows, the edges kept as a bitmap up to
+    /// `max_bits`, against a plain set.
+    fn matches_a_naive_model(max_bits: u64) {
         let client_users = [1, 3, 3, 7, 9];
-        let mut graph = Graph::new(10, &client_users);
+        let mut graph = Graph::with_edge_bits(10, &client_users, max_bits);
         let mut naive: BTreeSet<(u32, u32)> = BTreeSet::new();
         let mut rng = Rng::new(42);
         for _ in 0..5_000 {

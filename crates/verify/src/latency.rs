@@ -88,6 +88,10 @@ impl SendClock {
 pub(crate) struct Latencies {
     /// Two significant digits: about 1% error, 30 KiB per histogram.
     histogram: Histogram<u64>,
+    /// A run of equal samples not yet in `histogram`: (value, count). The
+    /// lines of one read that came in one chunk have the same latency, so
+    /// a run is recorded once rather than once a line.
+    run: (u64, u64),
 }
 
 impl Default for Latencies {
@@ -95,6 +99,7 @@ impl Default for Latencies {
         Latencies {
             histogram: Histogram::new_with_bounds(1, MAX_TRACKED_US, 2)
                 .expect("constant bounds are valid"),
+            run: (0, 0),
         }
     }
 }
@@ -103,20 +108,40 @@ impl Latencies {
     /// Records one latency.
     #[inline]
     pub(crate) fn record(&mut self, micros: u64) {
-        self.histogram
-            .saturating_record(micros.clamp(1, MAX_TRACKED_US));
+        let micros = micros.clamp(1, MAX_TRACKED_US);
+        if micros == self.run.0 {
+            self.run.1 += 1;
+        } else {
+            self.end_run();
+            self.run = (micros, 1);
+        }
+    }
+
+    /// Records the pending run into the histogram.
+    fn end_run(&mut self) {
+        let (micros, count) = std::mem::take(&mut self.run);
+        if count > 0 {
+            self.histogram.saturating_record_n(micros, count);
+        }
     }
 
     /// Adds every sample of `other`.
     pub(crate) fn merge(&mut self, other: &Latencies) {
+        self.end_run();
         // Same bounds on both sides, so this cannot fail; if it somehow did,
         // the report would just have fewer samples.
         let _ = self.histogram.add(&other.histogram);
+        let (micros, count) = other.run;
+        if count > 0 {
+            self.histogram.saturating_record_n(micros, count);
+        }
     }
 
     /// Percentiles, or `None` with no samples.
     pub(crate) fn summary(&self) -> Option<LatencySummary> {
-        let h = &self.histogram;
+        let mut all = self.clone();
+        all.end_run();
+        let h = &all.histogram;
         if h.is_empty() {
             return None;
         }
@@ -149,6 +174,32 @@ pub struct LatencySummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_of_equal_samples_count_as_every_sample() {
+        // Runs of every length, cut by merges and summaries, against the
+        // histogram fed one sample at a time.
+        let mut rng = crate::rng::Rng::new(5);
+        let (mut runs, mut merged) = (Latencies::default(), Latencies::default());
+        let mut one_by_one = Histogram::<u64>::new_with_bounds(1, MAX_TRACKED_US, 2).unwrap();
+        for i in 0..5_000 {
+            let micros = [0, 1, 7, 7_000, MAX_TRACKED_US + 1][rng.below(5) as usize];
+            for _ in 0..rng.below(4) {
+                runs.record(micros);
+                one_by_one.saturating_record(micros.clamp(1, MAX_TRACKED_US));
+            }
+            if i % 700 == 0 {
+                merged.merge(&runs);
+                runs = Latencies::default();
+                assert_eq!(merged.summary().map(|s| s.samples), Some(one_by_one.len()));
+            }
+        }
+        merged.merge(&runs);
+        let mut all = merged.clone();
+        all.end_run();
+        assert_eq!(all.histogram, one_by_one);
+        assert_eq!(merged.summary().map(|s| s.samples), Some(one_by_one.len()));
+    }
 
     #[test]
     fn stamps_are_found_until_overwritten() {

@@ -147,6 +147,7 @@ use expect::queue_capacity;
 use generator::{client_users, GeneratorSettings};
 use hello::{Hello, Start};
 use latency::Latencies;
+use line::LineWriter;
 use opening::Opened;
 use probe::Probed;
 use reader::{read_client, ReaderOutcome, Resume};
@@ -470,11 +471,19 @@ fn start(config: &VerifyConfig, connected: Connected) -> Running {
     let mut producers = Vec::with_capacity(users.len());
     let mut readers = JoinSet::new();
     let mut sessions = sessions.into_iter();
+    // One table of user ids for every checker.
+    let writer = LineWriter::new(config.number_of_users);
     for (index, (stream, &user)) in client_streams.into_iter().zip(&users).enumerate() {
         let (producer, consumer) = rtrb::RingBuffer::new(capacity);
         producers.push(producer);
         let client = ClientRef::new(index, user);
-        let mut checker = Checker::new(client, consumer, shared.clone(), config.line_endings);
+        let mut checker = Checker::new(
+            client,
+            consumer,
+            shared.clone(),
+            config.line_endings,
+            writer.clone(),
+        );
         let resume = sessions.next().map(|session| {
             checker.set_connection(Some(session.connection()));
             resume_for(config, index, &client_addrs, session)

@@ -254,6 +254,10 @@ impl Reader {
         let kill = tokio::time::sleep_until(deadline.into());
         tokio::pin!(kill);
         let mut kill_armed = planned.is_some();
+        // One waiter on the run's end for the whole connection, not one
+        // registered and removed again (under a lock) every read.
+        let cancelled = self.shared.cancel.clone().cancelled_owned();
+        tokio::pin!(cancelled);
         // A resumable connection's verdict is due within `timeout`.
         let connected = Instant::now();
         // A mid-line drop waits for the first byte of a line.
@@ -268,7 +272,7 @@ impl Reader {
             let limit = if cut { filled + 1 } else { self.buf.len() };
             let read = tokio::select! {
                 biased;
-                () = self.shared.cancel.cancelled() => return Err(Stop::Cancelled),
+                () = &mut cancelled => return Err(Stop::Cancelled),
                 () = &mut kill, if kill_armed => {
                     kill_armed = false;
                     match drop_connection(stream, planned.map(|(_, kind)| kind)).await {

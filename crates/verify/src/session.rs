@@ -444,7 +444,13 @@ mod tests {
             };
             producer.push(Expected::new(&event, 0)).unwrap();
         }
-        let checker = Checker::new(ClientRef::new(0, 42), consumer, shared, LineEndings::Exact);
+        let checker = Checker::new(
+            ClientRef::new(0, 42),
+            consumer,
+            shared,
+            LineEndings::Exact,
+            crate::line::LineWriter::new(100),
+        );
         let settings = SessionSettings {
             window: WINDOW,
             credentials: None,

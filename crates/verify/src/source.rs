@@ -30,7 +30,7 @@ use rtrb::Producer;
 use super::expect::{line_hash, Expected, Tally};
 use super::failure::{ClientRef, Failure};
 use super::generator::{Batch, Generator, GeneratorSettings, MixCounts};
-use super::line::{format_line, Event, MAX_LINE_BYTES};
+use super::line::{Event, LineWriter, LINE_SLOT_BYTES, MAX_LINE_BYTES};
 use super::opening::{Opened, OPENING_TICK};
 use super::shared::{Plan, Shared};
 use followermaze_protocol::Seq;
@@ -105,10 +105,13 @@ pub(crate) struct Source {
     tallies: Vec<Tally>,
     /// The output buffer, kept at its full length so lines are formatted
     /// straight into it; `out[..used]` is not yet written, whole batches
-    /// only. Room for a chunk plus one batch plus one line.
+    /// only. Room for a chunk plus one batch, plus one line slot (the
+    /// writer's stores run past a line's end).
     out: Vec<u8>,
     /// Bytes of `out` in use.
     used: usize,
+    /// Formats the lines into `out`.
+    writer: LineWriter,
     /// Where each event of the current batch sits in `out`: (offset, len).
     spans: Vec<(usize, usize)>,
     /// Per client: entries the current batch needs (scratch, all zero
@@ -138,14 +141,16 @@ impl Source {
         let clients = queues.len();
         let max_batch = settings.generator.max_batch as usize;
         let opened = settings.opened;
+        let writer = LineWriter::new(settings.generator.users);
         Source {
             stream,
             settings,
             shared,
             queues,
             tallies: vec![Tally::default(); clients],
-            out: vec![0; CHUNK_BYTES + (max_batch + 1) * MAX_LINE_BYTES],
+            out: vec![0; CHUNK_BYTES + max_batch * MAX_LINE_BYTES + LINE_SLOT_BYTES],
             used: 0,
+            writer,
             spans: Vec::with_capacity(max_batch),
             need: vec![0; clients],
             touched: Vec::with_capacity(clients),
@@ -314,10 +319,10 @@ impl Source {
     #[inline]
     fn put(&mut self, event: &Event) -> (usize, usize) {
         let start = self.used;
-        let slot: &mut [u8; MAX_LINE_BYTES] = (&mut self.out[start..start + MAX_LINE_BYTES])
+        let slot: &mut [u8; LINE_SLOT_BYTES] = (&mut self.out[start..start + LINE_SLOT_BYTES])
             .try_into()
-            .expect("the buffer has room for a chunk and a batch more");
-        let len = format_line(event, slot);
+            .expect("the buffer has room for a chunk, a batch and a slot more");
+        let len = self.writer.write(event, slot);
         self.used += len;
         (start, len)
     }
