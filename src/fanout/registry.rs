@@ -444,8 +444,8 @@ impl Registry {
         );
         self.enter_stream(batch);
         let mut notifications: u64 = 0;
-        for event in batch.events() {
-            let Routed { audience, edge } = self.router.apply(event.kind);
+        for event in batch.tagged_events() {
+            let Routed { audience, edge } = self.router.apply_tagged(event.tagged);
             let raw = event.raw;
             notifications += (self.table).stage(audience, event.seq, raw, &mut self.sessions);
             if let Some(edge) = edge {
