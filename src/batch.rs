@@ -21,52 +21,93 @@
 //!
 //! A batch holds its lines in one buffer and each event names its line by
 //! offset ([`BatchEvent`]): one reference count per batch instead of one
-//! per event, and 40 bytes an event in the queues instead of 64. (The
-//! per-event counts were a tenth of the classic run's profile; the copies
-//! that replace them cost about the same, measured, and the queued
-//! batches take a fifth less memory.)
+//! per event. (The per-event counts were a tenth of the classic run's
+//! profile; the copies that replace them cost about the same, measured,
+//! and the queued batches take a fifth less memory.) An event is 32 bytes
+//! in the queues: its sequence number, its kind as a tag byte and two ids
+//! ([`Tagged`]), and its line's offset and length (a line is at most
+//! `MAX_LINE_BYTES`, 4 KiB, so its length fits 16 bits); the enum it
+//! replaced made 40.
 
 use std::time::Instant;
 
 use bytes::Bytes;
 use followermaze_protocol::resume::StreamId;
-use followermaze_protocol::{Event, EventKind, Seq};
+use followermaze_protocol::{Event, EventKind, EventType, Seq, Tagged, UserId};
 
 /// Most events in one batch: about one 64 KiB read's worth, which keeps
-/// each queued batch near 230 KiB (40 bytes an event and its line).
+/// each queued batch near 200 KiB (32 bytes an event, and its line).
 pub const MAX_DELIVER_EVENTS: usize = 4096;
 
 /// One event of an [`OrderedBatch`]; its line is in the batch's buffer.
+/// 32 bytes (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchEvent {
     /// Position in the stream.
     pub seq: Seq,
-    /// What it does and who hears of it.
-    pub kind: EventKind,
+    /// [`Tagged::from`].
+    from: UserId,
+    /// [`Tagged::to`].
+    to: UserId,
     /// Its line: `lines[start..start + len]`.
     start: u32,
-    len: u32,
+    len: u16,
+    /// [`Tagged::tag`].
+    tag: EventType,
 }
+
+const _: () = assert!(std::mem::size_of::<BatchEvent>() == 32);
 
 impl BatchEvent {
     /// Event `seq` of `kind` whose line is `lines[start..start + len]` of
     /// the buffer it will be read with (at most 4 GiB: read chunks and
-    /// batches are far smaller).
+    /// batches are far smaller; `len` at most 64 KiB: a line is at most
+    /// `MAX_LINE_BYTES`, 4 KiB).
     #[inline]
-    pub(crate) fn new(seq: Seq, kind: EventKind, start: usize, len: usize) -> BatchEvent {
+    pub(crate) fn new(seq: Seq, kind: impl Into<Tagged>, start: usize, len: usize) -> BatchEvent {
+        debug_assert!(
+            len <= usize::from(u16::MAX),
+            "a line is at most MAX_LINE_BYTES"
+        );
+        let Tagged { tag, from, to } = kind.into();
         BatchEvent {
             seq,
-            kind,
+            from,
+            to,
             start: start as u32,
-            len: len as u32,
+            len: len as u16,
+            tag,
+        }
+    }
+
+    /// What it does and who hears of it.
+    #[inline]
+    pub fn tagged(&self) -> Tagged {
+        Tagged {
+            tag: self.tag,
+            from: self.from,
+            to: self.to,
         }
     }
 
     /// Its line in `lines`, the buffer its offsets are in.
     #[inline]
     pub(crate) fn line<'a>(&self, lines: &'a [u8]) -> &'a [u8] {
-        &lines[self.start as usize..(self.start + self.len) as usize]
+        let start = self.start as usize;
+        &lines[start..start + usize::from(self.len)]
     }
+}
+
+/// An event with its line, as the sequencer and the registry handle it:
+/// the kind as [`Tagged`], which they route on without building the enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaggedRef<'a> {
+    /// Position in the stream.
+    pub seq: Seq,
+    /// What it does and who hears of it.
+    pub tagged: Tagged,
+    /// The line exactly as read, terminator included.
+    pub raw: &'a [u8],
 }
 
 /// An event of a batch with its line, as [`OrderedBatch::events`] yields it.
@@ -103,9 +144,9 @@ impl BatchBuilder {
         }
     }
 
-    /// Appends an event and its line.
+    /// Appends an event and its line (at most `MAX_LINE_BYTES`).
     #[inline]
-    pub fn push(&mut self, seq: Seq, kind: EventKind, raw: &[u8]) {
+    pub fn push(&mut self, seq: Seq, kind: impl Into<Tagged>, raw: &[u8]) {
         if self.lines.capacity() - self.lines.len() < raw.len() {
             self.grow_lines(raw.len());
         }
@@ -212,7 +253,7 @@ impl OrderedBatch {
         );
         debug_assert!(events
             .iter()
-            .all(|event| (event.start as usize + event.len as usize) <= lines.len()));
+            .all(|event| (event.start as usize + usize::from(event.len)) <= lines.len()));
         OrderedBatch {
             events,
             lines,
@@ -260,7 +301,18 @@ impl OrderedBatch {
     pub fn events(&self) -> impl ExactSizeIterator<Item = EventRef<'_>> + '_ {
         self.events.iter().map(move |event| EventRef {
             seq: event.seq,
-            kind: event.kind,
+            kind: event.tagged().into(),
+            raw: event.line(&self.lines),
+        })
+    }
+
+    /// The events with their lines, in sequence order, their kinds as
+    /// [`Tagged`] (the registry's loop).
+    #[inline]
+    pub(crate) fn tagged_events(&self) -> impl ExactSizeIterator<Item = TaggedRef<'_>> + '_ {
+        self.events.iter().map(move |event| TaggedRef {
+            seq: event.seq,
+            tagged: event.tagged(),
             raw: event.line(&self.lines),
         })
     }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -169,8 +169,19 @@ impl Admission {
     /// writes its bytes (the verdict first, for a resumable one) to the
     /// returned connection's outbox. `None` when the registry has stopped.
     pub(crate) async fn register(self, clients: &Clients, hello: Hello) -> Option<Registered> {
+        self.register_with(clients, hello, Outbox::new()).await
+    }
+
+    /// [`Admission::register`] with `outbox` (a TCP client's, which the
+    /// registry may write through to its socket).
+    async fn register_with(
+        self,
+        clients: &Clients,
+        hello: Hello,
+        outbox: Outbox,
+    ) -> Option<Registered> {
         let user = hello.user();
-        let outbox = Arc::new(Outbox::new());
+        let outbox = Arc::new(outbox);
         let register = Command::Register {
             hello,
             conn: self.id,
@@ -357,12 +368,15 @@ impl Connection {
                 return;
             }
         };
-        let Some(registered) = admission.register(&self.clients, hello).await else {
+        // Shared with the outbox, which the registry may write through.
+        let stream = Arc::new(stream);
+        let outbox = Outbox::for_socket(Arc::clone(&stream));
+        let Some(registered) = admission.register_with(&self.clients, hello, outbox).await else {
             return;
         };
         let (user, conn) = (registered.user, registered.conn);
         tracing::debug!(peer = %self.peer, user, conn, "client registered");
-        let reason = pump(&mut stream, registered.outbox(), &self.clients.stats).await;
+        let reason = pump(&stream, registered.outbox(), &self.clients.stats).await;
         registered.end(reason).await;
         tracing::debug!(peer = %self.peer, user, conn, reason = reason.as_str(), "client disconnected");
     }
@@ -432,8 +446,11 @@ fn hello_of(line: &[u8], auth: Option<&Key>) -> Result<Hello, HandshakeError> {
 }
 
 /// Moves bytes from `outbox` to the socket until the client leaves, the
-/// outbox is closed, or the socket fails; returns why it stopped.
-async fn pump(stream: &mut TcpStream, outbox: &Outbox, stats: &Stats) -> DisconnectReason {
+/// outbox is closed, or the socket fails; returns why it stopped. The
+/// socket is shared with the outbox (the registry may write through it
+/// while this writer holds no bytes; see [`crate::fanout::outbox`]), so it
+/// is used by readiness and `try_` calls, which take it by reference.
+async fn pump(stream: &TcpStream, outbox: &Outbox, stats: &Stats) -> DisconnectReason {
     let mut writing: Vec<u8> = Vec::new();
     let mut discard = [0u8; DISCARD_BYTES];
     loop {
@@ -445,25 +462,8 @@ async fn pump(stream: &mut TcpStream, outbox: &Outbox, stats: &Stats) -> Disconn
             return DisconnectReason::SlowConsumer;
         }
         if !writing.is_empty() {
-            let mut rest: &[u8] = &writing;
-            while !rest.is_empty() {
-                tokio::select! {
-                    written = stream.write(rest) => match written {
-                        Ok(0) | Err(_) => return DisconnectReason::Error,
-                        Ok(n) => {
-                            rest = &rest[n..];
-                            Stats::add(&stats.client_writes, 1);
-                            Stats::add(&stats.bytes_written, n as u64);
-                        }
-                    },
-                    // A stuck client must not pin this task in `write`
-                    // when the registry gives up on it.
-                    () = outbox.woken() => {
-                        if outbox.closed() == Some(Closed::SlowConsumer) {
-                            return DisconnectReason::SlowConsumer;
-                        }
-                    }
-                }
+            if let Err(reason) = write_all(stream, &writing, outbox, stats).await {
+                return reason;
             }
             if let Some(read_at) = oldest_read_at {
                 stats.latency.record(read_at.elapsed());
@@ -480,22 +480,71 @@ async fn pump(stream: &mut TcpStream, outbox: &Outbox, stats: &Stats) -> Disconn
             None => {}
             Some(Closed::Reset) => {
                 // Linger 0: closing sends RST instead of FIN.
-                let _ = socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO));
+                let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
                 return DisconnectReason::FaultReset;
             }
             Some(_) => {
                 // Drained (or closed by us): say goodbye properly.
-                let _ = stream.shutdown().await;
+                let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
                 return DisconnectReason::Normal;
             }
         }
         tokio::select! {
             () = outbox.woken() => {}
-            read = stream.read(&mut discard) => match read {
+            read = read_some(stream, &mut discard) => match read {
                 Ok(0) => return DisconnectReason::Normal,
                 Ok(n) => Stats::add(&stats.client_bytes_ignored, n as u64),
                 Err(_) => return DisconnectReason::Error,
             }
+        }
+    }
+}
+
+/// Writes all of `bytes` to `stream`, counting each write; gives up when
+/// the registry closes `outbox` as a slow consumer (a stuck client must
+/// not pin the writer in a write), or the socket fails.
+async fn write_all(
+    stream: &TcpStream,
+    bytes: &[u8],
+    outbox: &Outbox,
+    stats: &Stats,
+) -> Result<(), DisconnectReason> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        tokio::select! {
+            ready = stream.writable() => {
+                if ready.is_err() {
+                    return Err(DisconnectReason::Error);
+                }
+                match stream.try_write(rest) {
+                    Ok(0) => return Err(DisconnectReason::Error),
+                    Ok(n) => {
+                        rest = &rest[n..];
+                        Stats::add(&stats.client_writes, 1);
+                        Stats::add(&stats.bytes_written, n as u64);
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Err(DisconnectReason::Error),
+                }
+            },
+            () = outbox.woken() => {
+                if outbox.closed() == Some(Closed::SlowConsumer) {
+                    return Err(DisconnectReason::SlowConsumer);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads what the client sent into `buf`, waiting until it sent something
+/// (or closed: `Ok(0)`). Cancel safe.
+async fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match stream.try_read(buf) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return result,
         }
     }
 }

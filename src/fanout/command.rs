@@ -18,7 +18,7 @@ pub(crate) type ConnId = u64;
 
 /// How many commands may wait for the registry. Each `Deliver` holds at
 /// most [`crate::batch::MAX_DELIVER_EVENTS`] events (about one 64 KiB read's
-/// worth: ~230 KiB with their lines), so 8 bound the queue to ~1.8 MiB
+/// worth: ~200 KiB with their lines, 32 bytes an event), so 8 bound the queue to ~1.6 MiB
 /// while leaving enough in flight to keep both sides busy; a slow registry
 /// pushes back on the sources.
 pub(crate) const COMMAND_QUEUE: usize = 8;

@@ -18,7 +18,7 @@ use crate::fanout::outbox::{Closed, Outbox, PushError};
 use crate::graph::online::Online;
 use crate::graph::reach::Reach;
 use crate::graph::router::{Audience, EdgeChange};
-use crate::ops::stats::LogThrottle;
+use crate::ops::stats::{LogThrottle, Stats};
 use crate::resume::session::{Sessions, Tally};
 
 /// Staging buffers larger than this after a flush are freed rather than kept
@@ -261,11 +261,18 @@ impl Table {
     /// Moves every touched connection's staged bytes to its outbox (one
     /// lock, at most one wake each), and empties `touched`. Returns the
     /// keys whose outbox refused them, for the registry to forget (usually
-    /// none).
-    pub(crate) fn flush_touched(&mut self, read_at: Instant, max_pending: usize) -> Vec<usize> {
+    /// none). With `write_through` (the registry is idle: see
+    /// [`crate::fanout::outbox`]), an idle writer's bytes are sent from
+    /// here, counted in those stats, instead of waking it.
+    pub(crate) fn flush_touched(
+        &mut self,
+        read_at: Instant,
+        max_pending: usize,
+        write_through: Option<&Stats>,
+    ) -> Vec<usize> {
         let mut touched = std::mem::take(&mut self.touched);
         for &key in &touched {
-            self.flush(key, read_at, max_pending);
+            self.flush(key, read_at, max_pending, write_through);
         }
         touched.clear();
         self.touched = touched;
@@ -275,7 +282,13 @@ impl Table {
     /// Moves connection `key`'s staged bytes to its outbox; notes the key
     /// in `refused` if the outbox refuses them (or fault injection resets
     /// the connection).
-    fn flush(&mut self, key: usize, read_at: Instant, max_pending: usize) {
+    fn flush(
+        &mut self,
+        key: usize,
+        read_at: Instant,
+        max_pending: usize,
+        write_through: Option<&Stats>,
+    ) {
         let conn = &mut self.conns[key];
         let (outbox, resetting) = match &conn.sink {
             Sink::Plain(outbox) => (outbox, false),
@@ -287,7 +300,10 @@ impl Table {
                 return;
             }
         };
-        let result = outbox.push(&mut conn.staged, read_at, max_pending);
+        let result = match write_through {
+            Some(stats) => outbox.push_or_write(&mut conn.staged, read_at, max_pending, stats),
+            None => outbox.push(&mut conn.staged, read_at, max_pending),
+        };
         if conn.staged.capacity() > STAGING_KEEP_BYTES {
             conn.staged = Vec::new();
         }

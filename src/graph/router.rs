@@ -54,7 +54,7 @@
 
 use hashbrown::HashMap;
 
-use followermaze_protocol::{EventKind, UserId};
+use followermaze_protocol::{EventKind, EventType, Tagged, UserId};
 
 /// What applying one event did: who must hear of it, and which follow edge
 /// it added or removed. The two are independent: a follow is routed to the
@@ -232,12 +232,19 @@ impl Router {
     /// distinct pairs.
     #[inline]
     pub fn apply(&mut self, kind: EventKind) -> Routed {
-        let (audience, edge) = match kind {
-            EventKind::Follow { from, to } => (Audience::User(to), self.follow(from, to)),
-            EventKind::Unfollow { from, to } => (Audience::Nobody, self.unfollow(from, to)),
-            EventKind::Broadcast => (Audience::Everyone, None),
-            EventKind::Private { to, .. } => (Audience::User(to), None),
-            EventKind::Status { from } => (Audience::Followers(from), None),
+        self.apply_tagged(kind.into())
+    }
+
+    /// [`Router::apply`], the kind as [`Tagged`] (the registry's form).
+    #[inline]
+    pub fn apply_tagged(&mut self, kind: Tagged) -> Routed {
+        let Tagged { tag, from, to } = kind;
+        let (audience, edge) = match tag {
+            EventType::Follow => (Audience::User(to), self.follow(from, to)),
+            EventType::Unfollow => (Audience::Nobody, self.unfollow(from, to)),
+            EventType::Broadcast => (Audience::Everyone, None),
+            EventType::Private => (Audience::User(to), None),
+            EventType::Status => (Audience::Followers(from), None),
         };
         Routed { audience, edge }
     }

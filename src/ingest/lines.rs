@@ -14,7 +14,7 @@
 //! next `\n` is dropped with it.
 
 use bytes::{Buf, Bytes, BytesMut};
-use followermaze_protocol::{parse_event, parse_event_at, ParseError};
+use followermaze_protocol::{parse_event, parse_tagged_at, ParseError};
 
 use crate::batch::BatchEvent;
 
@@ -244,7 +244,7 @@ pub enum Skipped<'a> {
 /// [`LineReader::take_lines`] returned) to `events`, in order, each naming
 /// its line by offset in `chunk`; `on_skipped` hears of every other line.
 ///
-/// The common line is framed and parsed in one pass ([`parse_event_at`]),
+/// The common line is framed and parsed in one pass ([`parse_tagged_at`]),
 /// with no separate search for its end; any other line is found with
 /// `memchr` and read field by field ([`parse_event`]). Measured on the
 /// classic mix (`benches/parse.rs`), a third less time a line than
@@ -258,7 +258,7 @@ pub fn read_events<'a>(
     let mut lines = Lines::new(chunk, max_line_bytes);
     while let Some(start) = lines.next_start() {
         if let Some((end, seq, kind)) =
-            parse_event_at(chunk, start).filter(|&(end, ..)| end - start <= max_line_bytes)
+            parse_tagged_at(chunk, start).filter(|&(end, ..)| end - start <= max_line_bytes)
         {
             events.push(BatchEvent::new(seq, kind, start, end - start));
             lines.skip_to(end);

@@ -5,9 +5,9 @@
 //! came from. A line of the usual size (event lines are 10 to 40 bytes) is
 //! copied inline, within the ring's slot; a longer one goes to the heap.
 
-use followermaze_protocol::{EventKind, Seq};
+use followermaze_protocol::{Seq, Tagged};
 
-use crate::batch::EventRef;
+use crate::batch::TaggedRef;
 use crate::order::reorder::Arrival;
 
 /// Line bytes held inline: the slot is then 80 bytes in all.
@@ -19,7 +19,7 @@ pub(crate) struct Parked {
     /// Position in the stream.
     pub seq: Seq,
     /// What it does and who hears of it.
-    pub kind: EventKind,
+    pub tagged: Tagged,
     /// Its line, terminator included.
     line: Line,
 }
@@ -34,7 +34,7 @@ enum Line {
 impl Parked {
     /// Event `seq` of `kind`, its line `raw` copied.
     #[inline]
-    pub(crate) fn new(seq: Seq, kind: EventKind, raw: &[u8]) -> Parked {
+    pub(crate) fn new(seq: Seq, tagged: Tagged, raw: &[u8]) -> Parked {
         let line = if raw.len() <= INLINE_BYTES {
             let mut bytes = [0; INLINE_BYTES];
             copy_short(&mut bytes, raw);
@@ -45,7 +45,7 @@ impl Parked {
         } else {
             Line::Heap(raw.into())
         };
-        Parked { seq, kind, line }
+        Parked { seq, tagged, line }
     }
 
     /// Parks event `seq` of `kind` in `slot`, its line `raw` copied there
@@ -53,14 +53,14 @@ impl Parked {
     /// one width and read back at another, which stalls on store
     /// forwarding (a third of the sequencer's time in the classic profile).
     #[inline]
-    pub(crate) fn park(slot: &mut Option<Parked>, seq: Seq, kind: EventKind, raw: &[u8]) {
+    pub(crate) fn park(slot: &mut Option<Parked>, seq: Seq, tagged: Tagged, raw: &[u8]) {
         if raw.len() > INLINE_BYTES {
-            *slot = Some(Parked::new(seq, kind, raw));
+            *slot = Some(Parked::new(seq, tagged, raw));
             return;
         }
         let parked = slot.insert(Parked {
             seq,
-            kind,
+            tagged,
             line: Line::Inline {
                 len: raw.len() as u8,
                 bytes: [0; INLINE_BYTES],
@@ -82,10 +82,10 @@ impl Parked {
 }
 
 /// An arriving event parks as a copy of its line.
-impl Arrival<Parked> for EventRef<'_> {
+impl Arrival<Parked> for TaggedRef<'_> {
     #[inline]
     fn park(self, slot: &mut Option<Parked>) {
-        Parked::park(slot, self.seq, self.kind, self.raw);
+        Parked::park(slot, self.seq, self.tagged, self.raw);
     }
 }
 
@@ -111,13 +111,14 @@ fn copy_short(dst: &mut [u8], src: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use followermaze_protocol::EventKind;
 
     #[test]
     fn short_and_long_lines_come_back_byte_for_byte() {
         let short = b"12|S|34\r\n";
         let long: Vec<u8> = std::iter::repeat_n(b'7', 200).chain(*b"|B\n").collect();
         for raw in [&short[..], &long[..], &b"\n"[..], &[b'x'; INLINE_BYTES][..]] {
-            let parked = Parked::new(1, EventKind::Broadcast, raw);
+            let parked = Parked::new(1, EventKind::Broadcast.into(), raw);
             assert_eq!(parked.raw(), raw);
         }
         assert!(std::mem::size_of::<Parked>() <= 80);

@@ -23,7 +23,7 @@ use hashbrown::HashMap;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::batch::{BatchBuilder, BatchEvent, EventRef, MAX_DELIVER_EVENTS};
+use crate::batch::{BatchBuilder, BatchEvent, TaggedRef, MAX_DELIVER_EVENTS};
 use crate::ops::stats::{LogThrottle, Stats};
 use crate::order::gap::GapPolicy;
 use crate::order::parked::Parked;
@@ -31,7 +31,7 @@ use crate::order::reorder::{Release, ReorderBuffer};
 use crate::order::sink::{BatchSink, SinkGone};
 use crate::settings::SequencerSettings;
 use bytes::Bytes;
-use followermaze_protocol::{EventKind, Seq};
+use followermaze_protocol::{Seq, Tagged};
 
 /// Identifies one source connection.
 pub(crate) type SourceId = u64;
@@ -88,7 +88,7 @@ impl Releases {
 
 impl Releases {
     #[inline]
-    fn push(&mut self, seq: Seq, kind: EventKind, raw: &[u8]) {
+    fn push(&mut self, seq: Seq, kind: Tagged, raw: &[u8]) {
         if self.filling.events_full() {
             // Sized for one read and the window released more: twice the
             // room, but never past a full batch's (Vec's doubling would
@@ -110,20 +110,20 @@ impl Releases {
 impl Release<Parked> for Releases {
     #[inline]
     fn release(&mut self, event: &Parked) {
-        self.push(event.seq, event.kind, event.raw());
+        self.push(event.seq, event.tagged, event.raw());
     }
 }
 
 /// An event that arrived in order, its line copied from the read's chunk.
-impl Release<EventRef<'_>> for Releases {
+impl Release<TaggedRef<'_>> for Releases {
     #[inline]
-    fn release(&mut self, event: &EventRef<'_>) {
-        self.push(event.seq, event.kind, event.raw);
+    fn release(&mut self, event: &TaggedRef<'_>) {
+        self.push(event.seq, event.tagged, event.raw);
     }
 }
 
 /// How many parsed reads may wait for the sequencer. Each is at most one
-/// 64 KiB read's worth of events (~220 KiB with their headers); the
+/// 64 KiB read's worth of events (~190 KiB with their 32-byte headers); the
 /// bound makes a slow pipeline push back on the source's TCP window instead
 /// of buffering.
 pub(crate) const SOURCE_QUEUE: usize = 8;
@@ -317,9 +317,9 @@ impl Sequencer {
         }
         let before = self.buffer.stats();
         for event in events {
-            let arrival = EventRef {
+            let arrival = TaggedRef {
                 seq: event.seq,
-                kind: event.kind,
+                tagged: event.tagged(),
                 raw: event.line(&chunk),
             };
             self.buffer.insert(event.seq, arrival, &mut released);

@@ -60,6 +60,67 @@ pub enum EventKind {
     },
 }
 
+/// An event's type: the letter of its line, as one byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum EventType {
+    /// `F`: [`EventKind::Follow`].
+    Follow = b'F',
+    /// `U`: [`EventKind::Unfollow`].
+    Unfollow = b'U',
+    /// `B`: [`EventKind::Broadcast`].
+    Broadcast = b'B',
+    /// `P`: [`EventKind::Private`].
+    Private = b'P',
+    /// `S`: [`EventKind::Status`].
+    Status = b'S',
+}
+
+/// An [`EventKind`] in the layout the server queues it in: the type as a
+/// tag byte and both user ids, `0` where the type has no such field. It
+/// is built from a line with no branch on the type ([`parse_tagged_at`]),
+/// and beside a sequence number and a line's offset it makes a 32-byte
+/// queued event where the enum made 40. Converts to and from
+/// [`EventKind`] losslessly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tagged {
+    /// The type.
+    pub tag: EventType,
+    /// The follower, sender or author; `0` for a broadcast.
+    pub from: UserId,
+    /// The user followed, unfollowed or messaged; `0` for a broadcast or a
+    /// status update.
+    pub to: UserId,
+}
+
+impl From<EventKind> for Tagged {
+    #[inline]
+    fn from(kind: EventKind) -> Tagged {
+        let (tag, from, to) = match kind {
+            EventKind::Follow { from, to } => (EventType::Follow, from, to),
+            EventKind::Unfollow { from, to } => (EventType::Unfollow, from, to),
+            EventKind::Broadcast => (EventType::Broadcast, 0, 0),
+            EventKind::Private { from, to } => (EventType::Private, from, to),
+            EventKind::Status { from } => (EventType::Status, from, 0),
+        };
+        Tagged { tag, from, to }
+    }
+}
+
+impl From<Tagged> for EventKind {
+    #[inline]
+    fn from(tagged: Tagged) -> EventKind {
+        let Tagged { tag, from, to } = tagged;
+        match tag {
+            EventType::Follow => EventKind::Follow { from, to },
+            EventType::Unfollow => EventKind::Unfollow { from, to },
+            EventType::Broadcast => EventKind::Broadcast,
+            EventType::Private => EventKind::Private { from, to },
+            EventType::Status => EventKind::Status { from },
+        }
+    }
+}
+
 /// One event as read from the source: its parsed header and the exact bytes
 /// that must be forwarded, terminator included.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -357,6 +418,17 @@ const USER_FIELDS: [u8; 256] = {
     fields
 };
 
+/// The [`EventType`] of each type byte that [`USER_FIELDS`] admits (and
+/// `Broadcast` for the rest, which it does not): a load, not a branch.
+const TYPES: [EventType; 256] = {
+    let mut types = [EventType::Broadcast; 256];
+    types[b'S' as usize] = EventType::Status;
+    types[b'F' as usize] = EventType::Follow;
+    types[b'U' as usize] = EventType::Unfollow;
+    types[b'P' as usize] = EventType::Private;
+    types
+};
+
 /// Frames and parses the event line that starts at `start` in `text` in
 /// one pass, if it is well formed with numbers of at most 15 digits (every
 /// line a real source sends): returns where the line ends (after its
@@ -365,6 +437,16 @@ const USER_FIELDS: [u8; 256] = {
 /// caller then finds the line's end and reads it with [`parse_event`],
 /// which accepts the rest of the grammar and says what is wrong. Whatever
 /// this accepts, [`parse_event`] reads the same (property-tested).
+///
+/// This is [`parse_tagged_at`] with the kind as the enum.
+#[inline]
+pub fn parse_event_at(text: &[u8], start: usize) -> Option<(usize, Seq, EventKind)> {
+    parse_tagged_at(text, start).map(|(end, seq, tagged)| (end, seq, tagged.into()))
+}
+
+/// [`parse_event_at`], the kind as [`Tagged`]: the type byte becomes the
+/// tag by a table load and the ids are kept or zeroed by the line's
+/// shape, so no step branches on the type.
 ///
 /// Why a second reader: this is the server's hottest loop. It loads eight
 /// bytes at a time (which may look past the line, never past `text`), and
@@ -375,7 +457,7 @@ const USER_FIELDS: [u8; 256] = {
 /// mispredicts about every other line and cost half of the parse
 /// (`benches/parse.rs`).
 #[inline]
-pub fn parse_event_at(text: &[u8], start: usize) -> Option<(usize, Seq, EventKind)> {
+pub fn parse_tagged_at(text: &[u8], start: usize) -> Option<(usize, Seq, Tagged)> {
     let window: &[u8; WINDOW] = text
         .get(start..start.checked_add(WINDOW)?)?
         .try_into()
@@ -412,14 +494,12 @@ pub fn parse_event_at(text: &[u8], start: usize) -> Option<(usize, Seq, EventKin
     if !well_formed {
         return None;
     }
-    let kind = match kind {
-        b'F' => EventKind::Follow { from, to },
-        b'U' => EventKind::Unfollow { from, to },
-        b'P' => EventKind::Private { from, to },
-        b'S' => EventKind::Status { from },
-        _ => EventKind::Broadcast,
+    let tagged = Tagged {
+        tag: TYPES[usize::from(kind)],
+        from: if first_bar { from } else { 0 },
+        to: if second_bar { to } else { 0 },
     };
-    Some((start + newline + 1, seq, kind))
+    Some((start + newline + 1, seq, tagged))
 }
 
 #[cfg(test)]
@@ -706,8 +786,16 @@ mod tests {
                     let line = &text[start..end];
                     prop_assert_eq!(line.iter().position(|&byte| byte == b'\n'), Some(line.len() - 1));
                     prop_assert_eq!(parse_event(line), Ok((seq, kind)));
+                    // The tagged form is the canonical one: absent ids are 0.
+                    let tagged = parse_tagged_at(text, start).map(|(_, _, tagged)| tagged);
+                    prop_assert_eq!(tagged, Some(Tagged::from(kind)));
                 }
             }
+        }
+
+        #[test]
+        fn prop_tagged_round_trips(kind in any_kind()) {
+            prop_assert_eq!(EventKind::from(Tagged::from(kind)), kind);
         }
 
         #[test]

@@ -26,6 +26,6 @@ pub mod resume;
 pub mod settings;
 
 pub use event::{
-    parse_decimal, parse_event, parse_event_at, parse_user_id, strip_terminator, Event, EventKind,
-    ParseError, Seq, UserId,
+    parse_decimal, parse_event, parse_event_at, parse_tagged_at, parse_user_id, strip_terminator,
+    Event, EventKind, EventType, ParseError, Seq, Tagged, UserId,
 };
