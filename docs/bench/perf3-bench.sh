@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# perf3-bench.sh BINARY MODE TAG: one fresh server per run on free ports,
+# the verifier against it; prints one line: tag mode wall cpu_s hwm_kb p50 p99 status
+set -u
+bin=$1; mode=$2; tag=$3
+verify=${VERIFY:-/work/target-perf/followermaze-verify-before}
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+ep=$(free_port); cp=$(free_port)
+while [ "$cp" = "$ep" ]; do cp=$(free_port); done
+log=/work/notes/perf3-runs/$tag-$mode-$$.log
+env ${SERVER_ENV:-} eventListenerPort=$ep clientListenerPort=$cp metricsPort=0 webPort=0 summaryIntervalSecs=0 $bin 2>$log.server &
+spid=$!
+for i in $(seq 100); do
+  (echo > /dev/tcp/127.0.0.1/$ep) 2>/dev/null && break; sleep 0.05
+done
+case $mode in
+  classic) env=() ;;
+  fanout) env=(profile=fanout totalEvents=3000000) ;;
+  paced) env=(rate=100000 totalEvents=1000000) ;;
+esac
+start=$(date +%s.%N)
+env eventListenerPort=$ep clientListenerPort=$cp "${env[@]}" $verify >$log 2>&1
+status=$?
+end=$(date +%s.%N)
+read -r ut st < <(awk '{print $14, $15}' /proc/$spid/stat)
+hwm=$(awk "/VmHWM/{print \$2}" /proc/$spid/status); rss=$(grep -E "RssAnon|RssFile" /proc/$spid/status | awk "{printf \"%s%s \", \$1, \$2}"); ctx=$(cat /proc/$spid/task/*/status | awk "/voluntary_ctxt/{s[\$1]+=\$2} END{printf \"vol=%d invol=%d\", s[\"voluntary_ctxt_switches:\"], s[\"nonvoluntary_ctxt_switches:\"]}")
+kill $spid; wait $spid 2>/dev/null
+tck=$(getconf CLK_TCK)
+cpu=$(echo "scale=3; ($ut+$st)/$tck" | bc)
+wall=$(echo "$end - $start" | bc)
+lat=$(grep -io 'p50[^,]*\|p99[^,]*' $log | tr '\n' ' ')
+echo "$tag $mode wall=$wall cpu=$cpu ut=$ut st=$st hwm=$hwm status=$status $ctx $rss $lat"
