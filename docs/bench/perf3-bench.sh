@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # perf3-bench.sh BINARY MODE TAG: one fresh server per run on free ports,
 # the verifier against it; prints one line: tag mode wall cpu_s hwm_kb p50 p99 status
+# VERIFY (default: this tree's release followermaze-verify), SERVER_ENV,
+# LOG_DIR (default $TMPDIR/perf3-runs: each run's verifier and server logs).
 set -u
 bin=$1; mode=$2; tag=$3
-verify=${VERIFY:-/work/target-perf/followermaze-verify-before}
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+verify=${VERIFY:-${CARGO_TARGET_DIR:-$here/target}/release/followermaze-verify}
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 ep=$(free_port); cp=$(free_port)
 while [ "$cp" = "$ep" ]; do cp=$(free_port); done
-log=/work/notes/perf3-runs/$tag-$mode-$$.log
+logs=${LOG_DIR:-${TMPDIR:-/tmp}/perf3-runs}
+mkdir -p "$logs"
+log=$logs/$tag-$mode-$$.log
 env ${SERVER_ENV:-} eventListenerPort=$ep clientListenerPort=$cp metricsPort=0 webPort=0 summaryIntervalSecs=0 $bin 2>$log.server &
 spid=$!
 for i in $(seq 100); do
