@@ -210,13 +210,9 @@ impl Gateway {
                         Err(stopped) => return stopped,
                     }
                 }
-                let events = match self.apply(stream_seq, &message).await {
-                    Ok(events) => events,
+                match self.apply(stream_seq, &message).await {
+                    Ok(events) => self.applied(events, (pending, stored_at), started),
                     Err(stopped) => return stopped,
-                };
-                self.note_lag(pending, stored_at, events);
-                if pending == 0 && !self.ready.load(Ordering::Relaxed) {
-                    self.caught_up(started);
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -338,6 +334,15 @@ impl Gateway {
                 tracing::error!(%error, "cannot load a snapshot: carrying on with a hole");
                 Ok(false)
             }
+        }
+    }
+
+    /// A message of `events` events, stored at `stored_at` with `pending`
+    /// more after it, was applied: the lag, and readiness once caught up.
+    fn applied(&mut self, events: u64, (pending, stored_at): (u64, i128), started: Instant) {
+        self.note_lag(pending, stored_at, events);
+        if pending == 0 && !self.ready.load(Ordering::Relaxed) {
+            self.caught_up(started);
         }
     }
 

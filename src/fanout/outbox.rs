@@ -12,9 +12,9 @@
 //!
 //! # Writing through
 //!
-//! A TCP client's outbox also holds its socket ([`Outbox::for_socket`]),
+//! A TCP client's outbox also holds its socket (`Outbox::for_socket`),
 //! so that while the pipeline is idle (a paced source: a few notifications
-//! a read) the registry can skip the hand-off: [`Outbox::push_or_write`]
+//! a read) the registry can skip the hand-off: `Outbox::push_or_write`
 //! writes the staged bytes to the socket itself, without waking the
 //! writer, when nothing is pending and the writer holds no bytes of its
 //! own (it has written everything it took). Whatever the socket does not
