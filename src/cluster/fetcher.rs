@@ -445,13 +445,15 @@ async fn keep_lines(
     for fetch in extract(fetches, |f| f.last_message() <= stream_seq) {
         let lines = match fetch.route {
             Route::Log(_, lines) => Ok(lines),
-            Route::Replay(index) => replay
-                .as_mut()
-                .map_or(Ok(Vec::new()), |replay| replay.graph.take(index)),
+            // A replay outlives its last fetch: it is there.
+            Route::Replay(index) => match replay.as_mut() {
+                Some(replay) => replay.graph.take(index).map_err(FetchError::from),
+                None => Err(FetchError::NoReplayer),
+            },
         };
         match lines {
             Ok(lines) => answer(registry, fetch.request, Some(lines)).await,
-            Err(error) => fail(registry, fetch.request, &error.into()).await,
+            Err(error) => fail(registry, fetch.request, &error).await,
         }
     }
     if !fetches.iter().any(|f| matches!(f.route, Route::Replay(_))) {
