@@ -922,6 +922,24 @@ fn between(output: &str, after: u64, upto: u64) -> String {
         .collect()
 }
 
+/// Sends `lines` up to event `upto` and waits until each of `clients`
+/// (one per [`USERS`]) has exactly what `expected` says of them; returns
+/// the last position each received.
+async fn first_part(
+    clients: &mut [Client],
+    source: &mut TcpStream,
+    (lines, expected): (&[String], &[String]),
+    upto: u64,
+) -> Vec<u64> {
+    common::send(source, &lines[..upto as usize].concat()).await;
+    let received: Vec<String> = expected.iter().map(|o| between(o, 0, upto)).collect();
+    expect_all(clients, &received, "first gateway").await;
+    received
+        .iter()
+        .map(|lines| lines.split_inclusive('\n').next_back().map_or(0, seq_of))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_resumes_exactly_on_another_gateway_after_its_own_stopped() {
     let Some(nats) = Nats::start("resume").await else {
@@ -942,13 +960,7 @@ async fn a_session_resumes_exactly_on_another_gateway_after_its_own_stopped() {
     // The first part on the first gateway; each client notes the last
     // position it received.
     let mut source = sequencer.source().await;
-    common::send(&mut source, &lines[..1_500].concat()).await;
-    let received: Vec<String> = expected.iter().map(|o| between(o, 0, 1_500)).collect();
-    expect_all(&mut clients, &received, "first gateway").await;
-    let afters: Vec<u64> = received
-        .iter()
-        .map(|lines| lines.split_inclusive('\n').next_back().map_or(0, seq_of))
-        .collect();
+    let afters = first_part(&mut clients, &mut source, (&lines, &expected), 1_500).await;
     second.delivered(1_500).await;
     first.stop().await;
     expect_end(&mut clients).await;
@@ -1109,13 +1121,7 @@ async fn a_resume_from_before_a_gateways_own_history_is_served_from_an_older_sna
     let first = GatewayNode::start(config.clone()).await;
     let (mut clients, stream_id) = open_sessions(first.clients).await;
     let mut source = sequencer.source().await;
-    common::send(&mut source, &lines[..1_500].concat()).await;
-    let received: Vec<String> = expected.iter().map(|o| between(o, 0, 1_500)).collect();
-    expect_all(&mut clients, &received, "first gateway").await;
-    let afters: Vec<u64> = received
-        .iter()
-        .map(|lines| lines.split_inclusive('\n').next_back().map_or(0, seq_of))
-        .collect();
+    let afters = first_part(&mut clients, &mut source, (&lines, &expected), 1_500).await;
     first.stop().await;
     expect_end(&mut clients).await;
 
