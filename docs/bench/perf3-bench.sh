@@ -2,7 +2,8 @@
 # perf3-bench.sh BINARY MODE TAG: one fresh server per run on free ports,
 # the verifier against it; prints one line: tag mode wall cpu_s hwm_kb p50 p99 status
 # VERIFY (default: this tree's release followermaze-verify), SERVER_ENV,
-# LOG_DIR (default $TMPDIR/perf3-runs: each run's verifier and server logs).
+# LOG_DIR (default $TMPDIR/perf3-runs: each run's verifier and server logs),
+# SERVER_PIN / VERIFY_PIN (a command to run each under, e.g. "taskset -c 0").
 set -u
 bin=$1; mode=$2; tag=$3
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -13,7 +14,7 @@ while [ "$cp" = "$ep" ]; do cp=$(free_port); done
 logs=${LOG_DIR:-${TMPDIR:-/tmp}/perf3-runs}
 mkdir -p "$logs"
 log=$logs/$tag-$mode-$$.log
-env ${SERVER_ENV:-} eventListenerPort=$ep clientListenerPort=$cp metricsPort=0 webPort=0 summaryIntervalSecs=0 $bin 2>$log.server &
+${SERVER_PIN:-} env ${SERVER_ENV:-} eventListenerPort=$ep clientListenerPort=$cp metricsPort=0 webPort=0 summaryIntervalSecs=0 $bin 2>$log.server &
 spid=$!
 for i in $(seq 100); do
   (echo > /dev/tcp/127.0.0.1/$ep) 2>/dev/null && break; sleep 0.05
@@ -24,7 +25,7 @@ case $mode in
   paced) env=(rate=100000 totalEvents=1000000) ;;
 esac
 start=$(date +%s.%N)
-env eventListenerPort=$ep clientListenerPort=$cp "${env[@]}" $verify >$log 2>&1
+${VERIFY_PIN:-} env eventListenerPort=$ep clientListenerPort=$cp "${env[@]}" $verify >$log 2>&1
 status=$?
 end=$(date +%s.%N)
 read -r ut st < <(awk '{print $14, $15}' /proc/$spid/stat)
