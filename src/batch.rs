@@ -199,7 +199,7 @@ impl BatchBuilder {
     /// The batch of what was pushed (non-empty, strictly increasing),
     /// made deliverable by a read at `read_at`.
     pub fn finish(self, read_at: Instant) -> OrderedBatch {
-        OrderedBatch::from_parts(self.events, Bytes::from(self.lines), read_at)
+        OrderedBatch::over(self.events, Bytes::from(self.lines), read_at)
     }
 }
 
@@ -244,8 +244,11 @@ impl OrderedBatch {
         builder.finish(read_at)
     }
 
-    /// A batch of `events` whose lines are in `lines`.
-    fn from_parts(events: Vec<BatchEvent>, lines: Bytes, read_at: Instant) -> OrderedBatch {
+    /// A batch of `events` whose lines are in `lines`, at the offsets each
+    /// names (a builder's buffer, or a whole cluster message's payload,
+    /// which then needs no copy). The events must be non-empty and
+    /// strictly increasing by sequence number (checked in debug builds).
+    pub(crate) fn over(events: Vec<BatchEvent>, lines: Bytes, read_at: Instant) -> OrderedBatch {
         debug_assert!(!events.is_empty(), "an ordered batch is never empty");
         debug_assert!(
             events.windows(2).all(|pair| pair[0].seq < pair[1].seq),

@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use followermaze_protocol::resume::StreamId;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -252,47 +251,36 @@ impl Gateway {
     ) -> Result<u64, Stopped> {
         self.next = stream_seq + 1;
         Stats::add(&self.stats.consumed_messages, 1);
-        let entry = match jetstream::decode(message.headers.as_ref(), &message.payload) {
-            Ok(entry) => entry,
+        let decoded = jetstream::decode_headers(message.headers.as_ref())
+            .and_then(|headers| Ok((headers, jetstream::decode_batch_events(&message.payload)?)));
+        let ((stream, mut new_stream), mut events) = match decoded {
+            Ok(decoded) => decoded,
             Err(error) => {
                 tracing::error!(stream_seq, %error, "gateway: not a followermaze message; skipped");
                 return Ok(0);
             }
         };
         let read_at = Instant::now();
-        let (stream, mut new_stream) = (entry.stream, entry.new_stream);
-        let count = entry.events.len() as u64;
-        let last = entry.events.last().map_or(0, |event| event.seq);
-        let mut events = entry.events;
+        let count = events.len() as u64;
+        let last = events.last().map_or(0, |event| event.seq);
         while !events.is_empty() {
             let rest = events.split_off(events.len().min(MAX_DELIVER_EVENTS));
-            let new_stream = std::mem::take(&mut new_stream);
-            self.deliver(events, read_at, (stream, stream_seq), new_stream)
-                .await?;
+            // Each batch's lines are the whole payload: a reference, not a copy.
+            let mut batch = OrderedBatch::over(events, message.payload.clone(), read_at)
+                .in_stream(stream)
+                .in_message(stream_seq);
+            if std::mem::take(&mut new_stream) {
+                batch = batch.starting_new_stream();
+            }
+            self.registry
+                .send(Command::Deliver(batch))
+                .await
+                .map_err(|_| Stopped)?;
             events = rest;
         }
         Stats::add(&self.stats.events_received, count);
         Stats::set(&self.stats.next_sequence, last + 1);
         Ok(count)
-    }
-
-    async fn deliver(
-        &self,
-        events: Vec<followermaze_protocol::Event>,
-        read_at: Instant,
-        (stream, stream_seq): (StreamId, u64),
-        new_stream: bool,
-    ) -> Result<(), Stopped> {
-        let mut batch = OrderedBatch::new(events, read_at)
-            .in_stream(stream)
-            .in_message(stream_seq);
-        if new_stream {
-            batch = batch.starting_new_stream();
-        }
-        self.registry
-            .send(Command::Deliver(batch))
-            .await
-            .map_err(|_| Stopped)
     }
 
     /// Message `stream_seq` came when `self.next` was expected: the stream

@@ -20,10 +20,10 @@ use async_nats::jetstream::{self, object_store, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use followermaze_protocol::resume::StreamId;
-use followermaze_protocol::{parse_event, parse_event_at, Event};
+use followermaze_protocol::{parse_event, parse_tagged_at, Seq, Tagged};
 use tokio::sync::Notify;
 
-use crate::batch::EventRef;
+use crate::batch::{BatchEvent, EventRef};
 use crate::settings::StreamSettings;
 
 /// Header naming the message's sequence space.
@@ -360,52 +360,6 @@ fn stream_config(settings: &StreamSettings, subject: &str) -> stream::Config {
     }
 }
 
-/// One stream message, decoded.
-#[derive(Debug)]
-pub(crate) struct Entry {
-    /// The sequence space it belongs to.
-    pub stream: StreamId,
-    /// Whether a new stream begins with it.
-    pub new_stream: bool,
-    /// Its events, in order, each `raw` a slice of the payload.
-    pub events: Vec<Event>,
-}
-
-/// Decodes a message's headers and payload. Fails, saying why, on a
-/// message no sequencer of ours wrote: no stream header, a line that is not
-/// an event, an unterminated tail, or sequence numbers not increasing.
-pub(crate) fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Entry, DecodeError> {
-    let (stream, new_stream) = decode_headers(headers)?;
-    let mut events = Vec::with_capacity(payload.len() / 16);
-    let mut start = 0;
-    for end in memchr::memchr_iter(b'\n', payload) {
-        let raw = payload.slice(start..=end);
-        start = end + 1;
-        let (seq, kind) = match parse_event(&raw) {
-            Ok(parsed) => parsed,
-            Err(error) => {
-                let error = format!("{error:?}");
-                return Err(DecodeError::BadLine { line: raw, error });
-            }
-        };
-        if events.last().is_some_and(|last: &Event| last.seq >= seq) {
-            return Err(DecodeError::NotIncreasing(seq));
-        }
-        events.push(Event { seq, kind, raw });
-    }
-    if start != payload.len() {
-        return Err(DecodeError::Unterminated);
-    }
-    if events.is_empty() {
-        return Err(DecodeError::Empty);
-    }
-    Ok(Entry {
-        stream,
-        new_stream,
-        events,
-    })
-}
-
 /// A message's sequence space, and whether a new stream begins with it.
 pub(crate) fn decode_headers(headers: Option<&HeaderMap>) -> Result<(StreamId, bool), DecodeError> {
     let headers = headers.ok_or(DecodeError::NoHeaders)?;
@@ -420,19 +374,20 @@ pub(crate) fn decode_headers(headers: Option<&HeaderMap>) -> Result<(StreamId, b
     Ok((stream, new_stream))
 }
 
-/// Decodes a payload's events into `events` (cleared first), each line
-/// borrowed from `payload`, with what [`decode`] checks: for a reader that
-/// keeps few of the lines (a resume's fetch), it costs no reference count
-/// per line, and it frames and parses the common line in one pass
-/// ([`parse_event_at`]).
-pub(crate) fn decode_borrowed<'a>(
-    payload: &'a Bytes,
-    events: &mut Vec<EventRef<'a>>,
+/// Frames and parses a payload's lines, calling `each(seq, kind, start,
+/// end)` for each line `payload[start..end]` in order. Fails, saying why,
+/// on a payload no sequencer of ours wrote: a line that is not an event,
+/// an unterminated tail, sequence numbers not increasing, or no line at
+/// all. The common line is framed and parsed in one pass
+/// ([`parse_tagged_at`]); a line it does not take (a long one near the
+/// end, or a bad one) is read the careful way to say why.
+fn for_each_line(
+    payload: &Bytes,
+    mut each: impl FnMut(Seq, Tagged, usize, usize),
 ) -> Result<(), DecodeError> {
-    events.clear();
-    let mut start = 0;
+    let (mut start, mut last) = (0, None);
     while start < payload.len() {
-        let (end, seq, kind) = match parse_event_at(payload, start) {
+        let (end, seq, kind) = match parse_tagged_at(payload, start) {
             Some(parsed) => parsed,
             None => {
                 let end = memchr::memchr(b'\n', &payload[start..])
@@ -443,23 +398,54 @@ pub(crate) fn decode_borrowed<'a>(
                         line: payload.slice(start..end),
                         error: format!("{error:?}"),
                     })?;
-                (end, seq, kind)
+                (end, seq, kind.into())
             }
         };
-        if events.last().is_some_and(|last| last.seq >= seq) {
+        if last.is_some_and(|last| last >= seq) {
             return Err(DecodeError::NotIncreasing(seq));
         }
-        events.push(EventRef {
-            seq,
-            kind,
-            raw: &payload[start..end],
-        });
+        last = Some(seq);
+        each(seq, kind, start, end);
         start = end;
     }
-    if events.is_empty() {
-        return Err(DecodeError::Empty);
+    match last {
+        Some(_) => Ok(()),
+        None => Err(DecodeError::Empty),
     }
-    Ok(())
+}
+
+/// Decodes a payload's events into `events` (cleared first), each line
+/// borrowed from `payload`: for a reader that keeps few of the lines (a
+/// resume's fetch, a sequencer's recovery). See [`for_each_line`] for what
+/// is refused.
+pub(crate) fn decode_borrowed<'a>(
+    payload: &'a Bytes,
+    events: &mut Vec<EventRef<'a>>,
+) -> Result<(), DecodeError> {
+    events.clear();
+    for_each_line(payload, |seq, kind, start, end| {
+        events.push(EventRef {
+            seq,
+            kind: kind.into(),
+            raw: &payload[start..end],
+        })
+    })
+}
+
+/// Decodes a payload's events as a batch's events, each naming its line by
+/// offset into `payload`, so the payload itself becomes the batch's line
+/// buffer ([`OrderedBatch::over`](crate::batch::OrderedBatch::over)): the
+/// live gateway's path, with no copy
+/// and no reference count per line. See [`for_each_line`] for what is
+/// refused.
+pub(crate) fn decode_batch_events(payload: &Bytes) -> Result<Vec<BatchEvent>, DecodeError> {
+    // Sized exactly (a count of terminators costs a fraction of the parse):
+    // the events wait in the registry's queue at their capacity.
+    let mut events = Vec::with_capacity(memchr::memchr_iter(b'\n', payload).count());
+    for_each_line(payload, |seq, kind, start, end| {
+        events.push(BatchEvent::new(seq, kind, start, end - start))
+    })?;
+    Ok(events)
 }
 
 /// The headers of a message starting a run at `first_seq` of `stream`,
@@ -590,26 +576,26 @@ const READ_BATCH_MESSAGES: usize = 256;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::OrderedBatch;
+    use followermaze_protocol::EventKind;
 
     #[test]
-    fn a_message_decodes_to_its_lines_byte_for_byte() {
+    fn a_message_decodes_to_its_headers_and_its_lines_byte_for_byte() {
         let stream = StreamId::parse(b"abc").unwrap();
         let headers = headers(stream, true, 7, 3);
+        assert_eq!(decode_headers(Some(&headers)).unwrap(), (stream, true));
         let payload = Bytes::from_static(b"7|F|1|2\r\n8|B\n10|S|1\r\n");
-        let entry = decode(Some(&headers), &payload).unwrap();
-        assert_eq!(entry.stream, stream);
-        assert!(entry.new_stream);
-        let raws: Vec<&[u8]> = entry.events.iter().map(|e| &e.raw[..]).collect();
+        let mut events = Vec::new();
+        decode_borrowed(&payload, &mut events).unwrap();
+        let raws: Vec<&[u8]> = events.iter().map(|e| e.raw).collect();
         assert_eq!(raws, [&b"7|F|1|2\r\n"[..], b"8|B\n", b"10|S|1\r\n"]);
-        let seqs: Vec<u64> = entry.events.iter().map(|e| e.seq).collect();
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [7, 8, 10]);
     }
 
-    #[test]
-    fn the_borrowed_decode_reads_what_the_owned_one_reads() {
-        let stream = StreamId::parse(b"abc").unwrap();
-        let headers = headers(stream, false, 7, 3);
-        // Long lines near the end take the slow path; short ones the fast.
+    /// Every line a payload may carry, short ones (the one-pass parse) and
+    /// long ones near the end (the careful one), in both terminators.
+    fn mixed_payload() -> Bytes {
         let mut text = String::new();
         for seq in 1..200u64 {
             text.push_str(&match seq % 5 {
@@ -620,32 +606,47 @@ mod tests {
                 _ => format!("{seq}|S|{}\n", seq % 13),
             });
         }
-        let payload = Bytes::from(text);
-        let owned = decode(Some(&headers), &payload).unwrap();
+        Bytes::from(text)
+    }
+
+    #[test]
+    fn both_decodes_read_each_line_as_the_careful_parser_does() {
+        let payload = mixed_payload();
+        let expected: Vec<(u64, EventKind, &[u8])> = payload
+            .split_inclusive(|&byte| byte == b'\n')
+            .map(|line| {
+                let (seq, kind) = parse_event(line).unwrap();
+                (seq, kind, line)
+            })
+            .collect();
         let mut borrowed = Vec::new();
         decode_borrowed(&payload, &mut borrowed).unwrap();
-        assert_eq!(owned.events.len(), borrowed.len());
-        for (owned, borrowed) in owned.events.iter().zip(&borrowed) {
-            assert_eq!(owned.seq, borrowed.seq);
-            assert_eq!(owned.kind, borrowed.kind);
-            assert_eq!(&owned.raw[..], borrowed.raw);
-        }
-        for bad in [&b"1|B\n2|B"[..], b"2|B\n1|B\n", b"x\n", b""] {
-            let payload = Bytes::copy_from_slice(bad);
-            let mut events = Vec::new();
-            assert!(decode_borrowed(&payload, &mut events).is_err(), "{bad:?}");
-        }
+        let borrowed: Vec<(u64, EventKind, &[u8])> =
+            borrowed.iter().map(|e| (e.seq, e.kind, e.raw)).collect();
+        assert_eq!(borrowed, expected);
+        // The batch's events name their lines in the payload itself.
+        let events = decode_batch_events(&payload).unwrap();
+        assert_eq!(events.capacity(), expected.len(), "sized exactly");
+        let batch = OrderedBatch::over(events, payload.clone(), std::time::Instant::now());
+        let batched: Vec<(u64, EventKind, &[u8])> =
+            batch.events().map(|e| (e.seq, e.kind, e.raw)).collect();
+        assert_eq!(batched, expected);
     }
 
     #[test]
     fn foreign_or_damaged_messages_are_refused() {
         let stream = StreamId::parse(b"abc").unwrap();
-        let good = headers(stream, false, 1, 0);
-        assert!(decode(None, &Bytes::from_static(b"1|B\n")).is_err());
-        assert!(decode(Some(&HeaderMap::new()), &Bytes::from_static(b"1|B\n")).is_err());
-        assert!(decode(Some(&good), &Bytes::from_static(b"1|B\n2|B")).is_err());
-        assert!(decode(Some(&good), &Bytes::from_static(b"2|B\n1|B\n")).is_err());
-        assert!(decode(Some(&good), &Bytes::from_static(b"x\n")).is_err());
-        assert!(decode(Some(&good), &Bytes::new()).is_err());
+        assert!(decode_headers(Some(&headers(stream, false, 1, 0))).is_ok());
+        assert!(matches!(decode_headers(None), Err(DecodeError::NoHeaders)));
+        assert!(matches!(
+            decode_headers(Some(&HeaderMap::new())),
+            Err(DecodeError::NoStreamHeader)
+        ));
+        for bad in [&b"1|B\n2|B"[..], b"2|B\n1|B\n", b"x\n", b""] {
+            let payload = Bytes::copy_from_slice(bad);
+            let mut events = Vec::new();
+            assert!(decode_borrowed(&payload, &mut events).is_err(), "{bad:?}");
+            assert!(decode_batch_events(&payload).is_err(), "{bad:?}");
+        }
     }
 }

@@ -198,17 +198,18 @@ async fn replay(
             .info()
             .map_err(RecoverError::Replay)?
             .stream_sequence;
-        let entry =
-            jetstream::decode(message.headers.as_ref(), &message.payload).map_err(|source| {
-                RecoverError::Decode {
-                    seq: stream_seq,
-                    source,
-                }
-            })?;
-        if entry.new_stream {
+        let decode_error = |source| RecoverError::Decode {
+            seq: stream_seq,
+            source,
+        };
+        let (stream, new_stream) =
+            jetstream::decode_headers(message.headers.as_ref()).map_err(decode_error)?;
+        let mut events = Vec::new();
+        jetstream::decode_borrowed(&message.payload, &mut events).map_err(decode_error)?;
+        if new_stream {
             state.graph.clear();
         }
-        for event in &entry.events {
+        for event in &events {
             if matches!(
                 event.kind,
                 EventKind::Follow { .. } | EventKind::Unfollow { .. }
@@ -216,8 +217,8 @@ async fn replay(
                 state.graph.apply(event.kind);
             }
         }
-        state.stream = entry.stream;
-        state.position = entry.events.last().map_or(state.position, |e| e.seq);
+        state.stream = stream;
+        state.position = events.last().map_or(state.position, |e| e.seq);
         state.stream_seq = stream_seq;
     }
     Ok(())
