@@ -586,6 +586,70 @@ async fn two_gateways_give_every_client_what_a_standalone_server_gives() {
     sequencer.kill();
 }
 
+/// A message on the stream that no sequencer of ours wrote is counted,
+/// logged and skipped, and the gateway applies the next one as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_message_on_the_stream_is_counted_and_skipped() {
+    let Some(nats) = Nats::start("foreign").await else {
+        return;
+    };
+    let total = 1_000;
+    let lines = events(total);
+    let expected = standalone(&lines.concat(), total).await;
+    let sequencer = SequencerNode::start(nats.config());
+    let gateway = GatewayNode::start(nats.config()).await;
+    let mut clients = gateway.clients(&USERS).await;
+    let mut source = sequencer.source().await;
+    common::send(&mut source, &lines.concat()).await;
+    expect_all(&mut clients, &expected, "before the foreign messages").await;
+    gateway.delivered(total).await;
+    let stream_id = verdict(&gateway, 99).await;
+    let stream_id = stream_id.split('|').nth(1).expect("#OK|<stream>|...");
+    sequencer.kill();
+
+    // Published by hand on the stream's subject: two foreign messages (no
+    // headers; our headers around a line that is not an event), then one
+    // as a sequencer writes it.
+    let config = nats.config();
+    let client = within(
+        "a NATS client",
+        async_nats::connect(config.nats_url.as_str()),
+    )
+    .await
+    .expect("connect to NATS");
+    let js = async_nats::jetstream::new(client);
+    let subject = format!("{}.events", config.nats_stream);
+    let ours = || {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Followermaze-Stream", stream_id);
+        headers
+    };
+    let broadcast = format!("{}|B\r\n", total + 1);
+    let messages = [
+        (async_nats::HeaderMap::new(), "1001|B\r\n".to_owned()),
+        (ours(), "not an event\n".to_owned()),
+        (ours(), broadcast.clone()),
+    ];
+    for (headers, payload) in messages {
+        let ack = js
+            .publish_with_headers(subject.clone(), headers, payload.into())
+            .await
+            .expect("publish");
+        within(
+            "the publish's ack",
+            std::future::IntoFuture::into_future(ack),
+        )
+        .await
+        .expect("stored");
+    }
+    let broadcasts = vec![broadcast; USERS.len()];
+    expect_all(&mut clients, &broadcasts, "after the foreign messages").await;
+    gateway.delivered(total + 1).await;
+    assert_eq!(get(&gateway.stats.skipped_messages), 2);
+    gateway.stop().await;
+    expect_end(&mut clients).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replacement_sequencer_carries_on_from_the_stream() {
     let Some(nats) = Nats::start("restart").await else {

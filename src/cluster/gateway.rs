@@ -256,6 +256,7 @@ impl Gateway {
         let ((stream, mut new_stream), mut events) = match decoded {
             Ok(decoded) => decoded,
             Err(error) => {
+                Stats::add(&self.stats.skipped_messages, 1);
                 tracing::error!(stream_seq, %error, "gateway: not a followermaze message; skipped");
                 return Ok(0);
             }

@@ -170,6 +170,11 @@ const COUNTERS: &[FieldSpec] = &[
         field: |stats| &stats.consumed_messages,
     },
     FieldSpec {
+        name: "skipped_messages_total",
+        help: "Cluster gateway: stream messages skipped as not a followermaze message (no stream header, or lines that are not increasing events).",
+        field: |stats| &stats.skipped_messages,
+    },
+    FieldSpec {
         name: "snapshots_written_total",
         help: "Cluster sequencer: follower-graph snapshots written.",
         field: |stats| &stats.snapshots_written,

@@ -143,6 +143,10 @@ pub struct Stats {
     pub publish_failures: AtomicU64,
     /// Cluster: stream messages a gateway consumed.
     pub consumed_messages: AtomicU64,
+    /// Cluster: stream messages a gateway skipped because no sequencer of
+    /// ours wrote them (no stream header, or a payload that is not event
+    /// lines in increasing order).
+    pub skipped_messages: AtomicU64,
     /// Cluster: graph snapshots the sequencer wrote.
     pub snapshots_written: AtomicU64,
     /// Cluster: snapshots a gateway loaded (at start, or after falling
