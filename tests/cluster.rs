@@ -490,6 +490,39 @@ fn shuffled(lines: &[String]) -> String {
 /// Users whose clients the tests connect.
 const USERS: [u64; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
 
+/// Events `1..=total` in order (see [`events`]), and what a standalone
+/// server sends each of [`USERS`] for them.
+async fn events_and_outputs(total: u64) -> (Vec<String>, Vec<String>) {
+    let lines = events(total);
+    let expected = standalone(&lines.concat(), total).await;
+    (lines, expected)
+}
+
+/// A sequencer and a gateway on one NATS, the gateway's clients for
+/// [`USERS`] connected and a source connected to the sequencer: the
+/// cluster most tests start from.
+struct Pair {
+    sequencer: SequencerNode,
+    gateway: GatewayNode,
+    clients: Vec<Client>,
+    source: TcpStream,
+}
+
+impl Pair {
+    async fn start(config: Config) -> Pair {
+        let sequencer = SequencerNode::start(config.clone());
+        let gateway = GatewayNode::start(config).await;
+        let clients = gateway.clients(&USERS).await;
+        let source = sequencer.source().await;
+        Pair {
+            sequencer,
+            gateway,
+            clients,
+            source,
+        }
+    }
+}
+
 /// What a standalone server sends each of [`USERS`] for `input`.
 async fn standalone(input: &str, total: u64) -> Vec<String> {
     let server = TestServer::start().await;
@@ -594,18 +627,14 @@ async fn a_foreign_message_on_the_stream_is_counted_and_skipped() {
         return;
     };
     let total = 1_000;
-    let lines = events(total);
-    let expected = standalone(&lines.concat(), total).await;
-    let sequencer = SequencerNode::start(nats.config());
-    let gateway = GatewayNode::start(nats.config()).await;
-    let mut clients = gateway.clients(&USERS).await;
-    let mut source = sequencer.source().await;
-    common::send(&mut source, &lines.concat()).await;
-    expect_all(&mut clients, &expected, "before the foreign messages").await;
-    gateway.delivered(total).await;
-    let stream_id = verdict(&gateway, 99).await;
+    let (lines, expected) = events_and_outputs(total).await;
+    let mut pair = Pair::start(nats.config()).await;
+    common::send(&mut pair.source, &lines.concat()).await;
+    expect_all(&mut pair.clients, &expected, "before the foreign messages").await;
+    pair.gateway.delivered(total).await;
+    let stream_id = verdict(&pair.gateway, 99).await;
     let stream_id = stream_id.split('|').nth(1).expect("#OK|<stream>|...");
-    sequencer.kill();
+    pair.sequencer.kill();
 
     // Published by hand on the stream's subject: two foreign messages (no
     // headers; our headers around a line that is not an event), then one
@@ -643,11 +672,11 @@ async fn a_foreign_message_on_the_stream_is_counted_and_skipped() {
         .expect("stored");
     }
     let broadcasts = vec![broadcast; USERS.len()];
-    expect_all(&mut clients, &broadcasts, "after the foreign messages").await;
-    gateway.delivered(total + 1).await;
-    assert_eq!(get(&gateway.stats.skipped_messages), 2);
-    gateway.stop().await;
-    expect_end(&mut clients).await;
+    expect_all(&mut pair.clients, &broadcasts, "after the foreign messages").await;
+    pair.gateway.delivered(total + 1).await;
+    assert_eq!(get(&pair.gateway.stats.skipped_messages), 2);
+    pair.gateway.stop().await;
+    expect_end(&mut pair.clients).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -656,29 +685,25 @@ async fn a_replacement_sequencer_carries_on_from_the_stream() {
         return;
     };
     let total = 4_000;
-    let lines = events(total);
-    let expected = standalone(&lines.concat(), total).await;
+    let (lines, expected) = events_and_outputs(total).await;
 
-    let first = SequencerNode::start(nats.config());
-    let gateway = GatewayNode::start(nats.config()).await;
-    let mut clients = gateway.clients(&USERS).await;
-    let mut source = first.source().await;
-    common::send(&mut source, &lines[..2_500].concat()).await;
+    let mut pair = Pair::start(nats.config()).await;
+    common::send(&mut pair.source, &lines[..2_500].concat()).await;
     // At least 1,500 are in the stream; the rest may be anywhere.
-    gateway.delivered(1_500).await;
-    first.kill();
-    drop(source);
+    pair.gateway.delivered(1_500).await;
+    pair.sequencer.kill();
+    drop(pair.source);
 
     // The source reconnects to the replacement and resends from a point
     // it knows is stored: what the stream already has is dropped as late.
     let second = SequencerNode::start(nats.config());
     let mut source = second.source().await;
     common::send(&mut source, &lines[1_500..].concat()).await;
-    expect_all(&mut clients, &expected, "after the sequencer restart").await;
-    gateway.delivered(total).await;
+    expect_all(&mut pair.clients, &expected, "after the sequencer restart").await;
+    pair.gateway.delivered(total).await;
     assert_eq!(get(&second.stats.skipped_sequences), 0, "nothing skipped");
-    gateway.stop().await;
-    expect_end(&mut clients).await;
+    pair.gateway.stop().await;
+    expect_end(&mut pair.clients).await;
     second.kill();
 }
 
@@ -688,30 +713,26 @@ async fn a_nats_restart_loses_no_released_event() {
         return;
     };
     let total = 3_000;
-    let lines = events(total);
-    let expected = standalone(&lines.concat(), total).await;
+    let (lines, expected) = events_and_outputs(total).await;
 
-    let sequencer = SequencerNode::start(nats.config());
-    let gateway = GatewayNode::start(nats.config()).await;
-    let mut clients = gateway.clients(&USERS).await;
-    let mut source = sequencer.source().await;
-    common::send(&mut source, &lines[..1_500].concat()).await;
-    gateway.delivered(1_500).await;
+    let mut pair = Pair::start(nats.config()).await;
+    common::send(&mut pair.source, &lines[..1_500].concat()).await;
+    pair.gateway.delivered(1_500).await;
 
     nats.stop().await;
     // Released by the sequencer while NATS is away: held, not lost.
-    common::send(&mut source, &lines[1_500..].concat()).await;
+    common::send(&mut pair.source, &lines[1_500..].concat()).await;
     wait_until("sequencer released everything", || {
-        get(&sequencer.stats.next_sequence) > total
+        get(&pair.sequencer.stats.next_sequence) > total
     })
     .await;
     nats.restart().await;
 
-    expect_all(&mut clients, &expected, "after the NATS restart").await;
-    gateway.delivered(total).await;
-    gateway.stop().await;
-    expect_end(&mut clients).await;
-    sequencer.kill();
+    expect_all(&mut pair.clients, &expected, "after the NATS restart").await;
+    pair.gateway.delivered(total).await;
+    pair.gateway.stop().await;
+    expect_end(&mut pair.clients).await;
+    pair.sequencer.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -720,8 +741,7 @@ async fn a_late_gateway_catches_up_from_a_snapshot() {
         return;
     };
     let total = 4_000;
-    let lines = events(total);
-    let expected = standalone(&lines.concat(), total).await;
+    let (lines, expected) = events_and_outputs(total).await;
 
     let sequencer = SequencerNode::start(nats.config());
     let early = GatewayNode::start(nats.config()).await;
@@ -1010,8 +1030,7 @@ async fn a_session_resumes_exactly_on_another_gateway_after_its_own_stopped() {
         return;
     };
     let total = 3_000;
-    let lines = events(total);
-    let expected = standalone(&lines.concat(), total).await;
+    let (lines, expected) = events_and_outputs(total).await;
     let config = Config {
         checkpoint_interval_ms: 0,
         ..nats.config()
@@ -1090,8 +1109,7 @@ async fn a_resume_the_stream_no_longer_holds_gets_a_gap_and_what_follows() {
         return;
     };
     let total = 3_000;
-    let lines = events(total);
-    let expected = standalone(&lines.concat(), total).await;
+    let (lines, expected) = events_and_outputs(total).await;
     // A stream of a few messages: the early ones are gone by the resume.
     let config = Config {
         checkpoint_interval_ms: 0,
@@ -1175,8 +1193,7 @@ async fn a_resume_from_before_a_gateways_own_history_is_served_from_an_older_sna
         return;
     };
     let total = 3_000;
-    let lines = events(total);
-    let expected = standalone(&lines.concat(), total).await;
+    let (lines, expected) = events_and_outputs(total).await;
     let config = Config {
         checkpoint_interval_ms: 0,
         ..nats.config()
@@ -1231,8 +1248,7 @@ async fn a_killed_gateways_clients_resume_on_another_and_it_rejoins_from_a_snaps
         return;
     };
     let total = 3_500;
-    let lines = events(total);
-    let expected = standalone(&lines.concat(), total).await;
+    let (lines, expected) = events_and_outputs(total).await;
     // As the child gateway's environment says (`GatewayProcess::start`).
     let config = Config {
         checkpoint_interval_ms: 0,
@@ -1507,8 +1523,7 @@ async fn the_stream_leaders_nats_server_dies_and_every_client_still_gets_each_ev
     };
     let started = std::time::Instant::now();
     let total = 3_500;
-    let lines = events(total);
-    let expected = standalone(&lines.concat(), total).await;
+    let (lines, expected) = events_and_outputs(total).await;
     let config = Config {
         checkpoint_interval_ms: 0,
         ..nats.config()
