@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# perf3-bench.sh BINARY MODE TAG: one fresh server per run on free ports,
+# perf3-bench.sh BINARY MODE TAG (MODE: classic, fanout, fanout-resumable, paced): one fresh server per run on free ports,
 # the verifier against it; prints one line: tag mode wall cpu_s hwm_kb p50 p99 status
 # VERIFY (default: this tree's release followermaze-verify), SERVER_ENV,
 # LOG_DIR (default $TMPDIR/perf3-runs: each run's verifier and server logs),
@@ -22,6 +22,7 @@ done
 case $mode in
   classic) env=() ;;
   fanout) env=(profile=fanout totalEvents=3000000) ;;
+  fanout-resumable) env=(profile=fanout totalEvents=3000000 resumable=true) ;;
   paced) env=(rate=100000 totalEvents=1000000) ;;
 esac
 start=$(date +%s.%N)
