@@ -290,11 +290,16 @@ impl Table {
         write_through: Option<&Stats>,
     ) {
         let conn = &mut self.conns[key];
-        let (outbox, resetting) = match &conn.sink {
-            Sink::Plain(outbox) => (outbox, false),
+        let (outbox, resetting) = match &mut conn.sink {
+            Sink::Plain(outbox) => (&*outbox, false),
             Sink::Resumable {
-                outbox, resetting, ..
-            } => (outbox, *resetting),
+                outbox,
+                resetting,
+                tally,
+            } => {
+                tally.hash_staged(&conn.staged);
+                (&*outbox, *resetting)
+            }
             Sink::Retainer => {
                 debug_assert!(false, "a retainer is never staged");
                 return;
@@ -349,24 +354,24 @@ fn stage(
     raw: &[u8],
 ) -> u64 {
     let conn = &mut conns[key];
+    let was_empty = conn.staged.is_empty();
     match &mut conn.sink {
-        Sink::Plain(_) => {}
+        Sink::Plain(_) => conn.staged.extend_from_slice(raw),
         Sink::Resumable {
             tally, resetting, ..
         } => {
             if *resetting {
                 return 0;
             }
-            *resetting = tally.line(raw);
+            *resetting = tally.push_line(&mut conn.staged, raw);
         }
         Sink::Retainer => {
             sessions.retention().record(conn.user, seq, raw);
             return 0;
         }
     }
-    if conn.staged.is_empty() {
+    if was_empty {
         touched.push(key);
     }
-    conn.staged.extend_from_slice(raw);
     1
 }

@@ -35,8 +35,7 @@ impl Replay {
     /// Stages one replayed line, unless a reset is due.
     pub(crate) fn line(&mut self, line: &[u8]) {
         if !self.resetting {
-            self.staged.extend_from_slice(line);
-            self.resetting = self.tally.line(line);
+            self.resetting = self.tally.push_line(&mut self.staged, line);
             self.lines += 1;
         }
     }

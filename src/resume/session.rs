@@ -339,11 +339,22 @@ pub(crate) fn new_stream_id() -> StreamId {
 
 /// A resumable connection's running tally, for its checkpoints and its
 /// fault-injection resets.
+///
+/// The tally appends the connection's event lines to its staged buffer
+/// itself ([`Tally::push_line`]) and hashes them later, a run at a time
+/// ([`Tally::hash_staged`]): crc32fast hashes a run of 64 bytes or more
+/// several times faster per byte than one 15-byte line (the per-line
+/// hashing was 6.5% of the server's CPU on resumable fan-out). What must
+/// hold: from `unhashed` to the buffer's end there are only counted lines,
+/// so the buffer is hashed before anything else is appended to it (a
+/// checkpoint does so itself) and before it is handed to the writer.
 #[derive(Debug, Clone)]
 pub(crate) struct Tally {
-    /// CRC-32 of every event line sent since the verdict.
+    /// CRC-32 of every event line sent since the verdict, up to `unhashed`.
     crc: crc32fast::Hasher,
-    /// How many there were.
+    /// Where in the staged buffer the lines not yet in `crc` begin, if any.
+    unhashed: Option<usize>,
+    /// How many lines were sent (hashed or not).
     count: u64,
     /// The `<seq>` of the last checkpoint or the verdict.
     checkpointed: Seq,
@@ -356,6 +367,7 @@ impl Tally {
     pub(crate) fn new(seq: Seq, fault_reset_every: u64) -> Tally {
         Tally {
             crc: crc32fast::Hasher::new(),
+            unhashed: None,
             count: 0,
             checkpointed: seq,
             reset_after: match fault_reset_every {
@@ -365,17 +377,30 @@ impl Tally {
         }
     }
 
-    /// Counts one event line sent. Returns `true` when fault injection says
-    /// the connection is to be reset after it.
+    /// Appends one event line to `staged`, the connection's staged buffer,
+    /// and counts it. Returns `true` when fault injection says the
+    /// connection is to be reset after it.
     #[inline]
-    pub(crate) fn line(&mut self, line: &[u8]) -> bool {
-        self.crc.update(line);
+    pub(crate) fn push_line(&mut self, staged: &mut Vec<u8>, line: &[u8]) -> bool {
+        self.unhashed.get_or_insert(staged.len());
+        staged.extend_from_slice(line);
         self.count += 1;
         self.count >= self.reset_after
     }
 
-    /// Appends a checkpoint at `position` to `out` if the position moved
-    /// since the last one; returns whether it did.
+    /// Brings the CRC up to the end of `staged`, the buffer
+    /// [`Tally::push_line`] appended to: before the buffer takes any other
+    /// bytes, or goes to the writer.
+    #[inline]
+    pub(crate) fn hash_staged(&mut self, staged: &[u8]) {
+        if let Some(from) = self.unhashed.take() {
+            debug_assert!(from <= staged.len(), "the buffer lost unhashed lines");
+            self.crc.update(staged.get(from..).unwrap_or_default());
+        }
+    }
+
+    /// Appends a checkpoint at `position` to `out`, the staged buffer, if
+    /// the position moved since the last one; returns whether it did.
     pub(crate) fn checkpoint(
         &mut self,
         out: &mut Vec<u8>,
@@ -385,6 +410,7 @@ impl Tally {
         if position <= self.checkpointed {
             return false;
         }
+        self.hash_staged(out);
         self.checkpointed = position;
         write_checkpoint(
             out,
@@ -587,11 +613,13 @@ mod tests {
             !tally.checkpoint(&mut out, &stream, 10),
             "position did not move"
         );
-        assert!(!tally.line(b"11|B\r\n"));
-        assert!(!tally.line(b"12|B\r\n"));
+        assert!(!tally.push_line(&mut out, b"11|B\r\n"));
+        assert!(!tally.push_line(&mut out, b"12|B\r\n"));
         assert!(tally.checkpoint(&mut out, &stream, 12));
+        let (lines, checkpoint) = out.split_at(12);
+        assert_eq!(lines, b"11|B\r\n12|B\r\n");
         assert_eq!(
-            parse_control(&out),
+            parse_control(checkpoint),
             Some(Control::Checkpoint {
                 stream,
                 seq: 12,
@@ -603,9 +631,9 @@ mod tests {
 
     #[test]
     fn fault_injection_asks_for_a_reset_after_n_lines() {
-        let mut tally = Tally::new(0, 3);
-        assert!(!tally.line(b"1|B\r\n"));
-        assert!(!tally.line(b"2|B\r\n"));
-        assert!(tally.line(b"3|B\r\n"));
+        let (mut tally, mut out) = (Tally::new(0, 3), Vec::new());
+        assert!(!tally.push_line(&mut out, b"1|B\r\n"));
+        assert!(!tally.push_line(&mut out, b"2|B\r\n"));
+        assert!(tally.push_line(&mut out, b"3|B\r\n"));
     }
 }
