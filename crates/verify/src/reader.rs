@@ -541,33 +541,43 @@ impl Reader {
                 () = shared.cancel.cancelled() => return Err(Stop::Cancelled),
                 result = tokio::time::timeout(remaining, attempt) => result,
             };
-            error = match result {
-                Ok(Ok(stream)) => return Ok((stream, wait)),
-                Ok(Err(OpenError::Wire(error))) => {
-                    return Err(Failure::WebWire {
-                        client: checker.client(),
-                        error: error.to_string(),
-                    }
-                    .into())
-                }
-                // A refusal that another attempt will not change (a token
-                // refused, say): no use waiting for `timeout`.
-                Ok(Err(error)) if !error.is_transient() => {
-                    return Err(Failure::Reconnect {
-                        client: checker.client(),
-                        attempts: streak.failures + 1,
-                        waited: streak.since.elapsed(),
-                        error: error.to_string(),
-                    }
-                    .into())
-                }
-                Ok(Err(error)) => error.to_string(),
-                Err(_elapsed) => "connection timed out".to_owned(),
+            error = match judge_attempt(result.ok(), checker.client(), streak)? {
+                Ok(stream) => return Ok((stream, wait)),
+                Err(retry_because) => retry_because,
             };
             streak.failures += 1;
             resume.session.stats_mut().retries += 1;
             pause_unless_cancelled(shared, resume.drops.backoff(streak.failures)).await?;
         }
+    }
+}
+
+/// What one reconnect attempt's outcome (`None`: it timed out) means for
+/// `client`: the connection; a failure no further attempt can change (the
+/// client fails now, not after `timeout`); or why to try again.
+fn judge_attempt(
+    outcome: Option<Result<Connection, OpenError>>,
+    client: ClientRef,
+    streak: &Streak,
+) -> Result<Result<Connection, String>, Stop> {
+    match outcome {
+        Some(Ok(stream)) => Ok(Ok(stream)),
+        Some(Err(OpenError::Wire(error))) => Err(Failure::WebWire {
+            client,
+            error: error.to_string(),
+        }
+        .into()),
+        // A refusal that another attempt will not change (a token refused,
+        // say): no use waiting for `timeout`.
+        Some(Err(error)) if !error.is_transient() => Err(Failure::Reconnect {
+            client,
+            attempts: streak.failures + 1,
+            waited: streak.since.elapsed(),
+            error: error.to_string(),
+        }
+        .into()),
+        Some(Err(error)) => Ok(Err(error.to_string())),
+        None => Ok(Err("connection timed out".to_owned())),
     }
 }
 
