@@ -172,13 +172,21 @@ impl std::fmt::Display for Report {
         if let Some(server) = &self.server {
             self.fmt_server(f, server)?;
         }
+        // Clients drop on their schedule from their first connection, so
+        // on a run with drops the opening waits for those away too.
+        let drops = self.resume.as_ref().is_some_and(|r| r.own_drops() > 0);
         write!(
             f,
-            "timing:        {} clients connected in {:.2} s, registered in {:.2} s; \
+            "timing:        {} clients connected in {:.2} s, registered in {:.2} s{}; \
              first event to last notification in {:.2} s",
             self.clients,
             self.connect_time.as_secs_f64(),
             self.opening_time.as_secs_f64(),
+            if drops {
+                " (clients' own drops and offline waits included)"
+            } else {
+                ""
+            },
             self.stream_time.as_secs_f64()
         )
     }
@@ -417,6 +425,22 @@ mod tests {
         assert!(
             text.contains("auth:          signed tokens (authSecret) on every connection")
                 && text.contains("1,500 client handshakes"),
+            "{text}"
+        );
+        assert!(text.contains("registered in 0.00 s; "), "no drops: {text}");
+        let dropping = Report {
+            resume: Some(ResumeReport {
+                stats: ResumeStats {
+                    drops: [2, 0, 1],
+                    ..ResumeStats::default()
+                },
+                verdict_latency: None,
+            }),
+            ..signed
+        };
+        let text = dropping.to_string();
+        assert!(
+            text.contains("registered in 0.00 s (clients' own drops and offline waits included);"),
             "{text}"
         );
     }
