@@ -132,6 +132,15 @@ impl Nats {
             ..Config::default()
         }
     }
+
+    /// [`Nats::config`] for tests that compare resumable clients' bytes:
+    /// no `#AT` checkpoint lines among them.
+    fn resumable_config(&self) -> Config {
+        Config {
+            checkpoint_interval_ms: 0,
+            ..self.config()
+        }
+    }
 }
 
 impl Drop for Nats {
@@ -1031,10 +1040,7 @@ async fn a_session_resumes_exactly_on_another_gateway_after_its_own_stopped() {
     };
     let total = 3_000;
     let (lines, expected) = events_and_outputs(total).await;
-    let config = Config {
-        checkpoint_interval_ms: 0,
-        ..nats.config()
-    };
+    let config = nats.resumable_config();
     let sequencer = SequencerNode::start(config.clone());
     let first = GatewayNode::start(config.clone()).await;
     let second = GatewayNode::start(config.clone()).await;
@@ -1112,9 +1118,8 @@ async fn a_resume_the_stream_no_longer_holds_gets_a_gap_and_what_follows() {
     let (lines, expected) = events_and_outputs(total).await;
     // A stream of a few messages: the early ones are gone by the resume.
     let config = Config {
-        checkpoint_interval_ms: 0,
         stream_max_bytes: 8 * 1024,
-        ..nats.config()
+        ..nats.resumable_config()
     };
     let sequencer = SequencerNode::start(config.clone());
     let first = GatewayNode::start(config.clone()).await;
@@ -1194,10 +1199,7 @@ async fn a_resume_from_before_a_gateways_own_history_is_served_from_an_older_sna
     };
     let total = 3_000;
     let (lines, expected) = events_and_outputs(total).await;
-    let config = Config {
-        checkpoint_interval_ms: 0,
-        ..nats.config()
-    };
+    let config = nats.resumable_config();
     let sequencer = SequencerNode::start(config.clone());
     let first = GatewayNode::start(config.clone()).await;
     let (mut clients, stream_id) = open_sessions(first.clients).await;
@@ -1250,10 +1252,7 @@ async fn a_killed_gateways_clients_resume_on_another_and_it_rejoins_from_a_snaps
     let total = 3_500;
     let (lines, expected) = events_and_outputs(total).await;
     // As the child gateway's environment says (`GatewayProcess::start`).
-    let config = Config {
-        checkpoint_interval_ms: 0,
-        ..nats.config()
-    };
+    let config = nats.resumable_config();
     let sequencer = SequencerNode::start(config.clone());
     let survivor = GatewayNode::start(config).await;
     let doomed_clients = SocketAddr::from(([127, 0, 0, 1], free_port()));

@@ -750,6 +750,12 @@ mod tests {
         LineWriter::new(10)
     }
 
+    /// A checker of [`CLIENT`] reading `consumer`, in the run `shared`
+    /// describes, held to exact terminators.
+    fn checker_on(consumer: rtrb::Consumer<Expected>, shared: Arc<Shared>) -> Checker {
+        Checker::new(CLIENT, consumer, shared, LineEndings::Exact, writer())
+    }
+
     /// A checker whose opening was broadcasts 1..=`opening_end`, with
     /// `main` queued (each as a private message to user 42), final at
     /// `final_seq`.
@@ -780,10 +786,7 @@ mod tests {
         }
         // What is queued stays queued when the producer goes.
         drop(producer);
-        (
-            Checker::new(CLIENT, consumer, shared, LineEndings::Exact, writer()),
-            lines,
-        )
+        (checker_on(consumer, shared), lines)
     }
 
     fn opening(seq: Seq) -> Vec<u8> {
@@ -810,13 +813,7 @@ mod tests {
         // arrived: the first main-stream line still leads to the fast path.
         let shared = Arc::new(Shared::default());
         let (mut producer, consumer) = rtrb::RingBuffer::new(8);
-        let mut checker = Checker::new(
-            CLIENT,
-            consumer,
-            shared.clone(),
-            LineEndings::Exact,
-            writer(),
-        );
+        let mut checker = checker_on(consumer, shared.clone());
         assert!(matches!(checker.phase, Phase::Unregistered));
         shared.clock.stamp(0);
         shared.clock.stamp(1);
@@ -1067,21 +1064,9 @@ mod tests {
         // Before the plan is known, "sent" means "its chunk was stamped".
         let shared = Arc::new(Shared::default());
         let (_producer, consumer) = rtrb::RingBuffer::new(4);
-        let mut checker = Checker::new(
-            CLIENT,
-            consumer,
-            shared.clone(),
-            LineEndings::Exact,
-            writer(),
-        );
+        let mut checker = checker_on(consumer, shared.clone());
         assert!(checker.check(b"1|B\r\n", 0).is_err());
-        let mut checker = Checker::new(
-            CLIENT,
-            rtrb::RingBuffer::new(4).1,
-            shared.clone(),
-            LineEndings::Exact,
-            writer(),
-        );
+        let mut checker = checker_on(rtrb::RingBuffer::new(4).1, shared.clone());
         shared.clock.stamp(0);
         assert_eq!(checker.check(b"1|B\r\n", 0), Ok(Verdict::More));
     }
@@ -1190,7 +1175,7 @@ mod tests {
         // Before the plan, the next opening broadcast is owed.
         let shared = Arc::new(Shared::default());
         let (_producer, consumer) = rtrb::RingBuffer::new(4);
-        let mut checker = Checker::new(CLIENT, consumer, shared, LineEndings::Exact, writer());
+        let mut checker = checker_on(consumer, shared);
         checker.registered_at(3);
         let failure = checker
             .checkpoint(4, b"#AT|s|4|0|00000000\r\n")
