@@ -435,9 +435,8 @@ pub(crate) fn decode_borrowed<'a>(
 /// Decodes a payload's events as a batch's events, each naming its line by
 /// offset into `payload`, so the payload itself becomes the batch's line
 /// buffer ([`OrderedBatch::over`](crate::batch::OrderedBatch::over)): the
-/// live gateway's path, with no copy
-/// and no reference count per line. See [`for_each_line`] for what is
-/// refused.
+/// live gateway's path, with no copy and no reference count per line. See
+/// [`for_each_line`] for what is refused.
 pub(crate) fn decode_batch_events(payload: &Bytes) -> Result<Vec<BatchEvent>, DecodeError> {
     // Sized exactly (a count of terminators costs a fraction of the parse):
     // the events wait in the registry's queue at their capacity.

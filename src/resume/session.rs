@@ -630,6 +630,30 @@ mod tests {
     }
 
     #[test]
+    fn the_crc_runs_on_across_flushes_of_the_staged_buffer() {
+        let stream = StreamId::parse(b"abc").unwrap();
+        let (mut tally, mut staged) = (Tally::new(10, 0), b"#OK|abc|10\r\n".to_vec());
+        tally.push_line(&mut staged, b"11|B\r\n");
+        tally.push_line(&mut staged, b"12|S|4\r\n");
+        // A flush: hashed, then handed to the writer (the verdict with it).
+        tally.hash_staged(&staged);
+        staged.clear();
+        tally.hash_staged(&staged);
+        tally.push_line(&mut staged, b"13|B\n");
+        assert!(tally.checkpoint(&mut staged, &stream, 13));
+        let checkpoint = staged.split_off(b"13|B\n".len());
+        assert_eq!(
+            parse_control(&checkpoint),
+            Some(Control::Checkpoint {
+                stream,
+                seq: 13,
+                count: 3,
+                crc32: crc32fast::hash(b"11|B\r\n12|S|4\r\n13|B\n"),
+            })
+        );
+    }
+
+    #[test]
     fn fault_injection_asks_for_a_reset_after_n_lines() {
         let (mut tally, mut out) = (Tally::new(0, 3), Vec::new());
         assert!(!tally.push_line(&mut out, b"1|B\r\n"));
